@@ -1,0 +1,61 @@
+"""Runtime settings, read from CAREWEAVE_* environment variables (see README)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every port, URL and time limit Careweave uses; one place, documented in the README."""
+
+    model_config = SettingsConfigDict(env_prefix="CAREWEAVE_", env_file=None, extra="ignore")
+
+    state_dir: Path = Field(default=Path(".state"), description="Temporal SQLite file, Careweave DB")
+    temporal_address: str = "127.0.0.1:7233"
+    temporal_namespace: str = "default"
+    temporal_ui_port: int = 8233
+    task_queue: str = "careweave"
+
+    mllp_host: str = "127.0.0.1"
+    mllp_port: int = 2575
+    mllp_max_frame_bytes: int = 1_048_576
+    mllp_idle_timeout_seconds: float = 300.0
+    mllp_max_connections: int = 256
+    # Commit-then-ACK can be turned off only to measure the parse+ACK floor (bench/ingest.py).
+    mllp_commit: bool = True
+    fallback_charset: str | None = Field(
+        default=None,
+        description="Charset for bytes that are not valid UTF-8 and whose MSH-18 is empty; "
+        "unset means such a message is answered AE and quarantined",
+    )
+
+    fhir_base_url: str = "http://127.0.0.1:8080/fhir"
+    fhir_server_port: int = 8080
+    fhir_timeout_seconds: float = 15.0
+
+    database_url: str | None = Field(
+        default=None, description="SQLAlchemy URL for Careweave's tables; default SQLite in state_dir"
+    )
+
+    # Order-to-result timing (seconds), configurable so tests can use short timers.
+    unknown_order_wait_seconds: float = 4 * 3600
+    correction_window_seconds: float = 72 * 3600
+    sla_stat_seconds: float = 3600
+    sla_asap_seconds: float = 4 * 3600
+    sla_routine_seconds: float = 24 * 3600
+
+    otel_exporter: str = Field(default="none", description="none | console | otlp")
+    otel_otlp_endpoint: str | None = None
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.state_dir / 'careweave.db').resolve()}"
+
+
+def load_settings() -> Settings:
+    return Settings()
