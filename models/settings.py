@@ -33,6 +33,8 @@ class Settings(BaseSettings):
     )
 
     fhir_base_url: str = "http://127.0.0.1:8080/fhir"
+    # `careweave up` runs the demo FHIR server itself unless pointed at another one.
+    fhir_embedded: bool = True
     fhir_server_port: int = 8080
     fhir_timeout_seconds: float = 15.0
 

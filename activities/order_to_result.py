@@ -1,0 +1,181 @@
+"""Activities of order-to-result: parse and map (pure, run as local activities) and
+FHIR writes (idempotent: every write is conditional on business identifiers, so
+a retry after a crash writes once).
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from adapters.fhir import FhirClient, FhirRejectedError
+from adapters.hl7v2.lab_messages import LabMessageInvalid, parse_lab_order, parse_lab_results
+from mappings.lab.concept_map import load_lab_mapping, unmapped_codes
+from mappings.lab.fhir_builders import (
+    escalation_task_for,
+    is_critical,
+    placer_identifier_query,
+    result_transaction_for,
+    service_request_for,
+)
+from models.lab import LabOrder, LabResult
+from models.messages import InboundMessage
+
+# Error types the workflow branches on: these are not retried, they go to a reviewer.
+FHIR_REJECTED = "FhirRejected"
+LAB_MESSAGE_INVALID = "LabMessageInvalid"
+
+
+class InterpretInput(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    message: InboundMessage
+    mapping_version: str
+
+
+class InterpretedOrder(BaseModel):
+    order: LabOrder
+    mapping_version: str
+
+
+class InterpretedResult(BaseModel):
+    results: list[LabResult]
+    unmapped_codes: list[str]
+    critical: bool
+    mapping_version: str
+
+
+class PublishOrderInput(BaseModel):
+    order: LabOrder
+    mapping_version: str
+
+
+class PublishResultInput(BaseModel):
+    result: LabResult
+    mapping_version: str
+    allow_unmapped: bool = False
+
+
+class FindOrderInput(BaseModel):
+    facility: str
+    placer_order_number: str
+
+
+class EscalationInput(BaseModel):
+    order: LabOrder
+    reason: str
+
+
+class PublishOutcome(BaseModel):
+    """Logical ids of what was written ("ServiceRequest/12"): no PHI."""
+
+    resources: list[str]
+
+
+def _invalid(err: LabMessageInvalid) -> ApplicationError:
+    return ApplicationError(str(err), type=LAB_MESSAGE_INVALID, non_retryable=True)
+
+
+def _rejected(err: FhirRejectedError) -> ApplicationError:
+    return ApplicationError(
+        f"HTTP {err.status_code}: {err.diagnostics}", type=FHIR_REJECTED, non_retryable=True
+    )
+
+
+def _locations(bundle: dict[str, object]) -> list[str]:
+    refs: list[str] = []
+    for entry in bundle.get("entry", []) or []:  # type: ignore[union-attr]
+        location = (entry.get("response") or {}).get("location", "")
+        if location:
+            # "ServiceRequest/12/_history/2" -> "ServiceRequest/12"
+            refs.append("/".join(location.split("/")[:2]))
+    return refs
+
+
+def _resource_ref(resource: dict[str, object]) -> list[str]:
+    return [f"{resource.get('resourceType')}/{resource.get('id')}"]
+
+
+@activity.defn
+def interpret_lab_order(request: InterpretInput) -> InterpretedOrder:
+    try:
+        order = parse_lab_order(request.message.text)
+    except LabMessageInvalid as err:
+        raise _invalid(err) from err
+    return InterpretedOrder(order=order, mapping_version=request.mapping_version)
+
+
+@activity.defn
+def interpret_lab_result(request: InterpretInput) -> InterpretedResult:
+    try:
+        results = parse_lab_results(request.message.text)
+    except LabMessageInvalid as err:
+        raise _invalid(err) from err
+    mapping = load_lab_mapping(request.mapping_version)
+    unmapped = sorted({code for result in results for code in unmapped_codes(result, mapping)})
+    return InterpretedResult(
+        results=results,
+        unmapped_codes=unmapped,
+        critical=any(is_critical(result, mapping) for result in results),
+        mapping_version=mapping.version,
+    )
+
+
+class FhirActivities:
+    """Activities that write to the FHIR server; one client (connection pool) per worker."""
+
+    def __init__(self, fhir: FhirClient) -> None:
+        self._fhir = fhir
+
+    @activity.defn(name="publish_service_request")
+    async def publish_service_request(self, request: PublishOrderInput) -> PublishOutcome:
+        mapping = load_lab_mapping(request.mapping_version)
+        resource = service_request_for(request.order, mapping)
+        try:
+            written = await self._fhir.conditional_update(
+                resource,
+                placer_identifier_query(
+                    request.order.placer_namespace or request.order.sending_facility,
+                    request.order.placer_order_number,
+                ),
+            )
+        except FhirRejectedError as err:
+            raise _rejected(err) from err
+        return PublishOutcome(resources=_resource_ref(written))
+
+    @activity.defn(name="publish_lab_result")
+    async def publish_lab_result(self, request: PublishResultInput) -> PublishOutcome:
+        mapping = load_lab_mapping(request.mapping_version)
+        bundle = result_transaction_for(request.result, mapping)
+        try:
+            response = await self._fhir.transaction(bundle)
+        except FhirRejectedError as err:
+            raise _rejected(err) from err
+        return PublishOutcome(resources=_locations(response))
+
+    @activity.defn(name="find_service_request")
+    async def find_service_request(self, request: FindOrderInput) -> bool:
+        query = placer_identifier_query(request.facility, request.placer_order_number)
+        resource_type, _, params = query.partition("?")
+        key, _, value = params.partition("=")
+        try:
+            found = await self._fhir.search(resource_type, {key: value})
+        except FhirRejectedError as err:
+            raise _rejected(err) from err
+        return bool(found)
+
+    @activity.defn(name="raise_escalation_task")
+    async def raise_escalation_task(self, request: EscalationInput) -> PublishOutcome:
+        task, query = escalation_task_for(request.order, request.reason)
+        try:
+            written = await self._fhir.conditional_update(task, query)
+        except FhirRejectedError as err:
+            raise _rejected(err) from err
+        return PublishOutcome(resources=_resource_ref(written))
+
+
+# Names the workflow uses to call the class-based activities.
+publish_service_request = FhirActivities.publish_service_request
+publish_lab_result = FhirActivities.publish_lab_result
+find_service_request = FhirActivities.find_service_request
+raise_escalation_task = FhirActivities.raise_escalation_task

@@ -1,0 +1,90 @@
+"""Careweave's own database: quarantine and receipts (SQLite by default, PostgreSQL in production)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, SQLModel, col, create_engine, select
+
+from models.records import MessageReceipt, QuarantinedMessage, QuarantineStatus
+
+
+def _enable_sqlite_wal(dbapi_connection: object, _record: object) -> None:
+    # WAL lets the gateway write receipts while the CLI reads quarantine, and
+    # synchronous=NORMAL keeps a receipt write well under a millisecond.
+    cursor = dbapi_connection.cursor()  # type: ignore[attr-defined]
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
+def open_engine(url: str) -> Engine:
+    if url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"check_same_thread": False})
+        event.listen(engine, "connect", _enable_sqlite_wal)
+    else:
+        engine = create_engine(url, pool_pre_ping=True)
+    SQLModel.metadata.create_all(engine)
+    return engine
+
+
+class CareweaveStore:
+    """Quarantine and receipts; synchronous, so async callers use asyncio.to_thread."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    @classmethod
+    def from_url(cls, url: str) -> CareweaveStore:
+        return cls(open_engine(url))
+
+    # -- quarantine --------------------------------------------------------
+
+    def quarantine(self, message: QuarantinedMessage) -> int:
+        with Session(self._engine) as session:
+            session.add(message)
+            session.commit()
+            session.refresh(message)
+            assert message.id is not None
+            return message.id
+
+    def quarantined(self, status: str | None = None, limit: int = 100) -> Sequence[QuarantinedMessage]:
+        with Session(self._engine) as session:
+            query = select(QuarantinedMessage).order_by(col(QuarantinedMessage.id).desc())
+            if status:
+                query = query.where(QuarantinedMessage.status == status)
+            return session.exec(query.limit(limit)).all()
+
+    def quarantined_message(self, message_id: int) -> QuarantinedMessage | None:
+        with Session(self._engine) as session:
+            return session.get(QuarantinedMessage, message_id)
+
+    def mark_released(self, message_id: int, *, released_by: str, result: str) -> None:
+        with Session(self._engine) as session:
+            message = session.get(QuarantinedMessage, message_id)
+            if message is None:
+                raise KeyError(message_id)
+            message.status = QuarantineStatus.RELEASED.value
+            message.released_at = datetime.now(UTC)
+            message.released_by = released_by
+            message.release_result = result
+            session.add(message)
+            session.commit()
+
+    # -- receipts ------------------------------------------------------------
+
+    def receipt(self, sending_facility: str, control_id: str) -> MessageReceipt | None:
+        with Session(self._engine) as session:
+            return session.get(MessageReceipt, (sending_facility, control_id))
+
+    def record_receipt(self, receipt: MessageReceipt) -> None:
+        with Session(self._engine) as session:
+            if session.get(MessageReceipt, (receipt.sending_facility, receipt.control_id)):
+                return
+            session.add(receipt)
+            session.commit()

@@ -1,0 +1,24 @@
+"""Start inputs of the exchanges (small models so fields can be added without breaking histories)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict
+
+
+class ExchangeTiming(BaseModel):
+    """Time limits of order-to-result, from settings at start; short in tests."""
+
+    model_config = ConfigDict(frozen=True)
+
+    unknown_order_wait_seconds: float
+    correction_window_seconds: float
+    sla_seconds_by_priority: dict[str, float]
+
+
+class OrderToResultInput(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    facility: str
+    placer_order_number: str
+    mapping_version: str
+    timing: ExchangeTiming

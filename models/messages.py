@@ -1,0 +1,30 @@
+"""What the gateway hands to an exchange once Temporal has durably accepted a message."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import BaseModel, ConfigDict
+
+
+class InboundMessage(BaseModel):
+    """One accepted HL7 v2 message, as it travels in a signal.
+
+    ``text`` is the decoded message (segments separated by CR); it is PHI and
+    lives only in payloads (encrypted by the payload codec in production),
+    never in ids, search attributes or logs.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    text: str
+    message_type: str
+    control_id: str
+    sending_facility: str
+    received_at: datetime
+    normalizations: tuple[str, ...] = ()
+
+    @property
+    def dedup_key(self) -> str:
+        """HL7 resends reuse MSH-10 from the same sender: that pair identifies a message."""
+        return f"{self.sending_facility}|{self.control_id}"

@@ -1,0 +1,56 @@
+"""Human review: what a workflow asks a reviewer, and what the reviewer decides."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class ReviewAction(StrEnum):
+    APPROVE = "approve"
+    REJECT = "reject"
+    RETRY = "retry"
+
+
+class ReviewReason(StrEnum):
+    UNMAPPED_CODE = "unmapped-code"
+    UNKNOWN_ORDER = "unknown-order"
+    FHIR_REJECTED = "fhir-rejected"
+    INVALID_MESSAGE = "invalid-message"
+
+
+class ReviewRequest(BaseModel):
+    """What a reviewer is asked. ``summary`` names codes and fields, never patient data."""
+
+    model_config = ConfigDict(frozen=True)
+
+    review_id: str
+    reason: ReviewReason
+    summary: str
+    details: tuple[str, ...] = ()
+    # What each action will do for this particular request, shown in `careweave review list`.
+    actions: dict[ReviewAction, str] = Field(default_factory=dict)
+    requested_at: datetime
+
+
+class ReviewDecision(BaseModel):
+    """A reviewer's decision, sent as a Temporal update; the validator refuses malformed ones."""
+
+    model_config = ConfigDict(frozen=True)
+
+    review_id: str
+    action: ReviewAction
+    reason: str
+    reviewer: str
+
+
+class ReviewRecord(BaseModel):
+    """A request and its decision, kept in workflow state so every choice is attributable."""
+
+    model_config = ConfigDict(frozen=True)
+
+    request: ReviewRequest
+    decision: ReviewDecision
+    decided_at: datetime

