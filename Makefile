@@ -1,0 +1,44 @@
+# Two commands for a fresh machine: `make demo` and `make test`. Each sets up what it needs.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: setup demo test lint unit bench clean
+
+$(BIN)/.installed: pyproject.toml
+	@echo "==> Python: creating $(VENV) and installing Careweave with its test tools (pip)"
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required")'
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/python -m pip install --quiet --upgrade pip
+	@$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $@
+
+fhir-server/node_modules/.installed: fhir-server/package.json fhir-server/package-lock.json
+	@echo "==> Node: installing the demo FHIR R4 server's packages (npm ci)"
+	@command -v npm >/dev/null || { echo "==> installing Node.js and npm (apt-get)"; \
+		apt-get update -qq && apt-get install -y -qq nodejs npm >/dev/null; }
+	@npm ci --prefix fhir-server --no-audit --no-fund --loglevel=error
+	@touch $@
+
+setup: $(BIN)/.installed fhir-server/node_modules/.installed
+
+demo: setup
+	@echo "==> Starting the embedded stack and sending the sample feed through the gateway"
+	@$(BIN)/careweave demo
+
+lint: setup
+	@echo "==> ruff (lint and format) and mypy (strict on models/, adapters/, mappings/)"
+	@$(BIN)/ruff check .
+	@$(BIN)/ruff format --check .
+	@$(BIN)/mypy
+
+test: lint
+	@echo "==> pytest: unit, workflow (real Temporal dev server) and end-to-end (real FHIR server, MLLP peers)"
+	@$(BIN)/pytest -q
+
+bench: setup
+	@$(BIN)/python bench/ingest.py
+
+clean:
+	rm -rf $(VENV) fhir-server/node_modules .state

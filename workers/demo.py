@@ -1,0 +1,137 @@
+"""`careweave demo`: the embedded stack, a sample feed through the gateway, and what became of it."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+
+from rich.console import Console
+from rich.table import Table
+from temporalio.client import Client, WorkflowExecutionStatus
+
+from adapters.hl7v2.ack import parse_ack
+from adapters.hl7v2.mllp_client import MllpClient
+from models.settings import Settings
+from workers import sample_messages as sm
+from workers.stack import RunningStack, StackError, embedded_stack
+
+
+@dataclass(frozen=True)
+class FeedItem:
+    description: str
+    payload: bytes
+    workflow_id: str | None
+    expected_status: str | None
+
+
+def demo_feed(run_tag: str) -> list[FeedItem]:
+    """Orders and results covering the exchange's paths; ids carry run_tag so reruns are new."""
+    routine = sm.SampleOrder(f"DEMO{run_tag}A")
+    stat = sm.SampleOrder(f"DEMO{run_tag}B", local_code="K", text="Potassium", priority="S")
+    late_order = sm.SampleOrder(f"DEMO{run_tag}C", local_code="GLU", text="Glucose")
+    unmapped = sm.SampleOrder(f"DEMO{run_tag}D", local_code="ZZX9", text="Experimental")
+
+    def wid(order: sm.SampleOrder) -> str:
+        return f"order-to-result/{sm.HOSPITAL}/{order.placer_order_number}"
+
+    def item(text: str, message: str, order: sm.SampleOrder | None, status: str | None) -> FeedItem:
+        return FeedItem(text, message.encode(), wid(order) if order else None, status)
+
+    first_result = sm.lab_result(routine, f"{run_tag}-02", [sm.SODIUM, sm.POTASSIUM])
+    corrected_potassium = sm.ResultValue("K", "Potassium", "4.4", "mmol/L", "3.5-5.1", "N")
+    return [
+        item("routine order (ORM^O01 NW)", sm.lab_order(routine, f"{run_tag}-01"), routine, None),
+        item("its final result", first_result, routine, None),
+        item("stat order", sm.lab_order(stat, f"{run_tag}-03"), stat, None),
+        item("critical potassium (HH) -> stat Task",
+             sm.lab_result(stat, f"{run_tag}-04", [sm.POTASSIUM_CRITICAL]), stat, "final"),
+        item("result that arrives before its order",
+             sm.lab_result(late_order, f"{run_tag}-05", [sm.GLUCOSE_HIGH]), late_order, None),
+        item("...and then its order", sm.lab_order(late_order, f"{run_tag}-06"), late_order, "final"),
+        item("corrected result (OBR-25 = C)",
+             sm.lab_result(routine, f"{run_tag}-07", [sm.SODIUM, corrected_potassium],
+                           result_status="C"), routine, "corrected"),
+        item("resend of the first result (same MSH-10)", first_result, routine,
+             "corrected"),
+        item("order for a local test code", sm.lab_order(unmapped, f"{run_tag}-08"), unmapped, None),
+        item("result with a code that has no LOINC mapping -> review",
+             sm.lab_result(unmapped, f"{run_tag}-09", [sm.UNMAPPED]), unmapped, "ordered"),
+        FeedItem("not HL7 at all -> AR, quarantined", b"hello, this is not HL7\r", None, None),
+        FeedItem(
+            "ADT^A01 (not a lab exchange) -> AR 200",
+            (
+                f"MSH|^~\\&|ADT|{sm.HOSPITAL}|X|Y|20261125||ADT^A01|{run_tag}-10|P|2.5.1\r"
+                "PID|1||X\r"
+            ).encode(),
+            None,
+            None,
+        ),
+    ]
+
+
+async def _status(client: Client, workflow_id: str) -> str:
+    handle = client.get_workflow_handle(workflow_id)
+    description = await handle.describe()
+    if description.status != WorkflowExecutionStatus.RUNNING:
+        return description.status.name.lower() if description.status else "unknown"
+    status: str = await handle.query("status")
+    pending = await handle.query("pending_review")
+    return f"{status} (review pending)" if pending else status
+
+
+async def _wait_for(client: Client, items: list[FeedItem], seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    for item in items:
+        if not (item.workflow_id and item.expected_status):
+            continue
+        while time.monotonic() < deadline:
+            if (await _status(client, item.workflow_id)).startswith(item.expected_status):
+                break
+            await asyncio.sleep(0.3)
+
+
+async def _run(stack: RunningStack, console: Console, run_tag: str) -> None:
+    feed = demo_feed(run_tag)
+    acks: list[tuple[str, str]] = []
+    async with MllpClient("127.0.0.1", stack.gateway.port, timeout=30) as mllp:
+        for item in feed:
+            code, _control_id, error = parse_ack(await mllp.send(item.payload))
+            acks.append((code, error))
+    with console.status("waiting for the exchanges to settle..."):
+        await _wait_for(stack.client, feed, 60)
+    table = Table(title="What happened to each message")
+    for column in ("#", "message", "ACK", "exchange (workflow id)", "status now"):
+        table.add_column(column)
+    for index, (item, (code, error)) in enumerate(zip(feed, acks, strict=True), start=1):
+        status = await _status(stack.client, item.workflow_id) if item.workflow_id else "-"
+        ack = f"{code} {error}".strip()
+        table.add_row(str(index), item.description, ack, item.workflow_id or "quarantined", status)
+    console.print(table)
+    console.print(f"Temporal UI: {stack.ui_url}")
+    console.print(f"FHIR server: {stack.settings.fhir_base_url}/DiagnosticReport")
+    console.print("Quarantine: careweave quarantine list    Reviews: careweave review list")
+
+
+def run_demo(settings: Settings, console: Console, *, keep_running: bool) -> None:
+    run_tag = time.strftime("%H%M%S")
+
+    async def main() -> None:
+        with console.status("starting Temporal, the FHIR server, the worker and the gateway..."):
+            context = embedded_stack(settings)
+            stack = await context.__aenter__()
+        try:
+            await _run(stack, console, run_tag)
+            if keep_running:
+                console.print("The stack keeps running; press Ctrl-C to stop it.")
+                await asyncio.Event().wait()
+        finally:
+            await context.__aexit__(None, None, None)
+
+    try:
+        asyncio.run(main())
+    except KeyboardInterrupt:
+        console.print("Stopped.")
+    except StackError as err:
+        console.print(f"[red]error:[/red] {err}")
+        raise SystemExit(1) from err

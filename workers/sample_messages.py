@@ -1,0 +1,113 @@
+"""Synthetic HL7 v2.5.1 lab messages for the demo feed and the end-to-end tests.
+
+All people and numbers here are invented. Local codes use the coding system
+"L" (the sending lab's own codes), mapped to LOINC by mappings/lab.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+HOSPITAL_APP, HOSPITAL = "CAREEHR", "GENHOSP"
+LAB_APP, LAB = "LABSYS", "CENTRALLAB"
+
+
+@dataclass(frozen=True)
+class ResultValue:
+    local_code: str
+    text: str
+    value: str
+    units: str
+    reference_range: str
+    flag: str = ""
+    value_type: str = "NM"
+    coding_system: str = "L"
+
+
+@dataclass(frozen=True)
+class SamplePatient:
+    mrn: str = "MRN100234"
+    family: str = "Testpatient"
+    given: str = "Alma"
+    birth_date: str = "19720415"
+    sex: str = "F"
+
+
+@dataclass(frozen=True)
+class SampleOrder:
+    placer_order_number: str
+    local_code: str = "BMP"
+    text: str = "Basic metabolic panel"
+    priority: str = "R"  # ORC-7.6 / TQ1-9: S stat, A asap, R routine
+    patient: SamplePatient = field(default_factory=SamplePatient)
+    provider_id: str = "1234567893"
+    provider_family: str = "Welby"
+    provider_given: str = "Marcus"
+
+
+def _ts(when: datetime | None) -> str:
+    return (when or datetime(2026, 11, 25, 8, 30)).strftime("%Y%m%d%H%M%S")
+
+
+def _msh(app: str, facility: str, to_app: str, to_facility: str, message_type: str,
+         control_id: str, when: datetime | None) -> str:
+    return (
+        f"MSH|^~\\&|{app}|{facility}|{to_app}|{to_facility}|{_ts(when)}||{message_type}|"
+        f"{control_id}|P|2.5.1|||AL|NE"
+    )
+
+
+def _pid(patient: SamplePatient) -> str:
+    return (
+        f"PID|1||{patient.mrn}^^^{HOSPITAL}^MR||{patient.family}^{patient.given}||"
+        f"{patient.birth_date}|{patient.sex}"
+    )
+
+
+def _provider(order: SampleOrder) -> str:
+    return f"{order.provider_id}^{order.provider_family}^{order.provider_given}^^^^^^NPI"
+
+
+def lab_order(order: SampleOrder, control_id: str, *, order_control: str = "NW",
+              when: datetime | None = None) -> str:
+    """ORM^O01: a new order (NW) or its cancel (CA) from the hospital's EHR to the lab."""
+    segments = [
+        _msh(HOSPITAL_APP, HOSPITAL, LAB_APP, LAB, "ORM^O01^ORM_O01", control_id, when),
+        _pid(order.patient),
+        f"PV1|1|O|OPD^101^1^{HOSPITAL}",
+        f"ORC|{order_control}|{order.placer_order_number}^{HOSPITAL}|||||^^^{_ts(when)}^^"
+        f"{order.priority}||{_ts(when)}|||{_provider(order)}",
+        f"OBR|1|{order.placer_order_number}^{HOSPITAL}||{order.local_code}^{order.text}^L|||"
+        f"{_ts(when)}|||||||||{_provider(order)}|||||||||||^^^{_ts(when)}^^{order.priority}",
+    ]
+    return "\r".join(segments) + "\r"
+
+
+def lab_result(order: SampleOrder, control_id: str, values: list[ResultValue], *,
+               result_status: str = "F", filler_order_number: str = "",
+               when: datetime | None = None) -> str:
+    """ORU^R01 from the lab back to the hospital; result_status C marks a correction."""
+    filler = filler_order_number or f"F{order.placer_order_number}"
+    segments = [
+        _msh(LAB_APP, LAB, HOSPITAL_APP, HOSPITAL, "ORU^R01^ORU_R01", control_id, when),
+        _pid(order.patient),
+        f"ORC|RE|{order.placer_order_number}^{HOSPITAL}|{filler}^{LAB}|||||||||{_provider(order)}",
+        f"OBR|1|{order.placer_order_number}^{HOSPITAL}|{filler}^{LAB}|"
+        f"{order.local_code}^{order.text}^L|||{_ts(when)}|||||||||{_provider(order)}||||||"
+        f"{_ts(when)}|||{result_status}",
+    ]
+    for set_id, value in enumerate(values, start=1):
+        segments.append(
+            f"OBX|{set_id}|{value.value_type}|{value.local_code}^{value.text}^{value.coding_system}"
+            f"||{value.value}|{value.units}|{value.reference_range}|{value.flag}|||"
+            f"{result_status}|||{_ts(when)}"
+        )
+    return "\r".join(segments) + "\r"
+
+
+SODIUM = ResultValue("NA", "Sodium", "140", "mmol/L", "136-145", "N")
+POTASSIUM = ResultValue("K", "Potassium", "4.1", "mmol/L", "3.5-5.1", "N")
+POTASSIUM_CRITICAL = ResultValue("K", "Potassium", "6.9", "mmol/L", "3.5-5.1", "HH")
+GLUCOSE_HIGH = ResultValue("GLU", "Glucose", "182", "mg/dL", "70-99", "H")
+UNMAPPED = ResultValue("ZZX9", "Experimental marker", "12", "U/L", "0-20", "N")
