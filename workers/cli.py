@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import getpass
 import logging
 from datetime import timedelta
@@ -75,6 +76,52 @@ def up(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> Non
         console.print("Stopped: every part of the stack has been shut down.")
     except StackError as err:
         raise _fail(str(err)) from err
+
+
+@app.command()
+def worker(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
+    """Run only the Temporal worker (production: as many as load needs)."""
+    from adapters.fhir import FhirClient
+    from workers.telemetry import configure_tracing
+    from workers.worker import build_worker
+
+    _logging(verbose)
+    settings = load_settings()
+    configure_tracing(settings, "careweave-worker")
+
+    async def run() -> None:
+        client = await _client(settings)
+        async with FhirClient(settings.fhir_base_url, timeout=settings.fhir_timeout_seconds) as fhir:
+            await build_worker(client, settings, fhir).run()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run())
+
+
+@app.command()
+def gateway(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
+    """Run only the MLLP gateway against an existing Temporal cluster."""
+    from workers.gateway import MllpGateway
+    from workers.telemetry import configure_tracing
+
+    _logging(verbose)
+    settings = load_settings()
+    configure_tracing(settings, "careweave-gateway")
+
+    async def run() -> None:
+        client = await _client(settings)
+        intake = MessageIntake(
+            _store(settings),
+            TemporalCommitter(client, settings) if settings.mllp_commit else None,
+            fallback_charset=settings.fallback_charset,
+        )
+        server = MllpGateway(intake, settings)
+        await server.start()
+        console.print(f"MLLP gateway listening on {settings.mllp_host}:{server.port}")
+        await asyncio.Event().wait()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run())
 
 
 def _print_stack(settings: Settings, mllp_port: int, ui_url: str) -> None:

