@@ -135,6 +135,11 @@ class OrderToResult(ReviewableWorkflow):
     def status(self) -> str:
         return self._status
 
+    @workflow.query
+    def resources_written(self) -> list[str]:
+        """Logical FHIR ids this exchange wrote, in order (e.g. "DiagnosticReport/7")."""
+        return list(self._written)
+
     def _accept(self, message: InboundMessage) -> None:
         # A resend (same sender + MSH-10) that slipped past the gateway's receipt
         # table (crash between commit and receipt) is dropped here.
