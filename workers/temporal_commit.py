@@ -61,6 +61,7 @@ class TemporalCommitter:
                         sa.STATUS.value_set("received"),
                     ]
                 ),
+                static_summary=f"Lab order-to-result for an order of {route.facility}",
                 rpc_timeout=timedelta(seconds=10),
             )
         except RPCError as err:
