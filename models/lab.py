@@ -1,0 +1,134 @@
+"""Canonical lab order and result events, as the order-to-result exchange sees them.
+
+These models sit between the HL7 v2 adapter and the FHIR builders. They are
+frozen and JSON-serializable so Temporal's pydantic data converter can carry
+them through workflow history (encrypted by the payload codec: PHI lives in
+``PatientRef``). Values are already unescaped (``\\T\\`` is ``&``) and kept
+verbatim otherwise: nothing here is interpreted as markup or code.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+Priority = Literal["stat", "asap", "routine"]
+Comparator = Literal["<", ">", "<=", ">="]
+ValueKind = Literal["quantity", "string", "coded", "absent"]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class CodedConcept(_Frozen):
+    """A CE/CWE triplet: code, display text, coding system (e.g. ``LN``, ``99USI``, ``L``)."""
+
+    code: str
+    text: str = ""
+    system: str = ""
+
+
+class PatientRef(_Frozen):
+    """The patient as PID names them; PHI, so it never goes into ids or logs."""
+
+    identifier: str
+    assigning_authority: str = ""
+    identifier_type: str = ""
+    family_name: str = ""
+    given_name: str = ""
+    birth_date: date | None = None
+    sex: str = ""
+
+
+class OrderingProvider(_Frozen):
+    """ORC-12 / OBR-16: the clinician whose work queue receives the result."""
+
+    id: str
+    family_name: str = ""
+    given_name: str = ""
+    assigning_authority: str = ""
+
+
+class LabOrder(_Frozen):
+    """One ORC/OBR order group of an ORM^O01 or OML^O21."""
+
+    control_id: str
+    sending_facility: str
+    order_control: str
+    placer_order_number: str | None
+    placer_namespace: str = ""
+    filler_order_number: str | None
+    filler_namespace: str = ""
+    priority: Priority = "routine"
+    requested_test: CodedConcept
+    ordered_at: datetime | None = None
+    patient: PatientRef
+    ordering_provider: OrderingProvider | None = None
+
+    @property
+    def is_cancel(self) -> bool:
+        """ORC-1 = CA (cancel request) or OC (order cancelled) ends the order."""
+        return self.order_control in ("CA", "OC")
+
+
+class LabObservation(_Frozen):
+    """One OBX of a result.
+
+    ``value_kind`` says which value field is meaningful. ``non_numeric_in_nm``
+    marks an NM/SN OBX-5 that was not a number (e.g. ``see note``): it travels
+    as a string and must never be published as a quantity.
+    """
+
+    set_id: str
+    value_type: str
+    code: CodedConcept
+    value_kind: ValueKind
+    numeric_value: float | None = None
+    comparator: Comparator | None = None
+    string_value: str | None = None
+    coded_value: CodedConcept | None = None
+    non_numeric_in_nm: bool = False
+    units: str = ""
+    reference_range_low: float | None = None
+    reference_range_high: float | None = None
+    reference_range_text: str = ""
+    abnormal_flags: tuple[str, ...] = ()
+    result_status: str = ""
+    observed_at: datetime | None = None
+
+
+class LabResult(_Frozen):
+    """One OBR group of an ORU^R01 with its OBX observations."""
+
+    control_id: str
+    sending_facility: str
+    placer_order_number: str | None
+    placer_namespace: str = ""
+    filler_order_number: str | None
+    filler_namespace: str = ""
+    obr_set_id: str = ""
+    universal_service_id: CodedConcept
+    result_status: str
+    observed_at: datetime | None = None
+    reported_at: datetime | None = None
+    observations: tuple[LabObservation, ...]
+    patient: PatientRef
+    ordering_provider: OrderingProvider | None = None
+
+    @property
+    def is_correction(self) -> bool:
+        """OBR-25 = C, or any OBX-11 = C: a corrected result replaces the one already filed."""
+        return self.result_status == "C" or any(
+            obs.result_status == "C" for obs in self.observations
+        )
+
+
+class StructuralProblem(_Frozen):
+    """Why a message cannot be used, naming the segment/field and never a value (no PHI)."""
+
+    segment_id: str
+    field_position: int | None = None
+    text: str
