@@ -24,11 +24,18 @@ class _Frozen(BaseModel):
 
 
 class CodedConcept(_Frozen):
-    """A CE/CWE triplet: code, display text, coding system (e.g. ``LN``, ``99USI``, ``L``)."""
+    """A CE/CWE: code, display text, coding system (``LN``, ``99USI``, ``L``, ...).
+
+    ``alternate_*`` are CWE-4..6: many labs send their local code there beside
+    LOINC (or LOINC beside a local code), and either may be the one we map.
+    """
 
     code: str
     text: str = ""
     system: str = ""
+    alternate_code: str = ""
+    alternate_text: str = ""
+    alternate_system: str = ""
 
 
 class PatientRef(_Frozen):

@@ -272,7 +272,14 @@ def _coded(raw: str, d: _Delimiters) -> CodedConcept | None:
     text = _unescape(_at(parts, 2), d)
     if not code and not text:
         return None
-    return CodedConcept(code=code, text=text, system=_unescape(_at(parts, 3), d))
+    return CodedConcept(
+        code=code,
+        text=text,
+        system=_unescape(_at(parts, 3), d),
+        alternate_code=_unescape(_at(parts, 4), d),
+        alternate_text=_unescape(_at(parts, 5), d),
+        alternate_system=_unescape(_at(parts, 6), d),
+    )
 
 
 def _entity(raw: str, d: _Delimiters) -> tuple[str | None, str]:

@@ -1,0 +1,151 @@
+"""Versioned lab mapping data (local code -> LOINC, v2 tables -> FHIR) and lookups on it.
+
+Pure: reads package files only. See README.md in this folder for the rules.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import tomllib
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from typing import Any
+
+from models.lab import CodedConcept, LabResult
+
+__all__ = ["LabMapping", "LoincConcept", "load_lab_mapping", "unmapped_codes"]
+
+LOINC_V2_SYSTEM = "LN"
+LOCAL_V2_SYSTEM = "L"
+
+
+@dataclass(frozen=True)
+class LoincConcept:
+    code: str
+    display: str
+    ucum_unit: str = ""
+
+
+@dataclass(frozen=True)
+class LabMapping:
+    """One mapping version: ``local_to_loinc.<v>.csv`` + ``v2_to_fhir.<v>.toml``."""
+
+    version: str
+    local_to_loinc: dict[tuple[str, str], LoincConcept]
+    coding_systems: dict[str, str]
+    local_system_prefix: str
+    identifier_systems: dict[str, str]
+    observation_status: dict[str, str]
+    report_status: dict[str, str]
+    interpretation_system: str
+    interpretation_codes: frozenset[str]
+    interpretation_display: dict[str, str]
+    critical_flags: frozenset[str]
+    priority: dict[str, str]
+    task_texts: dict[str, str]
+    naive_timestamp_offset: str
+    ucum_units: frozenset[str]
+    unit_aliases: dict[str, str]
+    mapping_tag_system: str
+    mapping_tag_code: str
+
+    def to_loinc(self, system: str, code: str) -> LoincConcept | None:
+        """LOINC for one (v2 coding system, code); an ``LN`` code is already LOINC."""
+        if not code:
+            return None
+        system = system or LOCAL_V2_SYSTEM
+        if system == LOINC_V2_SYSTEM:
+            return LoincConcept(code=code, display="")
+        return self.local_to_loinc.get((system, code))
+
+    def loinc_for(self, concept: CodedConcept) -> LoincConcept | None:
+        """LOINC for a CWE: primary coding first, then the alternate (CWE-4..6)."""
+        primary = self.to_loinc(concept.system, concept.code)
+        if primary is not None:
+            return primary if primary.display else LoincConcept(primary.code, concept.text)
+        if concept.alternate_code:
+            alternate = self.to_loinc(concept.alternate_system, concept.alternate_code)
+            if alternate is not None:
+                return alternate if alternate.display else LoincConcept(
+                    alternate.code, concept.alternate_text
+                )
+        return None
+
+    def system_uri(self, v2_system: str) -> str:
+        """FHIR Coding.system for a v2 coding system; unknown ones are sender-local."""
+        v2_system = v2_system or LOCAL_V2_SYSTEM
+        return self.coding_systems.get(v2_system) or self.local_system_prefix + v2_system
+
+    def identifier_system(self, kind: str) -> str:
+        return self.identifier_systems[kind]
+
+    def ucum(self, unit: str) -> str | None:
+        """UCUM code for an OBX-6 unit, or None when it is not (known) UCUM."""
+        normalised = self.unit_aliases.get(unit, unit)
+        return normalised if normalised in self.ucum_units else None
+
+
+def _read_text(name: str) -> str:
+    return resources.files("mappings.lab").joinpath(name).read_text(encoding="utf-8")
+
+
+def _str_dict(table: Any) -> dict[str, str]:
+    return {str(k): str(v) for k, v in dict(table).items() if not isinstance(v, dict)}
+
+
+@cache
+def load_lab_mapping(version: str = "v1") -> LabMapping:
+    """Load one mapping version (cached: the files are package data and never change at runtime)."""
+    rows = csv.DictReader(io.StringIO(_read_text(f"local_to_loinc.{version}.csv")))
+    local_to_loinc = {
+        (row["local_system"].strip() or LOCAL_V2_SYSTEM, row["local_code"].strip()): LoincConcept(
+            code=row["loinc_code"].strip(),
+            display=row["loinc_display"].strip(),
+            ucum_unit=(row.get("ucum_unit") or "").strip(),
+        )
+        for row in rows
+    }
+    data = tomllib.loads(_read_text(f"v2_to_fhir.{version}.toml"))
+    if data.get("version") != version:
+        raise ValueError(f"v2_to_fhir.{version}.toml declares version {data.get('version')!r}")
+    coding = dict(data["coding_systems"])
+    local_prefix = str(coding.pop("local_prefix"))
+    interpretation = data["interpretation"]
+    return LabMapping(
+        version=version,
+        local_to_loinc=local_to_loinc,
+        coding_systems=_str_dict(coding),
+        local_system_prefix=local_prefix,
+        identifier_systems=_str_dict(data["identifier_systems"]),
+        observation_status=_str_dict(data["observation_status"]),
+        report_status=_str_dict(data["report_status"]),
+        interpretation_system=str(interpretation["system"]),
+        interpretation_codes=frozenset(str(c) for c in interpretation["codes"]),
+        interpretation_display=_str_dict(interpretation.get("display", {})),
+        critical_flags=frozenset(str(f) for f in data["critical"]["flags"]),
+        priority=_str_dict(data["priority"]),
+        task_texts=_str_dict(data["task"]),
+        naive_timestamp_offset=str(data["time"]["naive_timestamp_offset"]),
+        ucum_units=frozenset(str(u) for u in data["units"]["ucum"]),
+        unit_aliases=_str_dict(data["units"]["aliases"]),
+        mapping_tag_system=str(data["mapping_tag"]["system"]),
+        mapping_tag_code=str(data["mapping_tag"]["code_prefix"]) + version,
+    )
+
+
+def unmapped_codes(result: LabResult, mapping: LabMapping) -> list[str]:
+    """``system|code`` of the report and observation codes that have no LOINC.
+
+    Codes are not PHI, so this list may go into review reasons and logs.
+    Order is first appearance; duplicates are listed once.
+    """
+    unmapped: list[str] = []
+    concepts = [result.universal_service_id, *(obs.code for obs in result.observations)]
+    for concept in concepts:
+        if mapping.loinc_for(concept) is None:
+            key = f"{concept.system or LOCAL_V2_SYSTEM}|{concept.code}"
+            if key not in unmapped:
+                unmapped.append(key)
+    return unmapped

@@ -1,0 +1,443 @@
+"""Pure builders: canonical lab events -> FHIR R4 JSON, validated with ``fhir.resources.R4B``.
+
+Every write is conditional on a business identifier derived from the order
+numbers (never from names or MRNs), so an activity retried after a crash, a
+resent message or a corrected result updates the same resources (a new
+version) instead of creating duplicates. ``fullUrl`` uuids are uuid5 of those
+identifiers: building the same input twice gives the same JSON.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+from urllib.parse import quote
+
+from fhir.resources.R4B.bundle import Bundle
+from fhir.resources.R4B.diagnosticreport import DiagnosticReport
+from fhir.resources.R4B.observation import Observation
+from fhir.resources.R4B.servicerequest import ServiceRequest
+from fhir.resources.R4B.task import Task
+from pydantic import BaseModel
+
+from mappings.lab.concept_map import LabMapping
+from models.lab import (
+    CodedConcept,
+    LabObservation,
+    LabOrder,
+    LabResult,
+    OrderingProvider,
+    PatientRef,
+)
+
+__all__ = [
+    "OrderKey",
+    "escalation_task_for",
+    "is_critical",
+    "order_identifiers",
+    "report_identifier",
+    "result_transaction_for",
+    "service_request_for",
+]
+
+JSON = dict[str, Any]
+_V2_0203 = "http://terminology.hl7.org/CodeSystem/v2-0203"
+_UCUM = "http://unitsofmeasure.org"
+_UUID_NAMESPACE = uuid.UUID("6f1c7f0e-3b0a-5c1e-9a57-2f4c0a6b5d11")
+
+
+# --- identifiers -------------------------------------------------------------------
+
+
+OrderKey = tuple[str | None, str, str | None, str]
+"""(placer number, placer namespace, filler number, filler namespace), as on LabOrder/LabResult."""
+
+
+def _key(item: LabOrder | LabResult) -> OrderKey:
+    return (item.placer_order_number, item.placer_namespace,
+            item.filler_order_number, item.filler_namespace)
+
+
+def _qualified(system: str, namespace: str) -> str:
+    # The namespace (EI-2/EI-3) is what makes an order number unique; it is
+    # quoted so any character a sender uses stays a valid URI.
+    return f"{system}:{quote(namespace, safe='')}" if namespace else system
+
+
+def order_identifiers(key: OrderKey, mapping: LabMapping) -> list[JSON]:
+    """ServiceRequest.identifier for an order: placer (type PLAC) and filler (type FILL)."""
+    placer, placer_ns, filler, filler_ns = key
+    identifiers: list[JSON] = []
+    if placer:
+        identifiers.append({
+            "type": {"coding": [{"system": _V2_0203, "code": "PLAC"}]},
+            "system": _qualified(mapping.identifier_system("placer_order"), placer_ns),
+            "value": placer,
+        })
+    if filler:
+        identifiers.append({
+            "type": {"coding": [{"system": _V2_0203, "code": "FILL"}]},
+            "system": _qualified(mapping.identifier_system("filler_order"), filler_ns),
+            "value": filler,
+        })
+    if not identifiers:
+        raise ValueError("an order needs a placer or a filler order number")
+    return identifiers
+
+
+def _report_value(key: OrderKey) -> str:
+    # The filler (the lab) issues the report, so its number identifies it;
+    # a placer-only result falls back to the placer number.
+    placer, placer_ns, filler, filler_ns = key
+    if filler:
+        return f"filler/{quote(filler_ns, safe='')}/{quote(filler, safe='')}"
+    if placer:
+        return f"placer/{quote(placer_ns, safe='')}/{quote(placer, safe='')}"
+    raise ValueError("a result needs a placer or a filler order number")
+
+
+def report_identifier(result: LabResult, mapping: LabMapping) -> JSON:
+    """DiagnosticReport.identifier: stable across preliminary, final and corrected reports."""
+    return {"system": mapping.identifier_system("lab_report"), "value": _report_value(_key(result))}
+
+
+def _observation_identifiers(result: LabResult, mapping: LabMapping) -> list[JSON]:
+    # Keyed by the code as sent (not by OBX-1, which feeds often leave blank
+    # or repeat, nor by the LOINC of one mapping version); the n-th repeat of
+    # the same code gets its occurrence number.
+    report = _report_value(_key(result))
+    seen: dict[str, int] = {}
+    identifiers: list[JSON] = []
+    for obs in result.observations:
+        code_key = f"{quote(obs.code.system or 'L', safe='')}:{quote(obs.code.code, safe='')}"
+        seen[code_key] = seen.get(code_key, 0) + 1
+        identifiers.append({
+            "system": mapping.identifier_system("lab_observation"),
+            "value": f"{report}/{code_key}/{seen[code_key]}",
+        })
+    return identifiers
+
+
+def _conditional_url(resource_type: str, identifier: Mapping[str, Any]) -> str:
+    token = f"{identifier['system']}|{identifier['value']}"
+    return f"{resource_type}?identifier={quote(token, safe='')}"
+
+
+def _full_url(identifier: Mapping[str, Any]) -> str:
+    return "urn:uuid:" + str(uuid.uuid5(_UUID_NAMESPACE,
+                                        f"{identifier['system']}|{identifier['value']}"))
+
+
+def _patient_reference(patient: PatientRef, mapping: LabMapping) -> JSON:
+    # Logical reference: the Patient resource is owned by the ADT exchanges;
+    # the server resolves the identifier, we never create a patient here.
+    return {"identifier": {
+        "system": _qualified(mapping.identifier_system("patient"), patient.assigning_authority),
+        "value": patient.identifier,
+    }}
+
+
+def _practitioner_reference(provider: OrderingProvider, mapping: LabMapping) -> JSON:
+    display = " ".join(p for p in (provider.given_name, provider.family_name) if p)
+    reference: JSON = {
+        "type": "Practitioner",
+        "identifier": {
+            "system": _qualified(mapping.identifier_system("practitioner"),
+                                 provider.assigning_authority),
+            "value": provider.id,
+        },
+    }
+    if display:
+        reference["display"] = display
+    return reference
+
+
+def _meta(mapping: LabMapping) -> JSON:
+    return {"tag": [{"system": mapping.mapping_tag_system, "code": mapping.mapping_tag_code}]}
+
+
+# --- small value mappings ------------------------------------------------------------
+
+
+def _datetime(value: datetime | None, mapping: LabMapping) -> str | None:
+    if value is None:
+        return None
+    if value.tzinfo is not None:
+        return value.isoformat()
+    if mapping.naive_timestamp_offset:
+        return value.isoformat() + mapping.naive_timestamp_offset
+    # FHIR requires an offset on a time; the sender gave none (see [time] in the TOML).
+    return value.date().isoformat()
+
+
+def _codeable(concept: CodedConcept, mapping: LabMapping, *, with_loinc: bool = True) -> JSON:
+    codings: list[JSON] = []
+    loinc = mapping.loinc_for(concept) if with_loinc else None
+    if loinc is not None:
+        coding: JSON = {"system": mapping.system_uri("LN"), "code": loinc.code}
+        if loinc.display:
+            coding["display"] = loinc.display
+        codings.append(coding)
+    for code, text, system in (
+        (concept.code, concept.text, concept.system),
+        (concept.alternate_code, concept.alternate_text, concept.alternate_system),
+    ):
+        if not code:
+            continue
+        coding = {"system": mapping.system_uri(system), "code": code}
+        if text:
+            coding["display"] = text
+        if coding["system"] == mapping.system_uri("LN") and loinc and code == loinc.code:
+            continue
+        codings.append(coding)
+    codeable: JSON = {"coding": codings}
+    if concept.text:
+        codeable["text"] = concept.text
+    return codeable
+
+
+def _number(value: float) -> int | float:
+    return int(value) if value.is_integer() else value
+
+
+def _quantity(value: float, unit: str, mapping: LabMapping) -> JSON:
+    quantity: JSON = {"value": _number(value)}
+    if unit:
+        code = mapping.ucum(unit)
+        quantity["unit"] = unit
+        if code is not None:
+            quantity.update(system=_UCUM, code=code)
+    return quantity
+
+
+def _interpretation(flags: tuple[str, ...], mapping: LabMapping) -> list[JSON]:
+    concepts: list[JSON] = []
+    for flag in flags:
+        if flag in mapping.interpretation_codes:
+            coding: JSON = {"system": mapping.interpretation_system, "code": flag}
+            if flag in mapping.interpretation_display:
+                coding["display"] = mapping.interpretation_display[flag]
+            concepts.append({"coding": [coding], "text": flag})
+        else:
+            concepts.append({"text": flag})
+    return concepts
+
+
+def _report_status(result: LabResult, mapping: LabMapping) -> str:
+    if result.result_status:
+        return mapping.report_status.get(result.result_status, mapping.report_status["default"])
+    # OBR-25 left empty (seen in real feeds): the OBX-11 statuses decide.
+    statuses = {mapping.observation_status.get(o.result_status, "unknown")
+                for o in result.observations}
+    if "corrected" in statuses:
+        return "corrected"
+    if statuses == {"final"}:
+        return "final"
+    return "partial" if "final" in statuses else mapping.report_status["default"]
+
+
+def _validated(model: type[BaseModel], resource: JSON) -> JSON:
+    dumped: JSON = model.model_validate(resource).model_dump(mode="json", exclude_none=True)
+    return dumped
+
+
+# --- critical results -------------------------------------------------------------------
+
+
+def is_critical(result: LabResult, mapping: LabMapping) -> bool:
+    """Any OBX-8 flag the mapping calls critical (HH, LL, AA in v1)."""
+    return any(flag in mapping.critical_flags
+               for obs in result.observations for flag in obs.abnormal_flags)
+
+
+# --- ServiceRequest ----------------------------------------------------------------------
+
+
+def service_request_for(order: LabOrder, mapping: LabMapping) -> JSON:
+    """R4 ServiceRequest for an ORM/OML order; ORC-1 CA/OC gives status revoked."""
+    resource: JSON = {
+        "resourceType": "ServiceRequest",
+        "meta": _meta(mapping),
+        "identifier": order_identifiers(_key(order), mapping),
+        "status": "revoked" if order.is_cancel else "active",
+        "intent": "order",
+        "category": [{"coding": [{"system": "http://snomed.info/sct", "code": "108252007",
+                                  "display": "Laboratory procedure"}]}],
+        "priority": mapping.priority[order.priority],
+        "code": _codeable(order.requested_test, mapping),
+        "subject": _patient_reference(order.patient, mapping),
+    }
+    authored = _datetime(order.ordered_at, mapping)
+    if authored:
+        resource["authoredOn"] = authored
+    if order.ordering_provider is not None:
+        resource["requester"] = _practitioner_reference(order.ordering_provider, mapping)
+    return _validated(ServiceRequest, resource)
+
+
+# --- result transaction ---------------------------------------------------------------
+
+
+def _observation(obs: LabObservation, identifier: JSON, result: LabResult,
+                 mapping: LabMapping) -> JSON:
+    resource: JSON = {
+        "resourceType": "Observation",
+        "meta": _meta(mapping),
+        "identifier": [identifier],
+        "status": mapping.observation_status.get(obs.result_status,
+                                                 mapping.observation_status["default"]),
+        "category": [{"coding": [{
+            "system": "http://terminology.hl7.org/CodeSystem/observation-category",
+            "code": "laboratory"}]}],
+        "code": _codeable(obs.code, mapping),
+        "subject": _patient_reference(result.patient, mapping),
+    }
+    effective = _datetime(obs.observed_at or result.observed_at, mapping)
+    if effective:
+        resource["effectiveDateTime"] = effective
+    if obs.value_kind == "quantity" and obs.numeric_value is not None:
+        quantity = _quantity(obs.numeric_value, obs.units, mapping)
+        if obs.comparator:
+            quantity["comparator"] = obs.comparator
+        resource["valueQuantity"] = quantity
+    elif obs.value_kind == "coded" and obs.coded_value is not None:
+        resource["valueCodeableConcept"] = _codeable(obs.coded_value, mapping, with_loinc=False)
+    elif obs.value_kind == "string" and obs.string_value:
+        # Includes text sent in an NM field (non_numeric_in_nm): published as
+        # text only, never coerced into a number.
+        resource["valueString"] = obs.string_value
+    else:
+        resource["dataAbsentReason"] = {"coding": [{
+            "system": "http://terminology.hl7.org/CodeSystem/data-absent-reason",
+            "code": "unknown"}]}
+    reference_range: JSON = {}
+    if obs.reference_range_low is not None:
+        reference_range["low"] = _quantity(obs.reference_range_low, obs.units, mapping)
+    if obs.reference_range_high is not None:
+        reference_range["high"] = _quantity(obs.reference_range_high, obs.units, mapping)
+    if obs.reference_range_text:
+        reference_range["text"] = obs.reference_range_text
+    if reference_range:
+        resource["referenceRange"] = [reference_range]
+    if obs.abnormal_flags:
+        resource["interpretation"] = _interpretation(obs.abnormal_flags, mapping)
+    if obs.non_numeric_in_nm:
+        resource["note"] = [{"text": "Non-numeric value received in a numeric (NM/SN) field"}]
+    return _validated(Observation, resource)
+
+
+def _put(resource_type: str, identifier: JSON, resource: JSON) -> JSON:
+    return {
+        "fullUrl": _full_url(identifier),
+        "resource": resource,
+        "request": {"method": "PUT", "url": _conditional_url(resource_type, identifier)},
+    }
+
+
+def result_transaction_for(result: LabResult, mapping: LabMapping, *,
+                           critical: bool | None = None) -> JSON:
+    """One transaction Bundle: DiagnosticReport + Observations + the review Task.
+
+    ``critical`` overrides the flag-based decision (e.g. a reviewer marked it);
+    None means ``is_critical(result, mapping)``.
+    """
+    critical = is_critical(result, mapping) if critical is None else critical
+    report_id = report_identifier(result, mapping)
+    report_url = _full_url(report_id)
+    entries: list[JSON] = []
+    observation_refs: list[JSON] = []
+    for obs, obs_id in zip(result.observations, _observation_identifiers(result, mapping),
+                           strict=True):
+        entries.append(_put("Observation", obs_id, _observation(obs, obs_id, result, mapping)))
+        observation_refs.append({"reference": _full_url(obs_id)})
+
+    key = _key(result)
+    report: JSON = {
+        "resourceType": "DiagnosticReport",
+        "meta": _meta(mapping),
+        "identifier": [report_id],
+        # Logical reference by the order's identifier: the ServiceRequest was
+        # written on order, and a result may arrive for an order we never saw.
+        "basedOn": [{"type": "ServiceRequest",
+                     "identifier": _without_type(order_identifiers(key, mapping)[0])}],
+        "status": _report_status(result, mapping),
+        "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0074",
+                                  "code": "LAB"}]}],
+        "code": _codeable(result.universal_service_id, mapping),
+        "subject": _patient_reference(result.patient, mapping),
+        "result": observation_refs,
+    }
+    effective = _datetime(result.observed_at, mapping)
+    if effective:
+        report["effectiveDateTime"] = effective
+    issued = _datetime(result.reported_at, mapping)
+    if issued and "T" in issued:  # issued is an instant: a time with offset, or nothing
+        report["issued"] = issued
+    entries.insert(0, _put("DiagnosticReport", report_id,
+                           _validated(DiagnosticReport, report)))
+
+    task_id = {"system": mapping.identifier_system("result_review_task"),
+               "value": report_id["value"]}
+    task: JSON = {
+        "resourceType": "Task",
+        "meta": _meta(mapping),
+        "identifier": [task_id],
+        # A corrected report reopens review: the conditional PUT sets the
+        # same Task back to requested.
+        "status": "requested",
+        "intent": "order",
+        "priority": mapping.task_texts["critical_priority" if critical
+                                        else "normal_priority"],
+        "code": {"text": "Review lab result"},
+        "description": mapping.task_texts["review_description"]
+        + (" (corrected)" if result.is_correction else "")
+        + (" - critical" if critical else ""),
+        "focus": {"reference": report_url, "type": "DiagnosticReport"},
+        "for": _patient_reference(result.patient, mapping),
+    }
+    if result.ordering_provider is not None:
+        task["owner"] = _practitioner_reference(result.ordering_provider, mapping)
+    entries.append(_put("Task", task_id, _validated(Task, task)))
+
+    bundle: JSON = {"resourceType": "Bundle", "type": "transaction", "entry": entries}
+    return _validated(Bundle, bundle)
+
+
+def _without_type(identifier: JSON) -> JSON:
+    return {"system": identifier["system"], "value": identifier["value"]}
+
+
+# --- SLA escalation ---------------------------------------------------------------------
+
+
+def escalation_task_for(order: LabOrder, mapping: LabMapping, *,
+                        reason: str | None = None) -> JSON:
+    """Transaction Bundle with one conditional PUT of a stat Task: no final result within the SLA.
+
+    Keyed by the order, so a workflow retry or a second SLA timer writes the
+    same Task. ``reason`` must not carry PHI (it is stored as Task.description);
+    default from the mapping: "No final result within SLA".
+    """
+    identifiers = order_identifiers(_key(order), mapping)
+    primary = _without_type(identifiers[0])
+    task_id = {"system": mapping.identifier_system("sla_escalation_task"),
+               "value": f"{primary['system']}|{primary['value']}"}
+    task: JSON = {
+        "resourceType": "Task",
+        "meta": _meta(mapping),
+        "identifier": [task_id],
+        "status": "requested",
+        "intent": "order",
+        "priority": mapping.task_texts["critical_priority"],
+        "code": {"text": "Lab result overdue"},
+        "description": reason or mapping.task_texts["escalation_description"],
+        "focus": {"type": "ServiceRequest", "identifier": primary},
+        "for": _patient_reference(order.patient, mapping),
+    }
+    if order.ordering_provider is not None:
+        task["owner"] = _practitioner_reference(order.ordering_provider, mapping)
+    bundle: JSON = {"resourceType": "Bundle", "type": "transaction",
+                    "entry": [_put("Task", task_id, _validated(Task, task))]}
+    return _validated(Bundle, bundle)
