@@ -11,11 +11,17 @@ How it reads a message:
    ...) are left out: hl7apy rejects segments its version table does not know
    (PRT in a 2.5.1 message, as the Microsoft FHIR-Converter samples send),
    and building them costs time for nothing we map.
-2. If hl7apy still refuses the message, the same segments are read by
-   splitting on the MSH-1/MSH-2 delimiters (``fallback``): structure rules
-   below are what make a message usable, not hl7apy's table validation.
-3. Components are split and every value unescaped (``\\F\\ \\S\\ \\T\\ \\R\\
-   \\E\\ \\Xhh\\``) here; hl7apy keeps escape sequences as they were sent.
+   hl7apy decides the structure (MSH, version, segment list); the text of
+   each field is then read from the same lines by position, because
+   hl7apy's ``to_er7()`` re-escapes ``\\Xhh\\`` and ``\\.br\\`` sequences
+   (``\\E\\X0D\\E\\``), which would lose what they encode.
+2. If hl7apy refuses the message (a version it does not know, encoding
+   characters it rejects), the segments are read by splitting on the
+   MSH-1/MSH-2 delimiters -- the fallback, logged without values: the
+   structural rules below, not hl7apy's tables, decide whether a message is
+   usable.
+3. Components are split and every value unescaped here (``\\F\\ \\S\\ \\T\\
+   \\R\\ \\E\\ \\Xhh\\``, ``\\.br\\``; ``\\H\\``/``\\N\\`` dropped).
 
 Grouping: document order decides. An ORC opens an order context; every OBR
 is one order (orders) or one report (results); OBX belong to the OBR before
@@ -33,7 +39,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 
 from hl7apy.consts import VALIDATION_LEVEL
-from hl7apy.exceptions import HL7apyException
+from hl7apy.exceptions import HL7apyException, ParserError
 from hl7apy.parser import parse_message
 
 from models.lab import (
@@ -144,21 +150,21 @@ def _segments_by_splitting(lines: Sequence[str], d: _Delimiters) -> list[_Segmen
     return segments
 
 
-def _segments_via_hl7apy(lines: Sequence[str]) -> list[_Segment]:
+def _segments_via_hl7apy(lines: Sequence[str], d: _Delimiters) -> list[_Segment]:
+    """hl7apy decides the message structure (MSH, version, segment names and
+    order); field text is then read from the same lines.
+
+    hl7apy's ``to_er7()`` re-escapes an escape character that does not start
+    one of \\F\\ \\S\\ \\T\\ \\R\\ \\E\\, so ``\\X0D\\`` would come back as
+    ``\\E\\X0D\\E\\`` and lose the carriage return it encodes.
+    """
     message = parse_message(
         "\r".join(lines), validation_level=VALIDATION_LEVEL.TOLERANT, find_groups=False
     )
-    segments: list[_Segment] = []
-    for child in message.children:
-        seg = _Segment(str(child.name))
-        for hl7_field in child.children:
-            if hl7_field.name is None:
-                # Past the end of the version's field table: nothing we read.
-                continue
-            position = int(str(hl7_field.name).rsplit("_", 1)[1])
-            seg.fields.setdefault(position, []).append(str(hl7_field.to_er7()))
-        segments.append(seg)
-    return segments
+    names = [str(child.name) for child in message.children]
+    if names != [line[:3] for line in lines]:
+        raise ParserError("hl7apy segment list differs from the message")
+    return _segments_by_splitting(lines, d)
 
 
 @dataclass(frozen=True)
@@ -178,7 +184,7 @@ def _read(text: str) -> _Message:
     d = _delimiters(lines[0])
     kept = [line for line in lines if line[:3] in _READ_SEGMENTS and line[3:4] == d.field]
     try:
-        segments = _segments_via_hl7apy(kept)
+        segments = _segments_via_hl7apy(kept, d)
     except HL7apyException as exc:
         # hl7apy's version tables are stricter than real senders; the
         # structural checks below still decide whether the message is usable.
