@@ -95,9 +95,13 @@ def _str_dict(table: Any) -> dict[str, str]:
     return {str(k): str(v) for k, v in dict(table).items() if not isinstance(v, dict)}
 
 
-@cache
 def load_lab_mapping(version: str = "v1") -> LabMapping:
     """Load one mapping version (cached: the files are package data and never change at runtime)."""
+    return _load(version)
+
+
+@cache
+def _load(version: str) -> LabMapping:
     rows = csv.DictReader(io.StringIO(_read_text(f"local_to_loinc.{version}.csv")))
     local_to_loinc = {
         (row["local_system"].strip() or LOCAL_V2_SYSTEM, row["local_code"].strip()): LoincConcept(
