@@ -51,6 +51,7 @@ from models.lab import (
     OrderingProvider,
     PatientRef,
     Priority,
+    StructuralProblem,
     ValueKind,
 )
 
@@ -83,6 +84,13 @@ class LabMessageInvalid(ValueError):
         self.text = text
         where = segment_id if field_position is None else f"{segment_id}-{field_position}"
         super().__init__(f"{where}: {text}")
+
+    @property
+    def problem(self) -> StructuralProblem:
+        """The same facts as a serializable model, for an activity result or a review item."""
+        return StructuralProblem(
+            segment_id=self.segment_id, field_position=self.field_position, text=self.text
+        )
 
 
 # --- low-level reading -------------------------------------------------------------

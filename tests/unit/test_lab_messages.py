@@ -326,6 +326,8 @@ def test_missing_placer_and_filler_is_refused_without_phi() -> None:
         parse_lab_results(corpus("adversarial/missing-placer-and-filler.hl7"))
     assert (refused.value.segment_id, refused.value.field_position) == ("OBR", 2)
     message = str(refused.value)
+    assert refused.value.problem.model_dump() == {
+        "segment_id": "OBR", "field_position": 2, "text": refused.value.text}
     for phi in ("A-200311", "TESTPATIENT", "ALEX", "19800101", "WELBY"):
         assert phi not in message
 
