@@ -15,7 +15,7 @@ from mappings.lab.concept_map import load_lab_mapping, unmapped_codes
 from mappings.lab.fhir_builders import (
     escalation_task_for,
     is_critical,
-    placer_identifier_query,
+    order_identifiers,
     result_transaction_for,
     service_request_for,
 )
@@ -57,13 +57,15 @@ class PublishResultInput(BaseModel):
 
 
 class FindOrderInput(BaseModel):
-    facility: str
     placer_order_number: str
+    placer_namespace: str
+    mapping_version: str
 
 
 class EscalationInput(BaseModel):
     order: LabOrder
     reason: str
+    mapping_version: str
 
 
 class PublishOutcome(BaseModel):
@@ -94,6 +96,10 @@ def _locations(bundle: dict[str, object]) -> list[str]:
 
 def _resource_ref(resource: dict[str, object]) -> list[str]:
     return [f"{resource.get('resourceType')}/{resource.get('id')}"]
+
+
+def _identifier_search(identifier: dict[str, str]) -> str:
+    return f"identifier={identifier['system']}|{identifier['value']}"
 
 
 @activity.defn
@@ -132,12 +138,9 @@ class FhirActivities:
         mapping = load_lab_mapping(request.mapping_version)
         resource = service_request_for(request.order, mapping)
         try:
+            # Keyed on the placer identifier: a retry or a cancel updates the same resource.
             written = await self._fhir.conditional_update(
-                resource,
-                placer_identifier_query(
-                    request.order.placer_namespace or request.order.sending_facility,
-                    request.order.placer_order_number,
-                ),
+                resource, f"ServiceRequest?{_identifier_search(resource['identifier'][0])}"
             )
         except FhirRejectedError as err:
             raise _rejected(err) from err
@@ -155,23 +158,27 @@ class FhirActivities:
 
     @activity.defn(name="find_service_request")
     async def find_service_request(self, request: FindOrderInput) -> bool:
-        query = placer_identifier_query(request.facility, request.placer_order_number)
-        resource_type, _, params = query.partition("?")
-        key, _, value = params.partition("=")
+        mapping = load_lab_mapping(request.mapping_version)
+        placer = order_identifiers(
+            (request.placer_order_number, request.placer_namespace, None, ""), mapping
+        )[0]
         try:
-            found = await self._fhir.search(resource_type, {key: value})
+            found = await self._fhir.search(
+                "ServiceRequest", {"identifier": f"{placer['system']}|{placer['value']}"}
+            )
         except FhirRejectedError as err:
             raise _rejected(err) from err
         return bool(found)
 
     @activity.defn(name="raise_escalation_task")
     async def raise_escalation_task(self, request: EscalationInput) -> PublishOutcome:
-        task, query = escalation_task_for(request.order, request.reason)
+        mapping = load_lab_mapping(request.mapping_version)
+        bundle = escalation_task_for(request.order, mapping, reason=request.reason)
         try:
-            written = await self._fhir.conditional_update(task, query)
+            response = await self._fhir.transaction(bundle)
         except FhirRejectedError as err:
             raise _rejected(err) from err
-        return PublishOutcome(resources=_resource_ref(written))
+        return PublishOutcome(resources=_locations(response))
 
 
 # Names the workflow uses to call the class-based activities.

@@ -118,6 +118,7 @@ async def bench_bare_temporal(settings: Settings, tag: str, total: int, senders:
             facility="BENCH",
             business_key=f"{tag}{index:06d}",
             placer_order_number=f"{tag}{index:06d}",
+            placer_namespace="",
         )
         message = InboundMessage(
             text=text, message_type="ORU^R01", control_id=f"{tag}-{index}",

@@ -20,5 +20,7 @@ class OrderToResultInput(BaseModel):
 
     facility: str
     placer_order_number: str
+    # EI-2 of the placer order number as sent: part of the FHIR identifier system.
+    placer_namespace: str = ""
     mapping_version: str
     timing: ExchangeTiming

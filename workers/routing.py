@@ -36,6 +36,7 @@ class Route:
     facility: str
     business_key: str
     placer_order_number: str
+    placer_namespace: str
 
 
 def id_part(value: str) -> str:
@@ -110,6 +111,7 @@ def route_lab_message(message: DecodedMessage) -> Route:
         facility=facility,
         business_key=business_key,
         placer_order_number=placer,
+        placer_namespace=namespace,
     )
 
 

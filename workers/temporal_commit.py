@@ -40,6 +40,7 @@ class TemporalCommitter:
         start_input = OrderToResultInput(
             facility=route.facility,
             placer_order_number=route.placer_order_number,
+            placer_namespace=route.placer_namespace,
             mapping_version=LAB_MAPPING_VERSION,
             timing=self._timing,
         )

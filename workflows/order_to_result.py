@@ -198,8 +198,9 @@ class OrderToResult(ReviewableWorkflow):
             self._order_known_in_fhir = await workflow.execute_activity(
                 find_service_request,
                 FindOrderInput(
-                    facility=self._params.facility,
                     placer_order_number=self._params.placer_order_number,
+                    placer_namespace=self._params.placer_namespace,
+                    mapping_version=self._params.mapping_version,
                 ),
                 start_to_close_timeout=timedelta(seconds=30),
                 retry_policy=_FHIR_RETRY,
@@ -342,7 +343,11 @@ class OrderToResult(ReviewableWorkflow):
         assert self._order is not None
         await self._publish(
             raise_escalation_task,
-            EscalationInput(order=self._order, reason="No final result within the SLA window"),
+            EscalationInput(
+                order=self._order,
+                reason="No final result within the SLA window",
+                mapping_version=self._params.mapping_version,
+            ),
             summary="Raise an escalation Task: result overdue",
         )
         workflow.set_current_details("Overdue: escalation Task raised; still waiting for result")
