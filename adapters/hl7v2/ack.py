@@ -1,0 +1,151 @@
+"""HL7 v2 acknowledgments: build the gateway's ACK, decide whether to send one, read a peer's."""
+
+from __future__ import annotations
+
+from adapters.hl7v2.header import MessageHeader, MessageRejected, error_description
+
+_DEFAULT_VERSION = "2.5"
+_DEFAULT_ENCODING = "^~\\&"
+_SUCCESS_CODES = frozenset({"AA", "CA"})
+_ERROR_CODES = frozenset({"AE", "AR", "CE", "CR"})
+
+
+class AckParseError(ValueError):
+    """The text is not an HL7 ACK (no MSH or no MSA)."""
+
+
+def _version_tuple(version: str) -> tuple[int, ...]:
+    parts: list[int] = []
+    for part in version.split("."):
+        if not part.isdigit():
+            break
+        parts.append(int(part))
+    return tuple(parts)
+
+
+def _escape(value: str, field_separator: str, encoding_characters: str) -> str:
+    component, repetition, escape, subcomponent = (
+        encoding_characters[0],
+        encoding_characters[1],
+        encoding_characters[2],
+        encoding_characters[3],
+    )
+    out = value.replace(escape, f"{escape}E{escape}")
+    for char, code in (
+        (field_separator, "F"),
+        (component, "S"),
+        (subcomponent, "T"),
+        (repetition, "R"),
+    ):
+        out = out.replace(char, f"{escape}{code}{escape}")
+    for char, code in (("\r", "0D"), ("\n", "0A")):
+        out = out.replace(char, f"{escape}X{code}{escape}")
+    return out
+
+
+def build_ack(
+    header: MessageHeader | None,
+    ack_code: str,
+    *,
+    rejection: MessageRejected | None = None,
+    ack_control_id: str,
+    timestamp: str,
+) -> str:
+    """The ACK for an inbound message, segments joined by CR.
+
+    Applications and facilities are swapped, delimiters, MSH-11 and MSH-12 are the inbound
+    message's (v2.5 and ``|^~\\&`` when MSH was unreadable). With a rejection, MSA-3 carries
+    its text (v2.3 style) and an ERR segment locates it: ERR-1 before v2.5, ERR-2/3/4 from v2.5.
+    """
+    sep = header.field_separator if header else "|"
+    enc = header.encoding_characters if header else _DEFAULT_ENCODING
+    component = enc[0]
+    version = (header.version_id if header else "") or _DEFAULT_VERSION
+    processing_id = (header.processing_id if header else "") or "P"
+    trigger = header.trigger_event if header else ""
+    before_231 = _version_tuple(version) < (2, 3, 1)
+    # MSH-9.3 (message structure) exists from v2.3.1 on.
+    message_type = (
+        f"ACK{component}{trigger}" if before_231 else f"ACK{component}{trigger}{component}ACK"
+    )
+    msh = [
+        "MSH",
+        enc,
+        header.receiving_application if header else "",
+        header.receiving_facility if header else "",
+        header.sending_application if header else "",
+        header.sending_facility if header else "",
+        timestamp,
+        "",
+        message_type,
+        ack_control_id,
+        processing_id,
+        version,
+    ]
+    msa = ["MSA", ack_code, header.control_id if header else ""]
+    segments = [sep.join(msh)]
+    if rejection is None:
+        segments.append(sep.join(msa))
+        return "\r".join(segments)
+
+    def esc(value: str) -> str:
+        return _escape(value, sep, enc)
+
+    msa.append(esc(rejection.text))
+    segments.append(sep.join(msa))
+    field = "" if rejection.field_position is None else str(rejection.field_position)
+    location = component.join((esc(rejection.segment_id), str(rejection.segment_sequence), field))
+    description = esc(error_description(rejection.error_code))
+    if _version_tuple(version) < (2, 5):
+        # v2.3/v2.4 ERR-1 is ELD: segment^sequence^field^code (CE, as subcomponents).
+        sub = enc[3]
+        code = sub.join((rejection.error_code, description, "HL70357"))
+        segments.append(sep.join(("ERR", component.join((location, code)))))
+    else:
+        code = component.join((rejection.error_code, description, "HL70357"))
+        err = ["ERR", "", location, code, "E", "", "", "", esc(rejection.text)]
+        segments.append(sep.join(err))
+    return "\r".join(segments)
+
+
+def ack_required(header: MessageHeader, ack_code: str) -> bool:
+    """Whether MSH-15 (accept acknowledgment type) asks for this answer.
+
+    AL always, NE never, ER only for errors, SU only for success. An empty MSH-15 is
+    original mode, where the sender waits for an answer to every message: always answer.
+    """
+    condition = header.accept_ack_type
+    if condition == "NE":
+        return False
+    if condition == "ER":
+        return ack_code in _ERROR_CODES
+    if condition == "SU":
+        return ack_code in _SUCCESS_CODES
+    return True
+
+
+def parse_ack(text: str) -> tuple[str, str, str]:
+    """(MSA-1 code, MSA-2 control id, ERR-3 code or "") of an ACK; ERR-1 is read before v2.5."""
+    segments = [s for s in text.replace("\n", "\r").split("\r") if s]
+    if not segments or not segments[0].startswith("MSH") or len(segments[0]) < 8:
+        raise AckParseError("acknowledgment does not start with MSH")
+    sep = segments[0][3]
+    enc = segments[0].split(sep, 2)[1]
+    if len(enc) < 4:
+        raise AckParseError("acknowledgment MSH-2 does not define delimiters")
+    component, subcomponent = enc[0], enc[3]
+    msa = next((s.split(sep) for s in segments if s.startswith("MSA" + sep)), None)
+    if msa is None or len(msa) < 2:
+        raise AckParseError("acknowledgment has no MSA segment")
+    code = msa[1]
+    control_id = msa[2] if len(msa) > 2 else ""
+    error_code = ""
+    err = next((s.split(sep) for s in segments if s.startswith("ERR" + sep)), None)
+    if err is not None:
+        if len(err) > 3 and err[3]:
+            error_code = err[3].split(component)[0]
+        elif len(err) > 1:
+            eld = err[1].split(enc[1])[0].split(component)
+            if len(eld) > 3:
+                error_code = eld[3].split(subcomponent)[0]
+    return code, control_id, error_code
