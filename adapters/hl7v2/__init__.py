@@ -1,0 +1,52 @@
+"""HL7 v2 protocol I/O: MLLP framing, the gateway's fast path, ACKs and an MLLP client."""
+
+from adapters.hl7v2.ack import AckParseError, ack_required, build_ack, parse_ack
+from adapters.hl7v2.framing import (
+    END_BLOCK,
+    START_BLOCK,
+    BadFrame,
+    Frame,
+    MllpDecoder,
+    encode_frame,
+)
+from adapters.hl7v2.header import (
+    REQUIRED_SEGMENTS,
+    DecodedMessage,
+    MessageHeader,
+    MessageRejected,
+    decode_message,
+    error_description,
+    unescape,
+)
+from adapters.hl7v2.mllp_client import (
+    MllpClient,
+    MllpConnectionError,
+    MllpError,
+    MllpProtocolError,
+    MllpTimeout,
+)
+
+__all__ = [
+    "END_BLOCK",
+    "REQUIRED_SEGMENTS",
+    "START_BLOCK",
+    "AckParseError",
+    "BadFrame",
+    "DecodedMessage",
+    "Frame",
+    "MessageHeader",
+    "MessageRejected",
+    "MllpClient",
+    "MllpConnectionError",
+    "MllpDecoder",
+    "MllpError",
+    "MllpProtocolError",
+    "MllpTimeout",
+    "ack_required",
+    "build_ack",
+    "decode_message",
+    "encode_frame",
+    "error_description",
+    "parse_ack",
+    "unescape",
+]

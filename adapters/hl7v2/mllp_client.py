@@ -1,0 +1,139 @@
+"""A small async MLLP client: send one message, wait for its one ACK frame."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl as ssl_module
+from types import TracebackType
+
+from adapters.hl7v2.framing import BadFrame, MllpDecoder, encode_frame
+
+_READ_SIZE = 65536
+
+
+class MllpError(Exception):
+    """Base of the MLLP client's errors."""
+
+
+class MllpConnectionError(MllpError):
+    """Could not connect, or the peer closed the connection before answering."""
+
+
+class MllpTimeout(MllpError):
+    """No complete ACK frame within the timeout."""
+
+
+class MllpProtocolError(MllpError):
+    """The peer answered with bytes that are not a valid MLLP frame."""
+
+
+class MllpClient:
+    """One connection to an MLLP peer, used for one message at a time.
+
+    After a timeout or a protocol error the connection is closed, because a late ACK
+    would otherwise be read as the answer to the next message. A dropped connection is
+    reopened on the next ``send``; a message is never re-sent automatically, since the
+    peer may have received it (the caller decides, with MSH-10 making a resend a duplicate).
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        timeout: float,
+        ssl: ssl_module.SSLContext | None = None,
+        max_frame_bytes: int = 1024 * 1024,
+        encoding: str = "utf-8",
+    ) -> None:
+        self._host = host
+        self._port = port
+        self._timeout = timeout
+        self._ssl = ssl
+        self._max_frame_bytes = max_frame_bytes
+        self._encoding = encoding
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._lock = asyncio.Lock()
+
+    async def __aenter__(self) -> MllpClient:
+        await self._connect()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    @property
+    def connected(self) -> bool:
+        return (
+            self._writer is not None
+            and self._reader is not None
+            and not self._writer.is_closing()
+            and not self._reader.at_eof()
+        )
+
+    async def close(self) -> None:
+        writer, self._reader, self._writer = self._writer, None, None
+        if writer is None:
+            return
+        writer.close()
+        try:
+            await writer.wait_closed()
+        except (OSError, ssl_module.SSLError):
+            pass
+
+    async def send(self, message: str | bytes) -> str:
+        """Send one message and return the text of the peer's ACK frame."""
+        payload = message.encode(self._encoding) if isinstance(message, str) else message
+        async with self._lock:
+            if not self.connected:
+                await self.close()
+                await self._connect()
+            try:
+                return await asyncio.wait_for(self._exchange(payload), self._timeout)
+            except TimeoutError:
+                await self.close()
+                raise MllpTimeout(
+                    f"no ACK from {self._host}:{self._port} within {self._timeout}s"
+                ) from None
+            except MllpError:
+                await self.close()
+                raise
+            except (OSError, ssl_module.SSLError) as error:
+                await self.close()
+                raise MllpConnectionError(
+                    f"connection to {self._host}:{self._port} failed: {type(error).__name__}"
+                ) from error
+
+    async def _connect(self) -> None:
+        try:
+            self._reader, self._writer = await asyncio.wait_for(
+                asyncio.open_connection(self._host, self._port, ssl=self._ssl), self._timeout
+            )
+        except TimeoutError:
+            raise MllpTimeout(f"connecting to {self._host}:{self._port} timed out") from None
+        except (OSError, ssl_module.SSLError) as error:
+            raise MllpConnectionError(
+                f"cannot connect to {self._host}:{self._port}: {type(error).__name__}"
+            ) from error
+
+    async def _exchange(self, payload: bytes) -> str:
+        assert self._reader is not None and self._writer is not None
+        self._writer.write(encode_frame(payload))
+        await self._writer.drain()
+        decoder = MllpDecoder(self._max_frame_bytes)
+        while True:
+            data = await self._reader.read(_READ_SIZE)
+            if not data:
+                raise MllpConnectionError(
+                    f"{self._host}:{self._port} closed the connection before answering"
+                )
+            for item in decoder.feed(data):
+                if isinstance(item, BadFrame):
+                    raise MllpProtocolError(f"invalid answer frame: {item.reason}")
+                return item.payload.decode(self._encoding, errors="replace")
