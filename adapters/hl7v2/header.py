@@ -453,7 +453,7 @@ def decode_message(
     if declared_encoding != header.encoding_characters:
         # Downstream parsers (hl7apy) read MSH-2 again: give them the delimiters we used.
         segments[0] = sep.join(("MSH", header.encoding_characters, *segments[0].split(sep)[2:]))
-    _check_segments(segments, header)
+    _check_segments(segments, header, block_chars="\x0b" in text or "\x1c" in text)
     _check_header(header, supported_types, supported_versions)
     _check_structure(segments, header, required_segments)
     return DecodedMessage(
@@ -464,7 +464,7 @@ def decode_message(
     )
 
 
-def _check_segments(segments: list[str], header: MessageHeader) -> None:
+def _check_segments(segments: list[str], header: MessageHeader, *, block_chars: bool) -> None:
     separator = header.field_separator
     if len(segments) == 1:
         # Segments run together on one line look like one long MSH: no guessing where
@@ -477,7 +477,7 @@ def _check_segments(segments: list[str], header: MessageHeader) -> None:
         )
     for sequence, segment in enumerate(segments, start=1):
         segment_id = segment[:3]
-        for block_char in ("\x0b", "\x1c"):
+        for block_char in ("\x0b", "\x1c") if block_chars else ():
             at = segment.find(block_char)
             if at != -1:
                 raise _reject(
