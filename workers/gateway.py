@@ -94,11 +94,10 @@ class MllpGateway:
                 log.info("closing idle connection from %s", peer)
                 return
             if not data:
-                if decoder.pending_bytes:
-                    # The sender hung up mid-frame: keep what it sent.
-                    await self._intake.reject_frame(
-                        decoder.take_pending(), "connection closed inside a frame", peer=peer
-                    )
+                # The sender hung up mid-frame: keep what it sent (no one is left to answer).
+                for leftover in decoder.close():
+                    if isinstance(leftover, BadFrame):
+                        await self._intake.reject_frame(leftover.raw, leftover.reason, peer=peer)
                 return
             for item in decoder.feed(data):
                 if isinstance(item, BadFrame):
