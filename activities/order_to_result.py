@@ -5,6 +5,8 @@ a retry after a crash writes once).
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel, ConfigDict
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
@@ -84,9 +86,10 @@ def _rejected(err: FhirRejectedError) -> ApplicationError:
     )
 
 
-def _locations(bundle: dict[str, object]) -> list[str]:
+def _locations(bundle: dict[str, Any]) -> list[str]:
     refs: list[str] = []
-    for entry in bundle.get("entry", []) or []:  # type: ignore[union-attr]
+    entries: list[dict[str, Any]] = bundle.get("entry") or []
+    for entry in entries:
         location = (entry.get("response") or {}).get("location", "")
         if location:
             # "ServiceRequest/12/_history/2" -> "ServiceRequest/12"
@@ -98,7 +101,7 @@ def _resource_ref(resource: dict[str, object]) -> list[str]:
     return [f"{resource.get('resourceType')}/{resource.get('id')}"]
 
 
-def _identifier_search(identifier: dict[str, str]) -> str:
+def _identifier_search(identifier: dict[str, Any]) -> str:
     return f"identifier={identifier['system']}|{identifier['value']}"
 
 

@@ -27,15 +27,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from adapters.hl7v2.ack import parse_ack  # noqa: E402
-from adapters.hl7v2.mllp_client import MllpClient  # noqa: E402
-from models.messages import InboundMessage  # noqa: E402
-from models.settings import Settings  # noqa: E402
-from workers import sample_messages as sm  # noqa: E402
-from workers.routing import Route  # noqa: E402
-from workers.stack import dev_server_command  # noqa: E402
-from workers.temporal_client import connect  # noqa: E402
-from workers.temporal_commit import TemporalCommitter  # noqa: E402
+from adapters.hl7v2.ack import parse_ack
+from adapters.hl7v2.mllp_client import MllpClient
+from models.messages import InboundMessage
+from models.settings import Settings
+from workers import sample_messages as sm
+from workers.routing import Route
+from workers.stack import dev_server_command
+from workers.temporal_client import connect
+from workers.temporal_commit import TemporalCommitter
 
 
 @dataclass
@@ -51,9 +51,8 @@ class Figures:
         p50 = statistics.median(lat) if lat else float("nan")
         p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))] if lat else float("nan")
         rate = self.messages / self.seconds if self.seconds else 0.0
-        return (
-            f"| {self.name} | {self.messages} | {rate:.0f} | {p50:.1f} | {p99:.1f} | {self.errors} |"
-        )
+        cells = (self.name, self.messages, f"{rate:.0f}", f"{p50:.1f}", f"{p99:.1f}", self.errors)
+        return "| " + " | ".join(str(cell) for cell in cells) + " |"
 
 
 def result_message(tag: str, index: int) -> str:
@@ -121,8 +120,11 @@ async def bench_bare_temporal(settings: Settings, tag: str, total: int, senders:
             placer_namespace="",
         )
         message = InboundMessage(
-            text=text, message_type="ORU^R01", control_id=f"{tag}-{index}",
-            sending_facility=sm.LAB, received_at=datetime.now(UTC),
+            text=text,
+            message_type="ORU^R01",
+            control_id=f"{tag}-{index}",
+            sending_facility=sm.LAB,
+            received_at=datetime.now(UTC),
         )
         await committer.commit(route, message)
         return True
@@ -164,7 +166,9 @@ async def main() -> None:
             "CAREWEAVE_TASK_QUEUE": "careweave-bench",
         }
         settings = Settings(
-            state_dir=Path(state), temporal_address="127.0.0.1:17233", temporal_ui_port=18233,
+            state_dir=Path(state),
+            temporal_address="127.0.0.1:17233",
+            temporal_ui_port=18233,
             task_queue="careweave-bench",
         )
         temporal = subprocess.Popen(
@@ -182,26 +186,47 @@ async def main() -> None:
             rows = [await bench_bare_temporal(settings, f"T{tag}", args.messages, args.senders)]
 
             commit_port, floor_port = 12575, 12576
-            gateways.append(start_gateway(
-                {**env, "CAREWEAVE_MLLP_PORT": str(commit_port)}, Path(state) / "gw1.log"))
-            gateways.append(start_gateway(
-                {**env, "CAREWEAVE_MLLP_PORT": str(floor_port), "CAREWEAVE_MLLP_COMMIT": "false",
-                 "CAREWEAVE_DATABASE_URL": f"sqlite:///{state}/floor.db"},
-                Path(state) / "gw2.log"))
+            gateways.append(
+                start_gateway(
+                    {**env, "CAREWEAVE_MLLP_PORT": str(commit_port)}, Path(state) / "gw1.log"
+                )
+            )
+            gateways.append(
+                start_gateway(
+                    {
+                        **env,
+                        "CAREWEAVE_MLLP_PORT": str(floor_port),
+                        "CAREWEAVE_MLLP_COMMIT": "false",
+                        "CAREWEAVE_DATABASE_URL": f"sqlite:///{state}/floor.db",
+                    },
+                    Path(state) / "gw2.log",
+                )
+            )
             await wait_for_port(commit_port)
             await wait_for_port(floor_port)
-            rows.append(await bench_gateway(
-                "gateway, commit then ACK", commit_port, f"G{tag}", args.messages, args.senders))
-            rows.append(await bench_gateway(
-                "gateway, commit off (parse + ACK)", floor_port, f"F{tag}", args.messages,
-                args.senders))
+            rows.append(
+                await bench_gateway(
+                    "gateway, commit then ACK", commit_port, f"G{tag}", args.messages, args.senders
+                )
+            )
+            rows.append(
+                await bench_gateway(
+                    "gateway, commit off (parse + ACK)",
+                    floor_port,
+                    f"F{tag}",
+                    args.messages,
+                    args.senders,
+                )
+            )
         finally:
             for process in [*gateways, temporal]:
                 process.terminate()
                 process.wait(timeout=20)
 
-    print(f"\n{args.messages} ORU^R01 messages, {args.senders} concurrent senders, "
-          f"{os.cpu_count()} cores\n")
+    print(
+        f"\n{args.messages} ORU^R01 messages, {args.senders} concurrent senders, "
+        f"{os.cpu_count()} cores\n"
+    )
     print("| path | messages | msg/s | p50 ms | p99 ms | errors |")
     print("|---|---|---|---|---|---|")
     for figures in rows:

@@ -1,4 +1,4 @@
-"""Start inputs of the exchanges (small models so fields can be added without breaking histories)."""
+"""Start inputs of the exchanges: small models, so fields can be added without breaking history."""
 
 from __future__ import annotations
 

@@ -13,7 +13,9 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="CAREWEAVE_", env_file=None, extra="ignore")
 
-    state_dir: Path = Field(default=Path(".state"), description="Temporal SQLite file, Careweave DB")
+    state_dir: Path = Field(
+        default=Path(".state"), description="Temporal SQLite file, Careweave DB"
+    )
     temporal_address: str = "127.0.0.1:7233"
     temporal_namespace: str = "default"
     temporal_ui_port: int = 8233
@@ -39,7 +41,8 @@ class Settings(BaseSettings):
     fhir_timeout_seconds: float = 15.0
 
     database_url: str | None = Field(
-        default=None, description="SQLAlchemy URL for Careweave's tables; default SQLite in state_dir"
+        default=None,
+        description="SQLAlchemy URL for Careweave's tables; default SQLite in state_dir",
     )
 
     # Order-to-result timing (seconds), configurable so tests can use short timers.

@@ -25,7 +25,9 @@ from workers.temporal_client import connect
 from workers.temporal_commit import TemporalCommitter
 
 app = typer.Typer(help="Careweave clinical integration engine", no_args_is_help=True)
-quarantine_app = typer.Typer(help="Messages Careweave refused, kept with the reason", no_args_is_help=True)
+quarantine_app = typer.Typer(
+    help="Messages Careweave refused, kept with the reason", no_args_is_help=True
+)
 review_app = typer.Typer(help="Exchanges waiting for a person", no_args_is_help=True)
 app.add_typer(quarantine_app, name="quarantine")
 app.add_typer(review_app, name="review")
@@ -49,7 +51,8 @@ async def _client(settings: Settings) -> Client:
         return await connect(settings)
     except RuntimeError as err:
         raise _fail(
-            f"cannot reach Temporal at {settings.temporal_address} ({err}); is `careweave up` running?"
+            f"cannot reach Temporal at {settings.temporal_address} ({err}); "
+            "is `careweave up` running?"
         ) from err
 
 
@@ -91,7 +94,9 @@ def worker(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) ->
 
     async def run() -> None:
         client = await _client(settings)
-        async with FhirClient(settings.fhir_base_url, timeout=settings.fhir_timeout_seconds) as fhir:
+        async with FhirClient(
+            settings.fhir_base_url, timeout=settings.fhir_timeout_seconds
+        ) as fhir:
             await build_worker(client, settings, fhir).run()
 
     with contextlib.suppress(KeyboardInterrupt):
@@ -150,7 +155,9 @@ def demo(
 
 @app.command()
 def send(
-    files: Annotated[list[Path], typer.Argument(help="Files of HL7 v2 messages (one or more per file)")],
+    files: Annotated[
+        list[Path], typer.Argument(help="Files of HL7 v2 messages (one or more per file)")
+    ],
     host: str = "127.0.0.1",
     port: Annotated[int | None, typer.Option(help="Default: CAREWEAVE_MLLP_PORT")] = None,
 ) -> None:
@@ -187,12 +194,29 @@ def quarantine_list(
     store = _store(load_settings())
     rows = store.quarantined(None if status == "all" else status, limit=limit)
     table = Table(title=f"Quarantine ({status})")
-    for column in ("id", "received", "peer", "ack", "err", "type", "control id", "reason", "status"):
+    for column in (
+        "id",
+        "received",
+        "peer",
+        "ack",
+        "err",
+        "type",
+        "control id",
+        "reason",
+        "status",
+    ):
         table.add_column(column)
     for row in rows:
         table.add_row(
-            str(row.id), row.received_at.strftime("%Y-%m-%d %H:%M:%S"), row.peer, row.ack_code,
-            row.error_code, row.message_type, row.control_id, row.reason, row.status,
+            str(row.id),
+            row.received_at.strftime("%Y-%m-%d %H:%M:%S"),
+            row.peer,
+            row.ack_code,
+            row.error_code,
+            row.message_type,
+            row.control_id,
+            row.reason,
+            row.status,
         )
     console.print(table)
 
@@ -200,7 +224,9 @@ def quarantine_list(
 @quarantine_app.command("show")
 def quarantine_show(
     message_id: int,
-    raw: Annotated[Path | None, typer.Option(help="Write the raw bytes to this file to fix them")] = None,
+    raw: Annotated[
+        Path | None, typer.Option(help="Write the raw bytes to this file to fix them")
+    ] = None,
 ) -> None:
     """Show one quarantined message; --raw FILE saves its bytes for editing."""
     row = _store(load_settings()).quarantined_message(message_id)
@@ -235,12 +261,14 @@ def quarantine_release(
 
     async def run() -> None:
         client = await _client(settings)
-        intake = MessageIntake(store, TemporalCommitter(client, settings),
-                               fallback_charset=settings.fallback_charset)
+        intake = MessageIntake(
+            store, TemporalCommitter(client, settings), fallback_charset=settings.fallback_charset
+        )
         result = await intake.accept(payload, peer=f"quarantine#{message_id}", quarantine=False)
         if result.outcome in (Outcome.ACCEPTED, Outcome.DUPLICATE):
             store.mark_released(
-                message_id, released_by=by or getpass.getuser(),
+                message_id,
+                released_by=by or getpass.getuser(),
                 result=f"{result.outcome.value} into {result.workflow_id}",
             )
             console.print(f"released #{message_id}: {result.outcome.value} -> {result.workflow_id}")
@@ -251,6 +279,10 @@ def quarantine_release(
 
 
 # -- review --------------------------------------------------------------------
+
+
+def _pending(raw: object) -> ReviewRequest | None:
+    return ReviewRequest.model_validate(raw) if raw else None
 
 
 @review_app.command("list")
@@ -267,12 +299,13 @@ def review_list() -> None:
             "ReviewState = 'pending' AND ExecutionStatus = 'Running'"
         ):
             handle = client.get_workflow_handle(execution.id)
-            request = await handle.query("pending_review", result_type=ReviewRequest | None)
+            request = _pending(await handle.query("pending_review"))
             if request is None:
                 continue
             actions = ", ".join(f"{a.value}: {text}" for a, text in request.actions.items())
-            table.add_row(execution.id, request.review_id, request.reason.value,
-                          request.summary, actions)
+            table.add_row(
+                execution.id, request.review_id, request.reason.value, request.summary, actions
+            )
         console.print(table)
 
     asyncio.run(run())
@@ -284,15 +317,19 @@ def _decide(workflow_id: str, action: ReviewAction, reason: str, reviewer: str) 
     async def run() -> None:
         client = await _client(settings)
         handle = client.get_workflow_handle(workflow_id)
-        request = await handle.query("pending_review", result_type=ReviewRequest | None)
+        request = _pending(await handle.query("pending_review"))
         if request is None:
             raise _fail(f"{workflow_id} has no pending review")
         decision = ReviewDecision(
-            review_id=request.review_id, action=action, reason=reason,
+            review_id=request.review_id,
+            action=action,
+            reason=reason,
             reviewer=reviewer or getpass.getuser(),
         )
         try:
-            await handle.execute_update("decide_review", decision, rpc_timeout=timedelta(seconds=30))
+            await handle.execute_update(
+                "decide_review", decision, rpc_timeout=timedelta(seconds=30)
+            )
         except WorkflowUpdateFailedError as err:
             raise _fail(f"decision refused: {err.cause}") from err
         console.print(f"{action.value} recorded for {workflow_id} ({request.review_id})")

@@ -1,4 +1,4 @@
-"""`careweave demo`: the embedded stack, a sample feed through the gateway, and what became of it."""
+"""`careweave demo`: the embedded stack, a sample feed through the gateway, what became of it."""
 
 from __future__ import annotations
 
@@ -44,19 +44,39 @@ def demo_feed(run_tag: str) -> list[FeedItem]:
         item("routine order (ORM^O01 NW)", sm.lab_order(routine, f"{run_tag}-01"), routine, None),
         item("its final result", first_result, routine, None),
         item("stat order", sm.lab_order(stat, f"{run_tag}-03"), stat, None),
-        item("critical potassium (HH) -> stat Task",
-             sm.lab_result(stat, f"{run_tag}-04", [sm.POTASSIUM_CRITICAL]), stat, "final"),
-        item("result that arrives before its order",
-             sm.lab_result(late_order, f"{run_tag}-05", [sm.GLUCOSE_HIGH]), late_order, None),
-        item("...and then its order", sm.lab_order(late_order, f"{run_tag}-06"), late_order, "final"),
-        item("corrected result (OBR-25 = C)",
-             sm.lab_result(routine, f"{run_tag}-07", [sm.SODIUM, corrected_potassium],
-                           result_status="C"), routine, "corrected"),
-        item("resend of the first result (same MSH-10)", first_result, routine,
-             "corrected"),
-        item("order for a local test code", sm.lab_order(unmapped, f"{run_tag}-08"), unmapped, None),
-        item("result with a code that has no LOINC mapping -> review",
-             sm.lab_result(unmapped, f"{run_tag}-09", [sm.UNMAPPED]), unmapped, "ordered"),
+        item(
+            "critical potassium (HH) -> stat Task",
+            sm.lab_result(stat, f"{run_tag}-04", [sm.POTASSIUM_CRITICAL]),
+            stat,
+            "final",
+        ),
+        item(
+            "result that arrives before its order",
+            sm.lab_result(late_order, f"{run_tag}-05", [sm.GLUCOSE_HIGH]),
+            late_order,
+            None,
+        ),
+        item(
+            "...and then its order", sm.lab_order(late_order, f"{run_tag}-06"), late_order, "final"
+        ),
+        item(
+            "corrected result (OBR-25 = C)",
+            sm.lab_result(
+                routine, f"{run_tag}-07", [sm.SODIUM, corrected_potassium], result_status="C"
+            ),
+            routine,
+            "corrected",
+        ),
+        item("resend of the first result (same MSH-10)", first_result, routine, "corrected"),
+        item(
+            "order for a local test code", sm.lab_order(unmapped, f"{run_tag}-08"), unmapped, None
+        ),
+        item(
+            "result with a code that has no LOINC mapping -> review",
+            sm.lab_result(unmapped, f"{run_tag}-09", [sm.UNMAPPED]),
+            unmapped,
+            "ordered",
+        ),
         FeedItem("not HL7 at all -> AR, quarantined", b"hello, this is not HL7\r", None, None),
         FeedItem(
             "ADT^A01 (not a lab exchange) -> AR 200",

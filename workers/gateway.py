@@ -67,7 +67,9 @@ class MllpGateway:
         peername = writer.get_extra_info("peername")
         peer = f"{peername[0]}:{peername[1]}" if peername else "unknown"
         if len(self._connections) >= self._settings.mllp_max_connections:
-            log.warning("connection from %s refused: %d connections open", peer, len(self._connections))
+            log.warning(
+                "connection from %s refused: %d connections open", peer, len(self._connections)
+            )
             writer.close()
             return
         self._connections.add(task)

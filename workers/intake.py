@@ -107,7 +107,7 @@ class MessageIntake:
             except CommitError as err:
                 # Not durable means no AA: the sender keeps the message and resends;
                 # the bytes are kept too, so an operator can release them.
-                rejection = MessageRejected(
+                not_durable = MessageRejected(
                     ack_code="AE",
                     error_code="207",
                     segment_id="MSH",
@@ -117,7 +117,10 @@ class MessageIntake:
                     header=header,
                 )
                 return await self._reject(
-                    payload, rejection, peer=peer, quarantine=quarantine,
+                    payload,
+                    not_durable,
+                    peer=peer,
+                    quarantine=quarantine,
                     outcome=Outcome.NOT_COMMITTED,
                 )
             await asyncio.to_thread(
@@ -156,8 +159,9 @@ class MessageIntake:
     ) -> IntakeResult:
         header = rejection.header
         if not quarantine:
-            return IntakeResult(outcome=outcome, ack_code=rejection.ack_code, ack=None,
-                                reason=rejection.text)
+            return IntakeResult(
+                outcome=outcome, ack_code=rejection.ack_code, ack=None, reason=rejection.text
+            )
         quarantine_id = await asyncio.to_thread(
             self._store.quarantine,
             QuarantinedMessage(
@@ -178,7 +182,7 @@ class MessageIntake:
             rejection.error_code,
             rejection.text,
         )
-        ack = build_ack(
+        ack: str | None = build_ack(
             header,
             rejection.ack_code,
             rejection=rejection,

@@ -45,8 +45,9 @@ def id_part(value: str) -> str:
     return cleaned[:64] or "unknown"
 
 
-def _structure_error(message: DecodedMessage, segment_id: str, position: int | None, text: str,
-                     code: str = "100") -> MessageRejected:
+def _structure_error(
+    message: DecodedMessage, segment_id: str, position: int | None, text: str, code: str = "100"
+) -> MessageRejected:
     return MessageRejected(
         ack_code="AE",
         error_code=code,

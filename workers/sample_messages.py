@@ -50,8 +50,15 @@ def _ts(when: datetime | None) -> str:
     return (when or datetime(2026, 11, 25, 8, 30)).strftime("%Y%m%d%H%M%S")
 
 
-def _msh(app: str, facility: str, to_app: str, to_facility: str, message_type: str,
-         control_id: str, when: datetime | None) -> str:
+def _msh(
+    app: str,
+    facility: str,
+    to_app: str,
+    to_facility: str,
+    message_type: str,
+    control_id: str,
+    when: datetime | None,
+) -> str:
     return (
         f"MSH|^~\\&|{app}|{facility}|{to_app}|{to_facility}|{_ts(when)}||{message_type}|"
         f"{control_id}|P|2.5.1|||AL|NE"
@@ -69,8 +76,9 @@ def _provider(order: SampleOrder) -> str:
     return f"{order.provider_id}^{order.provider_family}^{order.provider_given}^^^^^^NPI"
 
 
-def lab_order(order: SampleOrder, control_id: str, *, order_control: str = "NW",
-              when: datetime | None = None) -> str:
+def lab_order(
+    order: SampleOrder, control_id: str, *, order_control: str = "NW", when: datetime | None = None
+) -> str:
     """ORM^O01: a new order (NW) or its cancel (CA) from the hospital's EHR to the lab."""
     segments = [
         _msh(HOSPITAL_APP, HOSPITAL, LAB_APP, LAB, "ORM^O01^ORM_O01", control_id, when),
@@ -84,9 +92,15 @@ def lab_order(order: SampleOrder, control_id: str, *, order_control: str = "NW",
     return "\r".join(segments) + "\r"
 
 
-def lab_result(order: SampleOrder, control_id: str, values: list[ResultValue], *,
-               result_status: str = "F", filler_order_number: str = "",
-               when: datetime | None = None) -> str:
+def lab_result(
+    order: SampleOrder,
+    control_id: str,
+    values: list[ResultValue],
+    *,
+    result_status: str = "F",
+    filler_order_number: str = "",
+    when: datetime | None = None,
+) -> str:
     """ORU^R01 from the lab back to the hospital; result_status C marks a correction."""
     filler = filler_order_number or f"F{order.placer_order_number}"
     segments = [

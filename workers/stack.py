@@ -103,7 +103,9 @@ def _stop(process: subprocess.Popen[bytes], name: str) -> None:
         process.wait()
 
 
-async def _wait_for_temporal(settings: Settings, process: subprocess.Popen[bytes], log_path: Path) -> Client:
+async def _wait_for_temporal(
+    settings: Settings, process: subprocess.Popen[bytes], log_path: Path
+) -> Client:
     for _ in range(300):
         if process.poll() is not None:
             raise StackError(f"the Temporal dev server exited; see {log_path}")
@@ -151,18 +153,28 @@ async def embedded_stack(settings: Settings) -> AsyncIterator[RunningStack]:
         children.append(("Temporal dev server", temporal))
         if settings.fhir_embedded:
             if not (PROJECT_ROOT / "fhir-server" / "node_modules").exists():
-                raise StackError("the demo FHIR server is not installed: npm ci --prefix fhir-server")
+                raise StackError(
+                    "the demo FHIR server is not installed: npm ci --prefix fhir-server"
+                )
             fhir_log = logs / "fhir-server.log"
             fhir = _spawn(
-                ["node", str(FHIR_SERVER_SCRIPT), "--port", str(settings.fhir_server_port),
-                 "--host", "127.0.0.1"],
+                [
+                    "node",
+                    str(FHIR_SERVER_SCRIPT),
+                    "--port",
+                    str(settings.fhir_server_port),
+                    "--host",
+                    "127.0.0.1",
+                ],
                 fhir_log,
             )
             children.append(("FHIR server", fhir))
             await _wait_for_fhir(settings.fhir_base_url, fhir, fhir_log)
         client = await _wait_for_temporal(settings, temporal, temporal_log)
         store = CareweaveStore.from_url(settings.resolved_database_url)
-        async with FhirClient(settings.fhir_base_url, timeout=settings.fhir_timeout_seconds) as fhir_client:
+        async with FhirClient(
+            settings.fhir_base_url, timeout=settings.fhir_timeout_seconds
+        ) as fhir_client:
             worker = build_worker(client, settings, fhir_client)
             committer = TemporalCommitter(client, settings) if settings.mllp_commit else None
             intake = MessageIntake(store, committer, fallback_charset=settings.fallback_charset)

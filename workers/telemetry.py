@@ -34,8 +34,10 @@ def configure_tracing(settings: Settings, service_name: str = "careweave") -> No
     elif settings.otel_exporter == "otlp":
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
-        exporter = OTLPSpanExporter(endpoint=settings.otel_otlp_endpoint) if (
-            settings.otel_otlp_endpoint
-        ) else OTLPSpanExporter()
+        exporter = (
+            OTLPSpanExporter(endpoint=settings.otel_otlp_endpoint)
+            if (settings.otel_otlp_endpoint)
+            else OTLPSpanExporter()
+        )
         provider.add_span_processor(BatchSpanProcessor(exporter))
     trace.set_tracer_provider(provider)

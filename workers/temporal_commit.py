@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from temporalio.client import Client
-from temporalio.common import TypedSearchAttributes
+from temporalio.common import SearchAttributePair, TypedSearchAttributes
 from temporalio.service import RPCError
 
 from models.exchanges import ExchangeTiming, OrderToResultInput
@@ -56,10 +56,10 @@ class TemporalCommitter:
                 start_signal_args=[message],
                 search_attributes=TypedSearchAttributes(
                     [
-                        sa.EXCHANGE.value_set(route.exchange),
-                        sa.FACILITY.value_set(route.facility),
-                        sa.MESSAGE_TYPE.value_set(message.message_type),
-                        sa.STATUS.value_set("received"),
+                        SearchAttributePair(sa.EXCHANGE, route.exchange),
+                        SearchAttributePair(sa.FACILITY, route.facility),
+                        SearchAttributePair(sa.MESSAGE_TYPE, message.message_type),
+                        SearchAttributePair(sa.STATUS, "received"),
                     ]
                 ),
                 static_summary=f"Lab order-to-result for an order of {route.facility}",

@@ -14,7 +14,6 @@ activities (activities/order_to_result.py).
 
 from __future__ import annotations
 
-import asyncio
 from collections import deque
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
@@ -33,9 +32,8 @@ with workflow.unsafe.imports_passed_through():
         FHIR_REJECTED,
         LAB_MESSAGE_INVALID,
         EscalationInput,
+        FhirActivities,
         FindOrderInput,
-        InterpretedOrder,
-        InterpretedResult,
         InterpretInput,
         PublishOrderInput,
         PublishOutcome,
@@ -62,6 +60,7 @@ _FHIR_RETRY = RetryPolicy(
     non_retryable_error_types=[FHIR_REJECTED, LAB_MESSAGE_INVALID],
 )
 _T = TypeVar("_T")
+_A = TypeVar("_A")
 
 
 class OrderToResultSummary(BaseModel):
@@ -157,7 +156,7 @@ class OrderToResult(ReviewableWorkflow):
             InterpretInput(message=message, mapping_version=self._params.mapping_version),
             summary="Parse and validate the lab order",
         )
-        if not isinstance(interpreted, InterpretedOrder):
+        if interpreted is None:
             return
         order = interpreted.order
         cancelling = order.order_control in CANCEL_ORDER_CONTROLS
@@ -195,7 +194,7 @@ class OrderToResult(ReviewableWorkflow):
 
     async def _handle_result(self, message: InboundMessage) -> None:
         if self._order is None and not self._order_known_in_fhir:
-            self._order_known_in_fhir = await workflow.execute_activity(
+            self._order_known_in_fhir = await workflow.execute_activity_method(
                 find_service_request,
                 FindOrderInput(
                     placer_order_number=self._params.placer_order_number,
@@ -227,7 +226,7 @@ class OrderToResult(ReviewableWorkflow):
                 InterpretInput(message=message, mapping_version=self._params.mapping_version),
                 summary="Parse the result and map local codes to LOINC",
             )
-            if not isinstance(interpreted, InterpretedResult):
+            if interpreted is None:
                 return
             allow_unmapped = False
             if interpreted.unmapped_codes:
@@ -299,7 +298,7 @@ class OrderToResult(ReviewableWorkflow):
         try:
             await workflow.wait_condition(lambda: bool(self._inbox), timeout=timeout)
             return True
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
         now = workflow.now()
         if self._unknown_order_deadline is not None and now >= self._unknown_order_deadline:
@@ -367,7 +366,7 @@ class OrderToResult(ReviewableWorkflow):
         workflow.upsert_search_attributes([sa.STATUS.value_set(status)])
 
     async def _run_activity(
-        self, activity: Callable[..., Awaitable[_T]], arg: object, *, summary: str
+        self, activity: Callable[[_A], _T], arg: _A, *, summary: str
     ) -> _T | None:
         """Run a parse/map step; a message the full parser refuses goes to a reviewer."""
         while True:
@@ -395,12 +394,16 @@ class OrderToResult(ReviewableWorkflow):
                     return None
 
     async def _publish(
-        self, activity: Callable[..., Awaitable[PublishOutcome]], arg: object, *, summary: str
+        self,
+        activity: Callable[[FhirActivities, _A], Awaitable[PublishOutcome]],
+        arg: _A,
+        *,
+        summary: str,
     ) -> PublishOutcome | None:
         """Write to FHIR; a 4xx refusal is not retried but goes to a reviewer."""
         while True:
             try:
-                outcome = await workflow.execute_activity(
+                outcome = await workflow.execute_activity_method(
                     activity,
                     arg,
                     start_to_close_timeout=timedelta(seconds=60),

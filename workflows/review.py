@@ -62,17 +62,14 @@ class ReviewableWorkflow:
         self._decision = None
         workflow.upsert_search_attributes([sa.REVIEW_STATE.value_set(decision.action.value)])
         workflow.set_current_details("")
-        workflow.logger.info(
-            "review %s decided: %s by reviewer", review_id, decision.action.value
-        )
+        workflow.logger.info("review %s decided: %s by reviewer", review_id, decision.action.value)
         return decision
 
     @workflow.update
     async def decide_review(self, decision: ReviewDecision) -> ReviewRecord:
         self._decision = decision
         await workflow.wait_condition(
-            lambda: bool(self._review_history)
-            and self._review_history[-1].decision is decision
+            lambda: bool(self._review_history) and self._review_history[-1].decision is decision
         )
         return self._review_history[-1]
 

@@ -126,8 +126,10 @@ async def test_embedded_start_byte_refused_and_other_connections_unaffected(
 
 
 async def test_oversized_frame_refused_and_kept(engine: Engine) -> None:
-    too_big = b"MSH|^~\\&|X|Y|Z|W|20261125||ORU^R01|BIG1|P|2.5.1\r" + b"OBX|" + b"9" * (
-        engine.settings.mllp_max_frame_bytes + 10
+    too_big = (
+        b"MSH|^~\\&|X|Y|Z|W|20261125||ORU^R01|BIG1|P|2.5.1\r"
+        + b"OBX|"
+        + b"9" * (engine.settings.mllp_max_frame_bytes + 10)
     )
     answer = await _raw_exchange(engine.mllp_port, encode_frame(too_big))
     assert parse_ack(answer.strip(b"\x0b\x1c\r").decode())[0] == "AR"

@@ -33,7 +33,9 @@ async def read(engine: Engine, ref: str) -> dict[str, Any]:
     return await engine.fhir.read(resource_type, resource_id)
 
 
-async def report_and_task(engine: Engine, order: sm.SampleOrder) -> tuple[dict[str, Any], dict[str, Any]]:
+async def report_and_task(
+    engine: Engine, order: sm.SampleOrder
+) -> tuple[dict[str, Any], dict[str, Any]]:
     [report_ref] = sorted(set(await written(engine, order, "DiagnosticReport")))
     task_refs = sorted(set(await written(engine, order, "Task")))
     return await read(engine, report_ref), await read(engine, task_refs[0])
@@ -127,9 +129,7 @@ async def test_resent_message_is_acknowledged_and_written_once(engine: Engine) -
     await asyncio.sleep(1.5)
     report, _ = await report_and_task(engine, order)
     assert len(await engine.fhir.history("DiagnosticReport", report["id"])) == 1
-    runs = [
-        e async for e in engine.client.list_workflows(f"WorkflowId = '{workflow_id(order)}'")
-    ]
+    runs = [e async for e in engine.client.list_workflows(f"WorkflowId = '{workflow_id(order)}'")]
     assert len(runs) == 1
 
 
@@ -189,8 +189,10 @@ async def test_result_for_an_order_never_seen_goes_to_review(engine: Engine) -> 
     await engine.handle(workflow_id(order)).execute_update(
         "decide_review",
         ReviewDecision(
-            review_id=str(pending["review_id"]), action=ReviewAction.REJECT,
-            reason="not our patient", reviewer="reviewer-2",
+            review_id=str(pending["review_id"]),
+            action=ReviewAction.REJECT,
+            reason="not our patient",
+            reviewer="reviewer-2",
         ),
     )
     await engine.wait_for_status(workflow_id(order), "result-rejected")
@@ -234,10 +236,18 @@ async def test_review_validator_refuses_malformed_decisions(engine: Engine) -> N
     handle = engine.handle(workflow_id(order))
     for bad in (
         ReviewDecision(review_id="r99", action=ReviewAction.APPROVE, reason="x", reviewer="a"),
-        ReviewDecision(review_id=str(pending["review_id"]), action=ReviewAction.APPROVE,
-                       reason="  ", reviewer="a"),
-        ReviewDecision(review_id=str(pending["review_id"]), action=ReviewAction.APPROVE,
-                       reason="ok", reviewer=""),
+        ReviewDecision(
+            review_id=str(pending["review_id"]),
+            action=ReviewAction.APPROVE,
+            reason="  ",
+            reviewer="a",
+        ),
+        ReviewDecision(
+            review_id=str(pending["review_id"]),
+            action=ReviewAction.APPROVE,
+            reason="ok",
+            reviewer="",
+        ),
     ):
         try:
             await handle.execute_update("decide_review", bad)
@@ -248,15 +258,23 @@ async def test_review_validator_refuses_malformed_decisions(engine: Engine) -> N
     assert (await handle.query("pending_review")) is not None
     await handle.execute_update(
         "decide_review",
-        ReviewDecision(review_id=str(pending["review_id"]), action=ReviewAction.REJECT,
-                       reason="test over", reviewer="reviewer-3"),
+        ReviewDecision(
+            review_id=str(pending["review_id"]),
+            action=ReviewAction.REJECT,
+            reason="test over",
+            reviewer="reviewer-3",
+        ),
     )
     await engine.wait_for_status(workflow_id(order), "result-rejected")
     try:
         await handle.execute_update(
             "decide_review",
-            ReviewDecision(review_id=str(pending["review_id"]), action=ReviewAction.APPROVE,
-                           reason="second decision", reviewer="reviewer-3"),
+            ReviewDecision(
+                review_id=str(pending["review_id"]),
+                action=ReviewAction.APPROVE,
+                reason="second decision",
+                reviewer="reviewer-3",
+            ),
         )
     except WorkflowUpdateFailedError:
         pass

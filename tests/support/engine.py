@@ -99,7 +99,9 @@ class Engine:
 
 
 @contextlib.asynccontextmanager
-async def running_engine(client: Client, fhir_base_url: str, **overrides: object) -> AsyncIterator[Engine]:
+async def running_engine(
+    client: Client, fhir_base_url: str, **overrides: object
+) -> AsyncIterator[Engine]:
     with tempfile.TemporaryDirectory(prefix="careweave-test-") as state:
         settings = engine_settings(Path(state), fhir_base_url, **overrides)
         store = CareweaveStore.from_url(settings.resolved_database_url)
@@ -125,8 +127,14 @@ async def mllp_send(port: int, messages: list[str | bytes]) -> list[str]:
         command = Path(sys.executable).parent / "mllp_send"
         executable = str(command) if command.exists() else "mllp_send"
         process = await asyncio.create_subprocess_exec(
-            executable, "-p", str(port), "-f", path, "127.0.0.1",
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            executable,
+            "-p",
+            str(port),
+            "-f",
+            path,
+            "127.0.0.1",
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
         )
         stdout, stderr = await asyncio.wait_for(process.communicate(), 120)
         assert process.returncode == 0, stderr.decode()
