@@ -1,4 +1,4 @@
-"""Careweave's own database: quarantine and receipts (SQLite by default, PostgreSQL in production)."""
+"""Careweave's own database: quarantine and receipts (SQLite default, PostgreSQL in production)."""
 
 from __future__ import annotations
 
@@ -53,7 +53,9 @@ class CareweaveStore:
             assert message.id is not None
             return message.id
 
-    def quarantined(self, status: str | None = None, limit: int = 100) -> Sequence[QuarantinedMessage]:
+    def quarantined(
+        self, status: str | None = None, limit: int = 100
+    ) -> Sequence[QuarantinedMessage]:
         with Session(self._engine) as session:
             query = select(QuarantinedMessage).order_by(col(QuarantinedMessage.id).desc())
             if status:

@@ -196,8 +196,9 @@ def _read(text: str) -> _Message:
     except HL7apyException as exc:
         # hl7apy's version tables are stricter than real senders; the
         # structural checks below still decide whether the message is usable.
-        log.warning("hl7apy refused the message (%s); reading segments by splitting",
-                    type(exc).__name__)
+        log.warning(
+            "hl7apy refused the message (%s); reading segments by splitting", type(exc).__name__
+        )
         segments = _segments_by_splitting(kept, d)
     msh = segments[0]
     msg_type = _components(msh.raw(9), d)
@@ -247,8 +248,13 @@ def _unescape(raw: str, d: _Delimiters) -> str:
             i += 1
             continue
         seq = raw[i + 1 : end]
-        simple = {"F": d.field, "S": d.component, "T": d.subcomponent,
-                  "R": d.repetition, "E": d.escape}
+        simple = {
+            "F": d.field,
+            "S": d.component,
+            "T": d.subcomponent,
+            "R": d.repetition,
+            "E": d.escape,
+        }
         hex_match = _HEX_ESCAPE.fullmatch(seq)
         if seq in simple:
             out.append(simple[seq])
@@ -326,8 +332,13 @@ def _timestamp(raw: str, d: _Delimiters) -> datetime | None:
         tz = timezone(sign * timedelta(hours=int(g["tz"][1:3]), minutes=int(g["tz"][3:5])))
     try:
         return datetime(
-            int(g["y"]), int(g["mo"] or 1), int(g["d"] or 1),
-            int(g["h"] or 0), int(g["mi"] or 0), int(g["s"] or 0), tzinfo=tz,
+            int(g["y"]),
+            int(g["mo"] or 1),
+            int(g["d"] or 1),
+            int(g["h"] or 0),
+            int(g["mi"] or 0),
+            int(g["s"] or 0),
+            tzinfo=tz,
         )
     except ValueError:
         return None
@@ -397,8 +408,9 @@ def parse_patient(text: str) -> PatientRef:
 _PRIORITY_0027: dict[str, Priority] = {"S": "stat", "A": "asap", "R": "routine"}
 
 
-def _priority(orc: _Segment | None, obr: _Segment, tq1: _Segment | None,
-              d: _Delimiters) -> Priority:
+def _priority(
+    orc: _Segment | None, obr: _Segment, tq1: _Segment | None, d: _Delimiters
+) -> Priority:
     candidates = [
         _at(_components(tq1.raw(9), d), 1) if tq1 else "",
         _at(_components(obr.raw(27), d), 6),
@@ -450,8 +462,11 @@ def parse_lab_order(text: str) -> LabOrder:
     return orders[0]
 
 
-def _order_numbers(orc: _Segment | None, obr: _Segment, d: _Delimiters,
-                   ) -> tuple[str | None, str, str | None, str]:
+def _order_numbers(
+    orc: _Segment | None,
+    obr: _Segment,
+    d: _Delimiters,
+) -> tuple[str | None, str, str | None, str]:
     # OBR-2/3 identify this very request; ORC-2/3 repeat them for the order
     # group, so they serve when a sender fills only the ORC.
     placer, placer_ns = _entity(obr.raw(2), d)
@@ -463,13 +478,15 @@ def _order_numbers(orc: _Segment | None, obr: _Segment, d: _Delimiters,
     if placer is None and filler is None:
         # Matching a result or a cancel to an order without either number
         # would be a guess (e.g. by patient and test): refuse instead.
-        raise LabMessageInvalid("OBR", 2, "neither placer (OBR-2/ORC-2) nor filler "
-                                "(OBR-3/ORC-3) order number present")
+        raise LabMessageInvalid(
+            "OBR", 2, "neither placer (OBR-2/ORC-2) nor filler (OBR-3/ORC-3) order number present"
+        )
     return placer, placer_ns, filler, filler_ns
 
 
-def _order(message: _Message, patient: PatientRef, orc: _Segment, obr: _Segment,
-           tq1: _Segment | None) -> LabOrder:
+def _order(
+    message: _Message, patient: PatientRef, orc: _Segment, obr: _Segment, tq1: _Segment | None
+) -> LabOrder:
     d = message.delimiters
     placer, placer_ns, filler, filler_ns = _order_numbers(orc, obr, d)
     test = _coded(obr.raw(4), d)
@@ -537,8 +554,14 @@ def parse_lab_result(text: str) -> LabResult:
     return results[0]
 
 
-def _result(message: _Message, patient: PatientRef, orc: _Segment | None, obr: _Segment,
-            obxs: Sequence[_Segment], status: str) -> LabResult:
+def _result(
+    message: _Message,
+    patient: PatientRef,
+    orc: _Segment | None,
+    obr: _Segment,
+    obxs: Sequence[_Segment],
+    status: str,
+) -> LabResult:
     d = message.delimiters
     placer, placer_ns, filler, filler_ns = _order_numbers(orc, obr, d)
     service = _coded(obr.raw(4), d)
@@ -654,7 +677,8 @@ def _observation(obx: _Segment, index: int, d: _Delimiters) -> LabObservation:
     value = _value(value_type, obx.reps(5), d)
     low, high, range_text = _reference_range(obx.raw(7), d)
     flags = tuple(
-        flag for flag in (_unescape(_at(_components(rep, d), 1), d).strip() for rep in obx.reps(8))
+        flag
+        for flag in (_unescape(_at(_components(rep, d), 1), d).strip() for rep in obx.reps(8))
         if flag
     )
     return LabObservation(
@@ -677,4 +701,3 @@ def _observation(obx: _Segment, index: int, d: _Delimiters) -> LabObservation:
         result_status=_unescape(obx.raw(11), d).strip().upper(),
         observed_at=_timestamp(obx.raw(14), d),
     )
-

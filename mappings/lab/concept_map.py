@@ -68,8 +68,10 @@ class LabMapping:
         if concept.alternate_code:
             alternate = self.to_loinc(concept.alternate_system, concept.alternate_code)
             if alternate is not None:
-                return alternate if alternate.display else LoincConcept(
-                    alternate.code, concept.alternate_text
+                return (
+                    alternate
+                    if alternate.display
+                    else LoincConcept(alternate.code, concept.alternate_text)
                 )
         return None
 

@@ -56,8 +56,12 @@ OrderKey = tuple[str | None, str, str | None, str]
 
 
 def _key(item: LabOrder | LabResult) -> OrderKey:
-    return (item.placer_order_number, item.placer_namespace,
-            item.filler_order_number, item.filler_namespace)
+    return (
+        item.placer_order_number,
+        item.placer_namespace,
+        item.filler_order_number,
+        item.filler_namespace,
+    )
 
 
 def _qualified(system: str, namespace: str) -> str:
@@ -71,17 +75,21 @@ def order_identifiers(key: OrderKey, mapping: LabMapping) -> list[JSON]:
     placer, placer_ns, filler, filler_ns = key
     identifiers: list[JSON] = []
     if placer:
-        identifiers.append({
-            "type": {"coding": [{"system": _V2_0203, "code": "PLAC"}]},
-            "system": _qualified(mapping.identifier_system("placer_order"), placer_ns),
-            "value": placer,
-        })
+        identifiers.append(
+            {
+                "type": {"coding": [{"system": _V2_0203, "code": "PLAC"}]},
+                "system": _qualified(mapping.identifier_system("placer_order"), placer_ns),
+                "value": placer,
+            }
+        )
     if filler:
-        identifiers.append({
-            "type": {"coding": [{"system": _V2_0203, "code": "FILL"}]},
-            "system": _qualified(mapping.identifier_system("filler_order"), filler_ns),
-            "value": filler,
-        })
+        identifiers.append(
+            {
+                "type": {"coding": [{"system": _V2_0203, "code": "FILL"}]},
+                "system": _qualified(mapping.identifier_system("filler_order"), filler_ns),
+                "value": filler,
+            }
+        )
     if not identifiers:
         raise ValueError("an order needs a placer or a filler order number")
     return identifiers
@@ -113,10 +121,12 @@ def _observation_identifiers(result: LabResult, mapping: LabMapping) -> list[JSO
     for obs in result.observations:
         code_key = f"{quote(obs.code.system or 'L', safe='')}:{quote(obs.code.code, safe='')}"
         seen[code_key] = seen.get(code_key, 0) + 1
-        identifiers.append({
-            "system": mapping.identifier_system("lab_observation"),
-            "value": f"{report}/{code_key}/{seen[code_key]}",
-        })
+        identifiers.append(
+            {
+                "system": mapping.identifier_system("lab_observation"),
+                "value": f"{report}/{code_key}/{seen[code_key]}",
+            }
+        )
     return identifiers
 
 
@@ -126,17 +136,20 @@ def _conditional_url(resource_type: str, identifier: Mapping[str, Any]) -> str:
 
 
 def _full_url(identifier: Mapping[str, Any]) -> str:
-    return "urn:uuid:" + str(uuid.uuid5(_UUID_NAMESPACE,
-                                        f"{identifier['system']}|{identifier['value']}"))
+    return "urn:uuid:" + str(
+        uuid.uuid5(_UUID_NAMESPACE, f"{identifier['system']}|{identifier['value']}")
+    )
 
 
 def _patient_reference(patient: PatientRef, mapping: LabMapping) -> JSON:
     # Logical reference: the Patient resource is owned by the ADT exchanges;
     # the server resolves the identifier, we never create a patient here.
-    return {"identifier": {
-        "system": _qualified(mapping.identifier_system("patient"), patient.assigning_authority),
-        "value": patient.identifier,
-    }}
+    return {
+        "identifier": {
+            "system": _qualified(mapping.identifier_system("patient"), patient.assigning_authority),
+            "value": patient.identifier,
+        }
+    }
 
 
 def _practitioner_reference(provider: OrderingProvider, mapping: LabMapping) -> JSON:
@@ -144,8 +157,9 @@ def _practitioner_reference(provider: OrderingProvider, mapping: LabMapping) -> 
     reference: JSON = {
         "type": "Practitioner",
         "identifier": {
-            "system": _qualified(mapping.identifier_system("practitioner"),
-                                 provider.assigning_authority),
+            "system": _qualified(
+                mapping.identifier_system("practitioner"), provider.assigning_authority
+            ),
             "value": provider.id,
         },
     }
@@ -229,8 +243,9 @@ def _report_status(result: LabResult, mapping: LabMapping) -> str:
     if result.result_status:
         return mapping.report_status.get(result.result_status, mapping.report_status["default"])
     # OBR-25 left empty (seen in real feeds): the OBX-11 statuses decide.
-    statuses = {mapping.observation_status.get(o.result_status, "unknown")
-                for o in result.observations}
+    statuses = {
+        mapping.observation_status.get(o.result_status, "unknown") for o in result.observations
+    }
     if "corrected" in statuses:
         return "corrected"
     if statuses == {"final"}:
@@ -248,8 +263,9 @@ def _validated(model: type[BaseModel], resource: JSON) -> JSON:
 
 def is_critical(result: LabResult, mapping: LabMapping) -> bool:
     """Any OBX-8 flag the mapping calls critical (HH, LL, AA in v1)."""
-    return any(flag in mapping.critical_flags
-               for obs in result.observations for flag in obs.abnormal_flags)
+    return any(
+        flag in mapping.critical_flags for obs in result.observations for flag in obs.abnormal_flags
+    )
 
 
 # --- ServiceRequest ----------------------------------------------------------------------
@@ -263,8 +279,17 @@ def service_request_for(order: LabOrder, mapping: LabMapping) -> JSON:
         "identifier": order_identifiers(_key(order), mapping),
         "status": "revoked" if order.is_cancel else "active",
         "intent": "order",
-        "category": [{"coding": [{"system": "http://snomed.info/sct", "code": "108252007",
-                                  "display": "Laboratory procedure"}]}],
+        "category": [
+            {
+                "coding": [
+                    {
+                        "system": "http://snomed.info/sct",
+                        "code": "108252007",
+                        "display": "Laboratory procedure",
+                    }
+                ]
+            }
+        ],
         "priority": mapping.priority[order.priority],
         "code": _codeable(order.requested_test, mapping),
         "subject": _patient_reference(order.patient, mapping),
@@ -280,17 +305,26 @@ def service_request_for(order: LabOrder, mapping: LabMapping) -> JSON:
 # --- result transaction ---------------------------------------------------------------
 
 
-def _observation(obs: LabObservation, identifier: JSON, result: LabResult,
-                 mapping: LabMapping) -> JSON:
+def _observation(
+    obs: LabObservation, identifier: JSON, result: LabResult, mapping: LabMapping
+) -> JSON:
     resource: JSON = {
         "resourceType": "Observation",
         "meta": _meta(mapping),
         "identifier": [identifier],
-        "status": mapping.observation_status.get(obs.result_status,
-                                                 mapping.observation_status["default"]),
-        "category": [{"coding": [{
-            "system": "http://terminology.hl7.org/CodeSystem/observation-category",
-            "code": "laboratory"}]}],
+        "status": mapping.observation_status.get(
+            obs.result_status, mapping.observation_status["default"]
+        ),
+        "category": [
+            {
+                "coding": [
+                    {
+                        "system": "http://terminology.hl7.org/CodeSystem/observation-category",
+                        "code": "laboratory",
+                    }
+                ]
+            }
+        ],
         "code": _codeable(obs.code, mapping),
         "subject": _patient_reference(result.patient, mapping),
     }
@@ -309,9 +343,14 @@ def _observation(obs: LabObservation, identifier: JSON, result: LabResult,
         # text only, never coerced into a number.
         resource["valueString"] = obs.string_value
     else:
-        resource["dataAbsentReason"] = {"coding": [{
-            "system": "http://terminology.hl7.org/CodeSystem/data-absent-reason",
-            "code": "unknown"}]}
+        resource["dataAbsentReason"] = {
+            "coding": [
+                {
+                    "system": "http://terminology.hl7.org/CodeSystem/data-absent-reason",
+                    "code": "unknown",
+                }
+            ]
+        }
     reference_range: JSON = {}
     if obs.reference_range_low is not None:
         reference_range["low"] = _quantity(obs.reference_range_low, obs.units, mapping)
@@ -336,8 +375,9 @@ def _put(resource_type: str, identifier: JSON, resource: JSON) -> JSON:
     }
 
 
-def result_transaction_for(result: LabResult, mapping: LabMapping, *,
-                           critical: bool | None = None) -> JSON:
+def result_transaction_for(
+    result: LabResult, mapping: LabMapping, *, critical: bool | None = None
+) -> JSON:
     """One transaction Bundle: DiagnosticReport + Observations + the review Task.
 
     ``critical`` overrides the flag-based decision (e.g. a reviewer marked it);
@@ -348,8 +388,9 @@ def result_transaction_for(result: LabResult, mapping: LabMapping, *,
     report_url = _full_url(report_id)
     entries: list[JSON] = []
     observation_refs: list[JSON] = []
-    for obs, obs_id in zip(result.observations, _observation_identifiers(result, mapping),
-                           strict=True):
+    for obs, obs_id in zip(
+        result.observations, _observation_identifiers(result, mapping), strict=True
+    ):
         entries.append(_put("Observation", obs_id, _observation(obs, obs_id, result, mapping)))
         observation_refs.append({"reference": _full_url(obs_id)})
 
@@ -360,11 +401,16 @@ def result_transaction_for(result: LabResult, mapping: LabMapping, *,
         "identifier": [report_id],
         # Logical reference by the order's identifier: the ServiceRequest was
         # written on order, and a result may arrive for an order we never saw.
-        "basedOn": [{"type": "ServiceRequest",
-                     "identifier": _without_type(order_identifiers(key, mapping)[0])}],
+        "basedOn": [
+            {
+                "type": "ServiceRequest",
+                "identifier": _without_type(order_identifiers(key, mapping)[0]),
+            }
+        ],
         "status": _report_status(result, mapping),
-        "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0074",
-                                  "code": "LAB"}]}],
+        "category": [
+            {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0074", "code": "LAB"}]}
+        ],
         "code": _codeable(result.universal_service_id, mapping),
         "subject": _patient_reference(result.patient, mapping),
         "result": observation_refs,
@@ -375,11 +421,12 @@ def result_transaction_for(result: LabResult, mapping: LabMapping, *,
     issued = _datetime(result.reported_at, mapping)
     if issued and "T" in issued:  # issued is an instant: a time with offset, or nothing
         report["issued"] = issued
-    entries.insert(0, _put("DiagnosticReport", report_id,
-                           _validated(DiagnosticReport, report)))
+    entries.insert(0, _put("DiagnosticReport", report_id, _validated(DiagnosticReport, report)))
 
-    task_id = {"system": mapping.identifier_system("result_review_task"),
-               "value": report_id["value"]}
+    task_id = {
+        "system": mapping.identifier_system("result_review_task"),
+        "value": report_id["value"],
+    }
     task: JSON = {
         "resourceType": "Task",
         "meta": _meta(mapping),
@@ -388,8 +435,7 @@ def result_transaction_for(result: LabResult, mapping: LabMapping, *,
         # same Task back to requested.
         "status": "requested",
         "intent": "order",
-        "priority": mapping.task_texts["critical_priority" if critical
-                                        else "normal_priority"],
+        "priority": mapping.task_texts["critical_priority" if critical else "normal_priority"],
         "code": {"text": "Review lab result"},
         "description": mapping.task_texts["review_description"]
         + (" (corrected)" if result.is_correction else "")
@@ -412,8 +458,7 @@ def _without_type(identifier: JSON) -> JSON:
 # --- SLA escalation ---------------------------------------------------------------------
 
 
-def escalation_task_for(order: LabOrder, mapping: LabMapping, *,
-                        reason: str | None = None) -> JSON:
+def escalation_task_for(order: LabOrder, mapping: LabMapping, *, reason: str | None = None) -> JSON:
     """Transaction Bundle with one conditional PUT of a stat Task: no final result within the SLA.
 
     Keyed by the order, so a workflow retry or a second SLA timer writes the
@@ -422,8 +467,10 @@ def escalation_task_for(order: LabOrder, mapping: LabMapping, *,
     """
     identifiers = order_identifiers(_key(order), mapping)
     primary = _without_type(identifiers[0])
-    task_id = {"system": mapping.identifier_system("sla_escalation_task"),
-               "value": f"{primary['system']}|{primary['value']}"}
+    task_id = {
+        "system": mapping.identifier_system("sla_escalation_task"),
+        "value": f"{primary['system']}|{primary['value']}",
+    }
     task: JSON = {
         "resourceType": "Task",
         "meta": _meta(mapping),
@@ -438,6 +485,9 @@ def escalation_task_for(order: LabOrder, mapping: LabMapping, *,
     }
     if order.ordering_provider is not None:
         task["owner"] = _practitioner_reference(order.ordering_provider, mapping)
-    bundle: JSON = {"resourceType": "Bundle", "type": "transaction",
-                    "entry": [_put("Task", task_id, _validated(Task, task))]}
+    bundle: JSON = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [_put("Task", task_id, _validated(Task, task))],
+    }
     return _validated(Bundle, bundle)

@@ -47,8 +47,13 @@ def test_mapping_is_versioned_and_cached() -> None:
 def test_csv_rows_are_well_formed_loinc() -> None:
     text = resources.files("mappings.lab").joinpath("local_to_loinc.v1.csv").read_text()
     rows = list(csv.DictReader(io.StringIO(text)))
-    assert list(rows[0]) == ["local_system", "local_code", "loinc_code", "loinc_display",
-                             "ucum_unit"]
+    assert list(rows[0]) == [
+        "local_system",
+        "local_code",
+        "loinc_code",
+        "loinc_display",
+        "ucum_unit",
+    ]
     for row in rows:
         assert re.fullmatch(r"\d{1,7}-\d", row["loinc_code"]), row
         assert row["local_system"] != "LN"  # LOINC-coded input needs no row
@@ -85,8 +90,11 @@ def test_status_tables() -> None:
 
 
 def test_loinc_coded_results_have_no_unmapped_codes() -> None:
-    for name in ("results/oru-r01-nist-1.hl7", "results/oru-r01-lri-cbc-msfhirconv-1.hl7",
-                 "adversarial/nonnumeric-nm-values.hl7"):
+    for name in (
+        "results/oru-r01-nist-1.hl7",
+        "results/oru-r01-lri-cbc-msfhirconv-1.hl7",
+        "adversarial/nonnumeric-nm-values.hl7",
+    ):
         assert unmapped_codes(parse_lab_result(corpus(name)), MAPPING) == []
 
 
@@ -95,21 +103,33 @@ def test_unmapped_codes_of_the_v24_sample() -> None:
     # and its code has no row. OBX 1 (1554-5) has one.
     result = parse_lab_result(corpus("results/oru-r01-v24-pythonhl7-1.hl7"))
     assert unmapped_codes(result, MAPPING) == [
-        "L|1554-5", "POST 12H CFST:MCNC:PT:SER/PLAS:QN|1553-5"]
+        "L|1554-5",
+        "POST 12H CFST:MCNC:PT:SER/PLAS:QN|1553-5",
+    ]
 
 
 def test_local_codes_map_through_the_csv() -> None:
-    text = corpus("adversarial/nonnumeric-nm-values.hl7").replace(
-        "OBX|1|NM|2160-0^Creatinine [Mass/volume] in Serum or Plasma^LN|",
-        "OBX|1|NM|CREA^Creatinine^L|").replace("OBX|4|SN|2823-3^Potassium [Moles/volume] in "
-                                               "Serum or Plasma^LN|", "OBX|4|SN|K^Potassium^L|")
+    text = (
+        corpus("adversarial/nonnumeric-nm-values.hl7")
+        .replace(
+            "OBX|1|NM|2160-0^Creatinine [Mass/volume] in Serum or Plasma^LN|",
+            "OBX|1|NM|CREA^Creatinine^L|",
+        )
+        .replace(
+            "OBX|4|SN|2823-3^Potassium [Moles/volume] in Serum or Plasma^LN|",
+            "OBX|4|SN|K^Potassium^L|",
+        )
+    )
     result = parse_lab_result(text)
     assert unmapped_codes(result, MAPPING) == []
     bundle = result_transaction_for(result, MAPPING)
     creatinine = entries_of(bundle, "Observation")[0]["resource"]
     assert creatinine["code"]["coding"] == [
-        {"system": "http://loinc.org", "code": "2160-0",
-         "display": "Creatinine [Mass/volume] in Serum or Plasma"},
+        {
+            "system": "http://loinc.org",
+            "code": "2160-0",
+            "display": "Creatinine [Mass/volume] in Serum or Plasma",
+        },
         {"system": "urn:careweave:local-code:L", "code": "CREA", "display": "Creatinine"},
     ]
     unknown = parse_lab_result(text.replace("CREA^Creatinine^L", "ZZZ9^Mystery^L"))
@@ -117,11 +137,12 @@ def test_local_codes_map_through_the_csv() -> None:
 
 
 def test_alternate_local_coding_is_kept_beside_loinc() -> None:
-    bundle = result_transaction_for(parse_lab_result(corpus("results/oru-r01-nist-1.hl7")),
-                                    MAPPING)
+    bundle = result_transaction_for(parse_lab_result(corpus("results/oru-r01-nist-1.hl7")), MAPPING)
     report_code = only(bundle, "DiagnosticReport")["resource"]["code"]["coding"]
     assert [(c["system"], c["code"]) for c in report_code] == [
-        ("http://loinc.org", "10368-9"), ("urn:careweave:local-code:99USI", "3456543")]
+        ("http://loinc.org", "10368-9"),
+        ("urn:careweave:local-code:99USI", "3456543"),
+    ]
 
 
 # --- ServiceRequest -------------------------------------------------------------------------
@@ -138,10 +159,14 @@ def test_service_request_for_orm() -> None:
     assert placer["type"]["coding"][0]["code"] == "PLAC"
     assert (placer["system"], placer["value"]) == ("urn:careweave:placer-order:GHHPlacer", "1101")
     assert (filler["system"], filler["value"]) == ("urn:careweave:filler-order:GHHFiller", "1201")
-    assert resource["code"]["coding"][0] == {"system": "http://loinc.org", "code": "24725-4",
-                                             "display": "CT Head"}
-    assert resource["subject"] == {"identifier": {
-        "system": "urn:careweave:patient-id:test1", "value": "PATID1234"}}
+    assert resource["code"]["coding"][0] == {
+        "system": "http://loinc.org",
+        "code": "24725-4",
+        "display": "CT Head",
+    }
+    assert resource["subject"] == {
+        "identifier": {"system": "urn:careweave:patient-id:test1", "value": "PATID1234"}
+    }
     assert resource["requester"]["identifier"]["value"] == "3850"
     assert resource["authoredOn"] == "2021-10-20T11:26:00+02:15"
     assert resource["meta"]["tag"] == [{"system": "urn:careweave:mapping", "code": "lab-v1"}]
@@ -150,15 +175,20 @@ def test_service_request_for_orm() -> None:
 def test_service_request_cancel_and_priority() -> None:
     text = corpus("orders/oml-o21-hapi-1.hl7")
     assert service_request_for(parse_lab_order(text), MAPPING)["priority"] == "asap"
-    cancelled = parse_lab_order(text.replace("ORC|NW|", "ORC|CA|").replace(
-        "TQ1|||||||||A", "TQ1|||||||||S"))
+    cancelled = parse_lab_order(
+        text.replace("ORC|NW|", "ORC|CA|").replace("TQ1|||||||||A", "TQ1|||||||||S")
+    )
     resource = service_request_for(cancelled, MAPPING)
     assert resource["status"] == "revoked"
     assert resource["priority"] == "stat"
     # Order code in CPT (C4), not LOINC: kept in its own system.
-    assert resource["code"]["coding"] == [{"system": "http://www.ama-assn.org/go/cpt",
-                                           "code": "82951",
-                                           "display": "Glucose Tolerance Test"}]
+    assert resource["code"]["coding"] == [
+        {
+            "system": "http://www.ama-assn.org/go/cpt",
+            "code": "82951",
+            "display": "Glucose Tolerance Test",
+        }
+    ]
 
 
 def test_naive_order_time_is_published_as_date_only() -> None:
@@ -182,7 +212,8 @@ def test_every_corpus_result_builds_a_valid_conditional_transaction(name: str) -
             identifier = entry["resource"]["identifier"][0]
             assert entry["request"]["method"] == "PUT"
             assert unquote(entry["request"]["url"]) == (
-                f"{kind}?identifier={identifier['system']}|{identifier['value']}")
+                f"{kind}?identifier={identifier['system']}|{identifier['value']}"
+            )
             # Identifiers come from order numbers, never from PHI.
             for phi in (result.patient.identifier, result.patient.family_name):
                 assert not phi or phi not in identifier["value"]
@@ -195,17 +226,26 @@ def test_nist_lead_transaction_shape() -> None:
     report_entry = only(bundle, "DiagnosticReport")
     report = report_entry["resource"]
     assert report_entry["request"]["url"] == (
-        "DiagnosticReport?identifier=urn%3Acareweave%3Alab-report%7Cfiller%2FLab%2F9700123")
+        "DiagnosticReport?identifier=urn%3Acareweave%3Alab-report%7Cfiller%2FLab%2F9700123"
+    )
     assert report["status"] == "final"
-    assert report["basedOn"] == [{"type": "ServiceRequest", "identifier": {
-        "system": "urn:careweave:filler-order:Lab", "value": "9700123"}}]
+    assert report["basedOn"] == [
+        {
+            "type": "ServiceRequest",
+            "identifier": {"system": "urn:careweave:filler-order:Lab", "value": "9700123"},
+        }
+    ]
     assert report["effectiveDateTime"] == "2008-08-15T10:30:00-07:00"
     observation_entry = only(bundle, "Observation")
     assert report["result"] == [{"reference": observation_entry["fullUrl"]}]
     lead = observation_entry["resource"]
     assert lead["status"] == "final"
-    assert lead["valueQuantity"] == {"value": 50, "unit": "ug/dL",
-                                     "system": "http://unitsofmeasure.org", "code": "ug/dL"}
+    assert lead["valueQuantity"] == {
+        "value": 50,
+        "unit": "ug/dL",
+        "system": "http://unitsofmeasure.org",
+        "code": "ug/dL",
+    }
     assert lead["interpretation"][0]["coding"][0]["code"] == "H"
     assert lead["referenceRange"][0]["high"]["value"] == 9
     task = only(bundle, "Task")["resource"]
@@ -218,12 +258,14 @@ def test_nist_lead_transaction_shape() -> None:
 
 
 def test_corrected_result_updates_the_same_resources() -> None:
-    original = result_transaction_for(parse_lab_result(corpus("results/oru-r01-nist-1.hl7")),
-                                      MAPPING)
+    original = result_transaction_for(
+        parse_lab_result(corpus("results/oru-r01-nist-1.hl7")), MAPPING
+    )
     corrected_result = parse_lab_result(corpus("results/oru-r01-nist-corrected-1.hl7"))
     corrected = result_transaction_for(corrected_result, MAPPING)
     assert [e["request"]["url"] for e in corrected["entry"]] == [
-        e["request"]["url"] for e in original["entry"]]
+        e["request"]["url"] for e in original["entry"]
+    ]
     assert [e["fullUrl"] for e in corrected["entry"]] == [e["fullUrl"] for e in original["entry"]]
     assert only(corrected, "DiagnosticReport")["resource"]["status"] == "corrected"
     lead = only(corrected, "Observation")["resource"]
@@ -246,17 +288,20 @@ def test_critical_values_make_the_task_stat() -> None:
 def test_nonnumeric_values_in_fhir() -> None:
     result = parse_lab_result(corpus("adversarial/nonnumeric-nm-values.hl7"))
     bundle = result_transaction_for(result, MAPPING)
-    creatinine, ast, glucose, potassium = (
-        e["resource"] for e in entries_of(bundle, "Observation"))
+    creatinine, ast, glucose, potassium = (e["resource"] for e in entries_of(bundle, "Observation"))
     assert creatinine["valueQuantity"]["comparator"] == "<"
     assert creatinine["valueQuantity"]["value"] == 0.2
     assert ast["valueQuantity"]["comparator"] == ">"
     assert ast["interpretation"][0]["coding"][0]["code"] == "HH"
     assert "valueQuantity" not in glucose
     assert glucose["valueString"] == "see note"
-    assert potassium["valueQuantity"] == {"value": 3, "comparator": "<", "unit": "mmol/L",
-                                          "system": "http://unitsofmeasure.org",
-                                          "code": "mmol/L"}
+    assert potassium["valueQuantity"] == {
+        "value": 3,
+        "comparator": "<",
+        "unit": "mmol/L",
+        "system": "http://unitsofmeasure.org",
+        "code": "mmol/L",
+    }
     assert only(bundle, "Task")["resource"]["priority"] == "stat"
 
 
@@ -271,16 +316,23 @@ def test_unknown_units_stay_text_and_empty_obr25_uses_obx11() -> None:
     assert observations[0]["resource"]["status"] == "registered"  # OBX-11 = I
     assert observations[1]["resource"]["valueQuantity"]["code"] == "10*12/L"
     v24 = parse_lab_result(corpus("results/oru-r01-v24-pythonhl7-1.hl7"))
-    assert only(result_transaction_for(v24, MAPPING),
-                "DiagnosticReport")["resource"]["status"] == "final"
+    assert (
+        only(result_transaction_for(v24, MAPPING), "DiagnosticReport")["resource"]["status"]
+        == "final"
+    )
 
 
 def test_repeated_code_observations_get_distinct_identifiers() -> None:
     result = parse_lab_result(corpus("results/oru-r01-nist-2.hl7"))
-    values = [e["resource"]["identifier"][0]["value"]
-              for e in entries_of(result_transaction_for(result, MAPPING), "Observation")]
-    assert values == ["filler/Lab/2233817/LN:6331-3/1", "filler/Lab/2233817/LN:20995-1/1",
-                      "filler/Lab/2233817/LN:17576-0/1"]
+    values = [
+        e["resource"]["identifier"][0]["value"]
+        for e in entries_of(result_transaction_for(result, MAPPING), "Observation")
+    ]
+    assert values == [
+        "filler/Lab/2233817/LN:6331-3/1",
+        "filler/Lab/2233817/LN:20995-1/1",
+        "filler/Lab/2233817/LN:17576-0/1",
+    ]
 
 
 # --- SLA escalation -------------------------------------------------------------------------
@@ -294,10 +346,13 @@ def test_escalation_task() -> None:
     task = entry["resource"]
     assert task["priority"] == "stat"
     assert task["description"] == "No final result within SLA"
-    assert task["focus"] == {"type": "ServiceRequest", "identifier": {
-        "system": "urn:careweave:placer-order:GHHPlacer", "value": "1101"}}
+    assert task["focus"] == {
+        "type": "ServiceRequest",
+        "identifier": {"system": "urn:careweave:placer-order:GHHPlacer", "value": "1101"},
+    }
     assert task["owner"]["identifier"]["value"] == "3850"
     assert unquote(entry["request"]["url"]) == (
         "Task?identifier=urn:careweave:lab-sla-escalation-task|"
-        "urn:careweave:placer-order:GHHPlacer|1101")
+        "urn:careweave:placer-order:GHHPlacer|1101"
+    )
     assert escalation_task_for(order, MAPPING) == bundle

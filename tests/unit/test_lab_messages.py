@@ -112,8 +112,9 @@ def test_orm_with_namespaced_numbers_provider_and_offset() -> None:
     assert order.ordering_provider is not None
     assert order.ordering_provider.id == "3850"
     assert order.ordering_provider.family_name == "ORDPROVIDER"
-    assert order.ordered_at == datetime(2021, 10, 20, 11, 26,
-                                        tzinfo=timezone(timedelta(hours=2, minutes=15)))
+    assert order.ordered_at == datetime(
+        2021, 10, 20, 11, 26, tzinfo=timezone(timedelta(hours=2, minutes=15))
+    )
     assert order.sending_facility == "GHHSFacility"
     # PID-3 repeats (MR, SS): the MR is the one results are filed against.
     assert order.patient.identifier == "PATID1234"
@@ -133,7 +134,9 @@ def test_orm_with_two_orders_gives_two_and_singular_form_refuses() -> None:
 def test_oml_one_orc_two_obr_are_two_orders_with_local_codes() -> None:
     orders = parse_lab_orders(corpus("orders/oml-o21-fhirconverter-2.hl7"))
     assert [(o.requested_test.system, o.requested_test.code) for o in orders] == [
-        ("L", "1320"), ("L", "1680")]
+        ("L", "1320"),
+        ("L", "1680"),
+    ]
     assert {o.placer_order_number for o in orders} == {"ORD723222"}
     assert orders[0].placer_namespace == "2.16.840.1.113883.3.72.5.24"  # EI-3 when EI-2 empty
     assert orders[0].ordering_provider is not None
@@ -212,7 +215,10 @@ def test_nist_corrected_result() -> None:
 def test_nist_stool_culture_string_results() -> None:
     result = parse_lab_result(corpus("results/oru-r01-nist-2.hl7"))
     assert [(o.code.code, o.string_value) for o in result.observations] == [
-        ("6331-3", "Isolated"), ("20995-1", "Isolated"), ("17576-0", "Not Isolated")]
+        ("6331-3", "Isolated"),
+        ("20995-1", "Isolated"),
+        ("17576-0", "Not Isolated"),
+    ]
     assert [o.set_id for o in result.observations] == ["1", "2", "3"]  # OBX-1 is 1,1,1
 
 
@@ -223,7 +229,11 @@ def test_cbc_result_values_flags_and_coded_values() -> None:
     assert len(result.observations) == 28
     wbc = result.observations[3]
     assert (wbc.code.code, wbc.numeric_value, wbc.units, wbc.abnormal_flags) == (
-        "26464-8", 105600, "{cells}/uL", ("HH",))
+        "26464-8",
+        105600,
+        "{cells}/uL",
+        ("HH",),
+    )
     assert (wbc.reference_range_low, wbc.reference_range_high) == (4300, 10800)
     aniso = result.observations[19]
     assert aniso.value_kind == "coded"
@@ -258,7 +268,10 @@ def test_cerner_result_alternate_local_code() -> None:
     result = parse_lab_result(corpus("results/oru-r01-cerner-1.hl7"))
     obs = result.observations[0]
     assert (obs.code.code, obs.code.alternate_code, obs.code.alternate_system) == (
-        "10368-9", "1138", "99zzz or L")
+        "10368-9",
+        "1138",
+        "99zzz or L",
+    )
     assert obs.reference_range_text == "10.000000"
 
 
@@ -267,16 +280,19 @@ def test_cerner_result_alternate_local_code() -> None:
 
 def test_nonnumeric_nm_values() -> None:
     creatinine, ast, glucose, potassium = parse_lab_result(
-        corpus("adversarial/nonnumeric-nm-values.hl7")).observations
+        corpus("adversarial/nonnumeric-nm-values.hl7")
+    ).observations
     assert (creatinine.value_kind, creatinine.comparator, creatinine.numeric_value) == (
-        "quantity", "<", 0.2)
+        "quantity",
+        "<",
+        0.2,
+    )
     assert (ast.comparator, ast.numeric_value, ast.abnormal_flags) == (">", 1000, ("HH",))
     assert glucose.value_kind == "string"
     assert glucose.string_value == "see note"
     assert glucose.non_numeric_in_nm
     assert glucose.numeric_value is None
-    assert (potassium.value_type, potassium.comparator, potassium.numeric_value) == (
-        "SN", "<", 3.0)
+    assert (potassium.value_type, potassium.comparator, potassium.numeric_value) == ("SN", "<", 3.0)
     assert potassium.units == "mmol/L"
 
 
@@ -290,7 +306,8 @@ def test_escape_sequences_are_unescaped() -> None:
     text = text.replace("NTE|", f"OBX|2|ST|NOTE^Note^L||{note}||||||F\rNTE|")
     note_obs = parse_lab_result(text).observations[1]
     assert note_obs.string_value == (
-        "Field sep | component ^ repetition ~ escape \\ hex CR \r highlighted text")
+        "Field sep | component ^ repetition ~ escape \\ hex CR \r highlighted text"
+    )
 
 
 def test_injection_strings_are_kept_verbatim() -> None:
@@ -302,7 +319,8 @@ def test_injection_strings_are_kept_verbatim() -> None:
     pid = next(s for s in text.split("\r") if s.startswith("PID"))
     result_text = "\r".join(
         pid if s.startswith("PID") else s
-        for s in corpus("adversarial/nonnumeric-nm-values.hl7").split("\r"))
+        for s in corpus("adversarial/nonnumeric-nm-values.hl7").split("\r")
+    )
     assert parse_lab_result(result_text).patient == patient
     with pytest.raises(LabMessageInvalid):
         parse_lab_results(text)  # an ADT^A08 is not a lab result
@@ -327,7 +345,10 @@ def test_missing_placer_and_filler_is_refused_without_phi() -> None:
     assert (refused.value.segment_id, refused.value.field_position) == ("OBR", 2)
     message = str(refused.value)
     assert refused.value.problem.model_dump() == {
-        "segment_id": "OBR", "field_position": 2, "text": refused.value.text}
+        "segment_id": "OBR",
+        "field_position": 2,
+        "text": refused.value.text,
+    }
     for phi in ("A-200311", "TESTPATIENT", "ALEX", "19800101", "WELBY"):
         assert phi not in message
 
