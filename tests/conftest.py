@@ -7,10 +7,25 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from temporalio.client import Client
 
 from tests.support.engine import Engine, running_engine, start_temporal
 from tests.support.fhir_server import running_fhir_server
+
+# Every span of the session is kept in memory so tests can follow one message's trace.
+SPANS = InMemorySpanExporter()
+_provider = TracerProvider()
+_provider.add_span_processor(SimpleSpanProcessor(SPANS))
+trace.set_tracer_provider(_provider)
+
+
+@pytest.fixture(scope="session")
+def spans() -> InMemorySpanExporter:
+    return SPANS
 
 
 @pytest.fixture(scope="session")

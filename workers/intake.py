@@ -20,7 +20,13 @@ from adapters.hl7v2.ack import ack_required, build_ack
 from adapters.hl7v2.header import DecodedMessage, MessageHeader, MessageRejected, decode_message
 from models.messages import InboundMessage
 from models.records import MessageReceipt, QuarantinedMessage
-from workers.routing import SUPPORTED_TYPES, SUPPORTED_VERSIONS, Route, route
+from workers.routing import (
+    REQUIRED_SEGMENTS,
+    SUPPORTED_TYPES,
+    SUPPORTED_VERSIONS,
+    Route,
+    route,
+)
 
 log = logging.getLogger("careweave.intake")
 tracer = trace.get_tracer("careweave.gateway")
@@ -87,6 +93,7 @@ class MessageIntake:
                 supported_types=SUPPORTED_TYPES,
                 supported_versions=SUPPORTED_VERSIONS,
                 fallback_charset=self._fallback_charset,
+                required_segments=REQUIRED_SEGMENTS,
             )
             destination = route(message)
         except MessageRejected as rejection:

@@ -18,6 +18,12 @@ SUPPORTED_TYPES: dict[str, frozenset[str]] = {
     "OML": frozenset({"O21"}),
     "ORU": frozenset({"R01"}),
 }
+# Segments an exchange cannot do without: missing ones are answered AE naming the segment.
+REQUIRED_SEGMENTS: dict[str, tuple[str, ...]] = {
+    "ORU^R01": ("PID", "OBR", "OBX"),
+    "ORM^O01": ("PID", "ORC", "OBR"),
+    "OML^O21": ("PID", "ORC", "OBR"),
+}
 SUPPORTED_VERSIONS = frozenset(
     {"2.2", "2.3", "2.3.1", "2.4", "2.5", "2.5.1", "2.6", "2.7", "2.7.1", "2.8", "2.8.1", "2.8.2"}
 )
@@ -59,26 +65,16 @@ def _structure_error(
     )
 
 
-def _require_segment(message: DecodedMessage, segment_id: str) -> None:
-    if not message.segments_named(segment_id):
-        raise _structure_error(
-            message, segment_id, None, f"required segment {segment_id} is missing"
-        )
-
-
 def route_lab_message(message: DecodedMessage) -> Route:
     """Order-to-result is keyed by the placer order number (ORC-2 / OBR-2)."""
     header = message.header
     is_result = header.message_code == "ORU"
     if is_result:
-        _require_segment(message, "OBR")
-        _require_segment(message, "OBX")
         number_fields = (("OBR", 2), ("ORC", 2))
         filler_fields = (("OBR", 3), ("ORC", 3))
         # A result comes from the lab; the ordering facility is the one it is sent to.
         default_facility = header.receiving_facility
     else:
-        _require_segment(message, "ORC")
         number_fields = (("ORC", 2), ("OBR", 2))
         filler_fields = (("ORC", 3), ("OBR", 3))
         default_facility = header.sending_facility
