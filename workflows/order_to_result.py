@@ -51,7 +51,6 @@ with workflow.unsafe.imports_passed_through():
     from models.review import ReviewAction, ReviewReason
 
 EXCHANGE_NAME = "order-to-result"
-CANCEL_ORDER_CONTROLS = frozenset({"CA", "OC", "DC"})
 
 _FHIR_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1),
@@ -159,7 +158,7 @@ class OrderToResult(ReviewableWorkflow):
         if interpreted is None:
             return
         order = interpreted.order
-        cancelling = order.order_control in CANCEL_ORDER_CONTROLS
+        cancelling = order.is_cancel
         outcome = await self._publish(
             publish_service_request,
             PublishOrderInput(order=order, mapping_version=self._params.mapping_version),
