@@ -1,0 +1,171 @@
+"""Async client for any FHIR R4 server: the few interactions Careweave's exchanges use.
+
+Writes are conditional on business identifiers so that a retried call changes nothing
+the first call already did. Errors are sorted into retryable (transport, 429, 5xx) and
+rejected (other 4xx) so that callers can retry the first and send the second to review.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import TracebackType
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+from opentelemetry import trace
+
+from adapters.fhir.errors import FhirRejectedError, FhirRetryableError
+
+FHIR_JSON = "application/fhir+json"
+RETRYABLE_STATUS = frozenset({408, 425, 429})
+
+_tracer = trace.get_tracer("careweave.adapters.fhir")
+
+
+class FhirClient:
+    """One connection pool to one FHIR base URL; use as ``async with FhirClient(...)``."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        timeout: float = 30.0,
+        headers: dict[str, str] | None = None,
+        auth: httpx.Auth | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._http = httpx.AsyncClient(
+            base_url=self.base_url + "/",
+            timeout=timeout,
+            headers={"Accept": FHIR_JSON, **(headers or {})},
+            auth=auth,
+        )
+
+    async def __aenter__(self) -> FhirClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def capability(self) -> dict[str, Any]:
+        return await self._request("capability", "GET", "metadata")
+
+    async def read(self, resource_type: str, resource_id: str) -> dict[str, Any]:
+        return await self._request("read", "GET", f"{resource_type}/{resource_id}")
+
+    async def search(self, resource_type: str, params: dict[str, str]) -> list[dict[str, Any]]:
+        bundle = await self._request("search", "GET", resource_type, params=params)
+        return _entries(bundle)
+
+    async def history(self, resource_type: str, resource_id: str) -> list[dict[str, Any]]:
+        bundle = await self._request("history", "GET", f"{resource_type}/{resource_id}/_history")
+        return _entries(bundle)
+
+    async def conditional_create(
+        self, resource: dict[str, Any], identifier_query: str
+    ) -> dict[str, Any]:
+        """Create ``resource`` unless one matching ``identifier_query`` exists (If-None-Exist)."""
+        return await self._request(
+            "conditional_create",
+            "POST",
+            resource["resourceType"],
+            json=resource,
+            headers={"If-None-Exist": identifier_query},
+        )
+
+    async def conditional_update(
+        self, resource: dict[str, Any], search_query: str
+    ) -> dict[str, Any]:
+        """PUT to ``Type?identifier=system|value``: update the match, or create it if none."""
+        resource_type, _, query = search_query.partition("?")
+        if not query:
+            raise ValueError(f"conditional update needs a search query, got {search_query!r}")
+        return await self._request(
+            "conditional_update", "PUT", f"{resource_type}?{_encode_query(query)}", json=resource
+        )
+
+    async def transaction(self, bundle: dict[str, Any]) -> dict[str, Any]:
+        """POST a transaction Bundle; the server applies all of its entries or none."""
+        if bundle.get("type") != "transaction":
+            raise ValueError("transaction() takes a Bundle of type 'transaction'")
+        return await self._request("transaction", "POST", "", json=bundle)
+
+    async def _request(
+        self,
+        operation: str,
+        method: str,
+        path: str,
+        *,
+        json: dict[str, Any] | None = None,
+        params: dict[str, str] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> dict[str, Any]:
+        # Span attributes name the interaction and the resource type only: URLs and
+        # queries can carry identifiers (MRNs), so they stay out of telemetry.
+        resource_type = path.split("/", 1)[0].split("?", 1)[0] or "Bundle"
+        with _span(operation, method, resource_type) as span:
+            request_headers = {"Content-Type": FHIR_JSON, **(headers or {})} if json else headers
+            try:
+                response = await self._http.request(
+                    method, path, json=json, params=params, headers=request_headers
+                )
+            except httpx.TimeoutException as err:
+                raise FhirRetryableError(f"{operation}: timed out ({type(err).__name__})") from err
+            except httpx.TransportError as err:
+                raise FhirRetryableError(f"{operation}: {type(err).__name__}: {err}") from err
+            span.set_attribute("http.response.status_code", response.status_code)
+            return _body_or_raise(operation, response)
+
+
+def _body_or_raise(operation: str, response: httpx.Response) -> dict[str, Any]:
+    body = _json_or_none(response)
+    status = response.status_code
+    if status < 300:
+        return body or {}
+    if status >= 500 or status in RETRYABLE_STATUS:
+        raise FhirRetryableError(f"{operation}: HTTP {status}", status_code=status)
+    raise FhirRejectedError(status, body)
+
+
+def _json_or_none(response: httpx.Response) -> dict[str, Any] | None:
+    if not response.content:
+        return None
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    return body if isinstance(body, dict) else None
+
+
+def _entries(bundle: dict[str, Any]) -> list[dict[str, Any]]:
+    return [entry["resource"] for entry in bundle.get("entry") or [] if "resource" in entry]
+
+
+def _encode_query(query: str) -> str:
+    """Percent-encode each value of ``a=b&c=d`` (``|`` and ``:`` in token searches)."""
+    pairs = (pair.partition("=") for pair in query.split("&"))
+    return "&".join(f"{key}={quote(value, safe='')}" for key, _, value in pairs)
+
+
+@contextmanager
+def _span(operation: str, method: str, resource_type: str) -> Iterator[trace.Span]:
+    with _tracer.start_as_current_span(
+        f"fhir.{operation}",
+        kind=trace.SpanKind.CLIENT,
+        attributes={
+            "fhir.interaction": operation,
+            "fhir.resource_type": resource_type,
+            "http.request.method": method,
+        },
+    ) as span:
+        yield span

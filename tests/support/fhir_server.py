@@ -1,0 +1,76 @@
+"""Start the project's Node FHIR R4 server (fhir-server/server.js) for a test session."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+SERVER_DIR = Path(__file__).resolve().parents[2] / "fhir-server"
+STARTUP_SECONDS = 60
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@contextmanager
+def running_fhir_server(port: int | None = None) -> Iterator[str]:
+    """Yield the base URL of a fresh, empty in-memory FHIR server; stop it afterwards."""
+    node = shutil.which("node")
+    if node is None:
+        raise RuntimeError("node is not installed; `make test` installs it (apt-get nodejs npm)")
+    if not (SERVER_DIR / "node_modules").is_dir():
+        raise RuntimeError(f"the FHIR server's packages are missing: npm ci --prefix {SERVER_DIR}")
+    port = port or free_port()
+    base_url = f"http://127.0.0.1:{port}/fhir"
+    with tempfile.TemporaryFile() as log:
+        process = subprocess.Popen(
+            [node, str(SERVER_DIR / "server.js"), "--port", str(port), "--host", "127.0.0.1"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            _wait_until_up(base_url, process, log)
+            yield base_url
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def _wait_until_up(base_url: str, process: subprocess.Popen[bytes], log: object) -> None:
+    deadline = time.monotonic() + STARTUP_SECONDS
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the FHIR server exited with {process.returncode}: {_tail(log)}")
+        try:
+            if httpx.get(f"{base_url}/metadata", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"the FHIR server did not answer in {STARTUP_SECONDS} s: {_tail(log)}")
+
+
+def _tail(log: object) -> str:
+    read = getattr(log, "read", None)
+    seek = getattr(log, "seek", None)
+    if read is None or seek is None:
+        return ""
+    seek(0)
+    text: str = read().decode(errors="replace")
+    return text[-2000:]
