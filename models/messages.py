@@ -23,6 +23,9 @@ class InboundMessage(BaseModel):
     sending_facility: str
     received_at: datetime
     normalizations: tuple[str, ...] = ()
+    # W3C trace context of the gateway's receive span (random ids only, no PHI), so the
+    # exchange handles this message in the message's own trace.
+    trace_context: dict[str, str] = {}
 
     @property
     def dedup_key(self) -> str:

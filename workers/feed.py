@@ -5,12 +5,17 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-_MESSAGE_START = re.compile(rb"(?:^|[\r\n]+)(?=MSH\|)")
+_MESSAGE_START = re.compile(rb"(?:^|[\r\n\x0b\x1c]+)(?=MSH\|)")
+_BOUNDARY = b"\r\n\x0b\x1c"
 
 
 def split_messages(data: bytes) -> list[bytes]:
-    """Split a file holding several messages at each MSH segment; bytes otherwise untouched."""
-    parts = [part.strip(b"\r\n") for part in _MESSAGE_START.split(data)]
+    """Split a file holding several messages at each MSH segment; bytes otherwise untouched.
+
+    Captured feeds often keep the MLLP block characters between messages, so those are
+    trimmed at message boundaries along with line ends.
+    """
+    parts = [part.strip(_BOUNDARY) for part in _MESSAGE_START.split(data)]
     return [part + b"\r" for part in parts if part]
 
 

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Protocol
 
-from opentelemetry import trace
+from opentelemetry import propagate, trace
 
 from adapters.database import CareweaveStore
 from adapters.hl7v2.ack import ack_required, build_ack
@@ -226,4 +226,11 @@ class MessageIntake:
             sending_facility=header.sending_facility,
             received_at=datetime.now(UTC),
             normalizations=tuple(message.normalizations),
+            trace_context=_current_trace_context(),
         )
+
+
+def _current_trace_context() -> dict[str, str]:
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return carrier

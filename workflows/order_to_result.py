@@ -25,6 +25,7 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
 
 from workflows import search_attributes as sa
+from workflows.message_trace import continued_trace
 from workflows.review import ReviewableWorkflow
 
 with workflow.unsafe.imports_passed_through():
@@ -103,10 +104,11 @@ class OrderToResult(ReviewableWorkflow):
                     continue
             message = self._inbox.popleft()
             workflow.upsert_search_attributes([sa.MESSAGE_TYPE.value_set(message.message_type)])
-            if message.message_type.startswith("ORU"):
-                await self._handle_result(message)
-            else:
-                await self._handle_order(message)
+            with continued_trace(message.trace_context):
+                if message.message_type.startswith("ORU"):
+                    await self._handle_result(message)
+                else:
+                    await self._handle_order(message)
             self._processed += 1
         if self._status in ("final", "corrected", "cancelled"):
             self._set_status("completed" if self._status != "cancelled" else "cancelled")

@@ -204,7 +204,7 @@ async def test_stat_order_without_result_becomes_overdue_and_escalates(engine: E
     await send(engine, sm.lab_order(order, "E2E-1008-O"))
     await engine.wait_for_status(workflow_id(order), "overdue", timeout=20)
     overdue = await engine.client.count_workflows(
-        f"WorkflowId = '{workflow_id(order)}' AND Status = 'overdue'"
+        f"WorkflowId = '{workflow_id(order)}' AND `Status` = 'overdue'"
     )
     assert overdue.count == 1
     [task_ref] = await written(engine, order, "Task")
