@@ -6,6 +6,8 @@ import asyncio
 import contextlib
 import getpass
 import logging
+import signal
+import sys
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated
@@ -31,7 +33,9 @@ quarantine_app = typer.Typer(
 review_app = typer.Typer(help="Exchanges waiting for a person", no_args_is_help=True)
 app.add_typer(quarantine_app, name="quarantine")
 app.add_typer(review_app, name="review")
-console = Console()
+# Piped output (make, CI logs) is not a terminal; rich would assume 80 columns and
+# squeeze the demo's table, so give it room there.
+console = Console(width=None if sys.stdout.isatty() else 120)
 
 
 def _fail(message: str) -> typer.Exit:
@@ -68,15 +72,20 @@ def up(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> Non
     settings = load_settings()
 
     async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        # Ctrl-C and a service manager's SIGTERM both mean: stop every part, in order.
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
         async with embedded_stack(settings) as stack:
             _print_stack(stack.settings, stack.gateway.port, stack.ui_url)
             console.print("Press Ctrl-C to stop.")
-            await asyncio.Event().wait()
+            await stop.wait()
+            console.print("Stopping the gateway, the worker, the FHIR server and Temporal...")
+        console.print("Stopped: every part of the stack has been shut down.")
 
     try:
         asyncio.run(run())
-    except KeyboardInterrupt:
-        console.print("Stopped: every part of the stack has been shut down.")
     except StackError as err:
         raise _fail(str(err)) from err
 
@@ -142,14 +151,20 @@ def _print_stack(settings: Settings, mllp_port: int, ui_url: str) -> None:
 @app.command()
 def demo(
     keep_running: Annotated[
-        bool, typer.Option(help="Keep the stack up after the feed so you can browse the UI")
-    ] = False,
+        bool | None,
+        typer.Option(
+            help="Keep the stack up after the feed so you can browse the UI "
+            "(default: yes when run from a terminal)"
+        ),
+    ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Start the stack, send the sample feed through the gateway, show what happened."""
     from workers.demo import run_demo
 
     _logging(verbose)
+    if keep_running is None:
+        keep_running = sys.stdin.isatty()
     run_demo(load_settings(), console, keep_running=keep_running)
 
 
@@ -205,7 +220,7 @@ def quarantine_list(
         "reason",
         "status",
     ):
-        table.add_column(column)
+        table.add_column(column, no_wrap=column in ("id", "control id"))
     for row in rows:
         table.add_row(
             str(row.id),
@@ -293,7 +308,9 @@ def review_list() -> None:
     async def run() -> None:
         client = await _client(settings)
         table = Table(title="Pending reviews")
-        for column in ("workflow id", "review", "reason", "summary", "actions"):
+        # The workflow id is what an operator copies into approve/reject: never cut it.
+        table.add_column("workflow id", no_wrap=True)
+        for column in ("review", "reason", "summary", "actions"):
             table.add_column(column)
         async for execution in client.list_workflows(
             "ReviewState = 'pending' AND ExecutionStatus = 'Running'"

@@ -121,8 +121,11 @@ async def _run(stack: RunningStack, console: Console, run_tag: str) -> None:
     with console.status("waiting for the exchanges to settle..."):
         await _wait_for(stack.client, feed, 60)
     table = Table(title="What happened to each message")
-    for column in ("#", "message", "ACK", "exchange (workflow id)", "status now"):
-        table.add_column(column)
+    table.add_column("#")
+    table.add_column("message", min_width=24)
+    table.add_column("ACK", no_wrap=True)
+    table.add_column("exchange (workflow id)", no_wrap=True)
+    table.add_column("status now", min_width=10)
     for index, (item, (code, error)) in enumerate(zip(feed, acks, strict=True), start=1):
         status = await _status(stack.client, item.workflow_id) if item.workflow_id else "-"
         ack = f"{code} {error}".strip()

@@ -8,8 +8,7 @@ the message under that context makes its activities and FHIR writes one trace wi
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 
 from temporalio import workflow
 
@@ -17,16 +16,19 @@ with workflow.unsafe.imports_passed_through():
     from opentelemetry import context as otel_context
     from opentelemetry import propagate
 
+TraceBase = otel_context.Context
 
-@contextmanager
-def continued_trace(carrier: Mapping[str, str]) -> Iterator[None]:
-    if not carrier:
-        yield
-        return
-    # Extract on top of the current context: the tracing interceptor keeps itself there.
-    context = propagate.extract(dict(carrier), context=otel_context.get_current())
-    token = otel_context.attach(context)
-    try:
-        yield
-    finally:
-        otel_context.detach(token)
+
+def trace_base() -> TraceBase:
+    """The workflow's own context (it holds the tracing interceptor); call once in run()."""
+    return otel_context.get_current()
+
+
+def follow_message_trace(carrier: Mapping[str, str], base: TraceBase) -> None:
+    """Make the message's trace current for what the workflow does next.
+
+    Attached without a matching detach on purpose: the context belongs to the workflow's
+    run task and is replaced for every message, while a detach in a ``finally`` would run
+    in a foreign context when the worker evicts the workflow mid-await.
+    """
+    otel_context.attach(propagate.extract(dict(carrier), context=base) if carrier else base)

@@ -25,7 +25,7 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
 
 from workflows import search_attributes as sa
-from workflows.message_trace import continued_trace
+from workflows.message_trace import follow_message_trace, trace_base
 from workflows.review import ReviewableWorkflow
 
 with workflow.unsafe.imports_passed_through():
@@ -98,17 +98,19 @@ class OrderToResult(ReviewableWorkflow):
         workflow.upsert_search_attributes(
             [sa.EXCHANGE.value_set(EXCHANGE_NAME), sa.FACILITY.value_set(params.facility)]
         )
+        own_trace = trace_base()
         while not self._finished():
+            follow_message_trace({}, own_trace)
             if not self._inbox:
                 if not await self._wait_for_message_or_deadline():
                     continue
             message = self._inbox.popleft()
             workflow.upsert_search_attributes([sa.MESSAGE_TYPE.value_set(message.message_type)])
-            with continued_trace(message.trace_context):
-                if message.message_type.startswith("ORU"):
-                    await self._handle_result(message)
-                else:
-                    await self._handle_order(message)
+            follow_message_trace(message.trace_context, own_trace)
+            if message.message_type.startswith("ORU"):
+                await self._handle_result(message)
+            else:
+                await self._handle_order(message)
             self._processed += 1
         if self._status in ("final", "corrected", "cancelled"):
             self._set_status("completed" if self._status != "cancelled" else "cancelled")
