@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -45,6 +46,10 @@ class Figures:
     seconds: float
     latencies_ms: list[float]
     errors: int
+
+    @property
+    def rate(self) -> float:
+        return self.messages / self.seconds if self.seconds else 0.0
 
     def row(self) -> str:
         lat = sorted(self.latencies_ms)
@@ -151,88 +156,106 @@ async def wait_for_port(port: int, seconds: float = 30) -> None:
     raise RuntimeError(f"nothing listens on {port}")
 
 
+@contextlib.asynccontextmanager
+async def fresh_temporal(state: Path) -> AsyncIterator[tuple[Settings, dict[str, str]]]:
+    """A new file-backed dev server per measurement, so no path inherits a fuller database."""
+    env = {
+        **os.environ,
+        "CAREWEAVE_STATE_DIR": str(state),
+        "CAREWEAVE_TEMPORAL_ADDRESS": "127.0.0.1:17233",
+        "CAREWEAVE_TEMPORAL_UI_PORT": "18233",
+        "CAREWEAVE_TASK_QUEUE": "careweave-bench",
+        "CAREWEAVE_DATABASE_URL": f"sqlite:///{state}/careweave.db",
+    }
+    settings = Settings(
+        state_dir=state,
+        temporal_address="127.0.0.1:17233",
+        temporal_ui_port=18233,
+        task_queue="careweave-bench",
+    )
+    temporal = subprocess.Popen(
+        dev_server_command(settings), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        for _ in range(200):
+            try:
+                await connect(settings)
+                break
+            except RuntimeError:
+                await asyncio.sleep(0.3)
+        yield settings, env
+    finally:
+        temporal.terminate()
+        temporal.wait(timeout=30)
+
+
+@contextlib.asynccontextmanager
+async def gateway_process(env: dict[str, str], port: int, log: Path) -> AsyncIterator[int]:
+    process = start_gateway({**env, "CAREWEAVE_MLLP_PORT": str(port)}, log)
+    try:
+        await wait_for_port(port)
+        yield port
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
+
+
+async def one_round(base: Path, index: int, messages: int, senders: int) -> list[Figures]:
+    tag = f"{time.strftime('%H%M%S')}{index}"
+    rows: list[Figures] = []
+    async with fresh_temporal(base / f"bare{index}") as (settings, _env):
+        rows.append(await bench_bare_temporal(settings, f"T{tag}", messages, senders))
+    async with (
+        fresh_temporal(base / f"gateway{index}") as (_settings, env),
+        gateway_process(env, 12575, base / f"gateway{index}.log") as port,
+    ):
+        rows.append(await bench_gateway(GATEWAY, port, f"G{tag}", messages, senders))
+    floor_env = {**os.environ, "CAREWEAVE_MLLP_COMMIT": "false"}
+    floor_env["CAREWEAVE_DATABASE_URL"] = f"sqlite:///{base}/floor{index}.db"
+    async with gateway_process(floor_env, 12576, base / f"floor{index}.log") as port:
+        rows.append(await bench_gateway(FLOOR, port, f"F{tag}", messages, senders))
+    return rows
+
+
+GATEWAY = "gateway, commit then ACK"
+FLOOR = "gateway, commit off (parse + ACK)"
+
+
+def median_of(rounds: list[list[Figures]], position: int) -> Figures:
+    """The round with the median throughput for one path (latencies from that round)."""
+    runs = sorted((row[position] for row in rounds), key=lambda f: f.messages / f.seconds)
+    return runs[len(runs) // 2]
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--messages", type=int, default=2000)
+    parser.add_argument("--messages", type=int, default=1000)
     parser.add_argument("--senders", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
 
+    rounds: list[list[Figures]] = []
     with tempfile.TemporaryDirectory(prefix="careweave-bench-") as state:
-        env = {
-            **os.environ,
-            "CAREWEAVE_STATE_DIR": state,
-            "CAREWEAVE_TEMPORAL_ADDRESS": "127.0.0.1:17233",
-            "CAREWEAVE_TEMPORAL_UI_PORT": "18233",
-            "CAREWEAVE_TASK_QUEUE": "careweave-bench",
-        }
-        settings = Settings(
-            state_dir=Path(state),
-            temporal_address="127.0.0.1:17233",
-            temporal_ui_port=18233,
-            task_queue="careweave-bench",
-        )
-        temporal = subprocess.Popen(
-            dev_server_command(settings), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        gateways: list[subprocess.Popen[bytes]] = []
-        try:
-            for _ in range(100):
-                try:
-                    await connect(settings)
-                    break
-                except RuntimeError:
-                    await asyncio.sleep(0.3)
-            tag = time.strftime("%H%M%S")
-            rows = [await bench_bare_temporal(settings, f"T{tag}", args.messages, args.senders)]
-
-            commit_port, floor_port = 12575, 12576
-            gateways.append(
-                start_gateway(
-                    {**env, "CAREWEAVE_MLLP_PORT": str(commit_port)}, Path(state) / "gw1.log"
-                )
+        for index in range(args.rounds):
+            rounds.append(await one_round(Path(state), index, args.messages, args.senders))
+            bare, gateway = rounds[-1][0], rounds[-1][1]
+            print(
+                f"round {index + 1}: bare {bare.rate:.0f}/s, gateway {gateway.rate:.0f}/s "
+                f"({gateway.rate / bare.rate:.0%})",
+                flush=True,
             )
-            gateways.append(
-                start_gateway(
-                    {
-                        **env,
-                        "CAREWEAVE_MLLP_PORT": str(floor_port),
-                        "CAREWEAVE_MLLP_COMMIT": "false",
-                        "CAREWEAVE_DATABASE_URL": f"sqlite:///{state}/floor.db",
-                    },
-                    Path(state) / "gw2.log",
-                )
-            )
-            await wait_for_port(commit_port)
-            await wait_for_port(floor_port)
-            rows.append(
-                await bench_gateway(
-                    "gateway, commit then ACK", commit_port, f"G{tag}", args.messages, args.senders
-                )
-            )
-            rows.append(
-                await bench_gateway(
-                    "gateway, commit off (parse + ACK)",
-                    floor_port,
-                    f"F{tag}",
-                    args.messages,
-                    args.senders,
-                )
-            )
-        finally:
-            for process in [*gateways, temporal]:
-                process.terminate()
-                process.wait(timeout=20)
 
     print(
-        f"\n{args.messages} ORU^R01 messages, {args.senders} concurrent senders, "
-        f"{os.cpu_count()} cores\n"
+        f"\n{args.messages} ORU^R01 messages per path and round, {args.senders} concurrent "
+        f"senders, {os.cpu_count()} cores, median of {args.rounds} rounds "
+        "(each path on a fresh file-backed dev server)\n"
     )
     print("| path | messages | msg/s | p50 ms | p99 ms | errors |")
     print("|---|---|---|---|---|---|")
+    rows = [median_of(rounds, position) for position in range(3)]
     for figures in rows:
         print(figures.row())
-    bare, gateway = rows[0], rows[1]
-    ratio = (gateway.messages / gateway.seconds) / (bare.messages / bare.seconds)
+    ratio = rows[1].rate / rows[0].rate
     print(f"\ngateway durable-ACK throughput = {ratio:.0%} of bare Temporal signal-with-start")
 
 

@@ -123,19 +123,24 @@ def gateway(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -
     configure_tracing(settings, "careweave-gateway")
 
     async def run() -> None:
-        client = await _client(settings)
+        # Commit off (benchmark floor only) needs no Temporal at all.
+        committer = (
+            TemporalCommitter(await _client(settings), settings) if settings.mllp_commit else None
+        )
         intake = MessageIntake(
-            _store(settings),
-            TemporalCommitter(client, settings) if settings.mllp_commit else None,
-            fallback_charset=settings.fallback_charset,
+            _store(settings), committer, fallback_charset=settings.fallback_charset
         )
         server = MllpGateway(intake, settings)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
         await server.start()
         console.print(f"MLLP gateway listening on {settings.mllp_host}:{server.port}")
-        await asyncio.Event().wait()
+        await stop.wait()
+        await server.close()
 
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(run())
+    asyncio.run(run())
 
 
 def _print_stack(settings: Settings, mllp_port: int, ui_url: str) -> None:

@@ -16,6 +16,7 @@ from typing import Protocol
 from opentelemetry import propagate, trace
 
 from adapters.database import CareweaveStore
+from adapters.grouping import GroupRunner
 from adapters.hl7v2.ack import ack_required, build_ack
 from adapters.hl7v2.header import DecodedMessage, MessageHeader, MessageRejected, decode_message
 from models.messages import InboundMessage
@@ -75,6 +76,18 @@ class MessageIntake:
         self._store = store
         self._committer = committer
         self._fallback_charset = fallback_charset
+        # Receipts are read and written in groups: a burst from many connections costs
+        # one statement each way instead of one ORM session per message.
+        self._receipt_lookups = GroupRunner[tuple[str, str], str | None](self._lookup_receipts)
+        self._receipt_writes = GroupRunner[MessageReceipt, None](self._write_receipts)
+
+    def _lookup_receipts(self, keys: list[tuple[str, str]]) -> list[str | None]:
+        found = self._store.workflow_ids_for(keys)
+        return [found.get(key) for key in keys]
+
+    def _write_receipts(self, receipts: list[MessageReceipt]) -> list[None]:
+        self._store.record_receipts(receipts)
+        return [None] * len(receipts)
 
     async def accept(self, payload: bytes, *, peer: str, quarantine: bool = True) -> IntakeResult:
         """Decide, commit, answer. quarantine=False when re-checking an already kept message."""
@@ -101,12 +114,10 @@ class MessageIntake:
         header = message.header
         trace.get_current_span().set_attribute("hl7.message_type", header.message_type)
 
-        receipt = await asyncio.to_thread(
-            self._store.receipt, header.sending_facility, header.control_id
-        )
-        if receipt is not None:
+        earlier = await self._receipt_lookups.submit((header.sending_facility, header.control_id))
+        if earlier is not None:
             log.info("duplicate %s control id acknowledged again", header.message_type)
-            return self._answer(header, "AA", Outcome.DUPLICATE, receipt.workflow_id)
+            return self._answer(header, "AA", Outcome.DUPLICATE, earlier)
 
         if self._committer is not None:
             try:
@@ -130,8 +141,7 @@ class MessageIntake:
                     quarantine=quarantine,
                     outcome=Outcome.NOT_COMMITTED,
                 )
-            await asyncio.to_thread(
-                self._store.record_receipt,
+            await self._receipt_writes.submit(
                 MessageReceipt(
                     sending_facility=header.sending_facility,
                     control_id=header.control_id,
