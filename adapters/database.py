@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-from sqlalchemy import event, tuple_
+from sqlalchemy import bindparam, event
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine
@@ -87,28 +87,57 @@ class CareweaveStore:
             return session.get(MessageReceipt, (sending_facility, control_id))
 
     def record_receipt(self, receipt: MessageReceipt) -> None:
-        self.record_receipts([receipt])
+        with Session(self._engine) as session:
+            if session.get(MessageReceipt, (receipt.sending_facility, receipt.control_id)):
+                return
+            session.add(receipt)
+            session.commit()
 
-    # Group forms used by the gateway: one statement for a burst of messages, in plain
-    # SQL rather than ORM sessions (the ORM cost ~1.5 ms of CPU per message, measured).
+    @property
+    def is_sqlite(self) -> bool:
+        return self._engine.dialect.name == "sqlite"
 
-    def workflow_ids_for(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], str]:
-        """Workflow id of every (sending facility, control id) already received."""
-        if not keys:
-            return {}
+    def receipt_book(self) -> ReceiptBook:
+        return ReceiptBook(self._engine)
+
+
+class ReceiptBook:
+    """The gateway's receipts, read and written through long-lived connections.
+
+    Measured on the ingest path: a pooled ORM session per message cost ~1.5 ms of CPU,
+    the same statements on a kept connection ~0.2 ms. One connection per direction,
+    because reads and writes may run on different threads at the same time.
+    """
+
+    def __init__(self, engine: Engine) -> None:
         table = MessageReceipt.__table__  # type: ignore[attr-defined]
-        query = select(table.c.sending_facility, table.c.control_id, table.c.workflow_id).where(
-            tuple_(table.c.sending_facility, table.c.control_id).in_(list(set(keys)))
+        self._lookup = select(table.c.workflow_id).where(
+            table.c.sending_facility == bindparam("facility"),
+            table.c.control_id == bindparam("control_id"),
         )
-        with self._engine.connect() as connection:
-            return {(row[0], row[1]): row[2] for row in connection.execute(query)}
+        insert = postgresql_insert if engine.dialect.name == "postgresql" else sqlite_insert
+        self._insert = insert(table).on_conflict_do_nothing()
+        self._reader = engine.connect()
+        self._writer = engine.connect()
 
-    def record_receipts(self, receipts: Sequence[MessageReceipt]) -> None:
+    def workflow_ids_for(self, keys: Sequence[tuple[str, str]]) -> list[str | None]:
+        """For each (sending facility, control id): the exchange it went to, or None."""
+        found: list[str | None] = []
+        for facility, control_id in keys:
+            row = self._reader.execute(
+                self._lookup, {"facility": facility, "control_id": control_id}
+            ).first()
+            found.append(row[0] if row else None)
+        # Ends the read transaction so the next lookup sees receipts written since.
+        self._reader.rollback()
+        return found
+
+    def record(self, receipts: Sequence[MessageReceipt]) -> None:
         """Insert receipts in one transaction; a receipt already there is left as it was."""
-        if not receipts:
-            return
-        table = MessageReceipt.__table__  # type: ignore[attr-defined]
-        insert = postgresql_insert if self._engine.dialect.name == "postgresql" else sqlite_insert
-        rows = [receipt.model_dump() for receipt in receipts]
-        with self._engine.begin() as connection:
-            connection.execute(insert(table).on_conflict_do_nothing(), rows)
+        if receipts:
+            self._writer.execute(self._insert, [receipt.model_dump() for receipt in receipts])
+            self._writer.commit()
+
+    def close(self) -> None:
+        self._reader.close()
+        self._writer.close()

@@ -22,14 +22,21 @@ class GroupRunner(Generic[Item, Result]):
     """
 
     def __init__(
-        self, run_batch: Callable[[list[Item]], Sequence[Result]], *, max_batch: int = 512
+        self,
+        run_batch: Callable[[list[Item]], Sequence[Result]],
+        *,
+        max_batch: int = 512,
+        inline: bool = False,
     ) -> None:
         self._run_batch = run_batch
         self._max_batch = max_batch
+        self._inline = inline
         self._pending: list[tuple[Item, asyncio.Future[Result]]] = []
         self._drainer: asyncio.Task[None] | None = None
 
     async def submit(self, item: Item) -> Result:
+        if self._inline:
+            return self._run_batch([item])[0]
         future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
         self._pending.append((item, future))
         if self._drainer is None or self._drainer.done():

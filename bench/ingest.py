@@ -22,7 +22,7 @@ import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -46,6 +46,8 @@ class Figures:
     seconds: float
     latencies_ms: list[float]
     errors: int
+    # CPU milliseconds per message spent by each process during the run (Linux /proc).
+    cpu_ms: dict[str, float] = field(default_factory=dict)
 
     @property
     def rate(self) -> float:
@@ -65,8 +67,24 @@ def result_message(tag: str, index: int) -> str:
     return sm.lab_result(order, f"{tag}-{index:06d}", [sm.SODIUM, sm.POTASSIUM])
 
 
+def cpu_seconds(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_snapshot(pids: dict[str, int]) -> dict[str, float]:
+    return {name: cpu_seconds(pid) for name, pid in pids.items()}
+
+
 async def _drive(
-    name: str, total: int, senders: int, send_one: Callable[[int], Awaitable[bool]]
+    name: str,
+    total: int,
+    senders: int,
+    send_one: Callable[[int], Awaitable[bool]],
+    pids: dict[str, int],
 ) -> Figures:
     latencies: list[float] = []
     errors = 0
@@ -80,12 +98,19 @@ async def _drive(
             latencies.append((time.perf_counter() - started) * 1000)
             errors += 0 if ok else 1
 
+    pids = {**pids, "bench (senders)": os.getpid()}
+    cpu_before = cpu_snapshot(pids)
     started = time.perf_counter()
     await asyncio.gather(*(sender() for _ in range(senders)))
-    return Figures(name, total, time.perf_counter() - started, latencies, errors)
+    seconds = time.perf_counter() - started
+    cpu_after = cpu_snapshot(pids)
+    cpu_ms = {key: (cpu_after[key] - cpu_before[key]) * 1000 / total for key in pids}
+    return Figures(name, total, seconds, latencies, errors, cpu_ms)
 
 
-async def bench_gateway(name: str, port: int, tag: str, total: int, senders: int) -> Figures:
+async def bench_gateway(
+    name: str, port: int, tag: str, total: int, senders: int, pids: dict[str, int]
+) -> Figures:
     clients = [MllpClient("127.0.0.1", port, timeout=60) for _ in range(senders)]
     for client in clients:
         await client.__aenter__()
@@ -102,13 +127,15 @@ async def bench_gateway(name: str, port: int, tag: str, total: int, senders: int
             free.put_nowait(client)
 
     try:
-        return await _drive(name, total, senders, send_one)
+        return await _drive(name, total, senders, send_one, pids)
     finally:
         for client in clients:
             await client.__aexit__(None, None, None)
 
 
-async def bench_bare_temporal(settings: Settings, tag: str, total: int, senders: int) -> Figures:
+async def bench_bare_temporal(
+    settings: Settings, tag: str, total: int, senders: int, pids: dict[str, int]
+) -> Figures:
     client = await connect(settings)
     committer = TemporalCommitter(client, settings)
 
@@ -134,7 +161,7 @@ async def bench_bare_temporal(settings: Settings, tag: str, total: int, senders:
         await committer.commit(route, message)
         return True
 
-    return await _drive("bare Temporal signal-with-start", total, senders, send_one)
+    return await _drive("bare Temporal signal-with-start", total, senders, send_one, pids)
 
 
 def start_gateway(env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
@@ -157,7 +184,9 @@ async def wait_for_port(port: int, seconds: float = 30) -> None:
 
 
 @contextlib.asynccontextmanager
-async def fresh_temporal(state: Path) -> AsyncIterator[tuple[Settings, dict[str, str]]]:
+async def fresh_temporal(
+    state: Path,
+) -> AsyncIterator[tuple[Settings, dict[str, str], int]]:
     """A new file-backed dev server per measurement, so no path inherits a fuller database."""
     env = {
         **os.environ,
@@ -183,7 +212,7 @@ async def fresh_temporal(state: Path) -> AsyncIterator[tuple[Settings, dict[str,
                 break
             except RuntimeError:
                 await asyncio.sleep(0.3)
-        yield settings, env
+        yield settings, env, temporal.pid
     finally:
         temporal.terminate()
         temporal.wait(timeout=30)
@@ -191,10 +220,11 @@ async def fresh_temporal(state: Path) -> AsyncIterator[tuple[Settings, dict[str,
 
 @contextlib.asynccontextmanager
 async def gateway_process(env: dict[str, str], port: int, log: Path) -> AsyncIterator[int]:
+    """The gateway as its own process (as in production); yields its pid."""
     process = start_gateway({**env, "CAREWEAVE_MLLP_PORT": str(port)}, log)
     try:
         await wait_for_port(port)
-        yield port
+        yield process.pid
     finally:
         process.terminate()
         process.wait(timeout=20)
@@ -203,17 +233,20 @@ async def gateway_process(env: dict[str, str], port: int, log: Path) -> AsyncIte
 async def one_round(base: Path, index: int, messages: int, senders: int) -> list[Figures]:
     tag = f"{time.strftime('%H%M%S')}{index}"
     rows: list[Figures] = []
-    async with fresh_temporal(base / f"bare{index}") as (settings, _env):
-        rows.append(await bench_bare_temporal(settings, f"T{tag}", messages, senders))
+    async with fresh_temporal(base / f"bare{index}") as (settings, _env, temporal):
+        pids = {"Temporal server": temporal}
+        rows.append(await bench_bare_temporal(settings, f"T{tag}", messages, senders, pids))
     async with (
-        fresh_temporal(base / f"gateway{index}") as (_settings, env),
-        gateway_process(env, 12575, base / f"gateway{index}.log") as port,
+        fresh_temporal(base / f"gateway{index}") as (_settings, env, temporal),
+        gateway_process(env, 12575, base / f"gateway{index}.log") as gateway,
     ):
-        rows.append(await bench_gateway(GATEWAY, port, f"G{tag}", messages, senders))
+        pids = {"Temporal server": temporal, "gateway": gateway}
+        rows.append(await bench_gateway(GATEWAY, 12575, f"G{tag}", messages, senders, pids))
     floor_env = {**os.environ, "CAREWEAVE_MLLP_COMMIT": "false"}
     floor_env["CAREWEAVE_DATABASE_URL"] = f"sqlite:///{base}/floor{index}.db"
-    async with gateway_process(floor_env, 12576, base / f"floor{index}.log") as port:
-        rows.append(await bench_gateway(FLOOR, port, f"F{tag}", messages, senders))
+    async with gateway_process(floor_env, 12576, base / f"floor{index}.log") as gateway:
+        pids = {"gateway": gateway}
+        rows.append(await bench_gateway(FLOOR, 12576, f"F{tag}", messages, senders, pids))
     return rows
 
 
@@ -255,6 +288,13 @@ async def main() -> None:
     rows = [median_of(rounds, position) for position in range(3)]
     for figures in rows:
         print(figures.row())
+    print("\nCPU milliseconds per message, by process (same median rounds):\n")
+    names = ["Temporal server", "gateway", "bench (senders)"]
+    print("| path | " + " | ".join(names) + " |")
+    print("|---" * (len(names) + 1) + "|")
+    for figures in rows:
+        cells = [f"{figures.cpu_ms[n]:.2f}" if n in figures.cpu_ms else "-" for n in names]
+        print(f"| {figures.name} | " + " | ".join(cells) + " |")
     ratio = rows[1].rate / rows[0].rate
     print(f"\ngateway durable-ACK throughput = {ratio:.0%} of bare Temporal signal-with-start")
 

@@ -47,3 +47,10 @@ def fhir_base_url() -> Iterator[str]:
 async def engine(temporal_client: Client, fhir_base_url: str) -> AsyncIterator[Engine]:
     async with running_engine(temporal_client, fhir_base_url) as running:
         yield running
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # Unit tests first: they run synchronously on the event loop thread, and after the
+    # integration tests the session's worker still has exchanges to drive (timers), which
+    # a blocked loop would hold up.
+    items.sort(key=lambda item: "integration" in item.nodeid.split("::")[0])

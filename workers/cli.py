@@ -19,10 +19,9 @@ from temporalio.client import Client, WorkflowUpdateFailedError
 
 from adapters.database import CareweaveStore
 from adapters.hl7v2.mllp_client import MllpClient
-from models.records import QuarantineStatus
 from models.review import ReviewAction, ReviewDecision, ReviewRequest
 from models.settings import Settings, load_settings
-from workers.intake import MessageIntake, Outcome
+from workers.intake import MessageIntake
 from workers.temporal_client import connect
 from workers.temporal_commit import TemporalCommitter
 
@@ -270,30 +269,31 @@ def quarantine_release(
     by: Annotated[str, typer.Option(help="Who releases it")] = "",
 ) -> None:
     """Resubmit a quarantined message (as kept, or edited) through the same intake."""
+    from workers.quarantine import ReleaseRefused, release
+
     settings = load_settings()
     store = _store(settings)
-    row = store.quarantined_message(message_id)
-    if row is None:
-        raise _fail(f"no quarantined message #{message_id}")
-    if row.status != QuarantineStatus.HELD.value:
-        raise _fail(f"message #{message_id} was already released")
-    payload = fixed.read_bytes() if fixed else row.raw
+    try:
+        fixed_payload = fixed.read_bytes() if fixed else None
+    except OSError as err:
+        raise _fail(f"{fixed}: cannot read ({err.strerror})") from err
 
     async def run() -> None:
         client = await _client(settings)
         intake = MessageIntake(
             store, TemporalCommitter(client, settings), fallback_charset=settings.fallback_charset
         )
-        result = await intake.accept(payload, peer=f"quarantine#{message_id}", quarantine=False)
-        if result.outcome in (Outcome.ACCEPTED, Outcome.DUPLICATE):
-            store.mark_released(
+        try:
+            released = await release(
+                store,
+                intake,
                 message_id,
                 released_by=by or getpass.getuser(),
-                result=f"{result.outcome.value} into {result.workflow_id}",
+                fixed_payload=fixed_payload,
             )
-            console.print(f"released #{message_id}: {result.outcome.value} -> {result.workflow_id}")
-        else:
-            raise _fail(f"still refused ({result.ack_code}): {result.reason}; message kept")
+        except ReleaseRefused as err:
+            raise _fail(str(err)) from err
+        console.print(f"released #{message_id}: {released.outcome.value} -> {released.workflow_id}")
 
     asyncio.run(run())
 

@@ -66,6 +66,7 @@ class Engine:
     gateway: MllpGateway
     store: CareweaveStore
     fhir: FhirClient
+    intake: MessageIntake
 
     @property
     def mllp_port(self) -> int:
@@ -112,7 +113,7 @@ async def running_engine(
             await gateway.start()
             async with worker:
                 try:
-                    yield Engine(client, settings, gateway, store, fhir)
+                    yield Engine(client, settings, gateway, store, fhir, intake)
                 finally:
                     await gateway.close()
 
