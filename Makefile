@@ -38,6 +38,7 @@ test: lint
 	@$(BIN)/pytest -q
 
 bench: setup
+	@$(BIN)/python bench/parse.py
 	@$(BIN)/python bench/ingest.py
 
 clean:
