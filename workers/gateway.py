@@ -83,6 +83,12 @@ class MllpGateway:
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
 
+    async def _keep_unfinished(self, decoder: MllpDecoder, peer: str) -> None:
+        """A frame cut off by a hang-up or an idle timeout is kept; no one is left to answer."""
+        for leftover in decoder.close():
+            if isinstance(leftover, BadFrame):
+                await self._intake.reject_frame(leftover.raw, leftover.reason, peer=peer)
+
     async def _converse(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: str
     ) -> None:
@@ -94,12 +100,10 @@ class MllpGateway:
                 )
             except TimeoutError:
                 log.info("closing idle connection from %s", peer)
+                await self._keep_unfinished(decoder, peer)
                 return
             if not data:
-                # The sender hung up mid-frame: keep what it sent (no one is left to answer).
-                for leftover in decoder.close():
-                    if isinstance(leftover, BadFrame):
-                        await self._intake.reject_frame(leftover.raw, leftover.reason, peer=peer)
+                await self._keep_unfinished(decoder, peer)
                 return
             for item in decoder.feed(data):
                 if isinstance(item, BadFrame):

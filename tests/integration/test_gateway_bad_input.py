@@ -17,6 +17,7 @@ from adapters.hl7v2.ack import parse_ack
 from adapters.hl7v2.framing import END_BLOCK, START_BLOCK, encode_frame
 from tests.support.engine import Engine, mllp_send
 from workers.feed import split_messages
+from workers.gateway import MllpGateway
 from workers.sample_messages import SODIUM, SampleOrder, lab_result
 
 ADVERSARIAL = Path(__file__).resolve().parent.parent / "fixtures" / "corpus" / "adversarial"
@@ -156,3 +157,44 @@ async def test_one_message_over_many_reads_and_many_in_one_read(engine: Engine) 
         writer.close()
     codes = [parse_ack(a.strip(b"\x0b\x1c\r").decode())[:2] for a in (ack_one, ack_two, ack_three)]
     assert codes == [("AA", "GW-SPLIT-1"), ("AA", "GW-SPLIT-2"), ("AA", "GW-SPLIT-2")]
+
+
+async def test_idle_connection_is_closed_and_its_unfinished_frame_kept(engine: Engine) -> None:
+    settings = engine.settings.model_copy(update={"mllp_idle_timeout_seconds": 0.5})
+    gateway = MllpGateway(engine.intake, settings)
+    await gateway.start()
+    try:
+        unfinished = START_BLOCK + b"MSH|^~\\&|LAB|NORTHLAB|EHR|GENHOSP|20261125||ORU^R01|IDLE1|P"
+        reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
+        writer.write(unfinished)
+        await writer.drain()
+        # The gateway hangs up after the idle timeout: EOF, no answer.
+        assert await asyncio.wait_for(reader.read(), 10) == b""
+        writer.close()
+        kept = engine.store.quarantined(limit=1)[0]
+        assert kept.raw in (unfinished, unfinished.removeprefix(START_BLOCK))
+    finally:
+        await gateway.close()
+
+
+async def test_connections_over_the_limit_are_closed_and_others_served(engine: Engine) -> None:
+    settings = engine.settings.model_copy(update={"mllp_max_connections": 2})
+    gateway = MllpGateway(engine.intake, settings)
+    await gateway.start()
+    opened = [await asyncio.open_connection("127.0.0.1", gateway.port) for _ in range(2)]
+    try:
+        await asyncio.sleep(0.2)
+        extra_reader, extra_writer = await asyncio.open_connection("127.0.0.1", gateway.port)
+        assert await asyncio.wait_for(extra_reader.read(), 10) == b""
+        extra_writer.close()
+
+        reader, writer = opened[0]
+        order = SampleOrder("GW-LIMIT-1")
+        writer.write(encode_frame(lab_result(order, "GW-LIMIT-1", [SODIUM]).encode()))
+        await writer.drain()
+        ack = await asyncio.wait_for(reader.readuntil(END_BLOCK), 20)
+        assert parse_ack(ack.strip(b"\x0b\x1c\r").decode())[0] == "AA"
+    finally:
+        for _, writer in opened:
+            writer.close()
+        await gateway.close()
