@@ -21,7 +21,14 @@ fhir-server/node_modules/.installed: fhir-server/package.json fhir-server/packag
 	@npm ci --prefix fhir-server --no-audit --no-fund --loglevel=error
 	@touch $@
 
-setup: $(BIN)/.installed fhir-server/node_modules/.installed
+partners/node_modules/.installed: partners/package.json partners/package-lock.json
+	@echo "==> Node: installing the demo partner systems' packages (npm ci)"
+	@command -v npm >/dev/null || { echo "==> installing Node.js and npm (apt-get)"; \
+		apt-get update -qq && apt-get install -y -qq nodejs npm >/dev/null; }
+	@npm ci --prefix partners --no-audit --no-fund --loglevel=error
+	@touch $@
+
+setup: $(BIN)/.installed fhir-server/node_modules/.installed partners/node_modules/.installed
 
 demo: setup
 	@echo "==> Starting the embedded stack and sending the sample feed through the gateway"
@@ -40,6 +47,7 @@ test: lint
 bench: setup
 	@$(BIN)/python bench/parse.py
 	@$(BIN)/python bench/ingest.py
+	@$(BIN)/python bench/discharge.py
 
 clean:
-	rm -rf $(VENV) fhir-server/node_modules .state
+	rm -rf $(VENV) fhir-server/node_modules partners/node_modules .state

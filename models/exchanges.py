@@ -24,3 +24,16 @@ class OrderToResultInput(BaseModel):
     placer_namespace: str = ""
     mapping_version: str
     timing: ExchangeTiming
+
+
+class DischargeSyncInput(BaseModel):
+    """One encounter's discharge exchange; keys are pseudonyms (no visit number, no MRN)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    facility: str
+    encounter_key: str
+    patient_key: str
+    mapping_version: str
+    # After the last event, the exchange stays open this long for A13/A08, then completes.
+    close_after_seconds: float

@@ -12,6 +12,9 @@ class ReviewAction(StrEnum):
     APPROVE = "approve"
     REJECT = "reject"
     RETRY = "retry"
+    # Ordered delivery: let the queue move on without this event, or send a corrected one.
+    SKIP = "skip"
+    EDIT = "edit"
 
 
 class ReviewReason(StrEnum):
@@ -19,6 +22,7 @@ class ReviewReason(StrEnum):
     UNKNOWN_ORDER = "unknown-order"
     FHIR_REJECTED = "fhir-rejected"
     INVALID_MESSAGE = "invalid-message"
+    DELIVERY_FAILED = "delivery-failed"
 
 
 class ReviewRequest(BaseModel):
@@ -44,6 +48,8 @@ class ReviewDecision(BaseModel):
     action: ReviewAction
     reason: str
     reviewer: str
+    # EDIT only: the corrected HL7 v2 message to send instead (kept in the history).
+    edited_message: str | None = None
 
 
 class ReviewRecord(BaseModel):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from pathlib import Path
 
 from pydantic import Field
@@ -52,6 +53,21 @@ class Settings(BaseSettings):
     sla_asap_seconds: float = 4 * 3600
     sla_routine_seconds: float = 24 * 3600
 
+    # Discharge sync: the routing file (destinations), read by the worker at start.
+    destinations_file: Path = Field(
+        default=Path(__file__).resolve().parent.parent / "config" / "destinations.toml"
+    )
+    # A discharge exchange stays open this long after its last event (A13, A08 may follow).
+    discharge_close_after_seconds: float = 7 * 24 * 3600
+    # A destination's per-patient queue that stays empty this long completes (a new event
+    # starts it again).
+    delivery_idle_close_seconds: float = 24 * 3600
+    # `careweave up` runs the demo's two MLLP partner systems (primary care, billing).
+    partners_embedded: bool = True
+    # Key for the pseudonyms in workflow ids (encounter and patient keys); unset: a random
+    # key kept in state_dir/pseudonym.key, made on first use.
+    pseudonym_key: str | None = None
+
     otel_exporter: str = Field(default="none", description="none | console | otlp")
     otel_otlp_endpoint: str | None = None
 
@@ -60,6 +76,16 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.state_dir / 'careweave.db').resolve()}"
+
+    def resolved_pseudonym_key(self) -> bytes:
+        if self.pseudonym_key:
+            return self.pseudonym_key.encode()
+        key_file = self.state_dir / "pseudonym.key"
+        if not key_file.exists():
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+            key_file.write_text(secrets.token_hex(32))
+            key_file.chmod(0o600)
+        return key_file.read_text().strip().encode()
 
 
 def load_settings() -> Settings:

@@ -10,7 +10,7 @@ import signal
 import sys
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -24,6 +24,9 @@ from models.settings import Settings, load_settings
 from workers.intake import MessageIntake
 from workers.temporal_client import connect
 from workers.temporal_commit import TemporalCommitter
+
+if TYPE_CHECKING:
+    from workers.stack import RunningStack
 
 app = typer.Typer(help="Careweave clinical integration engine", no_args_is_help=True)
 quarantine_app = typer.Typer(
@@ -77,7 +80,7 @@ def up(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> Non
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
         async with embedded_stack(settings) as stack:
-            _print_stack(stack.settings, stack.gateway.port, stack.ui_url)
+            _print_stack(stack)
             console.print("Press Ctrl-C to stop.")
             await stop.wait()
             console.print("Stopping the gateway, the worker, the FHIR server and Temporal...")
@@ -93,19 +96,25 @@ def up(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> Non
 def worker(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
     """Run only the Temporal worker (production: as many as load needs)."""
     from adapters.fhir import FhirClient
+    from models.destinations import RoutingConfigError, load_routing
     from workers.telemetry import configure_tracing
     from workers.worker import build_worker
 
     _logging(verbose)
     settings = load_settings()
     configure_tracing(settings, "careweave-worker")
+    try:
+        routing = load_routing(settings.destinations_file)
+    except RoutingConfigError as err:
+        raise _fail(str(err)) from err
+    console.print(f"routing {settings.destinations_file}: {routing.label}")
 
     async def run() -> None:
         client = await _client(settings)
         async with FhirClient(
             settings.fhir_base_url, timeout=settings.fhir_timeout_seconds
         ) as fhir:
-            await build_worker(client, settings, fhir).run()
+            await build_worker(client, settings, fhir, routing=routing).run()
 
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run())
@@ -127,7 +136,10 @@ def gateway(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -
             TemporalCommitter(await _client(settings), settings) if settings.mllp_commit else None
         )
         intake = MessageIntake(
-            _store(settings), committer, fallback_charset=settings.fallback_charset
+            _store(settings),
+            committer,
+            fallback_charset=settings.fallback_charset,
+            pseudonym_key=settings.resolved_pseudonym_key(),
         )
         server = MllpGateway(intake, settings)
         stop = asyncio.Event()
@@ -142,12 +154,19 @@ def gateway(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -
     asyncio.run(run())
 
 
-def _print_stack(settings: Settings, mllp_port: int, ui_url: str) -> None:
+def _print_stack(stack: RunningStack) -> None:
+    settings = stack.settings
     table = Table(title="Careweave embedded stack", show_header=False)
-    table.add_row("MLLP gateway", f"{settings.mllp_host}:{mllp_port}")
+    table.add_row("MLLP gateway", f"{settings.mllp_host}:{stack.gateway.port}")
     table.add_row("Temporal", settings.temporal_address)
-    table.add_row("Temporal UI", ui_url)
+    table.add_row("Temporal UI", stack.ui_url)
     table.add_row("FHIR R4", settings.fhir_base_url)
+    table.add_row("Routing", f"{settings.destinations_file} ({stack.routing.label})")
+    for partner in stack.partners:
+        table.add_row(
+            f"Partner {partner.name}",
+            f"MLLP 127.0.0.1:{partner.mllp_port}, control {partner.control_url}/messages",
+        )
     table.add_row("State folder", str(settings.state_dir.resolve()))
     console.print(table)
 
@@ -281,7 +300,10 @@ def quarantine_release(
     async def run() -> None:
         client = await _client(settings)
         intake = MessageIntake(
-            store, TemporalCommitter(client, settings), fallback_charset=settings.fallback_charset
+            store,
+            TemporalCommitter(client, settings),
+            fallback_charset=settings.fallback_charset,
+            pseudonym_key=settings.resolved_pseudonym_key(),
         )
         try:
             released = await release(
@@ -333,7 +355,14 @@ def review_list() -> None:
     asyncio.run(run())
 
 
-def _decide(workflow_id: str, action: ReviewAction, reason: str, reviewer: str) -> None:
+def _decide(
+    workflow_id: str,
+    action: ReviewAction,
+    reason: str,
+    reviewer: str,
+    *,
+    edited_message: str | None = None,
+) -> None:
     settings = load_settings()
 
     async def run() -> None:
@@ -347,6 +376,7 @@ def _decide(workflow_id: str, action: ReviewAction, reason: str, reviewer: str) 
             action=action,
             reason=reason,
             reviewer=reviewer or getpass.getuser(),
+            edited_message=edited_message,
         )
         try:
             await handle.execute_update(
@@ -379,6 +409,34 @@ def review_reject(workflow_id: str, reason: ReasonOption, reviewer: ReviewerOpti
 def review_retry(workflow_id: str, reason: ReasonOption, reviewer: ReviewerOption = "") -> None:
     """Ask the exchange to retry the step under review."""
     _decide(workflow_id, ReviewAction.RETRY, reason, reviewer)
+
+
+@review_app.command("skip")
+def review_skip(workflow_id: str, reason: ReasonOption, reviewer: ReviewerOption = "") -> None:
+    """Let an ordered-delivery queue move on without the event under review."""
+    _decide(workflow_id, ReviewAction.SKIP, reason, reviewer)
+
+
+@review_app.command("edit")
+def review_edit(
+    workflow_id: str,
+    message_file: Annotated[Path, typer.Option("--message", help="The corrected HL7 v2 message")],
+    reason: ReasonOption,
+    reviewer: ReviewerOption = "",
+) -> None:
+    """Send a corrected message in place of the one a destination refused."""
+    from workers.feed import read_feed_file
+
+    messages = read_feed_file(message_file)
+    if len(messages) != 1:
+        raise _fail(f"{message_file}: holds {len(messages)} messages; an edit is exactly one")
+    _decide(
+        workflow_id,
+        ReviewAction.EDIT,
+        reason,
+        reviewer,
+        edited_message=messages[0].decode("utf-8", errors="strict"),
+    )
 
 
 if __name__ == "__main__":

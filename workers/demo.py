@@ -6,6 +6,7 @@ import asyncio
 import time
 from dataclasses import dataclass
 
+import httpx
 from rich.console import Console
 from rich.table import Table
 from temporalio.client import Client, WorkflowExecutionStatus
@@ -14,6 +15,7 @@ from adapters.hl7v2.ack import parse_ack
 from adapters.hl7v2.mllp_client import MllpClient
 from models.settings import Settings
 from workers import sample_messages as sm
+from workers.routing import pseudonym
 from workers.stack import RunningStack, StackError, embedded_stack
 
 
@@ -25,7 +27,7 @@ class FeedItem:
     expected_status: str | None
 
 
-def demo_feed(run_tag: str) -> list[FeedItem]:
+def demo_feed(run_tag: str, pseudonym_key: bytes) -> list[FeedItem]:
     """Orders and results covering the exchange's paths; ids carry run_tag so reruns are new."""
     routine = sm.SampleOrder(f"DEMO{run_tag}A")
     stat = sm.SampleOrder(f"DEMO{run_tag}B", local_code="K", text="Potassium", priority="S")
@@ -77,9 +79,10 @@ def demo_feed(run_tag: str) -> list[FeedItem]:
             unmapped,
             "ordered",
         ),
+        *discharge_feed(run_tag, pseudonym_key),
         FeedItem("not HL7 at all -> AR, quarantined", b"hello, this is not HL7\r", None, None),
         FeedItem(
-            "ADT^A01 (not a lab exchange) -> AR 200",
+            "ADT^A01 (admission: no exchange takes it) -> AR 201",
             (
                 f"MSH|^~\\&|ADT|{sm.HOSPITAL}|X|Y|20261125||ADT^A01|{run_tag}-10|P|2.5.1\r"
                 "PID|1||X\r"
@@ -88,6 +91,55 @@ def demo_feed(run_tag: str) -> list[FeedItem]:
             None,
         ),
     ]
+
+
+def discharge_feed(run_tag: str, pseudonym_key: bytes) -> list[FeedItem]:
+    """A discharge, then an amended diagnosis: to FHIR and both partners, in order."""
+    patient = sm.SamplePatient(mrn=f"MRN{run_tag}", family="Demopatient", given="Rosa")
+    stay = sm.SampleStay(f"V{run_tag}", patient=patient)
+    amended = sm.SampleStay(
+        f"V{run_tag}",
+        patient=patient,
+        diagnoses=(
+            *stay.diagnoses[:1],
+            sm.SampleDiagnosis("2", "E11.65", "Type 2 diabetes mellitus with hyperglycemia"),
+        ),
+    )
+    key = pseudonym(pseudonym_key, "encounter", sm.HOSPITAL, stay.visit_number)
+    workflow_id = f"discharge-sync/{sm.HOSPITAL}/{key}"
+    return [
+        FeedItem(
+            "discharge (ADT^A03) -> FHIR Encounter + Conditions, primary care, billing",
+            sm.adt_event(stay, f"{run_tag}-11", "A03").encode(),
+            workflow_id,
+            None,
+        ),
+        FeedItem(
+            "amended diagnosis (ADT^A08) -> FHIR and billing, after the A03",
+            sm.adt_event(amended, f"{run_tag}-12", "A08").encode(),
+            workflow_id,
+            "diagnoses-updated",
+        ),
+    ]
+
+
+async def _partner_table(stack: RunningStack, run_tag: str) -> Table:
+    table = Table(title="What the partner systems received (over MLLP, from Careweave)")
+    for column in ("partner", "message", "MSH-10 (Careweave's)", "answered"):
+        table.add_column(column, no_wrap=True)
+    async with httpx.AsyncClient(timeout=5) as http:
+        for partner in stack.partners:
+            for _ in range(50):
+                records = (await http.get(f"{partner.control_url}/messages")).json()
+                mine = [r for r in records if f"V{run_tag}^" in r["text"]]
+                if len(mine) >= (2 if partner.name == "billing" else 1):
+                    break
+                await asyncio.sleep(0.2)
+            for record in mine:
+                table.add_row(
+                    partner.name, record["message_type"], record["control_id"], record["answered"]
+                )
+    return table
 
 
 async def _status(client: Client, workflow_id: str) -> str:
@@ -112,7 +164,7 @@ async def _wait_for(client: Client, items: list[FeedItem], seconds: float) -> No
 
 
 async def _run(stack: RunningStack, console: Console, run_tag: str) -> None:
-    feed = demo_feed(run_tag)
+    feed = demo_feed(run_tag, stack.settings.resolved_pseudonym_key())
     acks: list[tuple[str, str]] = []
     async with MllpClient("127.0.0.1", stack.gateway.port, timeout=30) as mllp:
         for item in feed:
@@ -131,6 +183,8 @@ async def _run(stack: RunningStack, console: Console, run_tag: str) -> None:
         ack = f"{code} {error}".strip()
         table.add_row(str(index), item.description, ack, item.workflow_id or "quarantined", status)
     console.print(table)
+    if stack.partners:
+        console.print(await _partner_table(stack, run_tag))
     console.print(f"Temporal UI: {stack.ui_url}")
     console.print(f"FHIR server: {stack.settings.fhir_base_url}/DiagnosticReport")
     console.print("Quarantine: careweave quarantine list    Reviews: careweave review list")

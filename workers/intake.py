@@ -71,11 +71,13 @@ class MessageIntake:
         committer: Committer | None,
         *,
         fallback_charset: str | None = None,
+        pseudonym_key: bytes = b"",
     ) -> None:
         # committer None = parse + ACK only (bench/ingest.py's floor); never in production.
         self._store = store
         self._committer = committer
         self._fallback_charset = fallback_charset
+        self._pseudonym_key = pseudonym_key
         # SQLite answers a receipt in ~0.1 ms, less than a hop to a thread costs, so it
         # runs on the loop; a networked database runs in a thread, a burst per round trip.
         self._receipts = store.receipt_book()
@@ -110,7 +112,7 @@ class MessageIntake:
                 fallback_charset=self._fallback_charset,
                 required_segments=REQUIRED_SEGMENTS,
             )
-            destination = route(message)
+            destination = route(message, pseudonym_key=self._pseudonym_key)
         except MessageRejected as rejection:
             return await self._reject(payload, rejection, peer=peer, quarantine=quarantine)
         header = message.header

@@ -7,6 +7,9 @@ exchange cannot do without. The full hl7apy parse happens later, in an activity.
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import re
 from dataclasses import dataclass
 
@@ -17,12 +20,16 @@ SUPPORTED_TYPES: dict[str, frozenset[str]] = {
     "ORM": frozenset({"O01"}),
     "OML": frozenset({"O21"}),
     "ORU": frozenset({"R01"}),
+    "ADT": frozenset({"A03", "A13", "A08"}),
 }
 # Segments an exchange cannot do without: missing ones are answered AE naming the segment.
 REQUIRED_SEGMENTS: dict[str, tuple[str, ...]] = {
     "ORU^R01": ("PID", "OBR", "OBX"),
     "ORM^O01": ("PID", "ORC", "OBR"),
     "OML^O21": ("PID", "ORC", "OBR"),
+    "ADT^A03": ("PID", "PV1"),
+    "ADT^A13": ("PID", "PV1"),
+    "ADT^A08": ("PID", "PV1"),
 }
 SUPPORTED_VERSIONS = frozenset(
     {"2.2", "2.3", "2.3.1", "2.4", "2.5", "2.5.1", "2.6", "2.7", "2.7.1", "2.8", "2.8.1", "2.8.2"}
@@ -41,8 +48,11 @@ class Route:
     signal: str
     facility: str
     business_key: str
-    placer_order_number: str
-    placer_namespace: str
+    placer_order_number: str = ""
+    placer_namespace: str = ""
+    # Discharge sync: pseudonyms of the encounter and of the patient (keyed HMAC).
+    encounter_key: str = ""
+    patient_key: str = ""
 
 
 def id_part(value: str) -> str:
@@ -112,9 +122,65 @@ def route_lab_message(message: DecodedMessage) -> Route:
     )
 
 
-def route(message: DecodedMessage) -> Route:
+def pseudonym(key: bytes, *parts: str) -> str:
+    """A stable, PHI-free stand-in for an identifier (visit number, MRN) in workflow ids.
+
+    Keyed, because a plain hash of a medical record number is reversed by trying them all.
+    """
+    if not key:
+        raise ValueError("a pseudonym key is required (Settings.resolved_pseudonym_key)")
+    digest = hmac.new(key, "|".join(parts).encode(), hashlib.sha256).digest()
+    return base64.b32encode(digest).decode()[:20].lower()
+
+
+def route_adt_message(message: DecodedMessage, pseudonym_key: bytes) -> Route:
+    """Discharge sync is keyed by the encounter (PV1-19 visit number, else PID-18 account)."""
+    header = message.header
+    facility = id_part(header.sending_facility)
+    patient_id = message.field("PID", 3)
+    if not patient_id:
+        raise _structure_error(
+            message,
+            "PID",
+            3,
+            "no patient identifier (PID-3): the event cannot be ordered per patient",
+            "101",
+        )
+    authority = message.field("PID", 3, component=4) or header.sending_facility
+    patient_key = pseudonym(pseudonym_key, "patient", authority, patient_id)
+    encounter = message.field("PV1", 19) or message.field("PID", 18)
+    if encounter:
+        encounter_key = pseudonym(pseudonym_key, "encounter", header.sending_facility, encounter)
+    elif header.trigger_event == "A08":
+        # An update with no visit or account number belongs to no discharge; it is still
+        # committed (and kept in its own exchange's history) rather than refused.
+        encounter_key = f"p-{patient_key}"
+    else:
+        raise _structure_error(
+            message,
+            "PV1",
+            19,
+            "neither a visit number (PV1-19) nor an account number (PID-18): "
+            "the discharge cannot be matched to an encounter",
+            "101",
+        )
+    return Route(
+        exchange="discharge-sync",
+        workflow_type="DischargeSync",
+        workflow_id=f"discharge-sync/{facility}/{encounter_key}",
+        signal="adt_event",
+        facility=facility,
+        business_key=encounter_key,
+        encounter_key=encounter_key,
+        patient_key=patient_key,
+    )
+
+
+def route(message: DecodedMessage, *, pseudonym_key: bytes = b"") -> Route:
     if message.header.message_code in ("ORM", "OML", "ORU"):
         return route_lab_message(message)
+    if message.header.message_code == "ADT":
+        return route_adt_message(message, pseudonym_key)
     raise MessageRejected(
         ack_code="AR",
         error_code="200",

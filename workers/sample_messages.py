@@ -125,3 +125,67 @@ POTASSIUM = ResultValue("K", "Potassium", "4.1", "mmol/L", "3.5-5.1", "N")
 POTASSIUM_CRITICAL = ResultValue("K", "Potassium", "6.9", "mmol/L", "3.5-5.1", "HH")
 GLUCOSE_HIGH = ResultValue("GLU", "Glucose", "182", "mg/dL", "70-99", "H")
 UNMAPPED = ResultValue("ZZX9", "Experimental marker", "12", "U/L", "0-20", "N")
+
+
+# -- ADT (discharge sync) ------------------------------------------------------------
+
+ADT_APP = "CAREEHR"
+
+
+@dataclass(frozen=True)
+class SampleDiagnosis:
+    set_id: str
+    code: str
+    text: str
+    diagnosis_type: str = "F"  # DG1-6: A admitting, W working, F final
+
+
+@dataclass(frozen=True)
+class SampleStay:
+    visit_number: str
+    patient: SamplePatient = field(default_factory=SamplePatient)
+    disposition: str = "01"  # PV1-36, HL7 table 0112: 01 discharged home
+    diagnoses: tuple[SampleDiagnosis, ...] = (
+        SampleDiagnosis("1", "I10", "Essential (primary) hypertension", "A"),
+        SampleDiagnosis("2", "E11.9", "Type 2 diabetes mellitus without complications"),
+    )
+
+
+def _pv1(stay: SampleStay, *, discharged: bool) -> str:
+    fields = [""] * 46
+    fields[1] = "1"
+    fields[2] = "I"
+    fields[3] = "W4^412^B^GENHOSP"
+    fields[7] = "1234567893^Welby^Marcus^^^^^^NPI"
+    fields[8] = "1122334455^Kildare^James^^^^^^NPI"
+    fields[17] = "1234567893^Welby^Marcus^^^^^^NPI"
+    fields[19] = f"{stay.visit_number}^^^{HOSPITAL}^VN"
+    fields[36] = stay.disposition if discharged else ""
+    fields[44] = "20261120101500"
+    fields[45] = "20261125094500" if discharged else ""
+    return "PV1|" + "|".join(fields[1:]).rstrip("|")
+
+
+def _dg1(diagnosis: SampleDiagnosis) -> str:
+    return (
+        f"DG1|{diagnosis.set_id}||{diagnosis.code}^{diagnosis.text}^I10||"
+        f"20261120|{diagnosis.diagnosis_type}"
+    )
+
+
+def adt_event(
+    stay: SampleStay, control_id: str, trigger: str, *, when: datetime | None = None
+) -> str:
+    """ADT^A03 (discharge), ^A13 (cancel discharge) or ^A08 (update) for one stay."""
+    structure = {"A03": "ADT_A03", "A13": "ADT_A01", "A08": "ADT_A01"}[trigger]
+    discharged = trigger in ("A03", "A08")
+    segments = [
+        _msh(
+            ADT_APP, HOSPITAL, "CAREWEAVE", HOSPITAL, f"ADT^{trigger}^{structure}", control_id, when
+        ),
+        f"EVN|{trigger}|{_ts(when)}",
+        _pid(stay.patient),
+        _pv1(stay, discharged=discharged),
+        *(_dg1(diagnosis) for diagnosis in stay.diagnoses),
+    ]
+    return "\r".join(segments) + "\r"

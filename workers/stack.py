@@ -22,11 +22,12 @@ from temporalio.client import Client
 
 from adapters.database import CareweaveStore
 from adapters.fhir import FhirClient
+from models.destinations import Destination, RoutingConfig, RoutingConfigError, load_routing
 from models.settings import Settings
 from workers.gateway import MllpGateway
 from workers.intake import MessageIntake
 from workers.telemetry import configure_tracing
-from workers.temporal_client import connect
+from workers.temporal_client import connect, ensure_search_attributes
 from workers.temporal_commit import TemporalCommitter
 from workers.worker import build_worker
 from workflows import search_attributes as sa
@@ -131,11 +132,72 @@ async def _wait_for_fhir(base_url: str, process: subprocess.Popen[bytes], log_pa
 
 
 @dataclass
+class DemoPartner:
+    """A partner system of the demo (partners/partner.js) standing in for a destination."""
+
+    name: str
+    mllp_port: int
+    control_url: str
+    process: subprocess.Popen[bytes]
+
+
+PARTNER_SCRIPT = PROJECT_ROOT / "partners" / "partner.js"
+
+
+def demo_partner_destinations(routing: RoutingConfig) -> list[Destination]:
+    """MLLP destinations on loopback: in the embedded stack a demo partner answers there."""
+    return [
+        d
+        for d in routing.destinations
+        if d.mllp is not None and d.mllp.host in ("127.0.0.1", "localhost")
+    ]
+
+
+async def _start_partner(destination: Destination, logs: Path) -> DemoPartner:
+    assert destination.mllp is not None
+    if not (PROJECT_ROOT / "partners" / "node_modules").exists():
+        raise StackError("the demo partner systems are not installed: npm ci --prefix partners")
+    log_path = logs / f"partner-{destination.name}.log"
+    control_port = destination.mllp.port + 10
+    process = _spawn(
+        [
+            "node",
+            str(PARTNER_SCRIPT),
+            "--name",
+            destination.name,
+            "--port",
+            str(destination.mllp.port),
+            "--control-port",
+            str(control_port),
+            "--host",
+            "127.0.0.1",
+        ],
+        log_path,
+    )
+    control_url = f"http://127.0.0.1:{control_port}"
+    async with httpx.AsyncClient(timeout=2) as http:
+        for _ in range(150):
+            if process.poll() is not None:
+                raise StackError(f"partner {destination.name} exited; see {log_path}")
+            try:
+                if (await http.get(f"{control_url}/health")).status_code == 200:
+                    return DemoPartner(
+                        destination.name, destination.mllp.port, control_url, process
+                    )
+            except httpx.TransportError:
+                pass
+            await asyncio.sleep(0.2)
+    raise StackError(f"partner {destination.name} did not start in 30 s; see {log_path}")
+
+
+@dataclass
 class RunningStack:
     settings: Settings
     client: Client
     gateway: MllpGateway
     store: CareweaveStore
+    partners: list[DemoPartner]
+    routing: RoutingConfig
 
     @property
     def ui_url(self) -> str:
@@ -148,6 +210,10 @@ async def embedded_stack(settings: Settings) -> AsyncIterator[RunningStack]:
     logs = settings.state_dir / "logs"
     children: list[tuple[str, subprocess.Popen[bytes]]] = []
     try:
+        try:
+            routing = load_routing(settings.destinations_file)
+        except RoutingConfigError as err:
+            raise StackError(str(err)) from err
         temporal_log = logs / "temporal.log"
         temporal = _spawn(dev_server_command(settings), temporal_log)
         children.append(("Temporal dev server", temporal))
@@ -170,19 +236,40 @@ async def embedded_stack(settings: Settings) -> AsyncIterator[RunningStack]:
             )
             children.append(("FHIR server", fhir))
             await _wait_for_fhir(settings.fhir_base_url, fhir, fhir_log)
+        partners: list[DemoPartner] = []
+        if settings.partners_embedded:
+            for destination in demo_partner_destinations(routing):
+                partner = await _start_partner(destination, logs)
+                children.append((f"partner {destination.name}", partner.process))
+                partners.append(partner)
         client = await _wait_for_temporal(settings, temporal, temporal_log)
+        added = await ensure_search_attributes(client, settings.temporal_namespace)
+        if added:
+            log.info("registered search attributes %s", ", ".join(added))
         store = CareweaveStore.from_url(settings.resolved_database_url)
         async with FhirClient(
             settings.fhir_base_url, timeout=settings.fhir_timeout_seconds
         ) as fhir_client:
-            worker = build_worker(client, settings, fhir_client)
+            worker = build_worker(client, settings, fhir_client, routing=routing)
             committer = TemporalCommitter(client, settings) if settings.mllp_commit else None
-            intake = MessageIntake(store, committer, fallback_charset=settings.fallback_charset)
+            intake = MessageIntake(
+                store,
+                committer,
+                fallback_charset=settings.fallback_charset,
+                pseudonym_key=settings.resolved_pseudonym_key(),
+            )
             gateway = MllpGateway(intake, settings)
             await gateway.start()
             worker_task = asyncio.create_task(worker.run())
             try:
-                yield RunningStack(settings=settings, client=client, gateway=gateway, store=store)
+                yield RunningStack(
+                    settings=settings,
+                    client=client,
+                    gateway=gateway,
+                    store=store,
+                    partners=partners,
+                    routing=routing,
+                )
             finally:
                 await gateway.close()
                 await worker.shutdown()

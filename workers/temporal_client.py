@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+from temporalio.api.enums.v1 import IndexedValueType
+from temporalio.api.operatorservice.v1 import (
+    AddSearchAttributesRequest,
+    ListSearchAttributesRequest,
+)
 from temporalio.client import Client
 from temporalio.contrib.opentelemetry import TracingInterceptor
 from temporalio.contrib.pydantic import pydantic_data_converter
 
 from models.settings import Settings
+from workflows import search_attributes as sa
 
 
 async def connect(settings: Settings) -> Client:
@@ -16,3 +22,25 @@ async def connect(settings: Settings) -> Client:
         data_converter=pydantic_data_converter,
         interceptors=[TracingInterceptor()],
     )
+
+
+async def ensure_search_attributes(client: Client, namespace: str) -> list[str]:
+    """Register Careweave's search attributes that the namespace lacks; returns their names.
+
+    `temporal server start-dev --search-attribute` registers them only when it creates its
+    database, so a state folder from an older Careweave would lack newer ones.
+    """
+    listed = await client.operator_service.list_search_attributes(
+        ListSearchAttributesRequest(namespace=namespace)
+    )
+    missing = [key for key in sa.ALL if key.name not in listed.custom_attributes]
+    if missing:
+        await client.operator_service.add_search_attributes(
+            AddSearchAttributesRequest(
+                namespace=namespace,
+                search_attributes={
+                    key.name: IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD for key in missing
+                },
+            )
+        )
+    return [key.name for key in missing]

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from pydantic import BaseModel
 from temporalio.client import Client
 from temporalio.common import SearchAttributePair, TypedSearchAttributes
 from temporalio.service import RPCError
 
-from models.exchanges import ExchangeTiming, OrderToResultInput
+from models.exchanges import DischargeSyncInput, ExchangeTiming, OrderToResultInput
 from models.messages import InboundMessage
 from models.settings import Settings
 from workers.intake import CommitError
@@ -16,6 +17,11 @@ from workers.routing import Route
 from workflows import search_attributes as sa
 
 LAB_MAPPING_VERSION = "v1"
+ADT_MAPPING_VERSION = "v1"
+SUMMARIES = {
+    "order-to-result": "Lab order-to-result for an order of {facility}",
+    "discharge-sync": "Discharge sync for an encounter at {facility}",
+}
 
 
 def order_to_result_timing(settings: Settings) -> ExchangeTiming:
@@ -36,14 +42,25 @@ class TemporalCommitter:
         self._settings = settings
         self._timing = order_to_result_timing(settings)
 
-    async def commit(self, route: Route, message: InboundMessage) -> None:
-        start_input = OrderToResultInput(
+    def _start_input(self, route: Route) -> BaseModel:
+        if route.exchange == "discharge-sync":
+            return DischargeSyncInput(
+                facility=route.facility,
+                encounter_key=route.encounter_key,
+                patient_key=route.patient_key,
+                mapping_version=ADT_MAPPING_VERSION,
+                close_after_seconds=self._settings.discharge_close_after_seconds,
+            )
+        return OrderToResultInput(
             facility=route.facility,
             placer_order_number=route.placer_order_number,
             placer_namespace=route.placer_namespace,
             mapping_version=LAB_MAPPING_VERSION,
             timing=self._timing,
         )
+
+    async def commit(self, route: Route, message: InboundMessage) -> None:
+        start_input = self._start_input(route)
         try:
             # Signal-with-start: starts the exchange if it is not running, signals it
             # otherwise; when this returns, the message is in Temporal's history.
@@ -62,7 +79,7 @@ class TemporalCommitter:
                         SearchAttributePair(sa.STATUS, "received"),
                     ]
                 ),
-                static_summary=f"Lab order-to-result for an order of {route.facility}",
+                static_summary=SUMMARIES[route.exchange].format(facility=route.facility),
                 rpc_timeout=timedelta(seconds=10),
             )
         except RPCError as err:

@@ -7,16 +7,33 @@ import concurrent.futures
 from temporalio.client import Client
 from temporalio.worker import Worker
 
+from activities.discharge import DischargeActivities, interpret_adt
 from activities.order_to_result import FhirActivities, interpret_lab_order, interpret_lab_result
 from adapters.fhir import FhirClient
+from models.destinations import RoutingConfig, load_routing
 from models.settings import Settings
+from workflows.discharge_sync import DischargeSync
 from workflows.order_to_result import OrderToResult
+from workflows.ordered_delivery import OrderedDelivery
 
-WORKFLOWS = [OrderToResult]
+WORKFLOWS = [OrderToResult, DischargeSync, OrderedDelivery]
 
 
-def build_worker(client: Client, settings: Settings, fhir: FhirClient) -> Worker:
+def build_worker(
+    client: Client,
+    settings: Settings,
+    fhir: FhirClient,
+    *,
+    routing: RoutingConfig | None = None,
+) -> Worker:
+    """The routing file is read here, once: a bad file stops the worker with its error."""
     fhir_activities = FhirActivities(fhir)
+    discharge = DischargeActivities(
+        client,
+        routing or load_routing(settings.destinations_file),
+        task_queue=settings.task_queue,
+        idle_close_seconds=settings.delivery_idle_close_seconds,
+    )
     return Worker(
         client,
         task_queue=settings.task_queue,
@@ -28,6 +45,11 @@ def build_worker(client: Client, settings: Settings, fhir: FhirClient) -> Worker
             fhir_activities.publish_lab_result,
             fhir_activities.find_service_request,
             fhir_activities.raise_escalation_task,
+            interpret_adt,
+            discharge.routing_for,
+            discharge.enqueue_delivery,
+            discharge.deliver_to_fhir,
+            discharge.deliver_to_mllp,
         ],
         # hl7apy's parse is CPU-bound; a small pool keeps it off the event loop.
         activity_executor=concurrent.futures.ThreadPoolExecutor(max_workers=8),

@@ -88,6 +88,12 @@ class ReviewableWorkflow:
             raise ValueError("a decision needs the reviewer's identity")
         if pending.actions and decision.action not in pending.actions:
             raise ValueError(f"action {decision.action.value} is not offered for this review")
+        if decision.action is ReviewAction.EDIT and not (decision.edited_message or "").startswith(
+            "MSH"
+        ):
+            raise ValueError("an edit needs the corrected message, starting with MSH")
+        if decision.action is not ReviewAction.EDIT and decision.edited_message is not None:
+            raise ValueError("only an edit carries a message")
 
     @workflow.query
     def pending_review(self) -> ReviewRequest | None:

@@ -13,8 +13,12 @@ STATUS = SearchAttributeKey.for_keyword("Status")
 FACILITY = SearchAttributeKey.for_keyword("Facility")
 MESSAGE_TYPE = SearchAttributeKey.for_keyword("MessageType")
 REVIEW_STATE = SearchAttributeKey.for_keyword("ReviewState")
+# Ordered delivery: which destination a queue feeds, and whether it is failing now
+# ("failing" from the first failed attempt until the next success: what ops alert on).
+DESTINATION = SearchAttributeKey.for_keyword("Destination")
+DELIVERY_ALERT = SearchAttributeKey.for_keyword("DeliveryAlert")
 
-ALL = (EXCHANGE, STATUS, FACILITY, MESSAGE_TYPE, REVIEW_STATE)
+ALL = (EXCHANGE, STATUS, FACILITY, MESSAGE_TYPE, REVIEW_STATE, DESTINATION, DELIVERY_ALERT)
 
 
 def dev_server_args() -> list[str]:

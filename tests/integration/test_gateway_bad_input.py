@@ -1,9 +1,9 @@
 """Bad input through the real gateway (real Temporal behind it): every adversarial
 corpus file gets AR/AE or a refused frame, its raw bytes land in quarantine, and
 the gateway keeps serving other connections. Expectations follow
-tests/fixtures/corpus/README.md; the gateway so far accepts only the lab
-exchange's types, so the corpus's ADT samples are answered AR 200 here (their
-fast-path acceptance is tested in tests/unit/test_header.py).
+tests/fixtures/corpus/README.md; the gateway accepts the lab exchange's types and
+discharge sync's A03/A13/A08, so the corpus's other ADT events are answered AR 201
+(their fast-path acceptance is tested in tests/unit/test_header.py).
 """
 
 from __future__ import annotations
@@ -38,9 +38,11 @@ EXPECTED: dict[str, tuple[str, str]] = {
     "missing-placer-and-filler.hl7": ("AE", "101"),
     "orm-o01-nodehl7complete-wrapped-1.hl7": ("AE", ""),
     "oml-o21-fhirconverter-mergedseg-1.hl7": ("AE", ""),
-    "adt-a24-hapi-customdelims-1.hl7": ("AR", "200"),
-    "injection-strings.hl7": ("AR", "200"),
-    "latin1-bytes-declared-8859-1.hl7": ("AR", "200"),
+    "adt-a24-hapi-customdelims-1.hl7": ("AR", "201"),  # ADT known, A24 not
+    # A08s: accepted into discharge sync (no visit number: kept in the patient's own
+    # exchange); the injection strings travel as data.
+    "injection-strings.hl7": ("AA", ""),
+    "latin1-bytes-declared-8859-1.hl7": ("AA", ""),
     "lf-separators.hl7": ("AA", ""),
     "crlf-separators.hl7": ("AA", ""),
     "trailing-whitespace-and-empty-segments.hl7": ("AA", ""),

@@ -17,6 +17,7 @@ from pathlib import Path
 from temporalio.client import Client, WorkflowHandle
 from temporalio.contrib.opentelemetry import TracingInterceptor
 from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
 from adapters.database import CareweaveStore
@@ -92,7 +93,10 @@ class Engine:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while loop.time() < deadline:
-            pending = await self.handle(workflow_id).query("pending_review")
+            pending = None
+            # The workflow may not exist yet (started by another workflow's activity).
+            with contextlib.suppress(RPCError):
+                pending = await self.handle(workflow_id).query("pending_review")
             if pending is not None:
                 return pending.model_dump() if hasattr(pending, "model_dump") else dict(pending)
             await asyncio.sleep(0.2)
@@ -108,7 +112,11 @@ async def running_engine(
         store = CareweaveStore.from_url(settings.resolved_database_url)
         async with FhirClient(settings.fhir_base_url, timeout=10) as fhir:
             worker = build_worker(client, settings, fhir)
-            intake = MessageIntake(store, TemporalCommitter(client, settings))
+            intake = MessageIntake(
+                store,
+                TemporalCommitter(client, settings),
+                pseudonym_key=settings.resolved_pseudonym_key(),
+            )
             gateway = MllpGateway(intake, settings)
             await gateway.start()
             async with worker:

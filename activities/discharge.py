@@ -1,0 +1,235 @@
+"""Activities of discharge sync and ordered delivery.
+
+Parsing is pure (a local activity). Routing answers from the file the worker loaded at
+start, recorded in history by being an activity result. Enqueueing is a signal-with-start
+on the destination's per-patient queue. Deliveries are idempotent at the destination:
+FHIR writes are conditional on identifiers; an MLLP resend carries the same MSH-10.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+from pydantic import BaseModel, ConfigDict
+from temporalio import activity
+from temporalio.client import Client
+from temporalio.common import SearchAttributePair, TypedSearchAttributes
+from temporalio.exceptions import ApplicationError
+
+from adapters.fhir import FhirClient, FhirRejectedError, FhirRetryableError
+from adapters.hl7v2.ack import AckParseError, parse_ack
+from adapters.hl7v2.adt_events import AdtMessageInvalid, parse_adt_event
+from adapters.hl7v2.mllp_client import MllpError
+from adapters.hl7v2.mllp_pool import MllpPool
+from adapters.hl7v2.readdress import readdress
+from mappings.discharge.fhir_builders import encounter_transaction_for
+from mappings.discharge.mapping import load_discharge_mapping
+from models.delivery import DeliverRequest, DeliverResult, DeliveryItem, DeliveryState
+from models.destinations import DeliveryPolicy, Destination, RoutingConfig, Subscription
+from models.discharge import AdtEvent
+from models.messages import InboundMessage
+from workflows import search_attributes as sa
+
+# Error types the delivery workflow branches on.
+DESTINATION_UNAVAILABLE = "DestinationUnavailable"  # no answer, connection refused, 5xx
+DESTINATION_TEMPORARY = "DestinationTemporary"  # AE/AR with a "try later" ERR-3 code
+DESTINATION_REJECTED = "DestinationRejected"  # AE/AR otherwise, FHIR 4xx: a person decides
+ADT_MESSAGE_INVALID = "AdtMessageInvalid"
+
+SENDING_APPLICATION = "CAREWEAVE"
+
+
+class InterpretAdtInput(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    message: InboundMessage
+
+
+@activity.defn
+def interpret_adt(request: InterpretAdtInput) -> AdtEvent:
+    try:
+        return parse_adt_event(request.message.text)
+    except AdtMessageInvalid as err:
+        raise ApplicationError(str(err), type=ADT_MESSAGE_INVALID, non_retryable=True) from err
+
+
+class RoutedDestination(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    name: str
+    kind: str
+    policy: DeliveryPolicy
+
+
+class RoutingAnswer(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    routing_version: str
+    destinations: list[RoutedDestination]
+
+
+class EnqueueRequest(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    destination: str
+    kind: str
+    patient_key: str
+    item: DeliveryItem
+
+
+def delivery_workflow_id(destination: str, patient_key: str) -> str:
+    return f"ordered-delivery/{destination}/{patient_key}"
+
+
+def outbound_control_id(event_id: str, destination: str, revision: int) -> str:
+    """Same delivery, same MSH-10 (a resend is recognisably one); an edit gets a new one."""
+    digest = hashlib.sha256(f"{event_id}|{destination}|{revision}".encode()).hexdigest()
+    return f"CW{digest[:18].upper()}"
+
+
+class DischargeActivities:
+    """Per worker: the routing file, the Temporal client, FHIR clients and MLLP connections."""
+
+    def __init__(
+        self,
+        client: Client,
+        routing: RoutingConfig,
+        *,
+        task_queue: str,
+        sending_facility: str = "CAREWEAVE",
+        idle_close_seconds: float = 3600.0,
+    ) -> None:
+        self._client = client
+        self._routing = routing
+        self._task_queue = task_queue
+        self._sending_facility = sending_facility
+        self._idle_close_seconds = idle_close_seconds
+        self._fhir: dict[str, FhirClient] = {}
+        self._mllp = MllpPool()
+
+    async def aclose(self) -> None:
+        for fhir in self._fhir.values():
+            await fhir.aclose()
+        await self._mllp.close()
+
+    @activity.defn(name="routing_for")
+    async def routing_for(self, subscription: Subscription) -> RoutingAnswer:
+        routed = [
+            RoutedDestination(name=d.name, kind=d.kind, policy=d.policy)
+            for d in self._routing.destinations
+            if subscription in d.subscribes
+        ]
+        return RoutingAnswer(routing_version=self._routing.label, destinations=routed)
+
+    @activity.defn(name="enqueue_delivery")
+    async def enqueue_delivery(self, request: EnqueueRequest) -> str:
+        workflow_id = delivery_workflow_id(request.destination, request.patient_key)
+        # Signal-with-start: a retried activity signals twice; the queue drops the
+        # second by event id.
+        await self._client.start_workflow(
+            "OrderedDelivery",
+            DeliveryState(
+                destination=request.destination,
+                kind=request.kind,
+                patient_key=request.patient_key,
+                idle_close_seconds=self._idle_close_seconds,
+            ),
+            id=workflow_id,
+            task_queue=self._task_queue,
+            start_signal="enqueue",
+            start_signal_args=[request.item],
+            search_attributes=TypedSearchAttributes(
+                [
+                    SearchAttributePair(sa.EXCHANGE, "ordered-delivery"),
+                    SearchAttributePair(sa.DESTINATION, request.destination),
+                    SearchAttributePair(sa.DELIVERY_ALERT, "ok"),
+                ]
+            ),
+            static_summary=f"Ordered delivery to {request.destination} for one patient",
+        )
+        return workflow_id
+
+    @activity.defn(name="deliver_to_fhir")
+    async def deliver_to_fhir(self, request: DeliverRequest) -> DeliverResult:
+        destination = self._destination(request.destination)
+        mapping = load_discharge_mapping(request.item.mapping_version)
+        bundle = encounter_transaction_for(request.item.event, mapping)
+        try:
+            response = await self._fhir_client(destination).transaction(bundle)
+        except FhirRetryableError as err:
+            raise ApplicationError(str(err), type=DESTINATION_UNAVAILABLE) from err
+        except FhirRejectedError as err:
+            raise ApplicationError(
+                f"HTTP {err.status_code}: {err.diagnostics}",
+                type=DESTINATION_REJECTED,
+                non_retryable=True,
+            ) from err
+        written = [
+            "/".join(str((entry.get("response") or {}).get("location", "")).split("/")[:2])
+            for entry in response.get("entry") or []
+        ]
+        return DeliverResult(detail=", ".join(ref for ref in written if ref))
+
+    @activity.defn(name="deliver_to_mllp")
+    async def deliver_to_mllp(self, request: DeliverRequest) -> DeliverResult:
+        destination = self._destination(request.destination)
+        endpoint = destination.mllp
+        assert endpoint is not None
+        control_id = outbound_control_id(request.item.event_id, destination.name, request.revision)
+        message = readdress(
+            request.replacement_message or request.item.message_text,
+            sending_application=SENDING_APPLICATION,
+            sending_facility=self._sending_facility,
+            receiving_application=endpoint.receiving_application,
+            receiving_facility=endpoint.receiving_facility,
+            control_id=control_id,
+        )
+        try:
+            async with self._mllp.connection(
+                endpoint.host, endpoint.port, timeout=endpoint.ack_timeout_seconds
+            ) as connection:
+                ack = await connection.send(message)
+        except MllpError as err:
+            raise ApplicationError(str(err), type=DESTINATION_UNAVAILABLE) from err
+        try:
+            code, acked_id, error_code = parse_ack(ack)
+        except AckParseError as err:
+            raise ApplicationError(
+                f"unreadable ACK: {err}", ack, type=DESTINATION_UNAVAILABLE
+            ) from err
+        if code in ("AA", "CA") and acked_id == control_id:
+            return DeliverResult(detail=f"{code} {control_id}")
+        if code in ("AA", "CA"):
+            # An ACK for another message means the connection is out of step: retry.
+            raise ApplicationError(
+                f"ACK for {acked_id}, expected {control_id}", ack, type=DESTINATION_UNAVAILABLE
+            )
+        temporary = error_code in destination.policy.temporary_error_codes
+        # The raw ACK travels as error details for the reviewer; the message names codes only.
+        raise ApplicationError(
+            f"{code} {error_code or '(no ERR-3)'} from {destination.name}",
+            ack,
+            type=DESTINATION_TEMPORARY if temporary else DESTINATION_REJECTED,
+            non_retryable=not temporary,
+        )
+
+    def _destination(self, name: str) -> Destination:
+        try:
+            return self._routing.destination(name)
+        except KeyError:
+            raise ApplicationError(
+                f"destination {name!r} is not in routing {self._routing.label}",
+                type=DESTINATION_REJECTED,
+                non_retryable=True,
+            ) from None
+
+    def _fhir_client(self, destination: Destination) -> FhirClient:
+        client = self._fhir.get(destination.name)
+        if client is None:
+            endpoint = destination.fhir
+            assert endpoint is not None
+            headers = {}
+            if endpoint.bearer_token_env:
+                headers["Authorization"] = f"Bearer {os.environ[endpoint.bearer_token_env]}"
+            client = FhirClient(
+                endpoint.base_url, timeout=endpoint.timeout_seconds, headers=headers
+            )
+            self._fhir[destination.name] = client
+        return client

@@ -1,0 +1,1 @@
+"""ADT (A03/A13/A08) -> FHIR: versioned mapping data and pure builders."""

@@ -1,0 +1,130 @@
+"""Versioned ADT -> FHIR mapping data (``discharge_to_fhir.<version>.toml``) and lookups on it.
+
+Pure: reads package files only. See README.md in this folder for the rules.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from typing import Any
+
+__all__ = ["AdtMapping", "CodedValue", "load_adt_mapping"]
+
+_PACKAGE = "mappings.adt"
+_VERSION = re.compile(r"v[0-9]+")
+
+
+@dataclass(frozen=True)
+class CodedValue:
+    system: str
+    code: str
+
+
+@dataclass(frozen=True)
+class AdtMapping:
+    """One mapping version: ``discharge_to_fhir.<version>.toml``."""
+
+    version: str
+    identifier_systems: dict[str, str]
+    coding_systems: dict[str, str]
+    disposition_system: str
+    disposition_codes: dict[str, str]
+    class_system: str
+    class_codes: dict[str, str]
+    class_unknown: CodedValue
+    diagnosis_use_system: str
+    diagnosis_use: dict[str, str]
+    verification_system: str
+    verification: dict[str, str]
+    administrative_sex: dict[str, str]
+    naive_timestamp_offset: str
+    mapping_tag_system: str
+    mapping_tag_code: str
+
+    def identifier_system(self, kind: str) -> str:
+        return self.identifier_systems[kind]
+
+    def diagnosis_system(self, v2_system: str) -> str | None:
+        """FHIR Coding.system for DG1-3.3, or None: the code then stays text only."""
+        return self.coding_systems.get(v2_system.strip().upper())
+
+    def disposition(self, v2_code: str) -> CodedValue | None:
+        """PV1-36 (table 0112) as a discharge-disposition coding, or None when not mapped."""
+        code = self.disposition_codes.get(v2_code.strip())
+        return CodedValue(self.disposition_system, code) if code else None
+
+    def encounter_class(self, v2_class: str) -> CodedValue:
+        """PV1-2 (table 0004) as Encounter.class; required in R4, so UNK when not mapped."""
+        code = self.class_codes.get(v2_class.strip().upper())
+        return CodedValue(self.class_system, code) if code else self.class_unknown
+
+    def diagnosis_role(self, diagnosis_type: str) -> CodedValue | None:
+        code = self.diagnosis_use.get(diagnosis_type)
+        return CodedValue(self.diagnosis_use_system, code) if code else None
+
+    def verification_status(self, diagnosis_type: str) -> CodedValue | None:
+        code = self.verification.get(diagnosis_type)
+        return CodedValue(self.verification_system, code) if code else None
+
+
+def _str_dict(table: Any) -> dict[str, str]:
+    return {str(k): str(v) for k, v in dict(table).items() if not isinstance(v, dict)}
+
+
+def available_versions() -> list[str]:
+    names = (entry.name for entry in resources.files(_PACKAGE).iterdir())
+    found = (re.fullmatch(r"discharge_to_fhir\.(v[0-9]+)\.toml", name) for name in names)
+    return sorted(match.group(1) for match in found if match)
+
+
+def load_adt_mapping(version: str = "v1") -> AdtMapping:
+    """Load one mapping version (cached: the files are package data and never change at runtime).
+
+    Raises ValueError naming the known versions when ``version`` does not exist.
+    """
+    return _load(version)
+
+
+@cache
+def _load(version: str) -> AdtMapping:
+    if not _VERSION.fullmatch(version) or version not in available_versions():
+        raise ValueError(
+            f"unknown ADT mapping version {version!r}; known: {', '.join(available_versions())}"
+        )
+    text = (
+        resources.files(_PACKAGE)
+        .joinpath(f"discharge_to_fhir.{version}.toml")
+        .read_text(encoding="utf-8")
+    )
+    data = tomllib.loads(text)
+    if data.get("version") != version:
+        raise ValueError(
+            f"discharge_to_fhir.{version}.toml declares version {data.get('version')!r}"
+        )
+    encounter_class = data["encounter_class"]
+    diagnosis_type = data["diagnosis_type"]
+    return AdtMapping(
+        version=version,
+        identifier_systems=_str_dict(data["identifier_systems"]),
+        # Keys are compared upper-case: senders differ in case (I10, i10).
+        coding_systems={k.upper(): v for k, v in _str_dict(data["coding_systems"]).items()},
+        disposition_system=str(data["discharge_disposition"]["system"]),
+        disposition_codes=_str_dict(data["discharge_disposition"]["codes"]),
+        class_system=str(encounter_class["system"]),
+        class_codes=_str_dict(encounter_class["codes"]),
+        class_unknown=CodedValue(
+            str(encounter_class["unknown_system"]), str(encounter_class["unknown_code"])
+        ),
+        diagnosis_use_system=str(diagnosis_type["use_system"]),
+        diagnosis_use=_str_dict(diagnosis_type["use"]),
+        verification_system=str(diagnosis_type["verification_system"]),
+        verification=_str_dict(diagnosis_type["verification"]),
+        administrative_sex=_str_dict(data["administrative_sex"]),
+        naive_timestamp_offset=str(data["time"]["naive_timestamp_offset"]),
+        mapping_tag_system=str(data["mapping_tag"]["system"]),
+        mapping_tag_code=str(data["mapping_tag"]["code_prefix"]) + version,
+    )

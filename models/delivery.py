@@ -1,0 +1,64 @@
+"""Ordered delivery: what travels from an exchange to a destination's per-patient queue."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict
+
+from models.destinations import DeliveryPolicy, Subscription
+from models.discharge import AdtEvent
+
+
+class DeliveryItem(BaseModel):
+    """One event for one destination. ``event_id`` has no PHI: exchange key + MSH-10."""
+
+    model_config = ConfigDict(frozen=True)
+
+    event_id: str
+    subscription: Subscription
+    exchange_id: str
+    event: AdtEvent
+    # The HL7 v2 message as received; MLLP destinations get it readdressed, unchanged.
+    message_text: str
+    mapping_version: str
+    routing_version: str
+    policy: DeliveryPolicy
+
+
+class DeliveryState(BaseModel):
+    """The delivery workflow's input, and what it carries across continue-as-new."""
+
+    destination: str
+    kind: str
+    patient_key: str
+    idle_close_seconds: float
+    queue: list[DeliveryItem] = []
+    # Event ids already handled (bounded), so a re-sent enqueue is not delivered twice.
+    recent_event_ids: list[str] = []
+    delivered: int = 0
+    skipped: int = 0
+    failing: bool = False
+
+
+class DeliveryRecord(BaseModel):
+    """One line of the destination's delivery log (queryable): no PHI."""
+
+    event_id: str
+    subscription: Subscription
+    outcome: str  # delivered | skipped | edited
+    attempts: int
+    detail: str = ""
+
+
+class DeliverRequest(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    destination: str
+    item: DeliveryItem
+    # Set when a reviewer chose "edit": send this message instead (still readdressed).
+    replacement_message: str | None = None
+    # Incremented on an edit so the corrected message gets its own MSH-10.
+    revision: int = 0
+
+
+class DeliverResult(BaseModel):
+    detail: str

@@ -1,0 +1,140 @@
+"""Where discharge events go: the routing file, validated.
+
+Routing is configuration, not code. The file (TOML) names each destination, what it
+subscribes to and how to reach it; the worker reads it at start, and every
+discharge-sync workflow records the version it routed with.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tomllib
+from enum import StrEnum
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class Subscription(StrEnum):
+    DISCHARGE = "A03"
+    CANCEL_DISCHARGE = "A13"
+    DIAGNOSIS_UPDATE = "A08-diagnosis"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class FhirEndpoint(_Strict):
+    base_url: str
+    # The token itself never sits in the file: the name of the variable that holds it.
+    bearer_token_env: str | None = None
+    timeout_seconds: float = Field(default=15.0, gt=0)
+
+
+class MllpEndpoint(_Strict):
+    host: str
+    port: int = Field(ge=1, le=65535)
+    receiving_application: str
+    receiving_facility: str
+    tls: bool = False
+    ack_timeout_seconds: float = Field(default=10.0, gt=0)
+
+
+class DeliveryPolicy(_Strict):
+    """How hard to try before a person is asked."""
+
+    max_attempts: int = Field(default=5, ge=1)
+    first_retry_seconds: float = Field(default=2.0, gt=0)
+    max_retry_seconds: float = Field(default=300.0, gt=0)
+    # ERR-3 codes (HL7 table 0357) a partner uses for "try again later".
+    temporary_error_codes: tuple[str, ...] = ("206", "207")
+
+
+class Destination(_Strict):
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,39}$")
+    kind: Literal["fhir", "mllp"]
+    subscribes: tuple[Subscription, ...] = Field(min_length=1)
+    fhir: FhirEndpoint | None = None
+    mllp: MllpEndpoint | None = None
+    policy: DeliveryPolicy = DeliveryPolicy()
+
+    @model_validator(mode="after")
+    def _endpoint_matches_kind(self) -> Destination:
+        if self.kind == "fhir" and (self.fhir is None or self.mllp is not None):
+            raise ValueError("kind 'fhir' needs a [destination.fhir] table and no mllp table")
+        if self.kind == "mllp" and (self.mllp is None or self.fhir is not None):
+            raise ValueError("kind 'mllp' needs a [destination.mllp] table and no fhir table")
+        if len(set(self.subscribes)) != len(self.subscribes):
+            raise ValueError("subscribes lists an event twice")
+        return self
+
+
+class RoutingConfig(_Strict):
+    version: str = Field(min_length=1)
+    destinations: tuple[Destination, ...] = Field(alias="destination", min_length=1)
+    # sha256 of the file's bytes, set by the loader: the version label alone can be forgotten.
+    digest: str = ""
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> RoutingConfig:
+        names = [destination.name for destination in self.destinations]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"destination names must be unique: {', '.join(duplicates)}")
+        return self
+
+    @property
+    def label(self) -> str:
+        return f"{self.version} (sha256 {self.digest[:12]})" if self.digest else self.version
+
+    def destination(self, name: str) -> Destination:
+        for destination in self.destinations:
+            if destination.name == name:
+                return destination
+        raise KeyError(name)
+
+    def subscribers(self, subscription: Subscription) -> list[str]:
+        return [d.name for d in self.destinations if subscription in d.subscribes]
+
+
+class RoutingConfigError(ValueError):
+    """The routing file cannot be used; the message names the file and the place."""
+
+
+def load_routing(path: Path) -> RoutingConfig:
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise RoutingConfigError(f"{path}: cannot read ({err.strerror})") from err
+    try:
+        document = tomllib.loads(data.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        # tomllib's message already says "(at line N, column M)".
+        raise RoutingConfigError(f"{path}: not valid TOML: {err}") from err
+    try:
+        config = RoutingConfig.model_validate(document)
+    except ValidationError as err:
+        problems = "; ".join(
+            f"{_where(document, error['loc'])}: {error['msg']}" for error in err.errors()
+        )
+        raise RoutingConfigError(f"{path}: {problems}") from err
+    return config.model_copy(update={"digest": hashlib.sha256(data).hexdigest()})
+
+
+def _where(document: object, loc: tuple[int | str, ...]) -> str:
+    """`destination[2] (billing).mllp.port` from pydantic's location tuple."""
+    parts: list[str] = []
+    node = document
+    for step in loc:
+        if isinstance(step, int):
+            entry = node[step] if isinstance(node, list) and step < len(node) else None
+            name = entry.get("name") if isinstance(entry, dict) else None
+            label = f"[{step + 1}]" + (f" ({name})" if isinstance(name, str) else "")
+            parts[-1:] = [(parts[-1] if parts else "") + label]
+            node = entry
+        else:
+            parts.append(step)
+            node = node.get(step) if isinstance(node, dict) else None
+    return ".".join(parts) or "file"

@@ -1,0 +1,72 @@
+"""Canonical ADT events for the discharge-sync exchange (A03, A13, A08).
+
+Between the HL7 v2 adapter (adapters/hl7v2/adt_messages.py) and the FHIR builders
+(mappings/adt/). Frozen and JSON-serializable for Temporal's pydantic converter; the
+patient fields are PHI and live only in payloads, never in ids, search attributes or logs.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict
+
+from models.lab import PatientRef
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class AdtTrigger(StrEnum):
+    DISCHARGE = "A03"
+    CANCEL_DISCHARGE = "A13"
+    UPDATE = "A08"
+
+
+class Practitioner(_Frozen):
+    """An XCN (PV1-7/8/17): id, family, given, and the id's assigning authority."""
+
+    identifier: str
+    family_name: str = ""
+    given_name: str = ""
+    assigning_authority: str = ""
+
+
+class Diagnosis(_Frozen):
+    """One DG1: ``set_id`` (DG1-1) keys it within the encounter."""
+
+    set_id: str
+    code: str  # DG1-3.1
+    display: str = ""  # DG1-3.2 (else DG1-4)
+    coding_system: str = ""  # DG1-3.3 as sent: I10, I10C, ICD10CM, ...
+    diagnosis_type: str = ""  # DG1-6: A admitting, W working, F final
+    recorded_at: datetime | None = None  # DG1-5
+    priority: int | None = None  # DG1-15: 1 is the primary diagnosis; 0 means not ranked
+
+
+class AdtEvent(_Frozen):
+    trigger: AdtTrigger
+    control_id: str  # MSH-10
+    sending_facility: str  # MSH-4
+    event_time: datetime | None = None  # EVN-2, else MSH-7
+    patient: PatientRef
+    visit_number: str = ""  # PV1-19.1
+    visit_number_authority: str = ""  # PV1-19.4
+    account_number: str = ""  # PID-18.1
+    patient_class: str = ""  # PV1-2
+    location: str = ""  # PV1-3 as "point^room^bed^facility" components joined with " "
+    location_facility: str = ""  # PV1-3.4
+    attending: Practitioner | None = None  # PV1-7
+    referring: Practitioner | None = None  # PV1-8
+    admitting: Practitioner | None = None  # PV1-17
+    discharge_disposition: str = ""  # PV1-36 (HL7 table 0112)
+    admit_time: datetime | None = None  # PV1-44
+    discharge_time: datetime | None = None  # PV1-45
+    diagnoses: tuple[Diagnosis, ...] = ()
+
+    @property
+    def encounter_number(self) -> str:
+        """What keys the exchange: the visit number, else the account number."""
+        return self.visit_number or self.account_number

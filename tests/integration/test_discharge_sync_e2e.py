@@ -1,0 +1,328 @@
+"""Discharge sync end to end: python-hl7's `mllp_send` -> gateway -> Temporal -> worker
+-> the FHIR server and two partner systems (an npm MLLP server, @medplum/hl7's Hl7Server,
+that answers AA/AE/AR or nothing on command). Order is asserted from what the partners
+actually received. Each test uses its own patient, so its queues are its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from temporalio.client import Client
+
+from models.review import ReviewAction, ReviewDecision
+from tests.support.engine import Engine, mllp_send, running_engine
+from tests.support.partner import Partner, running_partner
+from workers import sample_messages as sm
+from workers.routing import pseudonym
+
+ROUTING = """
+version = "test-1"
+
+[[destination]]
+name = "fhir-platform"
+kind = "fhir"
+subscribes = ["A03", "A13", "A08-diagnosis"]
+[destination.fhir]
+base_url = "{fhir}"
+
+[[destination]]
+name = "primary-care"
+kind = "mllp"
+subscribes = ["A03", "A13"]
+[destination.mllp]
+host = "127.0.0.1"
+port = {primary_care}
+receiving_application = "PCEHR"
+receiving_facility = "NORTHCLINIC"
+ack_timeout_seconds = 1.5
+[destination.policy]
+max_attempts = 3
+first_retry_seconds = 0.2
+max_retry_seconds = 1
+
+[[destination]]
+name = "billing"
+kind = "mllp"
+subscribes = ["A03", "A13", "A08-diagnosis"]
+[destination.mllp]
+host = "127.0.0.1"
+port = {billing}
+receiving_application = "BILLING"
+receiving_facility = "GENHOSP-FIN"
+ack_timeout_seconds = 1.5
+[destination.policy]
+max_attempts = 5
+first_retry_seconds = 0.2
+max_retry_seconds = 1
+temporary_error_codes = ["206", "207"]
+"""
+
+
+@pytest.fixture(scope="module")
+def partners() -> Iterator[dict[str, Partner]]:
+    with running_partner("primary-care") as primary_care, running_partner("billing") as billing:
+        yield {"primary-care": primary_care, "billing": billing}
+
+
+@pytest.fixture(scope="module")
+async def discharge_engine(
+    temporal_client: Client,
+    fhir_base_url: str,
+    partners: dict[str, Partner],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> AsyncIterator[Engine]:
+    routing = tmp_path_factory.mktemp("routing") / "destinations.toml"
+    routing.write_text(
+        ROUTING.format(
+            fhir=fhir_base_url,
+            primary_care=partners["primary-care"].mllp_port,
+            billing=partners["billing"].mllp_port,
+        )
+    )
+    async with running_engine(
+        temporal_client,
+        fhir_base_url,
+        task_queue="careweave-test-discharge",
+        destinations_file=Path(routing),
+        pseudonym_key="test-pseudonym-key",
+    ) as engine:
+        yield engine
+
+
+def stay(visit: str, mrn: str, **changes: Any) -> sm.SampleStay:
+    return sm.SampleStay(visit, patient=sm.SamplePatient(mrn=mrn), **changes)
+
+
+def discharge_id(visit: str) -> str:
+    key = pseudonym(b"test-pseudonym-key", "encounter", sm.HOSPITAL, visit)
+    return f"discharge-sync/{sm.HOSPITAL}/{key}"
+
+
+def delivery_id(destination: str, mrn: str) -> str:
+    key = pseudonym(b"test-pseudonym-key", "patient", sm.HOSPITAL, mrn)
+    return f"ordered-delivery/{destination}/{key}"
+
+
+async def received(partner: Partner, visit: str) -> list[dict[str, Any]]:
+    return [m for m in await partner.amessages() if f"|{visit}^" in m["text"]]
+
+
+async def wait_received(
+    partner: Partner, visit: str, count: int, *, answered: str = "AA", timeout: float = 30
+) -> list[dict[str, Any]]:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    messages: list[dict[str, Any]] = []
+    while loop.time() < deadline:
+        messages = await received(partner, visit)
+        if len([m for m in messages if m["answered"] == answered]) >= count:
+            return messages
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"{partner.name} got {messages!r} for {visit}, wanted {count} {answered}")
+
+
+def triggers(messages: list[dict[str, Any]], answered: str = "AA") -> list[str]:
+    return [m["message_type"].split("^")[1] for m in messages if m["answered"] == answered]
+
+
+async def encounter(engine: Engine, visit: str) -> dict[str, Any]:
+    for _ in range(100):
+        found = await engine.fhir.search("Encounter", {"identifier": visit})
+        if found:
+            return found[0]
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"no Encounter for {visit}")
+
+
+async def send(engine: Engine, *messages: str) -> None:
+    acks = await mllp_send(engine.mllp_port, list(messages))
+    assert [ack.split("MSA|")[1][:2] for ack in acks] == ["AA"] * len(messages), acks
+
+
+async def test_discharge_reaches_every_destination(
+    discharge_engine: Engine, partners: dict[str, Partner]
+) -> None:
+    engine = discharge_engine
+    patient_stay = stay("V-5001", "MRN5001")
+    await send(engine, sm.adt_event(patient_stay, "DS-5001-1", "A03"))
+
+    for name in ("primary-care", "billing"):
+        messages = await wait_received(partners[name], "V-5001", 1)
+        assert triggers(messages) == ["A03"]
+        # Readdressed to the partner, data verbatim.
+        assert "|CAREWEAVE|" in messages[0]["text"].split("\r")[0]
+        assert "DG1|2||E11.9^" in messages[0]["text"]
+
+    found = await encounter(engine, "V-5001")
+    for _ in range(50):
+        if found["status"] == "finished":
+            break
+        await asyncio.sleep(0.2)
+        found = await encounter(engine, "V-5001")
+    assert found["status"] == "finished"
+    assert found["period"]["end"].startswith("2026-11-25")
+    assert found["hospitalization"]["dischargeDisposition"]["coding"][0]["code"] == "home"
+    conditions = await engine.fhir.search("Condition", {"encounter": f"Encounter/{found['id']}"})
+    icd = {
+        coding["code"]
+        for condition in conditions
+        for coding in condition["code"]["coding"]
+        if coding["system"] == "http://hl7.org/fhir/sid/icd-10-cm"
+    }
+    assert icd == {"I10", "E11.9"}
+
+    # Ids and search attributes carry pseudonyms, not the visit number or MRN.
+    description = await engine.handle(discharge_id("V-5001")).describe()
+    assert "V-5001" not in description.id and "MRN5001" not in description.id
+    routed = await engine.handle(discharge_id("V-5001")).query("routed_events")
+    assert routed[0]["destinations"] == ["fhir-platform", "primary-care", "billing"]
+    assert routed[0]["routing_version"].startswith("test-1 (sha256 ")
+
+
+async def test_cancel_follows_the_discharge(
+    discharge_engine: Engine, partners: dict[str, Partner]
+) -> None:
+    engine = discharge_engine
+    patient_stay = stay("V-5002", "MRN5002")
+    await send(
+        engine,
+        sm.adt_event(patient_stay, "DS-5002-1", "A03"),
+        sm.adt_event(patient_stay, "DS-5002-2", "A13"),
+    )
+    for name in ("primary-care", "billing"):
+        messages = await wait_received(partners[name], "V-5002", 2)
+        assert triggers(messages) == ["A03", "A13"]
+    for _ in range(100):
+        found = await encounter(engine, "V-5002")
+        if found["status"] == "in-progress":
+            break
+        await asyncio.sleep(0.2)
+    assert found["status"] == "in-progress"
+    assert "end" not in found.get("period", {})
+
+
+async def test_amended_diagnosis_reaches_billing_after_the_discharge(
+    discharge_engine: Engine, partners: dict[str, Partner]
+) -> None:
+    engine = discharge_engine
+    first = stay("V-5003", "MRN5003")
+    amended = stay(
+        "V-5003",
+        "MRN5003",
+        diagnoses=(
+            sm.SampleDiagnosis("1", "I10", "Essential (primary) hypertension", "A"),
+            sm.SampleDiagnosis("2", "E11.65", "Type 2 diabetes mellitus with hyperglycemia"),
+        ),
+    )
+    await send(
+        engine,
+        sm.adt_event(first, "DS-5003-1", "A03"),
+        sm.adt_event(first, "DS-5003-2", "A08"),  # no diagnosis change: not forwarded
+        sm.adt_event(amended, "DS-5003-3", "A08"),
+    )
+    billing = await wait_received(partners["billing"], "V-5003", 2)
+    assert triggers(billing) == ["A03", "A08"]
+    assert "E11.65" in billing[-1]["text"]
+    await asyncio.sleep(1.0)
+    assert triggers(await received(partners["primary-care"], "V-5003")) == ["A03"]
+
+    found = await encounter(engine, "V-5003")
+    for _ in range(100):
+        conditions = await engine.fhir.search(
+            "Condition", {"encounter": f"Encounter/{found['id']}"}
+        )
+        codes = sorted(c["code"]["coding"][0]["code"] for c in conditions)
+        if codes == ["E11.65", "I10"]:
+            break
+        await asyncio.sleep(0.2)
+    assert codes == ["E11.65", "I10"]  # amended in place: still two Conditions
+
+
+async def test_rejections_hold_the_queue_and_keep_the_order(
+    discharge_engine: Engine, partners: dict[str, Partner]
+) -> None:
+    engine = discharge_engine
+    billing = partners["billing"]
+    first = stay("V-5004", "MRN5004")
+    amended = stay(
+        "V-5004",
+        "MRN5004",
+        diagnoses=(sm.SampleDiagnosis("1", "J18.9", "Pneumonia, unspecified organism"),),
+    )
+    billing.set_mode("AR", code="207", text="Application internal error", times=3)
+    try:
+        await send(
+            engine,
+            sm.adt_event(first, "DS-5004-1", "A03"),
+            sm.adt_event(amended, "DS-5004-2", "A08"),
+        )
+        messages = await wait_received(billing, "V-5004", 2, timeout=40)
+    finally:
+        billing.set_mode("AA")
+    assert [(m["message_type"].split("^")[1], m["answered"]) for m in messages] == [
+        ("A03", "AR"),
+        ("A03", "AR"),
+        ("A03", "AR"),
+        ("A03", "AA"),
+        ("A08", "AA"),
+    ]
+    # The resends are the same delivery (same MSH-10); the A08 never overtook it.
+    assert len({m["control_id"] for m in messages[:4]}) == 1
+    assert messages[4]["control_id"] != messages[0]["control_id"]
+    # Primary care was not held up by billing.
+    assert triggers(await received(partners["primary-care"], "V-5004")) == ["A03"]
+    log = await engine.handle(delivery_id("billing", "MRN5004")).query("delivery_log")
+    assert [(entry["outcome"], entry["attempts"]) for entry in log] == [
+        ("delivered", 4),
+        ("delivered", 1),
+    ]
+    alert = await engine.client.count_workflows(
+        f"WorkflowId = '{delivery_id('billing', 'MRN5004')}' AND DeliveryAlert = 'ok'"
+    )
+    assert alert.count == 1
+
+
+async def test_destination_down_goes_to_review_and_is_delivered_once(
+    discharge_engine: Engine, partners: dict[str, Partner]
+) -> None:
+    engine = discharge_engine
+    primary_care = partners["primary-care"]
+    queue_id = delivery_id("primary-care", "MRN5005")
+    primary_care.set_mode("silent")
+    try:
+        await send(engine, sm.adt_event(stay("V-5005", "MRN5005"), "DS-5005-1", "A03"))
+        pending = await engine.wait_for_review(queue_id, timeout=40)
+        assert pending["reason"] == "delivery-failed"
+        failing = await engine.client.count_workflows(
+            f"Destination = 'primary-care' AND DeliveryAlert = 'failing' "
+            f"AND WorkflowId = '{queue_id}'"
+        )
+        assert failing.count == 1
+    finally:
+        primary_care.set_mode("AA")
+    # Billing is another queue: it was not held up.
+    await wait_received(partners["billing"], "V-5005", 1)
+
+    await engine.handle(queue_id).execute_update(
+        "decide_review",
+        ReviewDecision(
+            review_id=str(pending["review_id"]),
+            action=ReviewAction.RETRY,
+            reason="primary care interface restarted",
+            reviewer="ops-1",
+        ),
+    )
+    messages = await wait_received(primary_care, "V-5005", 1)
+    await asyncio.sleep(1.0)
+    messages = await received(primary_care, "V-5005")
+    assert [m["answered"] for m in messages].count("AA") == 1
+    assert {m["answered"] for m in messages} == {"none", "AA"}
+    log = await engine.handle(queue_id).query("delivery_log")
+    assert [entry["outcome"] for entry in log] == ["delivered"]
+    history = await engine.handle(queue_id).query("review_history")
+    assert history[0]["decision"]["reviewer"] == "ops-1"

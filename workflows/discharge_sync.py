@@ -1,0 +1,220 @@
+"""Discharge sync: one encounter's discharge reaches every subscribed system, in order.
+
+ADT^A03 starts the exchange (id ``discharge-sync/<facility>/<encounter key>``); A13
+(cancel discharge) compensates downstream; A08s after the discharge that change the
+diagnoses (new or amended DG1) follow to the same destinations. For each event the
+exchange asks the routing file (loaded by the worker; its version is recorded here as
+an activity result) who subscribes, and hands the event to each destination's
+per-patient ordered queue. The exchange closes after a quiet period.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from datetime import timedelta
+
+from pydantic import BaseModel
+from temporalio import workflow
+from temporalio.exceptions import ActivityError, ApplicationError
+
+from workflows import search_attributes as sa
+from workflows.message_trace import follow_message_trace, trace_base
+from workflows.review import ReviewableWorkflow
+
+with workflow.unsafe.imports_passed_through():
+    from activities.discharge import (
+        ADT_MESSAGE_INVALID,
+        DischargeActivities,
+        EnqueueRequest,
+        InterpretAdtInput,
+        interpret_adt,
+    )
+    from models.delivery import DeliveryItem
+    from models.destinations import Subscription
+    from models.discharge import AdtEvent, AdtTrigger
+    from models.exchanges import DischargeSyncInput
+    from models.messages import InboundMessage
+    from models.review import ReviewAction, ReviewReason
+
+EXCHANGE_NAME = "discharge-sync"
+
+
+class RoutedEvent(BaseModel):
+    """What happened to one ADT event: no PHI (codes, destination names, versions)."""
+
+    event_id: str
+    trigger: str
+    subscription: str | None
+    destinations: list[str]
+    routing_version: str
+    note: str = ""
+
+
+class DischargeSyncSummary(BaseModel):
+    status: str
+    events: list[RoutedEvent]
+
+
+@workflow.defn
+class DischargeSync(ReviewableWorkflow):
+    @workflow.init
+    def __init__(self, params: DischargeSyncInput) -> None:
+        super().__init__()
+        self._params = params
+        self._inbox: deque[InboundMessage] = deque()
+        self._seen: set[str] = set()
+        self._events: list[RoutedEvent] = []
+        self._discharged = False
+        self._diagnoses: tuple[tuple[str, str, str], ...] = ()
+        self._status = "received"
+
+    @workflow.run
+    async def run(self, params: DischargeSyncInput) -> DischargeSyncSummary:
+        workflow.upsert_search_attributes(
+            [sa.EXCHANGE.value_set(EXCHANGE_NAME), sa.FACILITY.value_set(params.facility)]
+        )
+        own_trace = trace_base()
+        while True:
+            follow_message_trace({}, own_trace)
+            if not self._inbox:
+                workflow.set_current_details(
+                    f"Status {self._status}; open {params.close_after_seconds:.0f} s for A13/A08"
+                )
+                arrived = await workflow.wait_condition(
+                    lambda: bool(self._inbox),
+                    timeout=timedelta(seconds=params.close_after_seconds),
+                )
+                if not arrived:
+                    await workflow.wait_condition(workflow.all_handlers_finished)
+                    if not self._inbox:
+                        break
+                    continue
+            message = self._inbox.popleft()
+            follow_message_trace(message.trace_context, own_trace)
+            workflow.upsert_search_attributes([sa.MESSAGE_TYPE.value_set(message.message_type)])
+            await self._handle(message)
+        return DischargeSyncSummary(status=self._status, events=self._events)
+
+    @workflow.signal
+    def adt_event(self, message: InboundMessage) -> None:
+        if message.dedup_key in self._seen:
+            return
+        self._seen.add(message.dedup_key)
+        self._inbox.append(message)
+
+    @workflow.query
+    def status(self) -> str:
+        return self._status
+
+    @workflow.query
+    def routed_events(self) -> list[RoutedEvent]:
+        return list(self._events)
+
+    async def _handle(self, message: InboundMessage) -> None:
+        event = await self._interpret(message)
+        if event is None:
+            return
+        event_id = f"{self._params.encounter_key}/{message.sending_facility}/{message.control_id}"
+        subscription, note = self._subscription_for(event)
+        if subscription is None:
+            self._events.append(
+                RoutedEvent(
+                    event_id=event_id,
+                    trigger=event.trigger.value,
+                    subscription=None,
+                    destinations=[],
+                    routing_version="",
+                    note=note,
+                )
+            )
+            return
+        routing = await workflow.execute_activity_method(
+            DischargeActivities.routing_for,
+            subscription,
+            start_to_close_timeout=timedelta(seconds=30),
+            summary=f"Who subscribes to {subscription.value}",
+        )
+        for destination in routing.destinations:
+            item = DeliveryItem(
+                event_id=event_id,
+                subscription=subscription,
+                exchange_id=workflow.info().workflow_id,
+                event=event,
+                message_text=message.text,
+                mapping_version=self._params.mapping_version,
+                routing_version=routing.routing_version,
+                policy=destination.policy,
+            )
+            await workflow.execute_activity_method(
+                DischargeActivities.enqueue_delivery,
+                EnqueueRequest(
+                    destination=destination.name,
+                    kind=destination.kind,
+                    patient_key=self._params.patient_key,
+                    item=item,
+                ),
+                start_to_close_timeout=timedelta(seconds=60),
+                summary=f"Queue {subscription.value} for {destination.name}",
+            )
+        self._events.append(
+            RoutedEvent(
+                event_id=event_id,
+                trigger=event.trigger.value,
+                subscription=subscription.value,
+                destinations=[d.name for d in routing.destinations],
+                routing_version=routing.routing_version,
+                note=note,
+            )
+        )
+        self._set_status(
+            {
+                Subscription.DISCHARGE: "discharged",
+                Subscription.CANCEL_DISCHARGE: "discharge-cancelled",
+                Subscription.DIAGNOSIS_UPDATE: "diagnoses-updated",
+            }[subscription]
+        )
+
+    def _subscription_for(self, event: AdtEvent) -> tuple[Subscription | None, str]:
+        diagnoses = tuple((d.set_id, d.code, d.diagnosis_type) for d in event.diagnoses)
+        if event.trigger is AdtTrigger.DISCHARGE:
+            self._discharged = True
+            self._diagnoses = diagnoses
+            return Subscription.DISCHARGE, ""
+        if event.trigger is AdtTrigger.CANCEL_DISCHARGE:
+            note = "" if self._discharged else "cancel for a discharge this exchange never saw"
+            self._discharged = False
+            return Subscription.CANCEL_DISCHARGE, note
+        if not self._discharged:
+            return None, "A08 while not discharged: not part of discharge sync"
+        if diagnoses == self._diagnoses:
+            return None, "A08 without a diagnosis change"
+        self._diagnoses = diagnoses
+        return Subscription.DIAGNOSIS_UPDATE, ""
+
+    async def _interpret(self, message: InboundMessage) -> AdtEvent | None:
+        while True:
+            try:
+                return await workflow.execute_local_activity(
+                    interpret_adt,
+                    InterpretAdtInput(message=message),
+                    start_to_close_timeout=timedelta(seconds=30),
+                    summary="Parse the ADT event",
+                )
+            except ActivityError as err:
+                cause = err.cause
+                if not (isinstance(cause, ApplicationError) and cause.type == ADT_MESSAGE_INVALID):
+                    raise
+                decision = await self.ask_reviewer(
+                    ReviewReason.INVALID_MESSAGE,
+                    f"The ADT message failed full validation: {cause.message}",
+                    actions={
+                        ReviewAction.RETRY: "validate again (after the parser was fixed)",
+                        ReviewAction.REJECT: "drop this message from the exchange",
+                    },
+                )
+                if decision.action is not ReviewAction.RETRY:
+                    return None
+
+    def _set_status(self, status: str) -> None:
+        self._status = status
+        workflow.upsert_search_attributes([sa.STATUS.value_set(status)])
