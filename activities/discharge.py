@@ -19,12 +19,12 @@ from temporalio.exceptions import ApplicationError
 
 from adapters.fhir import FhirClient, FhirRejectedError, FhirRetryableError
 from adapters.hl7v2.ack import AckParseError, parse_ack
-from adapters.hl7v2.adt_events import AdtMessageInvalid, parse_adt_event
+from adapters.hl7v2.adt_messages import AdtMessageInvalid, parse_adt_event
 from adapters.hl7v2.mllp_client import MllpError
 from adapters.hl7v2.mllp_pool import MllpPool
 from adapters.hl7v2.readdress import readdress
-from mappings.discharge.fhir_builders import encounter_transaction_for
-from mappings.discharge.mapping import load_discharge_mapping
+from mappings.adt.fhir_builders import encounter_transaction_for
+from mappings.adt.mapping import load_adt_mapping
 from models.delivery import DeliverRequest, DeliverResult, DeliveryItem, DeliveryState
 from models.destinations import DeliveryPolicy, Destination, RoutingConfig, Subscription
 from models.discharge import AdtEvent
@@ -149,7 +149,7 @@ class DischargeActivities:
     @activity.defn(name="deliver_to_fhir")
     async def deliver_to_fhir(self, request: DeliverRequest) -> DeliverResult:
         destination = self._destination(request.destination)
-        mapping = load_discharge_mapping(request.item.mapping_version)
+        mapping = load_adt_mapping(request.item.mapping_version)
         bundle = encounter_transaction_for(request.item.event, mapping)
         try:
             response = await self._fhir_client(destination).transaction(bundle)

@@ -1,49 +1,83 @@
 #!/usr/bin/env node
-// A partner system for Careweave's demo and tests: receives HL7 v2 over MLLP with
-// @medplum/hl7's Hl7Connection (the per-connection half of its Hl7Server: MLLP framing,
-// parsing, sending ACKs; code nobody on this project wrote) and answers as told.
-// A small HTTP control endpoint shows what arrived and switches the answer:
-//   GET /messages, POST /mode {"mode": "AA"|"AE"|"AR"|"silent", "code", "text", "times"},
-//   POST /reset, GET /health.
+// A partner system for Careweave's demo and tests: an @medplum/hl7 Hl7Server receives
+// HL7 v2 over MLLP (framing, decoding, parsing and sending ACKs are the library's) and
+// this script answers each message as it is told to.
+//
+//   node partners/partner.js --name billing --port 0 --control-port 0 --host 127.0.0.1
+//
+// prints, once both servers listen, one line:  PARTNER <name> mllp=<port> control=<port>
+//
+// Control endpoint (JSON, on --host:--control-port):
+//   GET  /health    -> 200 {"ok": true, "name": ...}
+//   GET  /messages  -> 200 [{received_at, control_id, message_type, text, answered}, ...]
+//   POST /mode      {"mode": "AA"|"AE"|"AR"|"silent", "code": "207", "text": "", "times": N}
+//                   -> 200 {"ok": true}; bad JSON or an unknown mode -> 400 {"error": ...}
+//   POST /reset     -> 200 {"ok": true}: forget the messages, back to mode AA
 'use strict';
 
 const http = require('node:http');
-const net = require('node:net');
 const { parseArgs } = require('node:util');
 const { Hl7Segment } = require('@medplum/core');
-const { Hl7Connection } = require('@medplum/hl7');
+const { Hl7Server } = require('@medplum/hl7');
 
 const MODES = new Set(['AA', 'AE', 'AR', 'silent']);
+const DEFAULT_MODE = Object.freeze({ mode: 'AA', code: '207', text: '', times: null });
+
+// HL7 escape sequences for a value placed inside a component (delimiters from MSH-1/2).
+function escapeHl7(value, context) {
+  const esc = context.escapeCharacter ?? '\\';
+  const pairs = [
+    [context.fieldSeparator ?? '|', 'F'],
+    [context.componentSeparator ?? '^', 'S'],
+    [context.subcomponentSeparator ?? '&', 'T'],
+    [context.repetitionSeparator ?? '~', 'R'],
+  ];
+  let out = String(value).split(esc).join(`${esc}E${esc}`);
+  for (const [char, code] of pairs) {
+    out = out.split(char).join(`${esc}${code}${esc}`);
+  }
+  return out.replace(/\r/g, `${esc}X0D${esc}`).replace(/\n/g, `${esc}X0A${esc}`);
+}
 
 class Partner {
   constructor(name) {
     this.name = name;
     this.records = [];
-    this.reset();
+    this.mode = { ...DEFAULT_MODE };
   }
 
   reset() {
     this.records.length = 0;
-    this.mode = { mode: 'AA', code: '207', text: '', times: null };
+    this.mode = { ...DEFAULT_MODE };
   }
 
-  setMode({ mode, code = '207', text = '', times = null }) {
+  setMode(body) {
+    if (body === null || typeof body !== 'object' || Array.isArray(body)) {
+      throw new Error('the body must be a JSON object');
+    }
+    const { mode, code = '207', text = '', times = null } = body;
     if (!MODES.has(mode)) {
       throw new Error(`unknown mode ${JSON.stringify(mode)}; use AA, AE, AR or silent`);
     }
     if (times !== null && !(Number.isInteger(times) && times > 0)) {
-      throw new Error('times must be a positive integer');
+      throw new Error('times must be a positive integer (or omitted: until changed)');
     }
-    this.mode = { mode, code: String(code), text: String(text), times };
+    if (!['string', 'number'].includes(typeof code) || String(code) === '') {
+      throw new Error('code must be a non-empty string (HL7 table 0357)');
+    }
+    if (typeof text !== 'string') {
+      throw new Error('text must be a string');
+    }
+    this.mode = { mode, code: String(code), text, times };
   }
 
-  // The answer for the next message; a limited mode falls back to AA when used up.
+  // The answer for the next message; a limited mode returns to AA when used up.
   nextAnswer() {
     const current = { ...this.mode };
-    if (current.times !== null) {
+    if (this.mode.times !== null) {
       this.mode.times -= 1;
       if (this.mode.times <= 0) {
-        this.mode = { mode: 'AA', code: '207', text: '', times: null };
+        this.mode = { ...DEFAULT_MODE };
       }
     }
     return current;
@@ -63,12 +97,23 @@ class Partner {
       return;
     }
     if (answer.mode === 'AA') {
+      // MSH with sending/receiving application and facility swapped, MSA|AA|<MSH-10>.
       connection.send(message.buildAck({ ackCode: 'AA' }));
       return;
     }
+    // v2.5 ERR: ERR-3 (HL7 error code, CWE) = code^text^HL70357, ERR-4 severity E.
+    const context = message.context;
     const err = Hl7Segment.parse(
-      `ERR|||${answer.code}^${answer.text || 'Rejected by partner'}^HL70357|E`,
-      message.context
+      [
+        'ERR',
+        '',
+        '',
+        [escapeHl7(answer.code, context), escapeHl7(answer.text, context), 'HL70357'].join(
+          context.componentSeparator ?? '^'
+        ),
+        'E',
+      ].join(context.fieldSeparator ?? '|'),
+      context
     );
     connection.send(message.buildAck({ ackCode: answer.mode, errSegment: err }));
   }
@@ -83,25 +128,53 @@ function controlServer(partner) {
     const chunks = [];
     req.on('data', (chunk) => chunks.push(chunk));
     req.on('end', () => {
-      if (req.method === 'GET' && req.url === '/health') {
+      const path = new URL(req.url, 'http://partner').pathname;
+      if (req.method === 'GET' && path === '/health') {
         reply(200, { ok: true, name: partner.name });
-      } else if (req.method === 'GET' && req.url === '/messages') {
+      } else if (req.method === 'GET' && path === '/messages') {
         reply(200, partner.records);
-      } else if (req.method === 'POST' && req.url === '/reset') {
+      } else if (req.method === 'POST' && path === '/reset') {
         partner.reset();
         reply(200, { ok: true });
-      } else if (req.method === 'POST' && req.url === '/mode') {
+      } else if (req.method === 'POST' && path === '/mode') {
+        let body;
         try {
-          partner.setMode(JSON.parse(Buffer.concat(chunks).toString('utf8') || '{}'));
-          reply(200, { ok: true });
+          body = JSON.parse(Buffer.concat(chunks).toString('utf8'));
+        } catch (err) {
+          reply(400, { error: `bad JSON: ${err.message}` });
+          return;
+        }
+        try {
+          partner.setMode(body);
         } catch (err) {
           reply(400, { error: err.message });
+          return;
         }
+        reply(200, { ok: true });
       } else {
-        reply(404, { error: `no ${req.method} ${req.url}` });
+        reply(404, { error: `no ${req.method} ${path}` });
       }
     });
   });
+}
+
+function listening(server) {
+  return new Promise((resolve, reject) => {
+    if (server.listening) {
+      resolve();
+      return;
+    }
+    server.once('listening', resolve);
+    server.once('error', reject);
+  });
+}
+
+function parsePort(value, option) {
+  const port = Number(value);
+  if (!Number.isInteger(port) || port < 0 || port > 65535) {
+    throw new Error(`${option} must be a port number (0 = any free port), not ${value}`);
+  }
+  return port;
 }
 
 async function main() {
@@ -115,35 +188,46 @@ async function main() {
   });
   const host = values.host;
   const partner = new Partner(values.name);
-  // Hl7Server.start(port) listens on every interface; only loopback is ever a target
-  // here, so the listening socket is ours and each connection is the library's.
-  const connections = new Set();
-  const server = net.createServer((socket) => {
-    const connection = new Hl7Connection(socket, 'utf-8');
-    connections.add(connection);
-    socket.on('close', () => connections.delete(connection));
-    connection.addEventListener('message', (event) => partner.receive(connection, event.message));
-    connection.addEventListener('error', () => socket.destroy());
-  });
-  await new Promise((resolve) => server.listen(Number(values.port), host, resolve));
-  const mllpPort = server.address().port;
-  const control = controlServer(partner);
-  await new Promise((resolve) => control.listen(Number(values['control-port']), host, resolve));
-  console.log(`PARTNER ${partner.name} mllp=${mllpPort} control=${control.address().port}`);
 
+  const hl7 = new Hl7Server((connection) => {
+    connection.addEventListener('message', (event) => partner.receive(connection, event.message));
+    connection.addEventListener('error', (event) => {
+      console.error(`partner ${partner.name}: ${event.error?.message ?? event.error}`);
+    });
+  });
+  // Hl7Server.start(port) hands its argument to net.Server.listen(), which also takes
+  // {port, host}: that keeps the MLLP port on --host (loopback) instead of every interface.
+  hl7.start({ port: parsePort(values.port, '--port'), host }, 'utf-8');
+  await listening(hl7.server);
+  const mllpPort = hl7.server.address().port;
+
+  const control = controlServer(partner);
+  control.listen(parsePort(values['control-port'], '--control-port'), host);
+  await listening(control);
+  const controlPort = control.address().port;
+
+  process.stdout.write(`PARTNER ${partner.name} mllp=${mllpPort} control=${controlPort}\n`);
+
+  let stopping = false;
   const stop = () => {
-    control.close();
-    server.close();
-    for (const connection of connections) {
-      connection.socket.destroy();
+    if (stopping) {
+      return;
     }
-    process.exit(0);
+    stopping = true;
+    // Whatever happens, be gone within 3 s.
+    setTimeout(() => process.exit(0), 3000).unref();
+    control.closeAllConnections?.();
+    const closed = [
+      new Promise((resolve) => control.close(() => resolve())),
+      hl7.stop({ forceDrainTimeoutMs: 0 }).catch(() => undefined),
+    ];
+    Promise.all(closed).finally(() => process.exit(0));
   };
   process.on('SIGTERM', stop);
   process.on('SIGINT', stop);
 }
 
 main().catch((err) => {
-  console.error(err);
+  console.error(`partner: ${err.message ?? err}`);
   process.exit(1);
 });

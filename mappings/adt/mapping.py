@@ -12,7 +12,7 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
-__all__ = ["AdtMapping", "CodedValue", "load_adt_mapping"]
+__all__ = ["AdtMapping", "CodedValue", "available_versions", "load_adt_mapping"]
 
 _PACKAGE = "mappings.adt"
 _VERSION = re.compile(r"v[0-9]+")

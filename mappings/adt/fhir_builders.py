@@ -1,0 +1,332 @@
+"""Pure builders: an AdtEvent -> one FHIR R4 transaction (Patient, Encounter, Conditions).
+
+Every entry is a conditional PUT on a business identifier (patient id with its
+authority, visit number, visit number + DG1 set id), so a retried delivery, a resent
+message or an A08 that amends a diagnosis updates the same resources instead of
+creating new ones. ``fullUrl`` uuids are uuid5 of those identifiers: the same event
+always gives the same JSON. Each resource is validated with ``fhir.resources.R4B``
+before it is returned, so an invalid resource never reaches a FHIR server.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+from urllib.parse import quote
+
+from fhir.resources.R4B.bundle import Bundle
+from fhir.resources.R4B.condition import Condition
+from fhir.resources.R4B.encounter import Encounter
+from fhir.resources.R4B.patient import Patient
+from pydantic import BaseModel
+
+from mappings.adt.mapping import AdtMapping, CodedValue
+from models.discharge import AdtEvent, AdtTrigger, Diagnosis, Practitioner
+
+__all__ = [
+    "condition_identifier",
+    "encounter_identifier",
+    "encounter_transaction_for",
+    "is_discharged",
+    "patient_identifier",
+]
+
+JSON = dict[str, Any]
+_UUID_NAMESPACE = uuid.UUID("2d0f8a4e-6c1b-5f3a-9e27-b84c1d5a7e60")
+_PARTICIPATION = "http://terminology.hl7.org/CodeSystem/v3-ParticipationType"
+_CONDITION_CLINICAL = "http://terminology.hl7.org/CodeSystem/condition-clinical"
+_CONDITION_CATEGORY = "http://terminology.hl7.org/CodeSystem/condition-category"
+
+
+# --- identifiers -------------------------------------------------------------------
+
+
+def _qualified(system: str, issuer: str) -> str:
+    # The issuer (CX-4 / XCN-9 / MSH-4) is what makes a number unique; it is
+    # quoted so any character a sender uses stays a valid URI.
+    return f"{system}:{quote(issuer, safe='')}" if issuer else system
+
+
+def _encounter_issuer(event: AdtEvent) -> str:
+    # PV1-19.4 issued the visit number; an account number (PID-18) or a visit
+    # number without CX-4 is unique only within the sending facility.
+    issuer = event.visit_number_authority if event.visit_number else ""
+    return issuer or event.sending_facility
+
+
+def patient_identifier(event: AdtEvent, mapping: AdtMapping) -> JSON:
+    """Patient.identifier; built exactly as lab resources reference the patient."""
+    return {
+        "system": _qualified(
+            mapping.identifier_system("patient"), event.patient.assigning_authority
+        ),
+        "value": event.patient.identifier,
+    }
+
+
+def encounter_identifier(event: AdtEvent, mapping: AdtMapping) -> JSON:
+    """Encounter.identifier: the visit number (PV1-19), else the account number (PID-18)."""
+    if not event.encounter_number:
+        raise ValueError("the event has neither a visit number nor an account number")
+    return {
+        "system": _qualified(mapping.identifier_system("encounter"), _encounter_issuer(event)),
+        "value": event.encounter_number,
+    }
+
+
+def condition_identifier(event: AdtEvent, diagnosis: Diagnosis, mapping: AdtMapping) -> JSON:
+    """Condition.identifier: encounter number + DG1-1, so an A08 amending DG1 2 rewrites it."""
+    if not event.encounter_number:
+        raise ValueError("the event has neither a visit number nor an account number")
+    return {
+        "system": _qualified(mapping.identifier_system("condition"), _encounter_issuer(event)),
+        "value": f"{event.encounter_number}-{diagnosis.set_id}",
+    }
+
+
+def _conditional_url(resource_type: str, identifier: Mapping[str, Any]) -> str:
+    token = f"{identifier['system']}|{identifier['value']}"
+    return f"{resource_type}?identifier={quote(token, safe='')}"
+
+
+def _full_url(identifier: Mapping[str, Any]) -> str:
+    return "urn:uuid:" + str(
+        uuid.uuid5(_UUID_NAMESPACE, f"{identifier['system']}|{identifier['value']}")
+    )
+
+
+def _put(resource_type: str, identifier: JSON, resource: JSON) -> JSON:
+    return {
+        "fullUrl": _full_url(identifier),
+        "resource": resource,
+        "request": {"method": "PUT", "url": _conditional_url(resource_type, identifier)},
+    }
+
+
+# --- small value mappings ------------------------------------------------------------
+
+
+def is_discharged(event: AdtEvent) -> bool:
+    """Whether the stay is over: A03, or an A08 that carries a discharge time (PV1-45).
+
+    A13 cancels the discharge, and an A08 without PV1-45 updates a stay that is
+    still going on.
+    """
+    if event.trigger is AdtTrigger.DISCHARGE:
+        return True
+    return event.trigger is AdtTrigger.UPDATE and event.discharge_time is not None
+
+
+def _datetime(value: datetime | None, mapping: AdtMapping) -> str | None:
+    if value is None:
+        return None
+    if value.tzinfo is not None:
+        return value.isoformat()
+    if mapping.naive_timestamp_offset:
+        return value.isoformat() + mapping.naive_timestamp_offset
+    # FHIR requires an offset on a time; the sender gave none (see [time] in the TOML).
+    return value.date().isoformat()
+
+
+def _coding(value: CodedValue) -> JSON:
+    return {"system": value.system, "code": value.code}
+
+
+def _meta(mapping: AdtMapping) -> JSON:
+    return {"tag": [{"system": mapping.mapping_tag_system, "code": mapping.mapping_tag_code}]}
+
+
+def _validated(model: type[BaseModel], resource: JSON) -> JSON:
+    dumped: JSON = model.model_validate(resource).model_dump(mode="json", exclude_none=True)
+    return dumped
+
+
+def _person_name(family: str, given: str) -> JSON | None:
+    name: JSON = {}
+    if family:
+        name["family"] = family
+    if given:
+        name["given"] = [given]
+    return name or None
+
+
+# --- resources -----------------------------------------------------------------------
+
+
+def _patient(event: AdtEvent, mapping: AdtMapping) -> JSON:
+    patient = event.patient
+    resource: JSON = {
+        "resourceType": "Patient",
+        "meta": _meta(mapping),
+        "identifier": [patient_identifier(event, mapping)],
+    }
+    name = _person_name(patient.family_name, patient.given_name)
+    if name:
+        resource["name"] = [name]
+    if patient.birth_date:
+        resource["birthDate"] = patient.birth_date.isoformat()
+    gender = mapping.administrative_sex.get(patient.sex.upper())
+    if gender:
+        resource["gender"] = gender
+    return _validated(Patient, resource)
+
+
+def _participant(role: str, practitioner: Practitioner | None, mapping: AdtMapping) -> list[JSON]:
+    if practitioner is None:
+        return []
+    # Logical reference by identifier: Practitioner resources are owned by the
+    # provider directory, discharge sync never creates them.
+    individual: JSON = {"type": "Practitioner"}
+    if practitioner.identifier:
+        individual["identifier"] = {
+            "system": _qualified(
+                mapping.identifier_system("practitioner"), practitioner.assigning_authority
+            ),
+            "value": practitioner.identifier,
+        }
+    display = " ".join(p for p in (practitioner.given_name, practitioner.family_name) if p)
+    if display:
+        individual["display"] = display
+    return [
+        {
+            "type": [{"coding": [{"system": _PARTICIPATION, "code": role}]}],
+            "individual": individual,
+        }
+    ]
+
+
+def _diagnosis_code(diagnosis: Diagnosis, mapping: AdtMapping) -> JSON:
+    system = mapping.diagnosis_system(diagnosis.coding_system)
+    if system is None:
+        # An unknown coding system is kept as text: a code is never guessed into
+        # ICD-10-CM, and the text still shows the receiver what was sent.
+        sent = " ".join(p for p in (diagnosis.coding_system, diagnosis.code) if p)
+        text = f"{diagnosis.display} ({sent})" if diagnosis.display else sent
+        return {"text": text}
+    coding: JSON = {"system": system, "code": diagnosis.code}
+    if diagnosis.display:
+        coding["display"] = diagnosis.display
+    return {"coding": [coding], "text": diagnosis.display or diagnosis.code}
+
+
+def _condition(
+    event: AdtEvent,
+    diagnosis: Diagnosis,
+    mapping: AdtMapping,
+    patient_url: str,
+    encounter_url: str,
+) -> JSON:
+    resource: JSON = {
+        "resourceType": "Condition",
+        "meta": _meta(mapping),
+        "identifier": [condition_identifier(event, diagnosis, mapping)],
+        "clinicalStatus": {"coding": [{"system": _CONDITION_CLINICAL, "code": "active"}]},
+        "category": [{"coding": [{"system": _CONDITION_CATEGORY, "code": "encounter-diagnosis"}]}],
+        "code": _diagnosis_code(diagnosis, mapping),
+        "subject": {"reference": patient_url},
+        "encounter": {"reference": encounter_url},
+    }
+    verification = mapping.verification_status(diagnosis.diagnosis_type)
+    if verification:
+        resource["verificationStatus"] = {"coding": [_coding(verification)]}
+    recorded = _datetime(diagnosis.recorded_at, mapping)
+    if recorded:
+        resource["recordedDate"] = recorded
+    return _validated(Condition, resource)
+
+
+def _encounter_diagnoses(
+    event: AdtEvent, mapping: AdtMapping, condition_urls: list[str]
+) -> list[JSON]:
+    entries: list[JSON] = []
+    for diagnosis, url in zip(event.diagnoses, condition_urls, strict=True):
+        entry: JSON = {"condition": {"reference": url}}
+        use = mapping.diagnosis_role(diagnosis.diagnosis_type)
+        if use:
+            entry["use"] = {"coding": [_coding(use)]}
+        # DG1-15 ranks the diagnoses (1 = primary); 0 means "not ranked", and
+        # message order is no ranking, so no rank is invented.
+        if diagnosis.priority:
+            entry["rank"] = diagnosis.priority
+        entries.append(entry)
+    return entries
+
+
+def _encounter(
+    event: AdtEvent, mapping: AdtMapping, patient_url: str, condition_urls: list[str]
+) -> JSON:
+    discharged = is_discharged(event)
+    resource: JSON = {
+        "resourceType": "Encounter",
+        "meta": _meta(mapping),
+        "identifier": [encounter_identifier(event, mapping)],
+        "status": "finished" if discharged else "in-progress",
+        "class": _coding(mapping.encounter_class(event.patient_class)),
+        "subject": {"reference": patient_url},
+    }
+    period: JSON = {}
+    start = _datetime(event.admit_time, mapping)
+    if start:
+        period["start"] = start
+    if discharged:
+        # An A03 without PV1-45 still ends the stay: EVN-2 (else MSH-7) is when
+        # the discharge was recorded, the best time the message gives.
+        end = _datetime(event.discharge_time or event.event_time, mapping)
+        if end:
+            period["end"] = end
+    if period:
+        resource["period"] = period
+    if discharged and event.discharge_disposition:
+        mapped = mapping.disposition(event.discharge_disposition)
+        disposition: JSON = (
+            {"coding": [_coding(mapped)], "text": event.discharge_disposition}
+            if mapped
+            else {"text": event.discharge_disposition}
+        )
+        resource["hospitalization"] = {"dischargeDisposition": disposition}
+    if event.location:
+        resource["location"] = [{"location": {"display": event.location}}]
+    participants = [
+        *_participant("ATND", event.attending, mapping),
+        *_participant("REF", event.referring, mapping),
+        *_participant("ADM", event.admitting, mapping),
+    ]
+    if participants:
+        resource["participant"] = participants
+    if condition_urls:
+        resource["diagnosis"] = _encounter_diagnoses(event, mapping, condition_urls)
+    return _validated(Encounter, resource)
+
+
+# --- the transaction -------------------------------------------------------------------
+
+
+def encounter_transaction_for(event: AdtEvent, mapping: AdtMapping) -> JSON:
+    """One transaction Bundle that makes FHIR agree with the event (A03, A13 or A08).
+
+    Patient, Encounter, then one Condition per DG1, each a conditional PUT on its
+    identifier. A Condition whose DG1 is absent from a later A08 is left as it is:
+    deleting clinical data is not something an update message should do silently.
+    """
+    patient_id = patient_identifier(event, mapping)
+    encounter_id = encounter_identifier(event, mapping)
+    patient_url = _full_url(patient_id)
+    encounter_url = _full_url(encounter_id)
+    condition_ids = [condition_identifier(event, d, mapping) for d in event.diagnoses]
+    condition_urls = [_full_url(identifier) for identifier in condition_ids]
+    entries = [
+        _put("Patient", patient_id, _patient(event, mapping)),
+        _put("Encounter", encounter_id, _encounter(event, mapping, patient_url, condition_urls)),
+        *(
+            _put(
+                "Condition",
+                identifier,
+                _condition(event, diagnosis, mapping, patient_url, encounter_url),
+            )
+            for diagnosis, identifier in zip(event.diagnoses, condition_ids, strict=True)
+        ),
+    ]
+    bundle: JSON = {"resourceType": "Bundle", "type": "transaction", "entry": entries}
+    return _validated(Bundle, bundle)
