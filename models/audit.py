@@ -1,0 +1,52 @@
+"""What the audit trail records: who did what to which exchange and resource, and how it ended.
+
+An entry carries identifiers and outcomes only, never patient data: `exchange` is a
+workflow id (pseudonymous by construction), `resource` names a FHIR resource type, a
+destination or a quarantine row, and `detail` is a short code-like text written by
+Careweave, not copied from a message.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class ActorKind(StrEnum):
+    USER = "user"  # an authenticated reviewer or operator
+    SERVICE = "service"  # a Careweave process (worker, gateway, API)
+    PARTNER = "partner"  # a sending or receiving hospital system
+
+
+class AuditAction(StrEnum):
+    RECEIVE = "receive"  # a message accepted or refused at the gateway
+    ACCESS = "access"  # a person or service read clinical data (review list, quarantine show)
+    TRANSFORM = "transform"  # a message parsed / mapped
+    PUSH = "push"  # a write to a destination (FHIR, MLLP partner)
+    RETRY = "retry"  # a repeated attempt of a step that failed before
+    EXCEPTION = "exception"  # a step that failed
+    REVIEW_DECISION = "review-decision"
+    DECODE = "decode"  # payloads decoded through the codec endpoint
+    RELEASE = "release"  # a quarantined message resubmitted
+    LOGIN = "login"
+
+
+class AuditOutcome(StrEnum):
+    SUCCESS = "success"
+    FAILURE = "failure"
+    REFUSED = "refused"  # authentication / authorization / validation said no
+
+
+class AuditEntry(BaseModel):
+    """One event to append; the log adds the sequence number, time and hash chain."""
+
+    model_config = ConfigDict(frozen=True)
+
+    actor_kind: ActorKind
+    actor: str = Field(min_length=1, max_length=200)
+    action: AuditAction
+    outcome: AuditOutcome
+    exchange: str | None = Field(default=None, max_length=300)
+    resource: str | None = Field(default=None, max_length=300)
+    detail: str = Field(default="", max_length=500)
