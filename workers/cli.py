@@ -19,9 +19,11 @@ from temporalio.client import Client, WorkflowUpdateFailedError
 
 from adapters.database import CareweaveStore
 from adapters.hl7v2.mllp_client import MllpClient
+from adapters.payload_crypto import KeyRing, PayloadKeyError, add_key
 from models.review import ReviewAction, ReviewDecision, ReviewRequest
 from models.settings import Settings, load_settings
 from workers.intake import MessageIntake
+from workers.payload_codec import load_payload_keys, payload_key_file
 from workers.temporal_client import connect
 from workers.temporal_commit import TemporalCommitter
 
@@ -35,6 +37,8 @@ quarantine_app = typer.Typer(
 review_app = typer.Typer(help="Exchanges waiting for a person", no_args_is_help=True)
 app.add_typer(quarantine_app, name="quarantine")
 app.add_typer(review_app, name="review")
+keys_app = typer.Typer(help="Payload encryption keys (AES-256-GCM)", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
 # Piped output (make, CI logs) is not a terminal; rich would assume 80 columns and
 # squeeze the demo's table, so give it room there.
 console = Console(width=None if sys.stdout.isatty() else 120)
@@ -52,9 +56,17 @@ def _logging(verbose: bool) -> None:
     )
 
 
-async def _client(settings: Settings) -> Client:
+def _key_ring(settings: Settings) -> KeyRing:
     try:
-        return await connect(settings)
+        return load_payload_keys(settings)
+    except PayloadKeyError as err:
+        raise _fail(str(err)) from err
+
+
+async def _client(settings: Settings) -> Client:
+    key_ring = _key_ring(settings)
+    try:
+        return await connect(settings, key_ring)
     except RuntimeError as err:
         raise _fail(
             f"cannot reach Temporal at {settings.temporal_address} ({err}); "
@@ -108,6 +120,7 @@ def worker(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) ->
     except RoutingConfigError as err:
         raise _fail(str(err)) from err
     console.print(f"routing {settings.destinations_file}: {routing.label}")
+    _store(settings, verify_keys=True)
 
     async def run() -> None:
         client = await _client(settings)
@@ -136,7 +149,7 @@ def gateway(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -
             TemporalCommitter(await _client(settings), settings) if settings.mllp_commit else None
         )
         intake = MessageIntake(
-            _store(settings),
+            _store(settings, verify_keys=True),
             committer,
             fallback_charset=settings.fallback_charset,
             pseudonym_key=settings.resolved_pseudonym_key(),
@@ -219,8 +232,14 @@ def send(
 # -- quarantine ----------------------------------------------------------------
 
 
-def _store(settings: Settings) -> CareweaveStore:
-    return CareweaveStore.from_url(settings.resolved_database_url)
+def _store(settings: Settings, *, verify_keys: bool = False) -> CareweaveStore:
+    store = CareweaveStore.from_url(settings.resolved_database_url, _key_ring(settings))
+    if verify_keys:
+        try:
+            store.verify_payload_keys()
+        except PayloadKeyError as err:
+            raise _fail(str(err)) from err
+    return store
 
 
 @quarantine_app.command("list")
@@ -441,3 +460,31 @@ def review_edit(
 
 if __name__ == "__main__":
     app()
+
+
+# -- payload keys --------------------------------------------------------------
+
+
+@keys_app.command("new")
+def keys_new(
+    key_id: Annotated[str | None, typer.Option(help="id for the new key (default k<time>)")] = None,
+) -> None:
+    """Add a key to the key file; it encrypts from the next start on, older keys still decrypt."""
+    settings = load_settings()
+    path = payload_key_file(settings)
+    try:
+        added = add_key(path, key_id)
+    except PayloadKeyError as err:
+        raise _fail(str(err)) from err
+    console.print(
+        f"added payload key {added} to {path}; restart the worker, gateway and API to use it"
+    )
+
+
+@keys_app.command("list")
+def keys_list() -> None:
+    """Key ids in the ring (never key material); the last one encrypts."""
+    ring = _key_ring(load_settings())
+    for key_id in ring.key_ids:
+        marker = "  (encrypts)" if key_id == ring.current_key_id else ""
+        console.print(f"{key_id}{marker}", markup=False)

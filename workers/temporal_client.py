@@ -1,4 +1,4 @@
-"""One way to connect to Temporal: pydantic payloads and tracing on every call."""
+"""One way to connect to Temporal: encrypted pydantic payloads and tracing on every call."""
 
 from __future__ import annotations
 
@@ -9,17 +9,19 @@ from temporalio.api.operatorservice.v1 import (
 )
 from temporalio.client import Client
 from temporalio.contrib.opentelemetry import TracingInterceptor
-from temporalio.contrib.pydantic import pydantic_data_converter
 
+from adapters.payload_crypto import KeyRing
 from models.settings import Settings
+from workers.payload_codec import encrypted_data_converter, load_payload_keys
 from workflows import search_attributes as sa
 
 
-async def connect(settings: Settings) -> Client:
+async def connect(settings: Settings, key_ring: KeyRing | None = None) -> Client:
+    """A client whose payloads are encrypted with the settings' key ring (or the one given)."""
     return await Client.connect(
         settings.temporal_address,
         namespace=settings.temporal_namespace,
-        data_converter=pydantic_data_converter,
+        data_converter=encrypted_data_converter(key_ring or load_payload_keys(settings)),
         interceptors=[TracingInterceptor()],
     )
 
