@@ -8,6 +8,7 @@ from temporalio.api.operatorservice.v1 import (
     ListSearchAttributesRequest,
 )
 from temporalio.client import Client
+from temporalio.common import HeaderCodecBehavior
 from temporalio.contrib.opentelemetry import TracingInterceptor
 
 from adapters.payload_crypto import KeyRing
@@ -18,11 +19,21 @@ from workflows import search_attributes as sa
 
 async def connect(settings: Settings, key_ring: KeyRing | None = None) -> Client:
     """A client whose payloads are encrypted with the settings' key ring (or the one given)."""
-    return await Client.connect(
+    return await connect_to(
         settings.temporal_address,
+        key_ring or load_payload_keys(settings),
         namespace=settings.temporal_namespace,
-        data_converter=encrypted_data_converter(key_ring or load_payload_keys(settings)),
+    )
+
+
+async def connect_to(target: str, key_ring: KeyRing, *, namespace: str = "default") -> Client:
+    return await Client.connect(
+        target,
+        namespace=namespace,
+        data_converter=encrypted_data_converter(key_ring),
         interceptors=[TracingInterceptor()],
+        # Headers (the trace context each message carries) go through the codec too.
+        header_codec_behavior=HeaderCodecBehavior.CODEC,
     )
 
 

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from temporalio.client import Client, WorkflowHandle
-from temporalio.contrib.opentelemetry import TracingInterceptor
 from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
@@ -26,8 +25,8 @@ from adapters.payload_crypto import new_key_line, parse_key_ring
 from models.settings import Settings
 from workers.gateway import MllpGateway
 from workers.intake import MessageIntake
-from workers.payload_codec import encrypted_data_converter
 from workers.stack import temporal_binary
+from workers.temporal_client import connect_to
 from workers.temporal_commit import TemporalCommitter
 from workers.worker import build_worker
 from workflows import search_attributes as sa
@@ -65,9 +64,12 @@ async def start_temporal(*, db_filename: Path | None = None) -> WorkflowEnvironm
         dev_server_existing_path=temporal_binary(),
         dev_server_extra_args=extra_args,
         ui=False,
-        data_converter=encrypted_data_converter(TEST_KEY_RING),
-        interceptors=[TracingInterceptor()],
     )
+
+
+async def careweave_client(env: WorkflowEnvironment) -> Client:
+    """A client on the test server configured exactly as Careweave's processes connect."""
+    return await connect_to(env.client.service_client.config.target_host, TEST_KEY_RING)
 
 
 @dataclass

@@ -175,3 +175,23 @@ def test_store_refuses_a_wrong_key_and_a_dropped_key(tmp_path: Path) -> None:
     assert CareweaveStore.from_url(url, ring(first, new_key_line("k2"))).verify_payload_keys() == [
         "k2"
     ]
+
+
+async def test_failure_message_and_stack_trace_are_encrypted() -> None:
+    from temporalio.api.failure.v1 import Failure
+    from temporalio.exceptions import ApplicationError
+
+    from workers.payload_codec import encrypted_data_converter
+
+    converter = encrypted_data_converter(ring(new_key_line("k1")))
+    failure = Failure()
+    try:
+        raise ApplicationError("FHIR rejected Patient Testpatient", type="DestinationRejected")
+    except ApplicationError as err:
+        await converter.encode_failure(err, failure)
+    assert failure.message == "Encoded failure"
+    assert failure.stack_trace == ""
+    assert failure.encoded_attributes.metadata["encoding"] == ENCODING
+    assert b"Testpatient" not in failure.SerializeToString()
+    decoded = await converter.decode_failure(failure)
+    assert "Testpatient" in str(decoded)
