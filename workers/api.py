@@ -243,6 +243,23 @@ def create_api(
         )
         return {"reviews": pending}
 
+    @app.get("/reviews/{workflow_id:path}")
+    async def show_review(workflow_id: str, request: Request) -> dict[str, Any]:
+        identity = await authorize(
+            request, (Role.REVIEWER, Role.OPS), AuditAction.ACCESS, exchange=workflow_id
+        )
+        try:
+            raw = await temporal_client.get_workflow_handle(workflow_id).query(
+                "pending_review", rpc_timeout=TEMPORAL_RPC_TIMEOUT
+            )
+        except RPCError as err:
+            if err.status is RPCStatusCode.NOT_FOUND:
+                raise ApiRefusal(404, "not-found", f"no exchange {workflow_id}") from err
+            raise
+        await audit(_entry(identity.subject, AuditAction.ACCESS, AuditOutcome.SUCCESS, workflow_id))
+        review = ReviewRequest.model_validate(raw) if raw else None
+        return {"workflow_id": workflow_id, "review": review}
+
     @app.post("/reviews/{workflow_id:path}/decision")
     async def decide(workflow_id: str, request: Request) -> ReviewRecord:
         identity = await authorize(
