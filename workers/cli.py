@@ -88,7 +88,9 @@ def up(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> Non
             _print_stack(stack)
             console.print("Press Ctrl-C to stop.")
             await stop.wait()
-            console.print("Stopping the gateway, the worker, the FHIR server and Temporal...")
+            console.print(
+                "Stopping the gateway, the worker, the API, the FHIR server and Temporal..."
+            )
         console.print("Stopped: every part of the stack has been shut down.")
 
     try:
@@ -166,6 +168,8 @@ def _print_stack(stack: RunningStack) -> None:
     table.add_row("Temporal", settings.temporal_address)
     table.add_row("Temporal UI", stack.ui_url)
     table.add_row("FHIR R4", settings.fhir_base_url)
+    table.add_row("Review/codec API", stack.api_url)
+    table.add_row("Sign in (decoded payloads in the UI)", f"{stack.api_url}/login")
     table.add_row("Routing", f"{settings.destinations_file} ({stack.routing.label})")
     for partner in stack.partners:
         table.add_row(
