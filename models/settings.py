@@ -73,6 +73,28 @@ class Settings(BaseSettings):
     payload_keys_env: str = "CAREWEAVE_PAYLOAD_KEYS"
     payload_keys_file: Path | None = None
 
+    # The review and codec API (`careweave api`, and in-process in `careweave up`).
+    api_host: str = "127.0.0.1"
+    api_port: int = 8088
+    api_url: str | None = Field(
+        default=None, description="Where the CLI reaches the API; default from api_host/port"
+    )
+    # Browser origins of the Temporal UI allowed to call the codec endpoint with credentials;
+    # default: the embedded UI on 127.0.0.1 and localhost.
+    api_ui_origins: list[str] | None = None
+
+    # Tokens: Careweave's own issuer signs ES256 with the key in auth_signing_key_file
+    # (default state_dir/auth-signing-key.pem, made on first use); an external IdP's
+    # tokens are accepted too when auth_jwks_url and auth_jwks_issuer are set.
+    auth_issuer: str = "careweave"
+    auth_audience: str = "careweave-api"
+    auth_token_ttl_seconds: int = 8 * 3600
+    auth_signing_key_file: Path | None = None
+    auth_jwks_url: str | None = None
+    auth_jwks_issuer: str | None = None
+    # Where `careweave login` keeps the token the other commands send (0600).
+    token_file: Path | None = None
+
     otel_exporter: str = Field(default="none", description="none | console | otlp")
     otel_otlp_endpoint: str | None = None
 
@@ -81,6 +103,25 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.state_dir / 'careweave.db').resolve()}"
+
+    @property
+    def resolved_api_url(self) -> str:
+        return (self.api_url or f"http://{self.api_host}:{self.api_port}").rstrip("/")
+
+    @property
+    def resolved_ui_origins(self) -> list[str]:
+        if self.api_ui_origins is not None:
+            return self.api_ui_origins
+        port = self.temporal_ui_port
+        return [f"http://127.0.0.1:{port}", f"http://localhost:{port}"]
+
+    @property
+    def resolved_signing_key_file(self) -> Path:
+        return self.auth_signing_key_file or self.state_dir / "auth-signing-key.pem"
+
+    @property
+    def resolved_token_file(self) -> Path:
+        return self.token_file or self.state_dir / "token"
 
     def resolved_pseudonym_key(self) -> bytes:
         if self.pseudonym_key:
