@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import secrets
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, TypeAdapter, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from models.fhir_auth import FhirAuthConfig, FhirAuthConfigError, SmartAlgorithm
+
+_FHIR_AUTH = TypeAdapter[FhirAuthConfig](FhirAuthConfig)
 
 
 class Settings(BaseSettings):
@@ -40,6 +45,15 @@ class Settings(BaseSettings):
     fhir_embedded: bool = True
     fhir_server_port: int = 8080
     fhir_timeout_seconds: float = 15.0
+    # Credentials for fhir_base_url (the lab-result server); see fhir_auth().
+    fhir_auth_kind: Literal["none", "bearer", "smart-backend"] = "none"
+    fhir_bearer_token_env: str | None = None
+    fhir_smart_token_url: str | None = None
+    fhir_smart_client_id: str | None = None
+    fhir_smart_private_key_file: Path | None = None
+    fhir_smart_key_id: str | None = None
+    fhir_smart_algorithm: SmartAlgorithm = "RS384"
+    fhir_smart_scope: str | None = None
 
     database_url: str | None = Field(
         default=None,
@@ -122,6 +136,30 @@ class Settings(BaseSettings):
     @property
     def resolved_token_file(self) -> Path:
         return self.token_file or self.state_dir / "token"
+
+    def fhir_auth(self) -> FhirAuthConfig | None:
+        """The lab-result server's credentials in the routing file's shape, or None.
+
+        Raises FhirAuthConfigError naming the CAREWEAVE_* variables that are missing or bad.
+        """
+        if self.fhir_auth_kind == "none":
+            return None
+        prefix = "fhir_bearer_" if self.fhir_auth_kind == "bearer" else "fhir_smart_"
+        fields = {
+            name.removeprefix(prefix): value
+            for name, value in self
+            if name.startswith(prefix) and value is not None
+        }
+        try:
+            return _FHIR_AUTH.validate_python({"kind": self.fhir_auth_kind, **fields})
+        except ValidationError as err:
+            problems = "; ".join(
+                f"CAREWEAVE_{prefix.upper()}{str(error['loc'][-1]).upper()}: {error['msg']}"
+                for error in err.errors()
+            )
+            raise FhirAuthConfigError(
+                f"CAREWEAVE_FHIR_AUTH_KIND={self.fhir_auth_kind}: {problems}"
+            ) from err
 
     def resolved_pseudonym_key(self) -> bytes:
         if self.pseudonym_key:

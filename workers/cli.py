@@ -114,10 +114,10 @@ def up(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> Non
 @app.command()
 def worker(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
     """Run only the Temporal worker (production: as many as load needs)."""
-    from adapters.fhir import FhirClient
     from models.destinations import RoutingConfigError, load_routing
+    from models.fhir_auth import FhirAuthConfigError
     from workers.telemetry import configure_tracing
-    from workers.worker import build_worker
+    from workers.worker import build_worker, lab_fhir_client
 
     _logging(verbose)
     settings = load_settings()
@@ -131,13 +131,14 @@ def worker(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) ->
 
     async def run() -> None:
         client = await _client(settings)
-        async with FhirClient(
-            settings.fhir_base_url, timeout=settings.fhir_timeout_seconds
-        ) as fhir:
+        async with lab_fhir_client(settings) as fhir:
             await build_worker(client, settings, fhir, routing=routing).run()
 
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(run())
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(run())
+    except FhirAuthConfigError as err:
+        raise _fail(str(err)) from err
 
 
 @app.command()

@@ -22,9 +22,9 @@ import httpx
 from temporalio.client import Client
 
 from adapters.database import CareweaveStore
-from adapters.fhir import FhirClient
 from adapters.payload_crypto import KeyRing, PayloadKeyError
 from models.destinations import Destination, RoutingConfig, RoutingConfigError, load_routing
+from models.fhir_auth import FhirAuthConfigError
 from models.settings import Settings
 from workers.api import create_api, serving_api
 from workers.gateway import MllpGateway
@@ -33,7 +33,7 @@ from workers.payload_codec import load_payload_keys
 from workers.telemetry import configure_tracing
 from workers.temporal_client import connect, ensure_search_attributes
 from workers.temporal_commit import TemporalCommitter
-from workers.worker import build_worker
+from workers.worker import build_worker, lab_fhir_client
 from workflows import search_attributes as sa
 
 log = logging.getLogger("careweave.stack")
@@ -261,10 +261,15 @@ async def embedded_stack(settings: Settings) -> AsyncIterator[RunningStack]:
         added = await ensure_search_attributes(client, settings.temporal_namespace)
         if added:
             log.info("registered search attributes %s", ", ".join(added))
-        async with FhirClient(
-            settings.fhir_base_url, timeout=settings.fhir_timeout_seconds
-        ) as fhir_client:
-            worker = build_worker(client, settings, fhir_client, routing=routing)
+        try:
+            fhir_client = lab_fhir_client(settings)
+        except FhirAuthConfigError as err:
+            raise StackError(str(err)) from err
+        async with fhir_client:
+            try:
+                worker = build_worker(client, settings, fhir_client, routing=routing)
+            except FhirAuthConfigError as err:
+                raise StackError(str(err)) from err
             committer = TemporalCommitter(client, settings) if settings.mllp_commit else None
             intake = MessageIntake(
                 store,
