@@ -15,10 +15,11 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 
 from models.audit import AuditAction, AuditOutcome
 from models.identity import Role
-from tests.support.api import ZLIB_ENCODING, RunningApi, running_api
+from tests.support.api import RunningApi, running_api
 from tests.support.engine import Engine, mllp_send
 from workers import sample_messages as sm
 from workers.auth import TokenIssuer, load_or_create_signing_key
+from workers.payload_codec import ENCODING
 
 UI_ORIGIN = "http://127.0.0.1:8233"
 
@@ -210,7 +211,7 @@ async def test_password_login_and_review_list(
 async def payloads_json(api: RunningApi, *values: object) -> tuple[list[Payload], str]:
     originals = pydantic_data_converter.payload_converter.to_payloads(list(values))
     encoded = await api.codec.encode(originals)
-    assert all(p.metadata["encoding"] == ZLIB_ENCODING for p in encoded)
+    assert all(p.metadata["encoding"] == ENCODING for p in encoded)
     return originals, json_format.MessageToJson(Payloads(payloads=encoded))
 
 

@@ -3,46 +3,16 @@
 from __future__ import annotations
 
 import contextlib
-import zlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-
-from temporalio.api.common.v1 import Payload
-from temporalio.converter import PayloadCodec
 
 from adapters.users import UserDirectory
 from models.audit import AuditEntry
 from models.identity import Role
-from tests.support.engine import Engine
+from tests.support.engine import TEST_KEY_RING, Engine
 from workers.api import create_api, serving_api
 from workers.auth import TokenIssuer, TokenVerifier, issuer_and_verifier
-
-ZLIB_ENCODING = b"binary/zlib"
-
-
-class ZlibCodec(PayloadCodec):
-    """A small real codec for tests (the product's codec encrypts): compresses each payload
-    and marks it, so a decode that did nothing is visible."""
-
-    async def encode(self, payloads: Sequence[Payload]) -> list[Payload]:
-        return [
-            Payload(
-                metadata={"encoding": ZLIB_ENCODING},
-                data=zlib.compress(payload.SerializeToString()),
-            )
-            for payload in payloads
-        ]
-
-    async def decode(self, payloads: Sequence[Payload]) -> list[Payload]:
-        decoded = []
-        for payload in payloads:
-            if payload.metadata.get("encoding") != ZLIB_ENCODING:
-                decoded.append(payload)
-                continue
-            original = Payload()
-            original.ParseFromString(zlib.decompress(payload.data))
-            decoded.append(original)
-        return decoded
+from workers.payload_codec import EncryptionCodec
 
 
 @dataclass
@@ -51,7 +21,7 @@ class RunningApi:
     users: UserDirectory
     issuer: TokenIssuer
     verifier: TokenVerifier
-    codec: ZlibCodec
+    codec: EncryptionCodec
     audit: list[AuditEntry] = field(default_factory=list)
 
     def token(self, subject: str, *roles: Role) -> str:
@@ -63,7 +33,8 @@ async def running_api(engine: Engine) -> AsyncIterator[RunningApi]:
     settings = engine.settings
     users = UserDirectory.from_url(settings.resolved_database_url)
     issuer, verifier = issuer_and_verifier(settings)
-    codec = ZlibCodec()
+    # The product's codec with the session's test key: what the UI would decode.
+    codec = EncryptionCodec(TEST_KEY_RING)
     audit: list[AuditEntry] = []
 
     async def record(entry: AuditEntry) -> None:
