@@ -9,6 +9,7 @@ FHIR writes are conditional on identifiers; an MLLP resend carries the same MSH-
 from __future__ import annotations
 
 import hashlib
+import ssl
 
 from pydantic import BaseModel, ConfigDict
 from temporalio import activity
@@ -22,10 +23,17 @@ from adapters.hl7v2.adt_messages import AdtMessageInvalid, parse_adt_event
 from adapters.hl7v2.mllp_client import MllpError
 from adapters.hl7v2.mllp_pool import MllpPool
 from adapters.hl7v2.readdress import readdress
+from adapters.hl7v2.tls import TlsConfigError, client_tls_context
 from mappings.adt.fhir_builders import encounter_transaction_for
 from mappings.adt.mapping import load_adt_mapping
 from models.delivery import DeliverRequest, DeliverResult, DeliveryItem, DeliveryState
-from models.destinations import DeliveryPolicy, Destination, RoutingConfig, Subscription
+from models.destinations import (
+    DeliveryPolicy,
+    Destination,
+    RoutingConfig,
+    RoutingConfigError,
+    Subscription,
+)
 from models.discharge import AdtEvent
 from models.messages import InboundMessage
 from workflows import search_attributes as sa
@@ -83,6 +91,25 @@ def outbound_control_id(event_id: str, destination: str, revision: int) -> str:
     return f"CW{digest[:18].upper()}"
 
 
+def mllp_tls_contexts(routing: RoutingConfig) -> dict[str, ssl.SSLContext]:
+    """One TLS context per MLLP destination with a `tls` table, built once at worker start so
+    an unusable certificate or key stops the worker naming the destination and the file."""
+    contexts: dict[str, ssl.SSLContext] = {}
+    for destination in routing.destinations:
+        tls = destination.mllp.tls if destination.mllp else None
+        if tls is None:
+            continue
+        try:
+            contexts[destination.name] = client_tls_context(
+                ca_file=tls.ca_file, cert_file=tls.cert_file, key_file=tls.key_file
+            )
+        except TlsConfigError as err:
+            raise RoutingConfigError(
+                f"routing {routing.label}: destination {destination.name}: mllp.tls: {err}"
+            ) from err
+    return contexts
+
+
 class DischargeActivities:
     """Per worker: the routing file, the Temporal client, FHIR clients and MLLP connections."""
 
@@ -108,6 +135,7 @@ class DischargeActivities:
             if destination.kind == "fhir"
         }
         self._mllp = MllpPool()
+        self._mllp_tls = mllp_tls_contexts(routing)
 
     async def aclose(self) -> None:
         for fhir in self._fhir.values():
@@ -188,10 +216,16 @@ class DischargeActivities:
         )
         try:
             async with self._mllp.connection(
-                endpoint.host, endpoint.port, timeout=endpoint.ack_timeout_seconds
+                endpoint.host,
+                endpoint.port,
+                timeout=endpoint.ack_timeout_seconds,
+                ssl_context=self._mllp_tls.get(destination.name),
+                server_name=endpoint.tls.server_name if endpoint.tls else None,
             ) as connection:
                 ack = await connection.send(message)
         except MllpError as err:
+            # A failed TLS handshake is retried like a refused connection: certificates get
+            # renewed and partners restart; the error text says which check failed.
             raise ApplicationError(str(err), type=DESTINATION_UNAVAILABLE) from err
         try:
             code, acked_id, error_code = parse_ack(ack)

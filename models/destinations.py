@@ -13,7 +13,16 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    FilePath,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from models.fhir_auth import FhirAuthConfig
 
@@ -45,13 +54,49 @@ class FhirEndpoint(_Strict):
         return data
 
 
+class MllpTls(_Strict):
+    """TLS toward an MLLP partner. Every field is optional: an empty table (or ``tls = true``)
+    verifies the partner against the system's CAs and the host name."""
+
+    # Relative paths are read from the routing file's folder (see load_routing).
+    ca_file: FilePath | None = None
+    cert_file: FilePath | None = None
+    key_file: FilePath | None = None
+    # The name the partner's certificate must carry, when it is not `host`.
+    server_name: str | None = Field(default=None, min_length=1)
+
+    @field_validator("ca_file", "cert_file", "key_file", mode="before")
+    @classmethod
+    def _beside_the_routing_file(cls, value: object, info: ValidationInfo) -> object:
+        base = (info.context or {}).get("base_dir")
+        if isinstance(value, str) and base is not None and not Path(value).is_absolute():
+            return str(Path(base) / value)
+        return value
+
+    @model_validator(mode="after")
+    def _client_certificate_whole(self) -> MllpTls:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("a client certificate needs both cert_file and key_file")
+        return self
+
+
 class MllpEndpoint(_Strict):
     host: str
     port: int = Field(ge=1, le=65535)
     receiving_application: str
     receiving_facility: str
-    tls: bool = False
+    tls: MllpTls | None = None
     ack_timeout_seconds: float = Field(default=10.0, gt=0)
+
+    @field_validator("tls", mode="before")
+    @classmethod
+    def _tls_flag(cls, value: object) -> object:
+        # `tls = true` (the first form of this field) means TLS with the system's CAs.
+        if value is True:
+            return {}
+        if value is False:
+            return None
+        return value
 
 
 class DeliveryPolicy(_Strict):
@@ -126,7 +171,7 @@ def load_routing(path: Path) -> RoutingConfig:
         # tomllib's message already says "(at line N, column M)".
         raise RoutingConfigError(f"{path}: not valid TOML: {err}") from err
     try:
-        config = RoutingConfig.model_validate(document)
+        config = RoutingConfig.model_validate(document, context={"base_dir": path.parent})
     except ValidationError as err:
         problems = "; ".join(
             f"{_where(document, error['loc'])}: {error['msg']}" for error in err.errors()

@@ -32,6 +32,16 @@ class Settings(BaseSettings):
     mllp_max_frame_bytes: int = 1_048_576
     mllp_idle_timeout_seconds: float = 300.0
     mllp_max_connections: int = 256
+    # A frame must arrive whole within this long of its first byte, so a sender trickling
+    # bytes just inside the idle timeout cannot hold a connection slot for ever.
+    mllp_frame_timeout_seconds: float = 60.0
+    # TLS on the gateway: both files set turn it on; a client CA file makes a client
+    # certificate issued by that CA mandatory (mutual TLS).
+    mllp_tls_cert_file: Path | None = None
+    mllp_tls_key_file: Path | None = None
+    mllp_tls_client_ca_file: Path | None = None
+    # A client that opens a connection and never finishes the handshake is closed after this.
+    mllp_tls_handshake_timeout_seconds: float = 10.0
     # Commit-then-ACK can be turned off only to measure the parse+ACK floor (bench/ingest.py).
     mllp_commit: bool = True
     fallback_charset: str | None = Field(

@@ -7,6 +7,10 @@
 //
 // prints, once both servers listen, one line:  PARTNER <name> mllp=<port> control=<port>
 //
+// MLLP over TLS: --tls-cert server.pem --tls-key server.key [--tls-client-ca ca.pem]
+// (with a client CA, a client certificate it issued is required: mutual TLS). The TLS
+// socket is handed to @medplum/hl7's Hl7Connection, which does the MLLP as before.
+//
 // Control endpoint (JSON, on --host:--control-port):
 //   GET  /health    -> 200 {"ok": true, "name": ...}
 //   GET  /messages  -> 200 [{received_at, control_id, message_type, text, answered}, ...]
@@ -15,10 +19,12 @@
 //   POST /reset     -> 200 {"ok": true}: forget the messages, back to mode AA
 'use strict';
 
+const fs = require('node:fs');
 const http = require('node:http');
+const tls = require('node:tls');
 const { parseArgs } = require('node:util');
 const { Hl7Segment } = require('@medplum/core');
-const { Hl7Server } = require('@medplum/hl7');
+const { Hl7Connection, Hl7Server } = require('@medplum/hl7');
 
 const MODES = new Set(['AA', 'AE', 'AR', 'silent']);
 const DEFAULT_MODE = Object.freeze({ mode: 'AA', code: '207', text: '', times: null });
@@ -177,6 +183,40 @@ function parsePort(value, option) {
   return port;
 }
 
+// Hl7Server listens on plain TCP only; for TLS the same handler gets an Hl7Connection
+// around each TLS socket (a tls.TLSSocket is a net.Socket).
+function startTlsMllp(onConnection, { port, host, cert, key, clientCa, name }) {
+  const connections = new Set();
+  const server = tls.createServer(
+    {
+      cert: fs.readFileSync(cert),
+      key: fs.readFileSync(key),
+      minVersion: 'TLSv1.2',
+      ...(clientCa
+        ? { ca: fs.readFileSync(clientCa), requestCert: true, rejectUnauthorized: true }
+        : {}),
+    },
+    (socket) => {
+      const connection = new Hl7Connection(socket, 'utf-8');
+      connections.add(connection);
+      connection.addEventListener('close', () => connections.delete(connection));
+      onConnection(connection);
+    }
+  );
+  server.on('tlsClientError', (err) => {
+    console.error(`partner ${name}: TLS handshake failed: ${err.code ?? err.message}`);
+  });
+  server.listen(port, host);
+  const stop = () =>
+    new Promise((resolve) => {
+      for (const connection of connections) {
+        connection.close().catch(() => undefined);
+      }
+      server.close(() => resolve());
+    });
+  return { server, stop };
+}
+
 async function main() {
   const { values } = parseArgs({
     options: {
@@ -184,22 +224,43 @@ async function main() {
       host: { type: 'string', default: '127.0.0.1' },
       port: { type: 'string', default: '0' },
       'control-port': { type: 'string', default: '0' },
+      'tls-cert': { type: 'string' },
+      'tls-key': { type: 'string' },
+      'tls-client-ca': { type: 'string' },
     },
   });
   const host = values.host;
   const partner = new Partner(values.name);
 
-  const hl7 = new Hl7Server((connection) => {
+  const onConnection = (connection) => {
     connection.addEventListener('message', (event) => partner.receive(connection, event.message));
     connection.addEventListener('error', (event) => {
       console.error(`partner ${partner.name}: ${event.error?.message ?? event.error}`);
     });
-  });
-  // Hl7Server.start(port) hands its argument to net.Server.listen(), which also takes
-  // {port, host}: that keeps the MLLP port on --host (loopback) instead of every interface.
-  hl7.start({ port: parsePort(values.port, '--port'), host }, 'utf-8');
-  await listening(hl7.server);
-  const mllpPort = hl7.server.address().port;
+  };
+  const port = parsePort(values.port, '--port');
+  let mllp;
+  if (values['tls-cert'] || values['tls-key']) {
+    if (!values['tls-cert'] || !values['tls-key']) {
+      throw new Error('--tls-cert and --tls-key go together');
+    }
+    mllp = startTlsMllp(onConnection, {
+      port,
+      host,
+      cert: values['tls-cert'],
+      key: values['tls-key'],
+      clientCa: values['tls-client-ca'],
+      name: partner.name,
+    });
+  } else {
+    const hl7 = new Hl7Server(onConnection);
+    // Hl7Server.start(port) hands its argument to net.Server.listen(), which also takes
+    // {port, host}: that keeps the MLLP port on --host (loopback) instead of every interface.
+    hl7.start({ port, host }, 'utf-8');
+    mllp = { server: hl7.server, stop: () => hl7.stop({ forceDrainTimeoutMs: 0 }) };
+  }
+  await listening(mllp.server);
+  const mllpPort = mllp.server.address().port;
 
   const control = controlServer(partner);
   control.listen(parsePort(values['control-port'], '--control-port'), host);
@@ -219,7 +280,7 @@ async function main() {
     control.closeAllConnections?.();
     const closed = [
       new Promise((resolve) => control.close(() => resolve())),
-      hl7.stop({ forceDrainTimeoutMs: 0 }).catch(() => undefined),
+      mllp.stop().catch(() => undefined),
     ];
     Promise.all(closed).finally(() => process.exit(0));
   };

@@ -13,6 +13,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from temporalio.client import Client
 
+from tests.support.certs import Pki, make_test_pki
 from tests.support.engine import Engine, careweave_client, running_engine, start_temporal
 from tests.support.fhir_server import running_fhir_server
 
@@ -26,6 +27,12 @@ trace.set_tracer_provider(_provider)
 @pytest.fixture(scope="session")
 def spans() -> InMemorySpanExporter:
     return SPANS
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    """A test CA with server and client certificates, made for this session."""
+    return make_test_pki(tmp_path_factory.mktemp("pki"))
 
 
 @pytest.fixture(scope="session")

@@ -132,7 +132,11 @@ def worker(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) ->
     async def run() -> None:
         client = await _client(settings)
         async with lab_fhir_client(settings) as fhir:
-            await build_worker(client, settings, fhir, routing=routing).run()
+            try:
+                worker = build_worker(client, settings, fhir, routing=routing)
+            except RoutingConfigError as err:  # an unusable TLS file of a destination
+                raise _fail(str(err)) from err
+            await worker.run()
 
     try:
         with contextlib.suppress(KeyboardInterrupt):
@@ -144,6 +148,7 @@ def worker(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) ->
 @app.command()
 def gateway(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
     """Run only the MLLP gateway against an existing Temporal cluster."""
+    from adapters.hl7v2.tls import TlsConfigError
     from workers.gateway import MllpGateway
     from workers.telemetry import configure_tracing
 
@@ -162,7 +167,10 @@ def gateway(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -
             fallback_charset=settings.fallback_charset,
             pseudonym_key=settings.resolved_pseudonym_key(),
         )
-        server = MllpGateway(intake, settings)
+        try:
+            server = MllpGateway(intake, settings)
+        except TlsConfigError as err:
+            raise _fail(f"MLLP gateway TLS: {err}") from err
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):

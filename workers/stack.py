@@ -22,6 +22,7 @@ import httpx
 from temporalio.client import Client
 
 from adapters.database import CareweaveStore
+from adapters.hl7v2.tls import TlsConfigError
 from adapters.payload_crypto import KeyRing, PayloadKeyError
 from models.destinations import Destination, RoutingConfig, RoutingConfigError, load_routing
 from models.fhir_auth import FhirAuthConfigError
@@ -277,7 +278,10 @@ async def embedded_stack(settings: Settings) -> AsyncIterator[RunningStack]:
                 fallback_charset=settings.fallback_charset,
                 pseudonym_key=settings.resolved_pseudonym_key(),
             )
-            gateway = MllpGateway(intake, settings)
+            try:
+                gateway = MllpGateway(intake, settings)
+            except TlsConfigError as err:
+                raise StackError(str(err)) from err
             api = create_api(settings, client, client.data_converter.payload_codec)
             async with contextlib.AsyncExitStack() as serving:
                 try:

@@ -1,4 +1,4 @@
-"""HL7 v2 protocol I/O: MLLP framing, the gateway's fast path, ACKs and an MLLP client."""
+"""HL7 v2 protocol I/O: MLLP framing, the gateway's fast path, ACKs, an MLLP client, TLS."""
 
 from adapters.hl7v2.ack import AckParseError, ack_required, build_ack, parse_ack
 from adapters.hl7v2.framing import (
@@ -24,7 +24,9 @@ from adapters.hl7v2.mllp_client import (
     MllpError,
     MllpProtocolError,
     MllpTimeout,
+    MllpTlsError,
 )
+from adapters.hl7v2.tls import TlsConfigError, client_tls_context, server_tls_context
 
 __all__ = [
     "END_BLOCK",
@@ -42,11 +44,15 @@ __all__ = [
     "MllpError",
     "MllpProtocolError",
     "MllpTimeout",
+    "MllpTlsError",
+    "TlsConfigError",
     "ack_required",
     "build_ack",
+    "client_tls_context",
     "decode_message",
     "encode_frame",
     "error_description",
     "parse_ack",
+    "server_tls_context",
     "unescape",
 ]

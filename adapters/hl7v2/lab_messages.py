@@ -193,9 +193,10 @@ def _read(text: str) -> _Message:
     kept = [line for line in lines if line[:3] in _READ_SEGMENTS and line[3:4] == d.field]
     try:
         segments = _segments_via_hl7apy(kept, d)
-    except HL7apyException as exc:
+    except (HL7apyException, ValueError, IndexError, KeyError) as exc:
         # hl7apy's version tables are stricter than real senders; the
         # structural checks below still decide whether the message is usable.
+        # On odd delimiters it fails with plain ValueError/IndexError (fuzzing: "MSH012345").
         log.warning(
             "hl7apy refused the message (%s); reading segments by splitting", type(exc).__name__
         )

@@ -19,6 +19,10 @@ class MllpConnectionError(MllpError):
     """Could not connect, or the peer closed the connection before answering."""
 
 
+class MllpTlsError(MllpConnectionError):
+    """The TLS handshake failed: the peer's certificate was not trusted, or it refused ours."""
+
+
 class MllpTimeout(MllpError):
     """No complete ACK frame within the timeout."""
 
@@ -43,6 +47,7 @@ class MllpClient:
         *,
         timeout: float,
         ssl: ssl_module.SSLContext | None = None,
+        server_name: str | None = None,
         max_frame_bytes: int = 1024 * 1024,
         encoding: str = "utf-8",
     ) -> None:
@@ -50,6 +55,8 @@ class MllpClient:
         self._port = port
         self._timeout = timeout
         self._ssl = ssl
+        # The name the peer's certificate must carry; by default the host we connect to.
+        self._server_name = server_name
         self._max_frame_bytes = max_frame_bytes
         self._encoding = encoding
         self._reader: asyncio.StreamReader | None = None
@@ -104,7 +111,14 @@ class MllpClient:
             except MllpError:
                 await self.close()
                 raise
-            except (OSError, ssl_module.SSLError) as error:
+            except ssl_module.SSLError as error:
+                # Under TLS 1.3 a peer refusing our client certificate says so only after
+                # the handshake, on the first read.
+                await self.close()
+                raise MllpTlsError(
+                    f"TLS with {self._host}:{self._port} failed: {error.reason or error}"
+                ) from error
+            except OSError as error:
                 await self.close()
                 raise MllpConnectionError(
                     f"connection to {self._host}:{self._port} failed: {type(error).__name__}"
@@ -113,11 +127,26 @@ class MllpClient:
     async def _connect(self) -> None:
         try:
             self._reader, self._writer = await asyncio.wait_for(
-                asyncio.open_connection(self._host, self._port, ssl=self._ssl), self._timeout
+                asyncio.open_connection(
+                    self._host,
+                    self._port,
+                    ssl=self._ssl,
+                    server_hostname=(self._server_name or self._host) if self._ssl else None,
+                ),
+                self._timeout,
             )
         except TimeoutError:
             raise MllpTimeout(f"connecting to {self._host}:{self._port} timed out") from None
-        except (OSError, ssl_module.SSLError) as error:
+        except ssl_module.SSLCertVerificationError as error:
+            raise MllpTlsError(
+                f"TLS to {self._host}:{self._port}: certificate verification failed: "
+                f"{error.verify_message}"
+            ) from error
+        except ssl_module.SSLError as error:
+            raise MllpTlsError(
+                f"TLS handshake with {self._host}:{self._port} failed: {error.reason or error}"
+            ) from error
+        except OSError as error:
             raise MllpConnectionError(
                 f"cannot connect to {self._host}:{self._port}: {type(error).__name__}"
             ) from error

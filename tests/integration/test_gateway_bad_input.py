@@ -9,6 +9,7 @@ discharge sync's A03/A13/A08, so the corpus's other ADT events are answered AR 2
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from pathlib import Path
 
 import pytest
@@ -200,3 +201,66 @@ async def test_connections_over_the_limit_are_closed_and_others_served(engine: E
         for _, writer in opened:
             writer.close()
         await gateway.close()
+
+
+async def test_slow_loris_is_closed_and_does_not_delay_other_senders(engine: Engine) -> None:
+    """One connection trickles a frame a byte at a time, each byte well inside the idle
+    timeout; another opens and sends nothing. A third sender's message is answered at once,
+    the silent one is closed at the idle timeout, the trickler at the frame deadline."""
+    settings = engine.settings.model_copy(
+        update={"mllp_idle_timeout_seconds": 1.0, "mllp_frame_timeout_seconds": 2.5}
+    )
+    gateway = MllpGateway(engine.intake, settings)
+    await gateway.start()
+    loop = asyncio.get_running_loop()
+    trickle = encode_frame(lab_result(SampleOrder("GW-LORIS-1"), "GW-LORIS-1", [SODIUM]).encode())
+    closed_after: dict[str, float] = {}
+
+    async def trickler() -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
+        started = loop.time()
+        try:
+            for byte in trickle[:-1]:  # never the last byte: the frame never completes
+                writer.write(bytes([byte]))
+                await writer.drain()
+                await asyncio.sleep(0.25)
+                if reader.at_eof():
+                    break
+        except ConnectionError:
+            pass
+        with contextlib.suppress(ConnectionError):
+            assert await asyncio.wait_for(reader.read(), 10) == b""
+        closed_after["trickler"] = loop.time() - started
+        writer.close()
+
+    async def silent() -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
+        started = loop.time()
+        assert await asyncio.wait_for(reader.read(), 10) == b""
+        closed_after["silent"] = loop.time() - started
+        writer.close()
+
+    try:
+        attackers = [asyncio.create_task(trickler()), asyncio.create_task(silent())]
+        await asyncio.sleep(0.5)  # both are connected and the trickle has begun
+        order = SampleOrder("GW-LORIS-OK")
+        started = loop.time()
+        reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
+        writer.write(encode_frame(lab_result(order, "GW-LORIS-OK", [SODIUM]).encode()))
+        await writer.drain()
+        ack = await asyncio.wait_for(reader.readuntil(END_BLOCK), 20)
+        answered_in = loop.time() - started
+        writer.close()
+        assert parse_ack(ack.strip(b"\x0b\x1c\r").decode())[:2] == ("AA", "GW-LORIS-OK")
+        assert answered_in < 2.0, f"the healthy sender waited {answered_in:.1f} s"
+        await asyncio.gather(*attackers)
+    finally:
+        await gateway.close()
+    # Sent ~0.25 s apart, the trickler's bytes never hit the 1 s idle timeout: only the
+    # frame deadline (2.5 s) closes it, long before it could finish its frame (~60 s).
+    assert 0.8 <= closed_after["silent"] < 3.0
+    assert 2.3 <= closed_after["trickler"] < 6.0
+    # What had arrived of the trickled frame is kept (a dozen bytes of its MSH).
+    newest = engine.store.quarantined(limit=1)[0]
+    assert len(newest.raw) >= 5 and trickle.removeprefix(START_BLOCK).startswith(newest.raw)
+    assert "stream ended inside a frame" in newest.reason

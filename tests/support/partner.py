@@ -103,8 +103,27 @@ def _raise_for_status(response: httpx.Response) -> None:
 
 
 @contextmanager
-def running_partner(name: str, *, host: str = "127.0.0.1") -> Iterator[Partner]:
-    """Start ``node partners/partner.js`` on free ports of ``host``; stop it on exit."""
+def running_partner(
+    name: str,
+    *,
+    host: str = "127.0.0.1",
+    tls_cert: Path | None = None,
+    tls_key: Path | None = None,
+    tls_client_ca: Path | None = None,
+) -> Iterator[Partner]:
+    """Start ``node partners/partner.js`` on free ports of ``host``; stop it on exit.
+
+    With ``tls_cert``/``tls_key`` its MLLP port speaks TLS; with ``tls_client_ca`` too it
+    requires a client certificate issued by that CA.
+    """
+    tls_args: list[str] = []
+    for option, value in (
+        ("--tls-cert", tls_cert),
+        ("--tls-key", tls_key),
+        ("--tls-client-ca", tls_client_ca),
+    ):
+        if value is not None:
+            tls_args += [option, str(value)]
     node = shutil.which("node")
     if node is None:
         raise RuntimeError("node is not installed; `make test` installs it (apt-get nodejs npm)")
@@ -126,6 +145,7 @@ def running_partner(name: str, *, host: str = "127.0.0.1") -> Iterator[Partner]:
                 "0",
                 "--host",
                 host,
+                *tls_args,
             ],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
