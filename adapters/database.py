@@ -1,4 +1,5 @@
-"""Careweave's own database: quarantine and receipts (SQLite default, PostgreSQL in production)."""
+"""Careweave's own database: quarantine, receipts and the audit trail (SQLite default,
+PostgreSQL in production)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, SQLModel, col, create_engine, select
 
+from adapters.audit_log import AuditLog, append_locked, install_append_only_guard, lock_chain
+from models.audit import AuditEntry
 from models.records import MessageReceipt, QuarantinedMessage, QuarantineStatus
 
 
@@ -32,11 +35,12 @@ def open_engine(url: str) -> Engine:
     else:
         engine = create_engine(url, pool_pre_ping=True)
     SQLModel.metadata.create_all(engine)
+    install_append_only_guard(engine)
     return engine
 
 
 class CareweaveStore:
-    """Quarantine and receipts; synchronous, so async callers use asyncio.to_thread."""
+    """Quarantine, receipts, audit; synchronous, so async callers use asyncio.to_thread."""
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
@@ -47,13 +51,26 @@ class CareweaveStore:
 
     # -- quarantine --------------------------------------------------------
 
-    def quarantine(self, message: QuarantinedMessage) -> int:
+    def audit_log(self) -> AuditLog:
+        return AuditLog(self._engine)
+
+    def quarantine(self, message: QuarantinedMessage, *, audit: AuditEntry | None = None) -> int:
+        """Keep the message; ``audit`` is appended in the same transaction, its resource
+        set to ``QuarantinedMessage/<id>``."""
         with Session(self._engine) as session:
+            if audit is not None:
+                lock_chain(session.connection())
             session.add(message)
-            session.commit()
-            session.refresh(message)
+            session.flush()
             assert message.id is not None
-            return message.id
+            message_id = message.id
+            if audit is not None:
+                resource = f"QuarantinedMessage/{message_id}"
+                append_locked(
+                    session.connection(), [audit.model_copy(update={"resource": resource})]
+                )
+            session.commit()
+            return message_id
 
     def quarantined(
         self, status: str | None = None, limit: int = 100
@@ -68,8 +85,18 @@ class CareweaveStore:
         with Session(self._engine) as session:
             return session.get(QuarantinedMessage, message_id)
 
-    def mark_released(self, message_id: int, *, released_by: str, result: str) -> None:
+    def mark_released(
+        self,
+        message_id: int,
+        *,
+        released_by: str,
+        result: str,
+        audit: AuditEntry | None = None,
+    ) -> None:
+        """Mark it released; ``audit`` (the RELEASE row) is appended in the same transaction."""
         with Session(self._engine) as session:
+            if audit is not None:
+                lock_chain(session.connection())
             message = session.get(QuarantinedMessage, message_id)
             if message is None:
                 raise KeyError(message_id)
@@ -78,6 +105,9 @@ class CareweaveStore:
             message.released_by = released_by
             message.release_result = result
             session.add(message)
+            session.flush()
+            if audit is not None:
+                append_locked(session.connection(), [audit])
             session.commit()
 
     # -- receipts ------------------------------------------------------------
@@ -132,11 +162,22 @@ class ReceiptBook:
         self._reader.rollback()
         return found
 
-    def record(self, receipts: Sequence[MessageReceipt]) -> None:
-        """Insert receipts in one transaction; a receipt already there is left as it was."""
-        if receipts:
-            self._writer.execute(self._insert, [receipt.model_dump() for receipt in receipts])
+    def record(self, receipts: Sequence[MessageReceipt], audit: Sequence[AuditEntry] = ()) -> None:
+        """Insert receipts and append their RECEIVE rows in one transaction (one commit
+        per burst); a receipt already there is left as it was."""
+        if not receipts and not audit:
+            return
+        try:
+            if audit:
+                lock_chain(self._writer)
+            if receipts:
+                self._writer.execute(self._insert, [receipt.model_dump() for receipt in receipts])
+            append_locked(self._writer, audit)
             self._writer.commit()
+        except BaseException:
+            # The kept connection must not stay inside a failed transaction.
+            self._writer.rollback()
+            raise
 
     def close(self) -> None:
         self._reader.close()
