@@ -33,8 +33,13 @@ quarantine_app = typer.Typer(
     help="Messages Careweave refused, kept with the reason", no_args_is_help=True
 )
 review_app = typer.Typer(help="Exchanges waiting for a person", no_args_is_help=True)
+audit_app = typer.Typer(
+    help="The append-only, hash-chained audit trail: verify, list, export",
+    no_args_is_help=True,
+)
 app.add_typer(quarantine_app, name="quarantine")
 app.add_typer(review_app, name="review")
+app.add_typer(audit_app, name="audit")
 # Piped output (make, CI logs) is not a terminal; rich would assume 80 columns and
 # squeeze the demo's table, so give it room there.
 console = Console(width=None if sys.stdout.isatty() else 120)
@@ -437,6 +442,87 @@ def review_edit(
         reviewer,
         edited_message=messages[0].decode("utf-8", errors="strict"),
     )
+
+
+# -- audit ---------------------------------------------------------------------
+
+
+@audit_app.command("verify")
+def audit_verify() -> None:
+    """Walk the hash chain from the first row; exit 1 naming the first broken link."""
+    verification = _store(load_settings()).audit_log().verify()
+    if verification.first_break is not None:
+        broken = verification.first_break
+        raise _fail(
+            f"audit chain broken: {broken.reason} "
+            f"({verification.rows_checked} earlier rows verified)"
+        )
+    if verification.last_seq is None:
+        console.print("audit trail empty: 0 rows checked, OK")
+        return
+    console.print(
+        f"{verification.rows_checked} rows checked, chain OK; "
+        f"last seq {verification.last_seq}, hash {verification.last_hash}"
+    )
+
+
+@audit_app.command("list")
+def audit_list(
+    limit: Annotated[int, typer.Option(min=1, help="Newest rows to show")] = 50,
+    exchange: Annotated[str | None, typer.Option(help="Only this exchange (workflow id)")] = None,
+) -> None:
+    """The newest audit rows, newest first (who, what, which exchange, outcome)."""
+    records = (
+        _store(load_settings())
+        .audit_log()
+        .records(limit=limit, exchange=exchange, newest_first=True)
+    )
+    table = Table(title="Audit trail" + (f" of {exchange}" if exchange else ""))
+    # Workflow ids are copied into other commands: never cut; filtered, they are the title.
+    columns = ["seq", "recorded (UTC)", "actor", "action", "outcome"]
+    columns += [] if exchange else ["exchange"]
+    for column in columns:
+        table.add_column(column, no_wrap=True)
+    for column in ("resource", "detail"):
+        table.add_column(column)
+    for record in records:
+        cells = [
+            str(record.seq),
+            record.recorded_at.strftime("%Y-%m-%d %H:%M:%S"),
+            f"{record.actor_kind}:{record.actor}",
+            record.action,
+            record.outcome,
+        ]
+        cells += [] if exchange else [record.exchange or ""]
+        table.add_row(
+            *cells,
+            record.resource or "",
+            record.detail,
+            style="red" if record.outcome != "success" else None,
+        )
+    console.print(table)
+
+
+@audit_app.command("export")
+def audit_export(
+    out: Annotated[Path, typer.Option("--out", help="File to write (NDJSON)")],
+    exchange: Annotated[str | None, typer.Option(help="Only this exchange (workflow id)")] = None,
+) -> None:
+    """Write the trail as FHIR R4 AuditEvent resources, one JSON object per line (NDJSON,
+    as FHIR bulk data does), oldest first; each carries its seq, hash and prev_hash."""
+    import json
+
+    from adapters.audit_log import to_fhir_audit_event
+
+    records = _store(load_settings()).audit_log().records(exchange=exchange)
+    try:
+        with out.open("w", encoding="utf-8") as export:
+            for record in records:
+                export.write(json.dumps(to_fhir_audit_event(record), separators=(",", ":")))
+                export.write("\n")
+    except OSError as err:
+        raise _fail(f"{out}: cannot write ({err.strerror})") from err
+    console.print(f"{len(records)} AuditEvent resources written to {out}")
 
 
 if __name__ == "__main__":

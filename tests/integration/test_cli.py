@@ -3,38 +3,14 @@ against the session's real Temporal dev server and the engine's database."""
 
 from __future__ import annotations
 
-import asyncio
-import os
-import sys
 from pathlib import Path
 
 from temporalio.client import Client
 
 from adapters.hl7v2.ack import parse_ack
+from tests.support.cli import careweave
 from tests.support.engine import Engine, mllp_send
 from workers import sample_messages as sm
-
-CAREWEAVE = Path(sys.executable).parent / "careweave"
-
-
-async def careweave(engine: Engine, client: Client, *args: str) -> tuple[int, str]:
-    env = {
-        **os.environ,
-        "CAREWEAVE_TEMPORAL_ADDRESS": client.service_client.config.target_host,
-        "CAREWEAVE_TASK_QUEUE": engine.settings.task_queue,
-        "CAREWEAVE_DATABASE_URL": engine.settings.resolved_database_url,
-        "CAREWEAVE_STATE_DIR": str(engine.settings.state_dir),
-    }
-    process = await asyncio.create_subprocess_exec(
-        str(CAREWEAVE),
-        *args,
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    output, _ = await asyncio.wait_for(process.communicate(), 120)
-    assert process.returncode is not None
-    return process.returncode, output.decode()
 
 
 async def test_reviewer_lists_and_approves_from_the_command_line(
