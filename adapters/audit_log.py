@@ -49,23 +49,26 @@ _SQLITE_GUARD = [
     for verb in ("UPDATE", "DELETE")
 ]
 _POSTGRES_GUARD = [
+    # No "%" placeholder in the message: the driver would read it as a parameter.
     """CREATE OR REPLACE FUNCTION audit_event_append_only() RETURNS trigger
     LANGUAGE plpgsql AS $$
-    BEGIN RAISE EXCEPTION 'audit_event is append-only: % refused', TG_OP; END $$""",
+    BEGIN
+        RAISE EXCEPTION USING MESSAGE = 'audit_event is append-only: ' || TG_OP || ' refused';
+    END $$""",
     "DROP TRIGGER IF EXISTS audit_event_append_only ON audit_event",
     """CREATE TRIGGER audit_event_append_only BEFORE UPDATE OR DELETE ON audit_event
     FOR EACH ROW EXECUTE FUNCTION audit_event_append_only()""",
 ]
 
 
-def install_append_only_guard(engine: Engine) -> None:
-    """Triggers that refuse UPDATE and DELETE; (re)installed every time the database opens."""
+def install_append_only_guard(connection: Connection) -> None:
+    """Triggers that refuse UPDATE and DELETE; (re)installed every time the database opens,
+    inside the caller's transaction, after ``lock_chain`` (processes start together)."""
     statements = {"sqlite": _SQLITE_GUARD, "postgresql": _POSTGRES_GUARD}.get(
-        engine.dialect.name, []
+        connection.dialect.name, []
     )
-    with engine.begin() as connection:
-        for statement in statements:
-            connection.exec_driver_sql(statement)
+    for statement in statements:
+        connection.exec_driver_sql(statement)
 
 
 def _utc_text(moment: datetime) -> str:

@@ -34,8 +34,12 @@ def open_engine(url: str) -> Engine:
         event.listen(engine, "connect", _enable_sqlite_wal)
     else:
         engine = create_engine(url, pool_pre_ping=True)
-    SQLModel.metadata.create_all(engine)
-    install_append_only_guard(engine)
+    with engine.connect() as connection:
+        # Workers and gateways start together: one at a time creates what is missing.
+        lock_chain(connection)
+        SQLModel.metadata.create_all(connection)
+        install_append_only_guard(connection)
+        connection.commit()
     return engine
 
 
