@@ -19,6 +19,7 @@ from temporalio.client import Client, WorkflowUpdateFailedError
 
 from adapters.database import CareweaveStore
 from adapters.hl7v2.mllp_client import MllpClient
+from models.audit import ActorKind, AuditAction, AuditEntry, AuditOutcome
 from models.review import ReviewAction, ReviewDecision, ReviewRequest
 from models.settings import Settings, load_settings
 from workers.intake import MessageIntake
@@ -272,9 +273,21 @@ def quarantine_show(
     ] = None,
 ) -> None:
     """Show one quarantined message; --raw FILE saves its bytes for editing."""
-    row = _store(load_settings()).quarantined_message(message_id)
+    store = _store(load_settings())
+    row = store.quarantined_message(message_id)
     if row is None:
         raise _fail(f"no quarantined message #{message_id}")
+    # The raw bytes are patient data: who read them is on the trail before they are shown.
+    store.audit_log().append(
+        AuditEntry(
+            actor_kind=ActorKind.USER,
+            actor=getpass.getuser(),
+            action=AuditAction.ACCESS,
+            outcome=AuditOutcome.SUCCESS,
+            resource=f"QuarantinedMessage/{message_id}",
+            detail="raw bytes saved to a file" if raw is not None else "raw bytes shown",
+        )
+    )
     console.print(f"#{row.id} {row.status} from {row.peer} at {row.received_at}")
     console.print(f"answered {row.ack_code} (HL7 error {row.error_code}): {row.reason}")
     if row.release_result:
@@ -383,12 +396,28 @@ def _decide(
             reviewer=reviewer or getpass.getuser(),
             edited_message=edited_message,
         )
+
+        def audited(outcome: AuditOutcome) -> AuditEntry:
+            # The reason stays in the workflow history; the trail keeps the action only.
+            return AuditEntry(
+                actor_kind=ActorKind.USER,
+                actor=decision.reviewer[:200],
+                action=AuditAction.REVIEW_DECISION,
+                outcome=outcome,
+                exchange=workflow_id,
+                resource=request.review_id,
+                detail=action.value,
+            )
+
+        audit_log = _store(settings).audit_log()
         try:
             await handle.execute_update(
                 "decide_review", decision, rpc_timeout=timedelta(seconds=30)
             )
         except WorkflowUpdateFailedError as err:
+            await audit_log.aappend(audited(AuditOutcome.REFUSED))
             raise _fail(f"decision refused: {err.cause}") from err
+        await audit_log.aappend(audited(AuditOutcome.SUCCESS))
         console.print(f"{action.value} recorded for {workflow_id} ({request.review_id})")
 
     asyncio.run(run())

@@ -39,6 +39,12 @@ async def test_reviewer_lists_and_approves_from_the_command_line(
     await engine.wait_for_status(workflow_id, "final")
     history = await engine.handle(workflow_id).query("review_history")
     assert history[-1]["decision"]["reviewer"] == "rev-cli"
+    [decided] = [
+        row
+        for row in engine.store.audit_log().records(exchange=workflow_id)
+        if row.action == "review-decision"
+    ]
+    assert (decided.actor, decided.outcome, decided.detail) == ("rev-cli", "success", "approve")
 
     code, output = await careweave(
         engine, temporal_client, "review", "reject", workflow_id, "--reason", "twice"
@@ -64,6 +70,12 @@ async def test_operator_fixes_and_releases_from_the_command_line(
     code, output = await careweave(engine, temporal_client, "quarantine", "show", str(held_id))
     assert code == 0, output
     assert "XRC|" in output  # the kept bytes, for the operator to fix
+    [shown] = [
+        row
+        for row in engine.store.audit_log().records(newest_first=True, limit=20)
+        if row.action == "access" and row.resource == f"QuarantinedMessage/{held_id}"
+    ]
+    assert shown.actor_kind == "user"
 
     fixed = tmp_path / "fixed.hl7"
     fixed.write_text(good)
