@@ -206,19 +206,20 @@ class AuditLog:
                 query = query.limit(limit)
             return list(session.exec(query).all())
 
-    def _all_in_order(self) -> Iterator[AuditRecord]:
+    def in_order(self, *, exchange: str | None = None) -> Iterator[AuditRecord]:
+        """Every row (or one exchange's), oldest first, streamed: the trail can be long."""
+        query = select(_TABLE).order_by(_TABLE.c.seq)
+        if exchange is not None:
+            query = query.where(_TABLE.c.exchange == exchange)
         with self._engine.connect() as connection:
-            rows = connection.execution_options(yield_per=1000).execute(
-                select(_TABLE).order_by(_TABLE.c.seq)
-            )
-            for row in rows:
+            for row in connection.execution_options(yield_per=1000).execute(query):
                 yield AuditRecord.model_validate(row._mapping)
 
     def verify(self) -> AuditVerification:
         """Walk the chain from genesis; report the first row whose link does not hold."""
         expected_seq, prev_hash, checked = 1, GENESIS_HASH, 0
         last: AuditRecord | None = None
-        for record in self._all_in_order():
+        for record in self.in_order():
             broken = _first_break(record, expected_seq, prev_hash)
             if broken is not None:
                 return AuditVerification(rows_checked=checked, first_break=broken)

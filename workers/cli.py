@@ -543,15 +543,17 @@ def audit_export(
 
     from adapters.audit_log import to_fhir_audit_event
 
-    records = _store(load_settings()).audit_log().records(exchange=exchange)
+    audit_log = _store(load_settings()).audit_log()
+    written = 0
     try:
         with out.open("w", encoding="utf-8") as export:
-            for record in records:
+            for record in audit_log.in_order(exchange=exchange):
                 export.write(json.dumps(to_fhir_audit_event(record), separators=(",", ":")))
                 export.write("\n")
+                written += 1
     except OSError as err:
         raise _fail(f"{out}: cannot write ({err.strerror})") from err
-    console.print(f"{len(records)} AuditEvent resources written to {out}")
+    console.print(f"{written} AuditEvent resources written to {out}")
 
 
 if __name__ == "__main__":
