@@ -14,8 +14,14 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, SQLModel, col, create_engine, select
 
 from adapters.audit_log import AuditLog, append_locked, install_append_only_guard, lock_chain
+from adapters.payload_crypto import KeyRing, PayloadDecryptError, PayloadKeyError
 from models.audit import AuditEntry
-from models.records import MessageReceipt, QuarantinedMessage, QuarantineStatus
+from models.records import (
+    MessageReceipt,
+    PayloadKeyCheck,
+    QuarantinedMessage,
+    QuarantineStatus,
+)
 
 
 def _enable_sqlite_wal(dbapi_connection: object, _record: object) -> None:
@@ -43,15 +49,66 @@ def open_engine(url: str) -> Engine:
     return engine
 
 
-class CareweaveStore:
-    """Quarantine, receipts, audit; synchronous, so async callers use asyncio.to_thread."""
+_RAW_COLUMN = "quarantined_message.raw"
+_KEY_CHECK_TEXT = b"careweave payload key check"
 
-    def __init__(self, engine: Engine) -> None:
+
+def _with_raw(message: QuarantinedMessage, raw: bytes) -> QuarantinedMessage:
+    # A new object, not an edit: an edited ORM row could be flushed with plaintext.
+    return QuarantinedMessage.model_validate({**message.model_dump(), "raw": raw})
+
+
+class CareweaveStore:
+    """Quarantine, receipts, audit; synchronous, so async callers use asyncio.to_thread.
+
+    Raw messages are sealed with the payload key ring on the way in and opened on the
+    way out, so the database file never holds message text.
+    """
+
+    def __init__(self, engine: Engine, key_ring: KeyRing) -> None:
         self._engine = engine
+        self._key_ring = key_ring
 
     @classmethod
-    def from_url(cls, url: str) -> CareweaveStore:
-        return cls(open_engine(url))
+    def from_url(cls, url: str, key_ring: KeyRing) -> CareweaveStore:
+        return cls(open_engine(url), key_ring)
+
+    # -- payload keys --------------------------------------------------------
+
+    def verify_payload_keys(self) -> list[str]:
+        """Refuse a key ring whose key ids were first used with other key bytes.
+
+        Records a check value for keys seen for the first time; returns their ids.
+        """
+        with Session(self._engine) as session:
+            known = {row.key_id: row for row in session.exec(select(PayloadKeyCheck)).all()}
+            for key_id, row in known.items():
+                if key_id not in self._key_ring.key_ids:
+                    raise PayloadKeyError(
+                        f"payload key {key_id!r} was used before but is not in the key ring; "
+                        "data written with it could not be read (keep retired keys)"
+                    )
+                try:
+                    self._key_ring.unseal(row.sealed_check, column="payload_key_check")
+                except PayloadDecryptError as err:
+                    raise PayloadKeyError(
+                        f"payload key {key_id!r} is not the key that id had when first used: "
+                        "wrong key file or environment variable"
+                    ) from err
+            added = [key_id for key_id in self._key_ring.key_ids if key_id not in known]
+            for key_id in added:
+                sealed = self._key_ring.encrypt(
+                    _KEY_CHECK_TEXT, context=b"payload_key_check", key_id=key_id
+                )
+                session.add(
+                    PayloadKeyCheck(
+                        key_id=key_id,
+                        sealed_check=self._key_ring.seal_ciphertext(sealed),
+                        first_used_at=datetime.now(UTC),
+                    )
+                )
+            session.commit()
+            return added
 
     # -- quarantine --------------------------------------------------------
 
@@ -59,15 +116,16 @@ class CareweaveStore:
         return AuditLog(self._engine)
 
     def quarantine(self, message: QuarantinedMessage, *, audit: AuditEntry | None = None) -> int:
-        """Keep the message; ``audit`` is appended in the same transaction, its resource
-        set to ``QuarantinedMessage/<id>``."""
+        """Keep the message, sealed; ``audit`` is appended in the same transaction, its
+        resource set to ``QuarantinedMessage/<id>``."""
+        sealed = _with_raw(message, self._key_ring.seal(message.raw, column=_RAW_COLUMN))
         with Session(self._engine) as session:
             if audit is not None:
                 lock_chain(session.connection())
-            session.add(message)
+            session.add(sealed)
             session.flush()
-            assert message.id is not None
-            message_id = message.id
+            assert sealed.id is not None
+            message_id = sealed.id
             if audit is not None:
                 resource = f"QuarantinedMessage/{message_id}"
                 append_locked(
@@ -83,11 +141,16 @@ class CareweaveStore:
             query = select(QuarantinedMessage).order_by(col(QuarantinedMessage.id).desc())
             if status:
                 query = query.where(QuarantinedMessage.status == status)
-            return session.exec(query.limit(limit)).all()
+            return [self._opened(row) for row in session.exec(query.limit(limit)).all()]
 
     def quarantined_message(self, message_id: int) -> QuarantinedMessage | None:
         with Session(self._engine) as session:
-            return session.get(QuarantinedMessage, message_id)
+            row = session.get(QuarantinedMessage, message_id)
+            return self._opened(row) if row else None
+
+    def _opened(self, row: QuarantinedMessage) -> QuarantinedMessage:
+        """A detached copy with the raw bytes decrypted; the stored row is untouched."""
+        return row.model_copy(update={"raw": self._key_ring.unseal(row.raw, column=_RAW_COLUMN)})
 
     def mark_released(
         self,

@@ -18,7 +18,8 @@ class QuarantinedMessage(SQLModel, table=True):
     """The raw bytes of a message Careweave refused, kept so nothing is lost.
 
     ``reason`` names the segment/field and the rule, never the content; ``raw``
-    holds the bytes exactly as received (PHI: encrypted at rest in a later issue).
+    holds the bytes exactly as received, sealed with the payload key ring (AES-256-GCM)
+    by CareweaveStore, which hands them back decrypted.
     """
 
     __tablename__ = "quarantined_message"
@@ -52,6 +53,20 @@ class MessageReceipt(SQLModel, table=True):
     workflow_id: str
     message_type: str
     received_at: datetime
+
+
+class PayloadKeyCheck(SQLModel, table=True):
+    """A known text sealed under each payload key the first time it was used.
+
+    A process that starts with a key of the same id but other bytes fails to open it,
+    which turns a wrong key into a clear startup error instead of unreadable histories.
+    """
+
+    __tablename__ = "payload_key_check"
+
+    key_id: str = Field(primary_key=True)
+    sealed_check: bytes
+    first_used_at: datetime
 
 
 class AuditRecord(SQLModel, table=True):

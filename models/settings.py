@@ -68,6 +68,11 @@ class Settings(BaseSettings):
     # key kept in state_dir/pseudonym.key, made on first use.
     pseudonym_key: str | None = None
 
+    # Payload encryption keys (AES-256-GCM, see adapters/payload_crypto.py for the format):
+    # the env var named here wins; else the file; unset file means state_dir/payload.keys.
+    payload_keys_env: str = "CAREWEAVE_PAYLOAD_KEYS"
+    payload_keys_file: Path | None = None
+
     otel_exporter: str = Field(default="none", description="none | console | otlp")
     otel_otlp_endpoint: str | None = None
 

@@ -13,7 +13,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from temporalio.client import Client
 
-from tests.support.engine import Engine, running_engine, start_temporal
+from tests.support.engine import Engine, careweave_client, running_engine, start_temporal
 from tests.support.fhir_server import running_fhir_server
 
 # Every span of the session is kept in memory so tests can follow one message's trace.
@@ -32,7 +32,7 @@ def spans() -> InMemorySpanExporter:
 async def temporal_client() -> AsyncIterator[Client]:
     env = await start_temporal()
     try:
-        yield env.client
+        yield await careweave_client(env)
     finally:
         await env.shutdown()
 

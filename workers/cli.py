@@ -17,12 +17,15 @@ from rich.console import Console
 from rich.table import Table
 from temporalio.client import Client, WorkflowUpdateFailedError
 
-from adapters.database import CareweaveStore
+from adapters.audit_log import AuditLog
+from adapters.database import CareweaveStore, open_engine
 from adapters.hl7v2.mllp_client import MllpClient
+from adapters.payload_crypto import KeyRing, PayloadKeyError, add_key
 from models.audit import ActorKind, AuditAction, AuditEntry, AuditOutcome
 from models.review import ReviewAction, ReviewDecision, ReviewRequest
 from models.settings import Settings, load_settings
 from workers.intake import MessageIntake
+from workers.payload_codec import load_payload_keys, payload_key_file
 from workers.temporal_client import connect
 from workers.temporal_commit import TemporalCommitter
 
@@ -41,6 +44,8 @@ audit_app = typer.Typer(
 app.add_typer(quarantine_app, name="quarantine")
 app.add_typer(review_app, name="review")
 app.add_typer(audit_app, name="audit")
+keys_app = typer.Typer(help="Payload encryption keys (AES-256-GCM)", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
 # Piped output (make, CI logs) is not a terminal; rich would assume 80 columns and
 # squeeze the demo's table, so give it room there.
 console = Console(width=None if sys.stdout.isatty() else 120)
@@ -58,9 +63,17 @@ def _logging(verbose: bool) -> None:
     )
 
 
-async def _client(settings: Settings) -> Client:
+def _key_ring(settings: Settings) -> KeyRing:
     try:
-        return await connect(settings)
+        return load_payload_keys(settings)
+    except PayloadKeyError as err:
+        raise _fail(str(err)) from err
+
+
+async def _client(settings: Settings) -> Client:
+    key_ring = _key_ring(settings)
+    try:
+        return await connect(settings, key_ring)
     except RuntimeError as err:
         raise _fail(
             f"cannot reach Temporal at {settings.temporal_address} ({err}); "
@@ -114,6 +127,7 @@ def worker(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) ->
     except RoutingConfigError as err:
         raise _fail(str(err)) from err
     console.print(f"routing {settings.destinations_file}: {routing.label}")
+    _store(settings, verify_keys=True)
 
     async def run() -> None:
         client = await _client(settings)
@@ -142,7 +156,7 @@ def gateway(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -
             TemporalCommitter(await _client(settings), settings) if settings.mllp_commit else None
         )
         intake = MessageIntake(
-            _store(settings),
+            _store(settings, verify_keys=True),
             committer,
             fallback_charset=settings.fallback_charset,
             pseudonym_key=settings.resolved_pseudonym_key(),
@@ -225,8 +239,14 @@ def send(
 # -- quarantine ----------------------------------------------------------------
 
 
-def _store(settings: Settings) -> CareweaveStore:
-    return CareweaveStore.from_url(settings.resolved_database_url)
+def _store(settings: Settings, *, verify_keys: bool = False) -> CareweaveStore:
+    store = CareweaveStore.from_url(settings.resolved_database_url, _key_ring(settings))
+    if verify_keys:
+        try:
+            store.verify_payload_keys()
+        except PayloadKeyError as err:
+            raise _fail(str(err)) from err
+    return store
 
 
 @quarantine_app.command("list")
@@ -409,7 +429,7 @@ def _decide(
                 detail=action.value,
             )
 
-        audit_log = _store(settings).audit_log()
+        audit_log = _audit_log(settings)
         try:
             await handle.execute_update(
                 "decide_review", decision, rpc_timeout=timedelta(seconds=30)
@@ -476,10 +496,16 @@ def review_edit(
 # -- audit ---------------------------------------------------------------------
 
 
+def _audit_log(settings: Settings) -> AuditLog:
+    # No payload keys needed: the trail holds no message content, and an auditor
+    # should not have to hold the keys that open it.
+    return AuditLog(open_engine(settings.resolved_database_url))
+
+
 @audit_app.command("verify")
 def audit_verify() -> None:
     """Walk the hash chain from the first row; exit 1 naming the first broken link."""
-    verification = _store(load_settings()).audit_log().verify()
+    verification = _audit_log(load_settings()).verify()
     if verification.first_break is not None:
         broken = verification.first_break
         raise _fail(
@@ -501,11 +527,7 @@ def audit_list(
     exchange: Annotated[str | None, typer.Option(help="Only this exchange (workflow id)")] = None,
 ) -> None:
     """The newest audit rows, newest first (who, what, which exchange, outcome)."""
-    records = (
-        _store(load_settings())
-        .audit_log()
-        .records(limit=limit, exchange=exchange, newest_first=True)
-    )
+    records = _audit_log(load_settings()).records(limit=limit, exchange=exchange, newest_first=True)
     table = Table(title="Audit trail" + (f" of {exchange}" if exchange else ""))
     # Workflow ids are copied into other commands: never cut; filtered, they are the title.
     columns = ["seq", "recorded (UTC)", "actor", "action", "outcome"]
@@ -543,7 +565,7 @@ def audit_export(
 
     from adapters.audit_log import to_fhir_audit_event
 
-    audit_log = _store(load_settings()).audit_log()
+    audit_log = _audit_log(load_settings())
     written = 0
     try:
         with out.open("w", encoding="utf-8") as export:
@@ -554,6 +576,34 @@ def audit_export(
     except OSError as err:
         raise _fail(f"{out}: cannot write ({err.strerror})") from err
     console.print(f"{written} AuditEvent resources written to {out}")
+
+
+# -- payload keys --------------------------------------------------------------
+
+
+@keys_app.command("new")
+def keys_new(
+    key_id: Annotated[str | None, typer.Option(help="id for the new key (default k<time>)")] = None,
+) -> None:
+    """Add a key to the key file; it encrypts from the next start on, older keys still decrypt."""
+    settings = load_settings()
+    path = payload_key_file(settings)
+    try:
+        added = add_key(path, key_id)
+    except PayloadKeyError as err:
+        raise _fail(str(err)) from err
+    console.print(
+        f"added payload key {added} to {path}; restart the worker, gateway and API to use it"
+    )
+
+
+@keys_app.command("list")
+def keys_list() -> None:
+    """Key ids in the ring (never key material); the last one encrypts."""
+    ring = _key_ring(load_settings())
+    for key_id in ring.key_ids:
+        marker = "  (encrypts)" if key_id == ring.current_key_id else ""
+        console.print(f"{key_id}{marker}", markup=False)
 
 
 if __name__ == "__main__":

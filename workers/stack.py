@@ -22,10 +22,12 @@ from temporalio.client import Client
 
 from adapters.database import CareweaveStore
 from adapters.fhir import FhirClient
+from adapters.payload_crypto import KeyRing, PayloadKeyError
 from models.destinations import Destination, RoutingConfig, RoutingConfigError, load_routing
 from models.settings import Settings
 from workers.gateway import MllpGateway
 from workers.intake import MessageIntake
+from workers.payload_codec import load_payload_keys
 from workers.telemetry import configure_tracing
 from workers.temporal_client import connect, ensure_search_attributes
 from workers.temporal_commit import TemporalCommitter
@@ -105,13 +107,13 @@ def _stop(process: subprocess.Popen[bytes], name: str) -> None:
 
 
 async def _wait_for_temporal(
-    settings: Settings, process: subprocess.Popen[bytes], log_path: Path
+    settings: Settings, key_ring: KeyRing, process: subprocess.Popen[bytes], log_path: Path
 ) -> Client:
     for _ in range(300):
         if process.poll() is not None:
             raise StackError(f"the Temporal dev server exited; see {log_path}")
         try:
-            return await connect(settings)
+            return await connect(settings, key_ring)
         except RuntimeError:
             await asyncio.sleep(0.2)
     raise StackError(f"the Temporal dev server did not answer in 60 s; see {log_path}")
@@ -214,6 +216,12 @@ async def embedded_stack(settings: Settings) -> AsyncIterator[RunningStack]:
             routing = load_routing(settings.destinations_file)
         except RoutingConfigError as err:
             raise StackError(str(err)) from err
+        try:
+            key_ring = load_payload_keys(settings, create_if_new_state=True)
+            store = CareweaveStore.from_url(settings.resolved_database_url, key_ring)
+            store.verify_payload_keys()
+        except PayloadKeyError as err:
+            raise StackError(str(err)) from err
         temporal_log = logs / "temporal.log"
         temporal = _spawn(dev_server_command(settings), temporal_log)
         children.append(("Temporal dev server", temporal))
@@ -242,11 +250,10 @@ async def embedded_stack(settings: Settings) -> AsyncIterator[RunningStack]:
                 partner = await _start_partner(destination, logs)
                 children.append((f"partner {destination.name}", partner.process))
                 partners.append(partner)
-        client = await _wait_for_temporal(settings, temporal, temporal_log)
+        client = await _wait_for_temporal(settings, key_ring, temporal, temporal_log)
         added = await ensure_search_attributes(client, settings.temporal_namespace)
         if added:
             log.info("registered search attributes %s", ", ".join(added))
-        store = CareweaveStore.from_url(settings.resolved_database_url)
         async with FhirClient(
             settings.fhir_base_url, timeout=settings.fhir_timeout_seconds
         ) as fhir_client:

@@ -1,4 +1,4 @@
-"""One way to connect to Temporal: pydantic payloads and tracing on every call."""
+"""One way to connect to Temporal: encrypted pydantic payloads and tracing on every call."""
 
 from __future__ import annotations
 
@@ -8,19 +8,32 @@ from temporalio.api.operatorservice.v1 import (
     ListSearchAttributesRequest,
 )
 from temporalio.client import Client
+from temporalio.common import HeaderCodecBehavior
 from temporalio.contrib.opentelemetry import TracingInterceptor
-from temporalio.contrib.pydantic import pydantic_data_converter
 
+from adapters.payload_crypto import KeyRing
 from models.settings import Settings
+from workers.payload_codec import encrypted_data_converter, load_payload_keys
 from workflows import search_attributes as sa
 
 
-async def connect(settings: Settings) -> Client:
-    return await Client.connect(
+async def connect(settings: Settings, key_ring: KeyRing | None = None) -> Client:
+    """A client whose payloads are encrypted with the settings' key ring (or the one given)."""
+    return await connect_to(
         settings.temporal_address,
+        key_ring or load_payload_keys(settings),
         namespace=settings.temporal_namespace,
-        data_converter=pydantic_data_converter,
+    )
+
+
+async def connect_to(target: str, key_ring: KeyRing, *, namespace: str = "default") -> Client:
+    return await Client.connect(
+        target,
+        namespace=namespace,
+        data_converter=encrypted_data_converter(key_ring),
         interceptors=[TracingInterceptor()],
+        # Headers (the trace context each message carries) go through the codec too.
+        header_codec_behavior=HeaderCodecBehavior.CODEC,
     )
 
 

@@ -16,6 +16,7 @@ from fhir.resources.R4B.auditevent import AuditEvent
 from temporalio.client import Client
 
 from models.records import AuditRecord
+from models.review import ReviewAction, ReviewDecision
 from tests.support.cli import careweave
 from tests.support.engine import Engine, mllp_send, running_engine
 from tests.support.fhir_server import free_port
@@ -121,7 +122,7 @@ async def test_a_refused_fhir_write_is_an_exception_row(
     ) as engine:
         order = sm.SampleOrder("AUD-5002")
         await mllp_send(engine.mllp_port, [sm.lab_order(order, "AUD-5002-O")])
-        await engine.wait_for_review(workflow_id(order))
+        pending = await engine.wait_for_review(workflow_id(order))
         rows = await audit_rows(
             engine,
             workflow_id(order),
@@ -133,6 +134,19 @@ async def test_a_refused_fhir_write_is_an_exception_row(
         assert failed.detail == "ApplicationError FhirRejected (non-retryable), attempt 1"
         assert not any(row.action == "retry" for row in rows)  # refused: not retried
         assert engine.store.audit_log().verify().ok
+
+        # Closed here: a review left pending on this engine's queue, whose worker stops
+        # with the test, would make `careweave review list` fail to query it later.
+        await engine.handle(workflow_id(order)).execute_update(
+            "decide_review",
+            ReviewDecision(
+                review_id=str(pending["review_id"]),
+                action=ReviewAction.REJECT,
+                reason="test over",
+                reviewer="ops1",
+            ),
+        )
+        await engine.wait_for_status(workflow_id(order), "write-rejected")
 
 
 async def test_an_unreachable_fhir_server_leaves_retry_rows(temporal_client: Client) -> None:

@@ -15,18 +15,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from temporalio.client import Client, WorkflowHandle
-from temporalio.contrib.opentelemetry import TracingInterceptor
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
 from adapters.database import CareweaveStore
 from adapters.fhir import FhirClient
 from adapters.hl7v2.framing import encode_frame
+from adapters.payload_crypto import new_key_line, parse_key_ring
 from models.settings import Settings
 from workers.gateway import MllpGateway
 from workers.intake import MessageIntake
 from workers.stack import temporal_binary
+from workers.temporal_client import connect_to
 from workers.temporal_commit import TemporalCommitter
 from workers.worker import build_worker
 from workflows import search_attributes as sa
@@ -50,14 +50,26 @@ def engine_settings(state_dir: Path, fhir_base_url: str, **overrides: object) ->
     return Settings(**values)  # type: ignore[arg-type]
 
 
-async def start_temporal() -> WorkflowEnvironment:
+# One random payload key per test session: the tests' client encrypts exactly as a
+# deployment would, and each engine's state folder gets the key file for CLI processes.
+TEST_PAYLOAD_KEYS = new_key_line("test-1")
+TEST_KEY_RING = parse_key_ring(TEST_PAYLOAD_KEYS, source="tests")
+
+
+async def start_temporal(*, db_filename: Path | None = None) -> WorkflowEnvironment:
+    extra_args = sa.dev_server_args()
+    if db_filename is not None:
+        extra_args = [*extra_args, "--db-filename", str(db_filename)]
     return await WorkflowEnvironment.start_local(
         dev_server_existing_path=temporal_binary(),
-        dev_server_extra_args=sa.dev_server_args(),
+        dev_server_extra_args=extra_args,
         ui=False,
-        data_converter=pydantic_data_converter,
-        interceptors=[TracingInterceptor()],
     )
+
+
+async def careweave_client(env: WorkflowEnvironment) -> Client:
+    """A client on the test server configured exactly as Careweave's processes connect."""
+    return await connect_to(env.client.service_client.config.target_host, TEST_KEY_RING)
 
 
 @dataclass
@@ -109,7 +121,10 @@ async def running_engine(
 ) -> AsyncIterator[Engine]:
     with tempfile.TemporaryDirectory(prefix="careweave-test-") as state:
         settings = engine_settings(Path(state), fhir_base_url, **overrides)
-        store = CareweaveStore.from_url(settings.resolved_database_url)
+        key_file = Path(state) / "payload.keys"
+        key_file.write_text(TEST_PAYLOAD_KEYS + "\n")
+        key_file.chmod(0o600)
+        store = CareweaveStore.from_url(settings.resolved_database_url, TEST_KEY_RING)
         async with FhirClient(settings.fhir_base_url, timeout=10) as fhir:
             worker = build_worker(client, settings, fhir)
             intake = MessageIntake(

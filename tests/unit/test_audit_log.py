@@ -13,6 +13,7 @@ from fhir.resources.R4B.auditevent import AuditEvent
 
 from adapters.audit_log import GENESIS_HASH, AuditLog, chain_hash, to_fhir_audit_event
 from adapters.database import CareweaveStore, open_engine
+from adapters.payload_crypto import new_key_line, parse_key_ring
 from models.audit import ActorKind, AuditAction, AuditEntry, AuditOutcome, BreakKind
 
 
@@ -181,7 +182,8 @@ def test_quarantine_and_its_receive_row_share_one_transaction(database: Path) ->
 
     from models.records import QuarantinedMessage
 
-    store = CareweaveStore.from_url(f"sqlite:///{database}")
+    keys = parse_key_ring(new_key_line("k1"), source="test")
+    store = CareweaveStore.from_url(f"sqlite:///{database}", keys)
     message_id = store.quarantine(
         QuarantinedMessage(
             received_at=datetime.now(UTC),

@@ -1,0 +1,130 @@
+"""The proof the issue asks for: run the demo feed as an operator would (`careweave demo`,
+its own processes, a file-backed Temporal dev server), then search Temporal's SQLite
+files, Careweave's database and Careweave's own log output for every patient name, MRN
+and birth date in the feed. None may appear.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from workers import sample_messages as sm
+from workers.demo import demo_feed
+
+pytestmark = pytest.mark.integration
+
+
+def _free_port_pair() -> int:
+    """A port p with p + 10 also free (demo partners serve their control API there)."""
+    for _ in range(50):
+        with socket.socket() as first:
+            first.bind(("127.0.0.1", 0))
+            port: int = first.getsockname()[1]
+        if port + 10 > 65535:
+            continue
+        with socket.socket() as second:
+            try:
+                second.bind(("127.0.0.1", port + 10))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no free port pair")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _routing(fhir_port: int, primary_care: int, billing: int) -> str:
+    config = (Path(__file__).resolve().parents[2] / "config" / "destinations.toml").read_text()
+    return (
+        config.replace("127.0.0.1:8080", f"127.0.0.1:{fhir_port}")
+        .replace("port = 2576", f"port = {primary_care}")
+        .replace("port = 2577", f"port = {billing}")
+    )
+
+
+def _phi_of_the_feed() -> set[bytes]:
+    """Names, MRNs and birth dates from PID-3, PID-5 and PID-7 of every message in the feed."""
+    found: set[bytes] = set()
+    for item in demo_feed("000000", b"k" * 32):
+        for segment in item.payload.split(b"\r"):
+            fields = segment.split(b"|")
+            if fields[0] != b"PID" or len(fields) < 8:
+                continue
+            found.add(fields[3].split(b"^")[0])  # MRN
+            found.update(part for part in fields[5].split(b"^")[:2] if part)  # family, given
+            found.add(fields[7][:8])  # birth date
+    found.discard(b"")
+    found.discard(b"X")  # the deliberately broken ADT^A01 has only "X" as PID-3
+    return found
+
+
+def test_no_patient_data_in_temporal_careweave_db_or_logs(tmp_path: Path) -> None:
+    phi = _phi_of_the_feed()
+    patient = sm.SamplePatient()
+    assert {patient.family.encode(), patient.given.encode(), patient.mrn.encode()} <= phi
+    # The discharge patient's MRN carries the run tag, so match it by shape as well.
+    mrn_with_run_tag = re.compile(rb"MRN\d{6}")
+
+    fhir_port, primary_care, billing = _free_port(), _free_port_pair(), _free_port_pair()
+    routing = tmp_path / "destinations.toml"
+    routing.write_text(_routing(fhir_port, primary_care, billing))
+    state = tmp_path / "state"
+    env = {
+        **os.environ,
+        "CAREWEAVE_STATE_DIR": str(state),
+        "CAREWEAVE_TEMPORAL_ADDRESS": f"127.0.0.1:{_free_port()}",
+        "CAREWEAVE_TEMPORAL_UI_PORT": str(_free_port()),
+        "CAREWEAVE_MLLP_PORT": str(_free_port()),
+        "CAREWEAVE_FHIR_SERVER_PORT": str(fhir_port),
+        "CAREWEAVE_FHIR_BASE_URL": f"http://127.0.0.1:{fhir_port}/fhir",
+        "CAREWEAVE_DESTINATIONS_FILE": str(routing),
+        "CAREWEAVE_TASK_QUEUE": "careweave-phi-proof",
+    }
+    env.pop("CAREWEAVE_PAYLOAD_KEYS", None)
+    demo = subprocess.run(
+        [str(Path(sys.executable).parent / "careweave"), "demo", "--no-keep-running", "-v"],
+        env=env,
+        capture_output=True,
+        timeout=300,
+        check=False,
+    )
+    logs = demo.stdout + demo.stderr
+    assert demo.returncode == 0, logs.decode(errors="replace")[-3000:]
+    # The feed really went through: the discharge reached the FHIR server and both partners.
+    assert b"discharge (ADT^A03)" in demo.stdout
+
+    scanned = {
+        path.name: path.read_bytes()
+        for path in state.iterdir()
+        if path.name.startswith(("temporal.db", "careweave.db"))
+    }
+    assert "temporal.db" in scanned and "careweave.db" in scanned
+    assert len(scanned["temporal.db"]) > 100_000  # histories are in there, encrypted
+    scanned["careweave output (stdout + stderr, -v)"] = logs
+
+    leaks = [
+        f"{term.decode()} in {name}"
+        for name, content in scanned.items()
+        for term in sorted(phi)
+        if term in content
+    ]
+    leaks += [
+        f"{match.decode()} in {name}"
+        for name, content in scanned.items()
+        for match in mrn_with_run_tag.findall(content)
+    ]
+    assert leaks == []
+    # The quarantined non-HL7 message is in careweave.db, but sealed.
+    assert b"hello, this is not HL7" not in scanned["careweave.db"]
