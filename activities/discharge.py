@@ -9,7 +9,6 @@ FHIR writes are conditional on identifiers; an MLLP resend carries the same MSH-
 from __future__ import annotations
 
 import hashlib
-import os
 
 from pydantic import BaseModel, ConfigDict
 from temporalio import activity
@@ -17,7 +16,7 @@ from temporalio.client import Client
 from temporalio.common import SearchAttributePair, TypedSearchAttributes
 from temporalio.exceptions import ApplicationError
 
-from adapters.fhir import FhirClient, FhirRejectedError, FhirRetryableError
+from adapters.fhir import FhirClient, FhirRejectedError, FhirRetryableError, auth_from_config
 from adapters.hl7v2.ack import AckParseError, parse_ack
 from adapters.hl7v2.adt_messages import AdtMessageInvalid, parse_adt_event
 from adapters.hl7v2.mllp_client import MllpError
@@ -101,7 +100,13 @@ class DischargeActivities:
         self._task_queue = task_queue
         self._sending_facility = sending_facility
         self._idle_close_seconds = idle_close_seconds
-        self._fhir: dict[str, FhirClient] = {}
+        # One client, and so one cached access token, per FHIR destination for the
+        # worker's life; made now so that a missing credential stops the worker at start.
+        self._fhir = {
+            destination.name: _fhir_client(destination)
+            for destination in routing.destinations
+            if destination.kind == "fhir"
+        }
         self._mllp = MllpPool()
 
     async def aclose(self) -> None:
@@ -152,7 +157,7 @@ class DischargeActivities:
         mapping = load_adt_mapping(request.item.mapping_version)
         bundle = encounter_transaction_for(request.item.event, mapping)
         try:
-            response = await self._fhir_client(destination).transaction(bundle)
+            response = await self._fhir[destination.name].transaction(bundle)
         except FhirRetryableError as err:
             raise ApplicationError(str(err), type=DESTINATION_UNAVAILABLE) from err
         except FhirRejectedError as err:
@@ -220,16 +225,14 @@ class DischargeActivities:
                 non_retryable=True,
             ) from None
 
-    def _fhir_client(self, destination: Destination) -> FhirClient:
-        client = self._fhir.get(destination.name)
-        if client is None:
-            endpoint = destination.fhir
-            assert endpoint is not None
-            headers = {}
-            if endpoint.bearer_token_env:
-                headers["Authorization"] = f"Bearer {os.environ[endpoint.bearer_token_env]}"
-            client = FhirClient(
-                endpoint.base_url, timeout=endpoint.timeout_seconds, headers=headers
-            )
-            self._fhir[destination.name] = client
-        return client
+
+def _fhir_client(destination: Destination) -> FhirClient:
+    """Raises FhirAuthConfigError naming the destination when its credential is missing."""
+    endpoint = destination.fhir
+    assert endpoint is not None
+    auth = auth_from_config(
+        endpoint.auth,
+        where=f"destination {destination.name}: fhir.auth",
+        timeout=endpoint.timeout_seconds,
+    )
+    return FhirClient(endpoint.base_url, timeout=endpoint.timeout_seconds, auth=auth)

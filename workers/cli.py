@@ -6,23 +6,26 @@ import asyncio
 import contextlib
 import getpass
 import logging
+import os
 import signal
 import sys
-from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
+from urllib.parse import quote
 
+import httpx
 import typer
 from rich.console import Console
 from rich.table import Table
-from temporalio.client import Client, WorkflowUpdateFailedError
+from temporalio.client import Client
 
 from adapters.audit_log import AuditLog
 from adapters.database import CareweaveStore, open_engine
 from adapters.hl7v2.mllp_client import MllpClient
 from adapters.payload_crypto import KeyRing, PayloadKeyError, add_key
 from models.audit import ActorKind, AuditAction, AuditEntry, AuditOutcome
-from models.review import ReviewAction, ReviewDecision, ReviewRequest
+from models.identity import Role
+from models.review import ReviewAction, ReviewRecord, ReviewRequest
 from models.settings import Settings, load_settings
 from workers.intake import MessageIntake
 from workers.payload_codec import load_payload_keys, payload_key_file
@@ -41,11 +44,13 @@ audit_app = typer.Typer(
     help="The append-only, hash-chained audit trail: verify, list, export",
     no_args_is_help=True,
 )
+users_app = typer.Typer(help="Users of Careweave's own token issuer", no_args_is_help=True)
 app.add_typer(quarantine_app, name="quarantine")
 app.add_typer(review_app, name="review")
 app.add_typer(audit_app, name="audit")
 keys_app = typer.Typer(help="Payload encryption keys (AES-256-GCM)", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
+app.add_typer(users_app, name="users")
 # Piped output (make, CI logs) is not a terminal; rich would assume 80 columns and
 # squeeze the demo's table, so give it room there.
 console = Console(width=None if sys.stdout.isatty() else 120)
@@ -102,7 +107,9 @@ def up(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> Non
             _print_stack(stack)
             console.print("Press Ctrl-C to stop.")
             await stop.wait()
-            console.print("Stopping the gateway, the worker, the FHIR server and Temporal...")
+            console.print(
+                "Stopping the gateway, the worker, the API, the FHIR server and Temporal..."
+            )
         console.print("Stopped: every part of the stack has been shut down.")
 
     try:
@@ -114,10 +121,10 @@ def up(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> Non
 @app.command()
 def worker(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
     """Run only the Temporal worker (production: as many as load needs)."""
-    from adapters.fhir import FhirClient
     from models.destinations import RoutingConfigError, load_routing
+    from models.fhir_auth import FhirAuthConfigError
     from workers.telemetry import configure_tracing
-    from workers.worker import build_worker
+    from workers.worker import build_worker, lab_fhir_client
 
     _logging(verbose)
     settings = load_settings()
@@ -131,13 +138,14 @@ def worker(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) ->
 
     async def run() -> None:
         client = await _client(settings)
-        async with FhirClient(
-            settings.fhir_base_url, timeout=settings.fhir_timeout_seconds
-        ) as fhir:
+        async with lab_fhir_client(settings) as fhir:
             await build_worker(client, settings, fhir, routing=routing).run()
 
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(run())
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(run())
+    except FhirAuthConfigError as err:
+        raise _fail(str(err)) from err
 
 
 @app.command()
@@ -181,6 +189,8 @@ def _print_stack(stack: RunningStack) -> None:
     table.add_row("Temporal", settings.temporal_address)
     table.add_row("Temporal UI", stack.ui_url)
     table.add_row("FHIR R4", settings.fhir_base_url)
+    table.add_row("Review/codec API", stack.api_url)
+    table.add_row("Sign in (decoded payloads in the UI)", f"{stack.api_url}/login")
     table.add_row("Routing", f"{settings.destinations_file} ({stack.routing.label})")
     for partner in stack.partners:
         table.add_row(
@@ -358,117 +368,104 @@ def quarantine_release(
     asyncio.run(run())
 
 
-# -- review --------------------------------------------------------------------
+# -- review (through the API, as the logged-in user) ----------------------------------
 
 
-def _pending(raw: object) -> ReviewRequest | None:
-    return ReviewRequest.model_validate(raw) if raw else None
+def _api_token(settings: Settings) -> str:
+    token_file = settings.resolved_token_file
+    try:
+        return token_file.read_text().strip()
+    except FileNotFoundError as err:
+        raise _fail(f"not logged in ({token_file} missing): run `careweave login`") from err
+
+
+def _api_call(
+    settings: Settings, method: str, path: str, *, json: object | None = None
+) -> dict[str, Any]:
+    """One authenticated API call; a refusal exits with the API's reason."""
+    url = f"{settings.resolved_api_url}{path}"
+    headers = {"Authorization": f"Bearer {_api_token(settings)}"}
+    try:
+        answer = httpx.request(method, url, json=json, headers=headers, timeout=60)
+    except httpx.TransportError as err:
+        raise _fail(f"cannot reach the API at {settings.resolved_api_url} ({err})") from err
+    if answer.is_success:
+        body: dict[str, Any] = answer.json()
+        return body
+    raise _fail(_refusal_text(answer))
+
+
+def _refusal_text(answer: httpx.Response) -> str:
+    try:
+        reason = answer.json()["issue"][0]["diagnostics"]
+    except (ValueError, KeyError, IndexError, TypeError):
+        reason = answer.text[:200]
+    hint = {401: " (run `careweave login`)", 403: " (your role does not allow this)"}
+    return f"refused ({answer.status_code}): {reason}{hint.get(answer.status_code, '')}"
 
 
 @review_app.command("list")
 def review_list() -> None:
     """Exchanges with a pending review (ReviewState = 'pending')."""
     settings = load_settings()
-
-    async def run() -> None:
-        client = await _client(settings)
-        table = Table(title="Pending reviews")
-        # The workflow id is what an operator copies into approve/reject: never cut it.
-        table.add_column("workflow id", no_wrap=True)
-        for column in ("review", "reason", "summary", "actions"):
-            table.add_column(column)
-        async for execution in client.list_workflows(
-            "ReviewState = 'pending' AND ExecutionStatus = 'Running'"
-        ):
-            handle = client.get_workflow_handle(execution.id)
-            request = _pending(await handle.query("pending_review"))
-            if request is None:
-                continue
-            actions = ", ".join(f"{a.value}: {text}" for a, text in request.actions.items())
-            table.add_row(
-                execution.id, request.review_id, request.reason.value, request.summary, actions
-            )
-        console.print(table)
-
-    asyncio.run(run())
+    listed = _api_call(settings, "GET", "/reviews")
+    table = Table(title="Pending reviews")
+    # The workflow id is what an operator copies into approve/reject: never cut it.
+    table.add_column("workflow id", no_wrap=True)
+    for column in ("review", "reason", "summary", "actions"):
+        table.add_column(column)
+    for item in listed["reviews"]:
+        request = ReviewRequest.model_validate(item["review"])
+        actions = ", ".join(f"{a.value}: {text}" for a, text in request.actions.items())
+        table.add_row(
+            item["workflow_id"], request.review_id, request.reason.value, request.summary, actions
+        )
+    console.print(table)
 
 
 def _decide(
-    workflow_id: str,
-    action: ReviewAction,
-    reason: str,
-    reviewer: str,
-    *,
-    edited_message: str | None = None,
+    workflow_id: str, action: ReviewAction, reason: str, *, edited_message: str | None = None
 ) -> None:
     settings = load_settings()
-
-    async def run() -> None:
-        client = await _client(settings)
-        handle = client.get_workflow_handle(workflow_id)
-        request = _pending(await handle.query("pending_review"))
-        if request is None:
-            raise _fail(f"{workflow_id} has no pending review")
-        decision = ReviewDecision(
-            review_id=request.review_id,
-            action=action,
-            reason=reason,
-            reviewer=reviewer or getpass.getuser(),
-            edited_message=edited_message,
-        )
-
-        def audited(outcome: AuditOutcome) -> AuditEntry:
-            # The reason stays in the workflow history; the trail keeps the action only.
-            return AuditEntry(
-                actor_kind=ActorKind.USER,
-                actor=decision.reviewer[:200],
-                action=AuditAction.REVIEW_DECISION,
-                outcome=outcome,
-                exchange=workflow_id,
-                resource=request.review_id,
-                detail=action.value,
-            )
-
-        audit_log = _audit_log(settings)
-        try:
-            await handle.execute_update(
-                "decide_review", decision, rpc_timeout=timedelta(seconds=30)
-            )
-        except WorkflowUpdateFailedError as err:
-            await audit_log.aappend(audited(AuditOutcome.REFUSED))
-            raise _fail(f"decision refused: {err.cause}") from err
-        await audit_log.aappend(audited(AuditOutcome.SUCCESS))
-        console.print(f"{action.value} recorded for {workflow_id} ({request.review_id})")
-
-    asyncio.run(run())
+    path = f"/reviews/{quote(workflow_id, safe='/')}"
+    pending = _api_call(settings, "GET", path)["review"]
+    if pending is None:
+        raise _fail(f"{workflow_id} has no pending review")
+    review_id = ReviewRequest.model_validate(pending).review_id
+    body = {"review_id": review_id, "action": action.value, "reason": reason}
+    if edited_message is not None:
+        body["edited_message"] = edited_message
+    record = ReviewRecord.model_validate(_api_call(settings, "POST", f"{path}/decision", json=body))
+    console.print(
+        f"{action.value} recorded for {workflow_id} ({review_id}) by {record.decision.reviewer}"
+    )
 
 
 ReasonOption = Annotated[str, typer.Option("--reason", help="Why (kept in the history)")]
-ReviewerOption = Annotated[str, typer.Option("--reviewer", help="Who decides (default: you)")]
 
 
 @review_app.command("approve")
-def review_approve(workflow_id: str, reason: ReasonOption, reviewer: ReviewerOption = "") -> None:
+def review_approve(workflow_id: str, reason: ReasonOption) -> None:
     """Approve the pending review of an exchange."""
-    _decide(workflow_id, ReviewAction.APPROVE, reason, reviewer)
+    _decide(workflow_id, ReviewAction.APPROVE, reason)
 
 
 @review_app.command("reject")
-def review_reject(workflow_id: str, reason: ReasonOption, reviewer: ReviewerOption = "") -> None:
+def review_reject(workflow_id: str, reason: ReasonOption) -> None:
     """Reject the pending review of an exchange."""
-    _decide(workflow_id, ReviewAction.REJECT, reason, reviewer)
+    _decide(workflow_id, ReviewAction.REJECT, reason)
 
 
 @review_app.command("retry")
-def review_retry(workflow_id: str, reason: ReasonOption, reviewer: ReviewerOption = "") -> None:
+def review_retry(workflow_id: str, reason: ReasonOption) -> None:
     """Ask the exchange to retry the step under review."""
-    _decide(workflow_id, ReviewAction.RETRY, reason, reviewer)
+    _decide(workflow_id, ReviewAction.RETRY, reason)
 
 
 @review_app.command("skip")
-def review_skip(workflow_id: str, reason: ReasonOption, reviewer: ReviewerOption = "") -> None:
+def review_skip(workflow_id: str, reason: ReasonOption) -> None:
     """Let an ordered-delivery queue move on without the event under review."""
-    _decide(workflow_id, ReviewAction.SKIP, reason, reviewer)
+    _decide(workflow_id, ReviewAction.SKIP, reason)
 
 
 @review_app.command("edit")
@@ -476,7 +473,6 @@ def review_edit(
     workflow_id: str,
     message_file: Annotated[Path, typer.Option("--message", help="The corrected HL7 v2 message")],
     reason: ReasonOption,
-    reviewer: ReviewerOption = "",
 ) -> None:
     """Send a corrected message in place of the one a destination refused."""
     from workers.feed import read_feed_file
@@ -488,7 +484,6 @@ def review_edit(
         workflow_id,
         ReviewAction.EDIT,
         reason,
-        reviewer,
         edited_message=messages[0].decode("utf-8", errors="strict"),
     )
 
@@ -576,6 +571,99 @@ def audit_export(
     except OSError as err:
         raise _fail(f"{out}: cannot write ({err.strerror})") from err
     console.print(f"{written} AuditEvent resources written to {out}")
+
+
+# -- users, login and the API ------------------------------------------------------------
+
+
+def _read_password(password_stdin: bool, *, confirm: bool) -> str:
+    if password_stdin:
+        return sys.stdin.readline().rstrip("\r\n")
+    password: str = typer.prompt("Password", hide_input=True, confirmation_prompt=confirm)
+    return password
+
+
+@users_app.command("add")
+def users_add(
+    name: str,
+    role: Annotated[list[Role], typer.Option("--role", help="reviewer or ops; repeat for both")],
+    password_stdin: Annotated[
+        bool, typer.Option("--password-stdin", help="Read the password from standard input")
+    ] = False,
+) -> None:
+    """Add a user of Careweave's own token issuer (or replace its password and roles)."""
+    from adapters.users import UserDirectory
+
+    settings = load_settings()
+    password = _read_password(password_stdin, confirm=True)
+    try:
+        UserDirectory.from_url(settings.resolved_database_url).add(name, password, role)
+    except ValueError as err:
+        raise _fail(f"user {name}: {err}") from err
+    console.print(f"user {name} saved with roles {', '.join(sorted(r.value for r in role))}")
+
+
+@app.command()
+def login(
+    username: Annotated[str, typer.Option(help="Default: your login name")] = "",
+    password_stdin: Annotated[
+        bool, typer.Option("--password-stdin", help="Read the password from standard input")
+    ] = False,
+) -> None:
+    """Get a token from the API and keep it (0600) for the other commands."""
+    settings = load_settings()
+    username = username or getpass.getuser()
+    password = _read_password(password_stdin, confirm=False)
+    try:
+        answer = httpx.post(
+            f"{settings.resolved_api_url}/auth/token",
+            data={"grant_type": "password", "username": username, "password": password},
+            timeout=60,
+        )
+    except httpx.TransportError as err:
+        raise _fail(f"cannot reach the API at {settings.resolved_api_url} ({err})") from err
+    if not answer.is_success:
+        raise _fail(f"login {_refusal_text(answer)}")
+    token = answer.json()
+    token_file = settings.resolved_token_file
+    token_file.parent.mkdir(parents=True, exist_ok=True)
+    # Created 0600 so the token is never readable by others, even for a moment.
+    fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(token["access_token"])
+    hours = int(token["expires_in"]) // 3600
+    console.print(f"logged in as {username}; token kept in {token_file} (valid {hours} h)")
+
+
+@app.command()
+def api(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
+    """Run only the review and codec API (production: behind TLS)."""
+    from workers.api import create_api, serving_api
+
+    _logging(verbose)
+    settings = load_settings()
+
+    async def run() -> None:
+        client = await _client(settings)
+        api_app = create_api(
+            settings,
+            client,
+            client.data_converter.payload_codec,
+            _audit_log(settings).aappend,
+        )
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        try:
+            async with serving_api(api_app, settings.api_host, settings.api_port) as port:
+                console.print(f"API listening on http://{settings.api_host}:{port}")
+                await stop.wait()
+        except OSError as err:
+            raise _fail(str(err)) from err
+
+    asyncio.run(run())
 
 
 # -- payload keys --------------------------------------------------------------

@@ -187,7 +187,10 @@ async def _run(stack: RunningStack, console: Console, run_tag: str) -> None:
         console.print(await _partner_table(stack, run_tag))
     console.print(f"Temporal UI: {stack.ui_url}")
     console.print(f"FHIR server: {stack.settings.fhir_base_url}/DiagnosticReport")
-    console.print("Quarantine: careweave quarantine list    Reviews: careweave review list")
+    console.print(
+        "Quarantine: careweave quarantine list    Reviews: careweave users add NAME --role "
+        "reviewer, careweave login, careweave review list"
+    )
 
 
 def run_demo(settings: Settings, console: Console, *, keep_running: bool) -> None:

@@ -1,6 +1,7 @@
 """The embedded stack `careweave up` runs on loopback: Temporal dev server (SQLite
-file, so a restart loses nothing), the demo FHIR R4 server, the worker and the
-MLLP gateway. Stopping it stops every part, children included.
+file, so a restart loses nothing), the demo FHIR R4 server, the worker, the
+MLLP gateway and the review/codec API (the UI decodes payloads through it).
+Stopping it stops every part, children included.
 """
 
 from __future__ import annotations
@@ -21,17 +22,18 @@ import httpx
 from temporalio.client import Client
 
 from adapters.database import CareweaveStore
-from adapters.fhir import FhirClient
 from adapters.payload_crypto import KeyRing, PayloadKeyError
 from models.destinations import Destination, RoutingConfig, RoutingConfigError, load_routing
+from models.fhir_auth import FhirAuthConfigError
 from models.settings import Settings
+from workers.api import create_api, serving_api
 from workers.gateway import MllpGateway
 from workers.intake import MessageIntake
 from workers.payload_codec import load_payload_keys
 from workers.telemetry import configure_tracing
 from workers.temporal_client import connect, ensure_search_attributes
 from workers.temporal_commit import TemporalCommitter
-from workers.worker import build_worker
+from workers.worker import build_worker, lab_fhir_client
 from workflows import search_attributes as sa
 
 log = logging.getLogger("careweave.stack")
@@ -79,6 +81,10 @@ def dev_server_command(settings: Settings) -> list[str]:
         settings.temporal_namespace,
         "--log-level",
         "warn",
+        # The UI decodes payloads in the browser through Careweave's authenticated codec
+        # endpoint (the UI posts to {endpoint}/decode and {endpoint}/encode).
+        "--ui-codec-endpoint",
+        f"{settings.resolved_api_url}/codec",
         *sa.dev_server_args(),
     ]
 
@@ -200,6 +206,7 @@ class RunningStack:
     store: CareweaveStore
     partners: list[DemoPartner]
     routing: RoutingConfig
+    api_url: str
 
     @property
     def ui_url(self) -> str:
@@ -254,10 +261,17 @@ async def embedded_stack(settings: Settings) -> AsyncIterator[RunningStack]:
         added = await ensure_search_attributes(client, settings.temporal_namespace)
         if added:
             log.info("registered search attributes %s", ", ".join(added))
-        async with FhirClient(
-            settings.fhir_base_url, timeout=settings.fhir_timeout_seconds
-        ) as fhir_client:
-            worker = build_worker(client, settings, fhir_client, routing=routing)
+        try:
+            fhir_client = lab_fhir_client(settings)
+        except FhirAuthConfigError as err:
+            raise StackError(str(err)) from err
+        async with fhir_client:
+            try:
+                worker = build_worker(
+                    client, settings, fhir_client, routing=routing, audit_log=store.audit_log()
+                )
+            except FhirAuthConfigError as err:
+                raise StackError(str(err)) from err
             committer = TemporalCommitter(client, settings) if settings.mllp_commit else None
             intake = MessageIntake(
                 store,
@@ -266,22 +280,33 @@ async def embedded_stack(settings: Settings) -> AsyncIterator[RunningStack]:
                 pseudonym_key=settings.resolved_pseudonym_key(),
             )
             gateway = MllpGateway(intake, settings)
-            await gateway.start()
-            worker_task = asyncio.create_task(worker.run())
-            try:
-                yield RunningStack(
-                    settings=settings,
-                    client=client,
-                    gateway=gateway,
-                    store=store,
-                    partners=partners,
-                    routing=routing,
-                )
-            finally:
-                await gateway.close()
-                await worker.shutdown()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await worker_task
+            api = create_api(
+                settings, client, client.data_converter.payload_codec, store.audit_log().aappend
+            )
+            async with contextlib.AsyncExitStack() as serving:
+                try:
+                    api_port = await serving.enter_async_context(
+                        serving_api(api, settings.api_host, settings.api_port)
+                    )
+                except OSError as err:
+                    raise StackError(str(err)) from err
+                await gateway.start()
+                worker_task = asyncio.create_task(worker.run())
+                try:
+                    yield RunningStack(
+                        settings=settings,
+                        client=client,
+                        gateway=gateway,
+                        store=store,
+                        partners=partners,
+                        routing=routing,
+                        api_url=f"http://{settings.api_host}:{api_port}",
+                    )
+                finally:
+                    await gateway.close()
+                    await worker.shutdown()
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await worker_task
     finally:
         for name, process in reversed(children):
             _stop(process, name)

@@ -11,7 +11,7 @@ from activities.discharge import DischargeActivities, interpret_adt
 from activities.order_to_result import FhirActivities, interpret_lab_order, interpret_lab_result
 from adapters.audit_log import AuditLog
 from adapters.database import open_engine
-from adapters.fhir import FhirClient
+from adapters.fhir import FhirClient, auth_from_config
 from models.destinations import RoutingConfig, load_routing
 from models.settings import Settings
 from workers.audit_interceptor import AuditInterceptor
@@ -22,6 +22,20 @@ from workflows.ordered_delivery import OrderedDelivery
 WORKFLOWS = [OrderToResult, DischargeSync, OrderedDelivery]
 
 
+def lab_fhir_client(settings: Settings, *, timeout: float | None = None) -> FhirClient:
+    """The client of the lab-result server (fhir_base_url) with its CAREWEAVE_FHIR_* credentials.
+
+    Raises FhirAuthConfigError naming the variable, environment variable or key file at fault.
+    """
+    seconds = timeout or settings.fhir_timeout_seconds
+    auth = auth_from_config(
+        settings.fhir_auth(),
+        where=f"lab-result FHIR server (CAREWEAVE_FHIR_AUTH_KIND={settings.fhir_auth_kind})",
+        timeout=seconds,
+    )
+    return FhirClient(settings.fhir_base_url, timeout=seconds, auth=auth)
+
+
 def build_worker(
     client: Client,
     settings: Settings,
@@ -30,7 +44,8 @@ def build_worker(
     routing: RoutingConfig | None = None,
     audit_log: AuditLog | None = None,
 ) -> Worker:
-    """The routing file is read here, once: a bad file stops the worker with its error.
+    """The routing file is read here, once: a bad file stops the worker with its error, and
+    so does a FHIR destination whose credential is missing (FhirAuthConfigError).
 
     Every activity execution is audited into ``audit_log`` (default: Careweave's database).
     """

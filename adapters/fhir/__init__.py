@@ -1,6 +1,15 @@
 """FHIR R4 adapter: an async client for any R4 base URL; knows nothing of Temporal."""
 
+from adapters.fhir.auth import BearerToken, SmartBackendServices, auth_from_config
 from adapters.fhir.client import FhirClient
 from adapters.fhir.errors import FhirError, FhirRejectedError, FhirRetryableError
 
-__all__ = ["FhirClient", "FhirError", "FhirRejectedError", "FhirRetryableError"]
+__all__ = [
+    "BearerToken",
+    "FhirClient",
+    "FhirError",
+    "FhirRejectedError",
+    "FhirRetryableError",
+    "SmartBackendServices",
+    "auth_from_config",
+]

@@ -20,10 +20,17 @@ class FhirRetryableError(FhirError):
 class FhirRejectedError(FhirError):
     """The server refused the request (4xx): repeating it unchanged cannot succeed."""
 
-    def __init__(self, status_code: int, outcome: dict[str, Any] | None) -> None:
+    def __init__(
+        self,
+        status_code: int,
+        outcome: dict[str, Any] | None,
+        *,
+        diagnostics: str | None = None,
+    ) -> None:
         self.status_code = status_code
         self.outcome = outcome
-        self.diagnostics = summarize_outcome(outcome)
+        # `diagnostics` for refusals that are not FHIR's, e.g. an OAuth token endpoint's.
+        self.diagnostics = diagnostics or summarize_outcome(outcome)
         super().__init__(f"HTTP {status_code}: {self.diagnostics}")
 
 

@@ -8,13 +8,14 @@ from pathlib import Path
 from temporalio.client import Client
 
 from adapters.hl7v2.ack import parse_ack
+from tests.support.api import running_api
 from tests.support.cli import careweave
 from tests.support.engine import Engine, mllp_send
 from workers import sample_messages as sm
 
 
-async def test_reviewer_lists_and_approves_from_the_command_line(
-    engine: Engine, temporal_client: Client
+async def test_reviewer_logs_in_lists_and_approves_from_the_command_line(
+    engine: Engine, temporal_client: Client, tmp_path: Path
 ) -> None:
     order = sm.SampleOrder("CLI-4001", local_code="ZZX9", text="Experimental")
     workflow_id = f"order-to-result/{sm.HOSPITAL}/CLI-4001"
@@ -24,33 +25,64 @@ async def test_reviewer_lists_and_approves_from_the_command_line(
     )
     await engine.wait_for_review(workflow_id)
 
-    code, output = await careweave(engine, temporal_client, "review", "list")
-    assert code == 0, output
-    assert workflow_id in output
-    assert "unmapped-code" in output
+    async with running_api(engine) as api:
+        reviewer = {
+            "CAREWEAVE_API_URL": api.base_url,
+            "CAREWEAVE_TOKEN_FILE": str(tmp_path / "reviewer.token"),
+        }
+        ops = {**reviewer, "CAREWEAVE_TOKEN_FILE": str(tmp_path / "ops.token")}
 
-    code, output = await careweave(
-        engine,
-        temporal_client,
-        *("review", "approve", workflow_id),
-        *("--reason", "local code checked with the lab", "--reviewer", "rev-cli"),
-    )
-    assert code == 0, output
-    await engine.wait_for_status(workflow_id, "final")
-    history = await engine.handle(workflow_id).query("review_history")
-    assert history[-1]["decision"]["reviewer"] == "rev-cli"
-    [decided] = [
-        row
-        for row in engine.store.audit_log().records(exchange=workflow_id)
-        if row.action == "review-decision"
-    ]
-    assert (decided.actor, decided.outcome, decided.detail) == ("rev-cli", "success", "approve")
+        async def run(*args: str, env: dict[str, str], stdin: str | None = None) -> tuple[int, str]:
+            return await careweave(engine, temporal_client, *args, stdin=stdin, env=env)
 
-    code, output = await careweave(
-        engine, temporal_client, "review", "reject", workflow_id, "--reason", "twice"
-    )
-    assert code == 1
-    assert "no pending review" in output
+        code, output = await run("review", "list", env=reviewer)
+        assert code == 1
+        assert "not logged in" in output
+
+        for name, role in (("rev-cli", "reviewer"), ("ops-cli", "ops")):
+            code, output = await run(
+                *("users", "add", name, "--role", role, "--password-stdin"),
+                stdin=f"{name} long password\n",
+                env=reviewer,
+            )
+            assert code == 0, output
+        code, output = await run(
+            *("login", "--username", "rev-cli", "--password-stdin"),
+            stdin="not the password\n",
+            env=reviewer,
+        )
+        assert code == 1
+        assert "refused (401)" in output
+        for name, env in (("rev-cli", reviewer), ("ops-cli", ops)):
+            code, output = await run(
+                *("login", "--username", name, "--password-stdin"),
+                stdin=f"{name} long password\n",
+                env=env,
+            )
+            assert code == 0, output
+        assert (tmp_path / "reviewer.token").stat().st_mode & 0o777 == 0o600
+
+        code, output = await run("review", "list", env=ops)
+        assert code == 0, output
+        assert workflow_id in output
+        assert "unmapped-code" in output
+
+        approve = ("review", "approve", workflow_id, "--reason", "local code checked with the lab")
+        code, output = await run(*approve, env=ops)
+        assert code == 1
+        assert "refused (403)" in output
+        assert await engine.handle(workflow_id).query("review_history") == []
+
+        code, output = await run(*approve, env=reviewer)
+        assert code == 0, output
+        await engine.wait_for_status(workflow_id, "final")
+        history = await engine.handle(workflow_id).query("review_history")
+        assert history[-1]["decision"]["reviewer"] == "rev-cli"
+        assert history[-1]["decision"]["identity_issuer"] == "careweave"
+
+        code, output = await run("review", "reject", workflow_id, "--reason", "twice", env=reviewer)
+        assert code == 1
+        assert "no pending review" in output
 
 
 async def test_operator_fixes_and_releases_from_the_command_line(

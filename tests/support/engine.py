@@ -28,7 +28,7 @@ from workers.intake import MessageIntake
 from workers.stack import temporal_binary
 from workers.temporal_client import connect_to
 from workers.temporal_commit import TemporalCommitter
-from workers.worker import build_worker
+from workers.worker import build_worker, lab_fhir_client
 from workflows import search_attributes as sa
 
 
@@ -125,7 +125,7 @@ async def running_engine(
         key_file.write_text(TEST_PAYLOAD_KEYS + "\n")
         key_file.chmod(0o600)
         store = CareweaveStore.from_url(settings.resolved_database_url, TEST_KEY_RING)
-        async with FhirClient(settings.fhir_base_url, timeout=10) as fhir:
+        async with lab_fhir_client(settings, timeout=10) as fhir:
             worker = build_worker(client, settings, fhir)
             intake = MessageIntake(
                 store,

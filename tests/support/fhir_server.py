@@ -24,9 +24,33 @@ def free_port() -> int:
         return port
 
 
+def token_url(base_url: str) -> str:
+    """The token endpoint of a server started with authorization on."""
+    return base_url.removesuffix("/fhir") + "/auth/token"
+
+
+def tokens_issued(base_url: str) -> int:
+    """How many access tokens the server has issued (GET /auth/stats)."""
+    stats = httpx.get(base_url.removesuffix("/fhir") + "/auth/stats", timeout=5).json()
+    issued: int = stats["tokens_issued"]
+    return issued
+
+
 @contextmanager
-def running_fhir_server(port: int | None = None) -> Iterator[str]:
-    """Yield the base URL of a fresh, empty in-memory FHIR server; stop it afterwards."""
+def running_fhir_server(
+    port: int | None = None,
+    *,
+    smart_clients: dict[str, Path] | None = None,
+    static_token: str | None = None,
+    require_auth: bool = False,
+    token_lifetime_seconds: float | None = None,
+) -> Iterator[str]:
+    """Yield the base URL of a fresh, empty in-memory FHIR server; stop it afterwards.
+
+    Authorization is off unless asked for: `smart_clients` registers SMART backend clients
+    (client id -> JWKS file of their public keys), `static_token` accepts one fixed bearer
+    token, `require_auth` turns it on even with neither (nothing gets in).
+    """
     node = shutil.which("node")
     if node is None:
         raise RuntimeError("node is not installed; `make test` installs it (apt-get nodejs npm)")
@@ -35,8 +59,17 @@ def running_fhir_server(port: int | None = None) -> Iterator[str]:
     port = port or free_port()
     base_url = f"http://127.0.0.1:{port}/fhir"
     with tempfile.TemporaryFile() as log:
+        command = [node, str(SERVER_DIR / "server.js"), "--port", str(port), "--host", "127.0.0.1"]
+        for client_id, jwks_file in (smart_clients or {}).items():
+            command += ["--smart-client", f"{client_id}={jwks_file}"]
+        if static_token is not None:
+            command += ["--static-token", static_token]
+        if require_auth:
+            command.append("--require-auth")
+        if token_lifetime_seconds is not None:
+            command += ["--token-lifetime", str(token_lifetime_seconds)]
         process = subprocess.Popen(
-            [node, str(SERVER_DIR / "server.js"), "--port", str(port), "--host", "127.0.0.1"],
+            command,
             stdout=log,
             stderr=subprocess.STDOUT,
         )

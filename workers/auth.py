@@ -1,0 +1,155 @@
+"""Bearer tokens: Careweave's own issuer signs them, the API verifies them (PyJWT).
+
+Careweave's issuer signs ES256 with a private key kept in a file (made on first use,
+0600). Verification checks the signature, `iss`, `aud`, `exp`, `nbf` and `iat` (a small
+leeway for clock skew) and maps the `roles` claim to Careweave's roles; unknown role
+names are ignored. An external identity provider's tokens are accepted as well when
+its JWKS URL and issuer are configured.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from models.identity import Identity, Role
+from models.settings import Settings
+
+ALGORITHM = "ES256"
+LEEWAY = timedelta(seconds=30)
+
+
+class TokenRejected(Exception):
+    """The token is missing, malformed, badly signed, expired or not meant for Careweave."""
+
+
+def load_or_create_signing_key(path: Path) -> ec.EllipticCurvePrivateKey:
+    """The issuer's P-256 private key; a new one is written (0600) if the file is missing."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        key = ec.generate_private_key(ec.SECP256R1())
+        pem = key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        # Created 0600 from the start: the key is never readable by others, not even briefly.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            out.write(pem)
+        return key
+    loaded = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    if not isinstance(loaded, ec.EllipticCurvePrivateKey):
+        raise ValueError(f"{path}: not an EC private key (ES256 needs P-256)")
+    return loaded
+
+
+class TokenIssuer:
+    """Signs access tokens for users of Careweave's own directory."""
+
+    def __init__(
+        self, key: ec.EllipticCurvePrivateKey, *, issuer: str, audience: str, ttl: timedelta
+    ) -> None:
+        self._key = key
+        self.issuer = issuer
+        self.audience = audience
+        self.ttl = ttl
+
+    def issue(self, subject: str, roles: Iterable[Role], *, now: datetime | None = None) -> str:
+        issued = now or datetime.now(UTC)
+        claims = {
+            "iss": self.issuer,
+            "aud": self.audience,
+            "sub": subject,
+            "roles": sorted(role.value for role in roles),
+            "iat": issued,
+            "nbf": issued,
+            "exp": issued + self.ttl,
+            "jti": uuid.uuid4().hex,
+        }
+        return jwt.encode(claims, self._key, algorithm=ALGORITHM)
+
+
+class TokenVerifier:
+    """Verifies bearer tokens of Careweave's issuer and, optionally, of one external IdP."""
+
+    def __init__(
+        self,
+        public_key: ec.EllipticCurvePublicKey,
+        *,
+        issuer: str,
+        audience: str,
+        jwks_url: str | None = None,
+        jwks_issuer: str | None = None,
+    ) -> None:
+        self._public_key = public_key
+        self._issuer = issuer
+        self._audience = audience
+        self._jwks_issuer = jwks_issuer if jwks_url else None
+        self._jwks = jwt.PyJWKClient(jwks_url) if jwks_url else None
+
+    async def verify(self, token: str) -> Identity:
+        # PyJWKClient fetches keys with blocking urllib: keep it off the event loop.
+        if self._jwks is not None:
+            return await asyncio.to_thread(self.verify_sync, token)
+        return self.verify_sync(token)
+
+    def verify_sync(self, token: str) -> Identity:
+        try:
+            # Only to choose the key: the issuer is checked again with the signature below.
+            claimed_issuer = jwt.decode(token, options={"verify_signature": False}).get("iss")
+            if claimed_issuer == self._issuer:
+                key: object = self._public_key
+                algorithms = [ALGORITHM]
+            elif self._jwks is not None and claimed_issuer == self._jwks_issuer:
+                key = self._jwks.get_signing_key_from_jwt(token).key
+                algorithms = ["RS256", "ES256", "EdDSA"]
+            else:
+                raise TokenRejected("token from an unknown issuer")
+            claims = jwt.decode(
+                token,
+                key,  # type: ignore[arg-type]
+                algorithms=algorithms,
+                audience=self._audience,
+                issuer=claimed_issuer,
+                leeway=LEEWAY,
+                options={"require": ["exp", "iat", "iss", "aud", "sub"]},
+            )
+        except jwt.ExpiredSignatureError as err:
+            raise TokenRejected("token expired") from err
+        except jwt.InvalidAudienceError as err:
+            raise TokenRejected("token not issued for this API") from err
+        except (jwt.PyJWTError, ValueError) as err:
+            raise TokenRejected("invalid token") from err
+        raw_roles = claims.get("roles", [])
+        if not isinstance(raw_roles, list):
+            raise TokenRejected("invalid token: roles is not a list")
+        known = {role.value for role in Role}
+        roles = frozenset(Role(value) for value in raw_roles if value in known)
+        return Identity(subject=str(claims["sub"]), roles=roles, issuer=str(claimed_issuer))
+
+
+def issuer_and_verifier(settings: Settings) -> tuple[TokenIssuer, TokenVerifier]:
+    key = load_or_create_signing_key(settings.resolved_signing_key_file)
+    issuer = TokenIssuer(
+        key,
+        issuer=settings.auth_issuer,
+        audience=settings.auth_audience,
+        ttl=timedelta(seconds=settings.auth_token_ttl_seconds),
+    )
+    verifier = TokenVerifier(
+        key.public_key(),
+        issuer=settings.auth_issuer,
+        audience=settings.auth_audience,
+        jwks_url=settings.auth_jwks_url,
+        jwks_issuer=settings.auth_jwks_issuer,
+    )
+    return issuer, verifier
