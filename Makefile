@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test lint unit bench clean
+.PHONY: setup demo test lint unit bench clean openssl-cli
 
 $(BIN)/.installed: pyproject.toml
 	@echo "==> Python: creating $(VENV) and installing Careweave with its test tools (pip)"
@@ -28,6 +28,11 @@ partners/node_modules/.installed: partners/package.json partners/package-lock.js
 	@npm ci --prefix partners --no-audit --no-fund --loglevel=error
 	@touch $@
 
+# The TLS tests use OpenSSL's own client as a sender nobody here wrote.
+openssl-cli:
+	@command -v openssl >/dev/null || { echo "==> installing the openssl command (apt-get)"; \
+		apt-get update -qq && apt-get install -y -qq openssl >/dev/null; }
+
 setup: $(BIN)/.installed fhir-server/node_modules/.installed partners/node_modules/.installed
 
 demo: setup
@@ -40,7 +45,7 @@ lint: setup
 	@$(BIN)/ruff format --check .
 	@$(BIN)/mypy
 
-test: lint
+test: lint openssl-cli
 	@echo "==> pytest: unit, workflow (real Temporal dev server) and end-to-end (real FHIR server, MLLP peers)"
 	@$(BIN)/pytest -q
 

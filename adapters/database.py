@@ -1,4 +1,5 @@
-"""Careweave's own database: quarantine and receipts (SQLite default, PostgreSQL in production)."""
+"""Careweave's own database: quarantine, receipts and the audit trail (SQLite default,
+PostgreSQL in production)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, SQLModel, col, create_engine, select
 
+from adapters.audit_log import AuditLog, append_locked, install_append_only_guard, lock_chain
 from adapters.payload_crypto import KeyRing, PayloadDecryptError, PayloadKeyError
+from models.audit import AuditEntry
 from models.records import (
     MessageReceipt,
     PayloadKeyCheck,
@@ -37,7 +40,12 @@ def open_engine(url: str) -> Engine:
         event.listen(engine, "connect", _enable_sqlite_wal)
     else:
         engine = create_engine(url, pool_pre_ping=True)
-    SQLModel.metadata.create_all(engine)
+    with engine.connect() as connection:
+        # Workers and gateways start together: one at a time creates what is missing.
+        lock_chain(connection)
+        SQLModel.metadata.create_all(connection)
+        install_append_only_guard(connection)
+        connection.commit()
     return engine
 
 
@@ -51,7 +59,7 @@ def _with_raw(message: QuarantinedMessage, raw: bytes) -> QuarantinedMessage:
 
 
 class CareweaveStore:
-    """Quarantine and receipts; synchronous, so async callers use asyncio.to_thread.
+    """Quarantine, receipts, audit; synchronous, so async callers use asyncio.to_thread.
 
     Raw messages are sealed with the payload key ring on the way in and opened on the
     way out, so the database file never holds message text.
@@ -104,14 +112,27 @@ class CareweaveStore:
 
     # -- quarantine --------------------------------------------------------
 
-    def quarantine(self, message: QuarantinedMessage) -> int:
+    def audit_log(self) -> AuditLog:
+        return AuditLog(self._engine)
+
+    def quarantine(self, message: QuarantinedMessage, *, audit: AuditEntry | None = None) -> int:
+        """Keep the message, sealed; ``audit`` is appended in the same transaction, its
+        resource set to ``QuarantinedMessage/<id>``."""
         sealed = _with_raw(message, self._key_ring.seal(message.raw, column=_RAW_COLUMN))
         with Session(self._engine) as session:
+            if audit is not None:
+                lock_chain(session.connection())
             session.add(sealed)
-            session.commit()
-            session.refresh(sealed)
+            session.flush()
             assert sealed.id is not None
-            return sealed.id
+            message_id = sealed.id
+            if audit is not None:
+                resource = f"QuarantinedMessage/{message_id}"
+                append_locked(
+                    session.connection(), [audit.model_copy(update={"resource": resource})]
+                )
+            session.commit()
+            return message_id
 
     def quarantined(
         self, status: str | None = None, limit: int = 100
@@ -131,8 +152,18 @@ class CareweaveStore:
         """A detached copy with the raw bytes decrypted; the stored row is untouched."""
         return row.model_copy(update={"raw": self._key_ring.unseal(row.raw, column=_RAW_COLUMN)})
 
-    def mark_released(self, message_id: int, *, released_by: str, result: str) -> None:
+    def mark_released(
+        self,
+        message_id: int,
+        *,
+        released_by: str,
+        result: str,
+        audit: AuditEntry | None = None,
+    ) -> None:
+        """Mark it released; ``audit`` (the RELEASE row) is appended in the same transaction."""
         with Session(self._engine) as session:
+            if audit is not None:
+                lock_chain(session.connection())
             message = session.get(QuarantinedMessage, message_id)
             if message is None:
                 raise KeyError(message_id)
@@ -141,6 +172,9 @@ class CareweaveStore:
             message.released_by = released_by
             message.release_result = result
             session.add(message)
+            session.flush()
+            if audit is not None:
+                append_locked(session.connection(), [audit])
             session.commit()
 
     # -- receipts ------------------------------------------------------------
@@ -195,11 +229,22 @@ class ReceiptBook:
         self._reader.rollback()
         return found
 
-    def record(self, receipts: Sequence[MessageReceipt]) -> None:
-        """Insert receipts in one transaction; a receipt already there is left as it was."""
-        if receipts:
-            self._writer.execute(self._insert, [receipt.model_dump() for receipt in receipts])
+    def record(self, receipts: Sequence[MessageReceipt], audit: Sequence[AuditEntry] = ()) -> None:
+        """Insert receipts and append their RECEIVE rows in one transaction (one commit
+        per burst); a receipt already there is left as it was."""
+        if not receipts and not audit:
+            return
+        try:
+            if audit:
+                lock_chain(self._writer)
+            if receipts:
+                self._writer.execute(self._insert, [receipt.model_dump() for receipt in receipts])
+            append_locked(self._writer, audit)
             self._writer.commit()
+        except BaseException:
+            # The kept connection must not stay inside a failed transaction.
+            self._writer.rollback()
+            raise
 
     def close(self) -> None:
         self._reader.close()

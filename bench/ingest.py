@@ -30,9 +30,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from adapters.hl7v2.ack import parse_ack
 from adapters.hl7v2.mllp_client import MllpClient
+from adapters.payload_crypto import add_key
 from models.messages import InboundMessage
 from models.settings import Settings
 from workers import sample_messages as sm
+from workers.payload_codec import load_payload_keys
 from workers.routing import Route
 from workers.stack import dev_server_command
 from workers.temporal_client import connect
@@ -202,13 +204,15 @@ async def fresh_temporal(
         temporal_ui_port=18233,
         task_queue="careweave-bench",
     )
+    # Payloads are encrypted as in production; the gateway process finds this key file.
+    key_ring = load_payload_keys(settings, create_if_new_state=True)
     temporal = subprocess.Popen(
         dev_server_command(settings), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     try:
         for _ in range(200):
             try:
-                await connect(settings)
+                await connect(settings, key_ring)
                 break
             except RuntimeError:
                 await asyncio.sleep(0.3)
@@ -244,6 +248,8 @@ async def one_round(base: Path, index: int, messages: int, senders: int) -> list
         rows.append(await bench_gateway(GATEWAY, 12575, f"G{tag}", messages, senders, pids))
     floor_env = {**os.environ, "CAREWEAVE_MLLP_COMMIT": "false"}
     floor_env["CAREWEAVE_DATABASE_URL"] = f"sqlite:///{base}/floor{index}.db"
+    floor_env["CAREWEAVE_STATE_DIR"] = str(base / f"floor{index}")
+    add_key(base / f"floor{index}" / "payload.keys")
     async with gateway_process(floor_env, 12576, base / f"floor{index}.log") as gateway:
         pids = {"gateway": gateway}
         rows.append(await bench_gateway(FLOOR, 12576, f"F{tag}", messages, senders, pids))

@@ -50,3 +50,32 @@ class AuditEntry(BaseModel):
     exchange: str | None = Field(default=None, max_length=300)
     resource: str | None = Field(default=None, max_length=300)
     detail: str = Field(default="", max_length=500)
+
+
+class BreakKind(StrEnum):
+    EDITED = "edited"  # the row's own hash no longer matches its fields
+    MISSING = "missing"  # a sequence number is skipped: rows deleted
+    RELINKED = "relinked"  # prev_hash is not the hash before it: reordered or inserted
+
+
+class ChainBreak(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    seq: int  # the first row whose link to the chain does not hold
+    kind: BreakKind
+    reason: str
+
+
+class AuditVerification(BaseModel):
+    """What `careweave audit verify` reports: rows checked, and the first broken link."""
+
+    model_config = ConfigDict(frozen=True)
+
+    rows_checked: int
+    last_seq: int | None = None
+    last_hash: str | None = None
+    first_break: ChainBreak | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.first_break is None

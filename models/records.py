@@ -1,10 +1,11 @@
-"""Careweave's own tables (sqlmodel): quarantined messages and message receipts."""
+"""Careweave's own tables (sqlmodel): quarantined messages, message receipts, the audit trail."""
 
 from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
 
+from sqlalchemy import DateTime
 from sqlmodel import Field, SQLModel
 
 
@@ -66,3 +67,29 @@ class PayloadKeyCheck(SQLModel, table=True):
     key_id: str = Field(primary_key=True)
     sealed_check: bytes
     first_used_at: datetime
+
+
+class AuditRecord(SQLModel, table=True):
+    """One row of the append-only audit trail (see adapters/audit_log.py).
+
+    ``hash`` is SHA-256 over the canonical form of every other column, ``prev_hash``
+    included, so editing, deleting or reordering rows breaks the chain at that row.
+    The database refuses UPDATE and DELETE with a trigger; the chain catches whoever
+    goes around it.
+    """
+
+    __tablename__ = "audit_event"
+
+    seq: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
+    # Timezone-aware where the database keeps zones (PostgreSQL); SQLite returns it naive,
+    # and the hash reads a naive time as UTC, so both give the same hash.
+    recorded_at: datetime = Field(sa_type=DateTime(timezone=True), index=True)
+    actor_kind: str
+    actor: str
+    action: str = Field(index=True)
+    outcome: str
+    exchange: str | None = Field(default=None, index=True)
+    resource: str | None = None
+    detail: str = ""
+    prev_hash: str
+    hash: str

@@ -40,7 +40,7 @@ from models.review import ReviewAction, ReviewDecision, ReviewRecord, ReviewRequ
 from models.settings import Settings
 from workers.auth import TokenIssuer, TokenRejected, TokenVerifier, issuer_and_verifier
 
-AuditRecorder = Callable[[AuditEntry], Awaitable[None]]
+AuditRecorder = Callable[[AuditEntry], Awaitable[object]]  # e.g. AuditLog.aappend
 SESSION_COOKIE = "careweave_session"
 # The cookie is sent only to the codec routes: the review routes take bearer tokens only,
 # so a page the reviewer visits can never make a decision with their browser's cookie.

@@ -19,9 +19,11 @@ from rich.console import Console
 from rich.table import Table
 from temporalio.client import Client
 
-from adapters.database import CareweaveStore
+from adapters.audit_log import AuditLog
+from adapters.database import CareweaveStore, open_engine
 from adapters.hl7v2.mllp_client import MllpClient
 from adapters.payload_crypto import KeyRing, PayloadKeyError, add_key
+from models.audit import ActorKind, AuditAction, AuditEntry, AuditOutcome
 from models.identity import Role
 from models.review import ReviewAction, ReviewRecord, ReviewRequest
 from models.settings import Settings, load_settings
@@ -38,9 +40,14 @@ quarantine_app = typer.Typer(
     help="Messages Careweave refused, kept with the reason", no_args_is_help=True
 )
 review_app = typer.Typer(help="Exchanges waiting for a person", no_args_is_help=True)
+audit_app = typer.Typer(
+    help="The append-only, hash-chained audit trail: verify, list, export",
+    no_args_is_help=True,
+)
 users_app = typer.Typer(help="Users of Careweave's own token issuer", no_args_is_help=True)
 app.add_typer(quarantine_app, name="quarantine")
 app.add_typer(review_app, name="review")
+app.add_typer(audit_app, name="audit")
 keys_app = typer.Typer(help="Payload encryption keys (AES-256-GCM)", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 app.add_typer(users_app, name="users")
@@ -304,9 +311,21 @@ def quarantine_show(
     ] = None,
 ) -> None:
     """Show one quarantined message; --raw FILE saves its bytes for editing."""
-    row = _store(load_settings()).quarantined_message(message_id)
+    store = _store(load_settings())
+    row = store.quarantined_message(message_id)
     if row is None:
         raise _fail(f"no quarantined message #{message_id}")
+    # The raw bytes are patient data: who read them is on the trail before they are shown.
+    store.audit_log().append(
+        AuditEntry(
+            actor_kind=ActorKind.USER,
+            actor=getpass.getuser(),
+            action=AuditAction.ACCESS,
+            outcome=AuditOutcome.SUCCESS,
+            resource=f"QuarantinedMessage/{message_id}",
+            detail="raw bytes saved to a file" if raw is not None else "raw bytes shown",
+        )
+    )
     console.print(f"#{row.id} {row.status} from {row.peer} at {row.received_at}")
     console.print(f"answered {row.ack_code} (HL7 error {row.error_code}): {row.reason}")
     if row.release_result:
@@ -477,6 +496,91 @@ def review_edit(
     )
 
 
+# -- audit ---------------------------------------------------------------------
+
+
+def _audit_log(settings: Settings) -> AuditLog:
+    # No payload keys needed: the trail holds no message content, and an auditor
+    # should not have to hold the keys that open it.
+    return AuditLog(open_engine(settings.resolved_database_url))
+
+
+@audit_app.command("verify")
+def audit_verify() -> None:
+    """Walk the hash chain from the first row; exit 1 naming the first broken link."""
+    verification = _audit_log(load_settings()).verify()
+    if verification.first_break is not None:
+        broken = verification.first_break
+        raise _fail(
+            f"audit chain broken: {broken.reason} "
+            f"({verification.rows_checked} earlier rows verified)"
+        )
+    if verification.last_seq is None:
+        console.print("audit trail empty: 0 rows checked, OK")
+        return
+    console.print(
+        f"{verification.rows_checked} rows checked, chain OK; "
+        f"last seq {verification.last_seq}, hash {verification.last_hash}"
+    )
+
+
+@audit_app.command("list")
+def audit_list(
+    limit: Annotated[int, typer.Option(min=1, help="Newest rows to show")] = 50,
+    exchange: Annotated[str | None, typer.Option(help="Only this exchange (workflow id)")] = None,
+) -> None:
+    """The newest audit rows, newest first (who, what, which exchange, outcome)."""
+    records = _audit_log(load_settings()).records(limit=limit, exchange=exchange, newest_first=True)
+    table = Table(title="Audit trail" + (f" of {exchange}" if exchange else ""))
+    # Workflow ids are copied into other commands: never cut; filtered, they are the title.
+    columns = ["seq", "recorded (UTC)", "actor", "action", "outcome"]
+    columns += [] if exchange else ["exchange"]
+    for column in columns:
+        table.add_column(column, no_wrap=True)
+    for column in ("resource", "detail"):
+        table.add_column(column)
+    for record in records:
+        cells = [
+            str(record.seq),
+            record.recorded_at.strftime("%Y-%m-%d %H:%M:%S"),
+            f"{record.actor_kind}:{record.actor}",
+            record.action,
+            record.outcome,
+        ]
+        cells += [] if exchange else [record.exchange or ""]
+        table.add_row(
+            *cells,
+            record.resource or "",
+            record.detail,
+            style="red" if record.outcome != "success" else None,
+        )
+    console.print(table)
+
+
+@audit_app.command("export")
+def audit_export(
+    out: Annotated[Path, typer.Option("--out", help="File to write (NDJSON)")],
+    exchange: Annotated[str | None, typer.Option(help="Only this exchange (workflow id)")] = None,
+) -> None:
+    """Write the trail as FHIR R4 AuditEvent resources, one JSON object per line (NDJSON,
+    as FHIR bulk data does), oldest first; each carries its seq, hash and prev_hash."""
+    import json
+
+    from adapters.audit_log import to_fhir_audit_event
+
+    audit_log = _audit_log(load_settings())
+    written = 0
+    try:
+        with out.open("w", encoding="utf-8") as export:
+            for record in audit_log.in_order(exchange=exchange):
+                export.write(json.dumps(to_fhir_audit_event(record), separators=(",", ":")))
+                export.write("\n")
+                written += 1
+    except OSError as err:
+        raise _fail(f"{out}: cannot write ({err.strerror})") from err
+    console.print(f"{written} AuditEvent resources written to {out}")
+
+
 # -- users, login and the API ------------------------------------------------------------
 
 
@@ -550,7 +654,12 @@ def api(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> No
 
     async def run() -> None:
         client = await _client(settings)
-        api_app = create_api(settings, client, client.data_converter.payload_codec)
+        api_app = create_api(
+            settings,
+            client,
+            client.data_converter.payload_codec,
+            _audit_log(settings).aappend,
+        )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
@@ -563,10 +672,6 @@ def api(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> No
             raise _fail(str(err)) from err
 
     asyncio.run(run())
-
-
-if __name__ == "__main__":
-    app()
 
 
 # -- payload keys --------------------------------------------------------------
@@ -595,3 +700,7 @@ def keys_list() -> None:
     for key_id in ring.key_ids:
         marker = "  (encrypts)" if key_id == ring.current_key_id else ""
         console.print(f"{key_id}{marker}", markup=False)
+
+
+if __name__ == "__main__":
+    app()

@@ -19,6 +19,7 @@ from adapters.database import CareweaveStore
 from adapters.grouping import GroupRunner
 from adapters.hl7v2.ack import ack_required, build_ack
 from adapters.hl7v2.header import DecodedMessage, MessageHeader, MessageRejected, decode_message
+from models.audit import ActorKind, AuditAction, AuditEntry, AuditOutcome
 from models.messages import InboundMessage
 from models.records import MessageReceipt, QuarantinedMessage
 from workers.routing import (
@@ -64,6 +65,33 @@ def _now_hl7() -> str:
     return datetime.now(UTC).strftime("%Y%m%d%H%M%S")
 
 
+def receive_entry(
+    header: MessageHeader | None,
+    *,
+    peer: str,
+    ack_code: str,
+    detail: str,
+    exchange: str | None = None,
+) -> AuditEntry:
+    """The RECEIVE row of one message: the sender is MSH-3^MSH-4 (system names, not
+    patient data), else the network peer; the resource is MSH-9 and MSH-10."""
+    if header is not None:
+        actor = f"{header.sending_application}^{header.sending_facility}"
+        resource: str | None = f"{header.message_type} {header.control_id}"
+    else:
+        actor, resource = f"peer {peer}", None
+    return AuditEntry(
+        actor_kind=ActorKind.PARTNER,
+        # A sender chooses these lengths; the trail keeps a bounded prefix.
+        actor=actor[:200],
+        action=AuditAction.RECEIVE,
+        outcome=AuditOutcome.SUCCESS if ack_code == "AA" else AuditOutcome.REFUSED,
+        exchange=exchange,
+        resource=resource[:300] if resource else None,
+        detail=f"{ack_code} {detail}".strip()[:500],
+    )
+
+
 class MessageIntake:
     def __init__(
         self,
@@ -85,13 +113,17 @@ class MessageIntake:
         self._receipt_lookups = GroupRunner[tuple[str, str], str | None](
             self._receipts.workflow_ids_for, inline=inline
         )
-        self._receipt_writes = GroupRunner[MessageReceipt, None](
+        # A receipt and its RECEIVE audit row go in the same transaction: no extra commit.
+        self._receipt_writes = GroupRunner[tuple[MessageReceipt | None, AuditEntry], None](
             self._write_receipts, inline=inline
         )
 
-    def _write_receipts(self, receipts: list[MessageReceipt]) -> list[None]:
-        self._receipts.record(receipts)
-        return [None] * len(receipts)
+    def _write_receipts(self, items: list[tuple[MessageReceipt | None, AuditEntry]]) -> list[None]:
+        self._receipts.record(
+            [receipt for receipt, _ in items if receipt is not None],
+            [entry for _, entry in items],
+        )
+        return [None] * len(items)
 
     async def accept(self, payload: bytes, *, peer: str, quarantine: bool = True) -> IntakeResult:
         """Decide, commit, answer. quarantine=False when re-checking an already kept message."""
@@ -121,6 +153,14 @@ class MessageIntake:
         earlier = await self._receipt_lookups.submit((header.sending_facility, header.control_id))
         if earlier is not None:
             log.info("duplicate %s control id acknowledged again", header.message_type)
+            await self._receipt_writes.submit(
+                (
+                    None,
+                    receive_entry(
+                        header, peer=peer, ack_code="AA", detail="duplicate", exchange=earlier
+                    ),
+                )
+            )
             return self._answer(header, "AA", Outcome.DUPLICATE, earlier)
 
         if self._committer is not None:
@@ -145,15 +185,17 @@ class MessageIntake:
                     quarantine=quarantine,
                     outcome=Outcome.NOT_COMMITTED,
                 )
-            await self._receipt_writes.submit(
-                MessageReceipt(
-                    sending_facility=header.sending_facility,
-                    control_id=header.control_id,
-                    workflow_id=destination.workflow_id,
-                    message_type=header.message_type,
-                    received_at=datetime.now(UTC),
-                ),
+            receipt = MessageReceipt(
+                sending_facility=header.sending_facility,
+                control_id=header.control_id,
+                workflow_id=destination.workflow_id,
+                message_type=header.message_type,
+                received_at=datetime.now(UTC),
             )
+            entry = receive_entry(
+                header, peer=peer, ack_code="AA", detail="", exchange=destination.workflow_id
+            )
+            await self._receipt_writes.submit((receipt, entry))
         return self._answer(header, "AA", Outcome.ACCEPTED, destination.workflow_id)
 
     async def reject_frame(self, raw: bytes, reason: str, *, peer: str) -> IntakeResult:
@@ -194,6 +236,12 @@ class MessageIntake:
                 message_type=header.message_type if header else "",
                 control_id=header.control_id if header else "",
                 raw=payload,
+            ),
+            audit=receive_entry(
+                header,
+                peer=peer,
+                ack_code=rejection.ack_code,
+                detail=f"{rejection.error_code} quarantined",
             ),
         )
         log.warning(

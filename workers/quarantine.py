@@ -1,10 +1,15 @@
-"""Releasing a quarantined message: resubmit it, as kept or as fixed, through the same intake."""
+"""Releasing a quarantined message: resubmit it, as kept or as fixed, through the same intake.
+
+Every attempt leaves a RELEASE audit row with the operator: success in the same
+transaction that marks the message released, a refusal with the reason's first words.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from adapters.database import CareweaveStore
+from models.audit import ActorKind, AuditAction, AuditEntry, AuditOutcome
 from models.records import QuarantineStatus
 from workers.intake import MessageIntake, Outcome
 
@@ -20,6 +25,24 @@ class Released:
     workflow_id: str
 
 
+def _release_entry(
+    message_id: int,
+    released_by: str,
+    outcome: AuditOutcome,
+    detail: str,
+    exchange: str | None = None,
+) -> AuditEntry:
+    return AuditEntry(
+        actor_kind=ActorKind.USER,
+        actor=released_by,
+        action=AuditAction.RELEASE,
+        outcome=outcome,
+        exchange=exchange,
+        resource=f"QuarantinedMessage/{message_id}",
+        detail=detail,
+    )
+
+
 async def release(
     store: CareweaveStore,
     intake: MessageIntake,
@@ -27,6 +50,28 @@ async def release(
     *,
     released_by: str,
     fixed_payload: bytes | None = None,
+) -> Released:
+    if not released_by.strip():
+        raise ReleaseRefused("say who releases the message (--by)")
+    try:
+        return await _release(
+            store, intake, message_id, released_by=released_by, fixed_payload=fixed_payload
+        )
+    except ReleaseRefused as refusal:
+        # The refusal text names codes and fields (the intake's reason), not content.
+        await store.audit_log().aappend(
+            _release_entry(message_id, released_by, AuditOutcome.REFUSED, str(refusal)[:500])
+        )
+        raise
+
+
+async def _release(
+    store: CareweaveStore,
+    intake: MessageIntake,
+    message_id: int,
+    *,
+    released_by: str,
+    fixed_payload: bytes | None,
 ) -> Released:
     row = store.quarantined_message(message_id)
     if row is None:
@@ -46,5 +91,12 @@ async def release(
         message_id,
         released_by=released_by,
         result=f"{result.outcome.value} into {result.workflow_id}",
+        audit=_release_entry(
+            message_id,
+            released_by,
+            AuditOutcome.SUCCESS,
+            f"{result.outcome.value}{' (fixed)' if fixed_payload is not None else ''}",
+            exchange=result.workflow_id,
+        ),
     )
     return Released(message_id, result.outcome, result.workflow_id)

@@ -268,7 +268,9 @@ async def embedded_stack(settings: Settings) -> AsyncIterator[RunningStack]:
             raise StackError(str(err)) from err
         async with fhir_client:
             try:
-                worker = build_worker(client, settings, fhir_client, routing=routing)
+                worker = build_worker(
+                    client, settings, fhir_client, routing=routing, audit_log=store.audit_log()
+                )
             except FhirAuthConfigError as err:
                 raise StackError(str(err)) from err
             committer = TemporalCommitter(client, settings) if settings.mllp_commit else None
@@ -282,7 +284,9 @@ async def embedded_stack(settings: Settings) -> AsyncIterator[RunningStack]:
                 gateway = MllpGateway(intake, settings)
             except TlsConfigError as err:
                 raise StackError(str(err)) from err
-            api = create_api(settings, client, client.data_converter.payload_codec)
+            api = create_api(
+                settings, client, client.data_converter.payload_codec, store.audit_log().aappend
+            )
             async with contextlib.AsyncExitStack() as serving:
                 try:
                     api_port = await serving.enter_async_context(

@@ -9,9 +9,12 @@ from temporalio.worker import Worker
 
 from activities.discharge import DischargeActivities, interpret_adt
 from activities.order_to_result import FhirActivities, interpret_lab_order, interpret_lab_result
+from adapters.audit_log import AuditLog
+from adapters.database import open_engine
 from adapters.fhir import FhirClient, auth_from_config
 from models.destinations import RoutingConfig, load_routing
 from models.settings import Settings
+from workers.audit_interceptor import AuditInterceptor
 from workflows.discharge_sync import DischargeSync
 from workflows.order_to_result import OrderToResult
 from workflows.ordered_delivery import OrderedDelivery
@@ -39,9 +42,15 @@ def build_worker(
     fhir: FhirClient,
     *,
     routing: RoutingConfig | None = None,
+    audit_log: AuditLog | None = None,
 ) -> Worker:
     """The routing file is read here, once: a bad file stops the worker with its error, and
-    so does a FHIR destination whose credential is missing (FhirAuthConfigError)."""
+    so does a FHIR destination whose credential is missing (FhirAuthConfigError).
+
+    Every activity execution is audited into ``audit_log`` (default: Careweave's database).
+    """
+    if audit_log is None:
+        audit_log = AuditLog(open_engine(settings.resolved_database_url))
     fhir_activities = FhirActivities(fhir)
     discharge = DischargeActivities(
         client,
@@ -68,4 +77,5 @@ def build_worker(
         ],
         # hl7apy's parse is CPU-bound; a small pool keeps it off the event loop.
         activity_executor=concurrent.futures.ThreadPoolExecutor(max_workers=8),
+        interceptors=[AuditInterceptor(audit_log)],
     )

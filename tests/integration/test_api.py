@@ -220,7 +220,7 @@ def read_payloads(body: str) -> list[Payload]:
 
 
 async def test_codec_decode_needs_credentials_and_round_trips(
-    api: RunningApi, http: httpx.AsyncClient
+    api: RunningApi, http: httpx.AsyncClient, engine: Engine
 ) -> None:
     originals, body = await payloads_json(api, {"review": "r1"}, "a result", 42)
     ui_headers = {
@@ -246,6 +246,14 @@ async def test_codec_decode_needs_credentials_and_round_trips(
     assert decoded.status_code == 200, decoded.text
     assert read_payloads(decoded.text) == originals
     assert json.loads(decoded.text)["payloads"][0]["metadata"]["encoding"]  # base64 proto JSON
+    # The decode is on the hash-chained trail, attributed to the token's subject.
+    decodes = [
+        record
+        for record in engine.store.audit_log().records(limit=200, newest_first=True)
+        if record.action == AuditAction.DECODE and record.actor == "ops"
+    ]
+    assert decodes and decodes[0].outcome == AuditOutcome.SUCCESS
+    assert engine.store.audit_log().verify().ok
 
     encoded = await http.post(
         "/codec/encode",

@@ -3,49 +3,15 @@ against the session's real Temporal dev server and the engine's database."""
 
 from __future__ import annotations
 
-import asyncio
-import os
-import sys
 from pathlib import Path
 
 from temporalio.client import Client
 
 from adapters.hl7v2.ack import parse_ack
 from tests.support.api import running_api
+from tests.support.cli import careweave
 from tests.support.engine import Engine, mllp_send
 from workers import sample_messages as sm
-
-CAREWEAVE = Path(sys.executable).parent / "careweave"
-
-
-async def careweave(
-    engine: Engine,
-    client: Client,
-    *args: str,
-    stdin: str | None = None,
-    env: dict[str, str] | None = None,
-) -> tuple[int, str]:
-    environment = {
-        **os.environ,
-        "CAREWEAVE_TEMPORAL_ADDRESS": client.service_client.config.target_host,
-        "CAREWEAVE_TASK_QUEUE": engine.settings.task_queue,
-        "CAREWEAVE_DATABASE_URL": engine.settings.resolved_database_url,
-        "CAREWEAVE_STATE_DIR": str(engine.settings.state_dir),
-        **(env or {}),
-    }
-    process = await asyncio.create_subprocess_exec(
-        str(CAREWEAVE),
-        *args,
-        env=environment,
-        stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    output, _ = await asyncio.wait_for(
-        process.communicate(stdin.encode() if stdin is not None else None), 120
-    )
-    assert process.returncode is not None
-    return process.returncode, output.decode()
 
 
 async def test_reviewer_logs_in_lists_and_approves_from_the_command_line(
@@ -136,6 +102,12 @@ async def test_operator_fixes_and_releases_from_the_command_line(
     code, output = await careweave(engine, temporal_client, "quarantine", "show", str(held_id))
     assert code == 0, output
     assert "XRC|" in output  # the kept bytes, for the operator to fix
+    [shown] = [
+        row
+        for row in engine.store.audit_log().records(newest_first=True, limit=20)
+        if row.action == "access" and row.resource == f"QuarantinedMessage/{held_id}"
+    ]
+    assert shown.actor_kind == "user"
 
     fixed = tmp_path / "fixed.hl7"
     fixed.write_text(good)

@@ -40,6 +40,20 @@ async def test_fixed_message_is_released_into_its_exchange(engine: Engine) -> No
     with pytest.raises(ReleaseRefused, match="already released"):
         await release(engine.store, engine.intake, held.id or 0, released_by="ops1")
 
+    # The trail: refused at the gateway, then three release attempts by the operator.
+    trail = [
+        record
+        for record in engine.store.audit_log().records()
+        if record.resource == f"QuarantinedMessage/{held.id}"
+    ]
+    assert [(r.action, r.actor, r.outcome) for r in trail] == [
+        ("receive", f"{sm.HOSPITAL_APP}^{sm.HOSPITAL}", "refused"),
+        ("release", "ops1", "refused"),
+        ("release", "ops1", "success"),
+        ("release", "ops1", "refused"),
+    ]
+    assert trail[2].exchange == released.workflow_id
+
 
 async def test_unknown_quarantine_id_is_refused(engine: Engine) -> None:
     with pytest.raises(ReleaseRefused, match="no quarantined message"):

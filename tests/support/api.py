@@ -36,9 +36,13 @@ async def running_api(engine: Engine) -> AsyncIterator[RunningApi]:
     # The product's codec with the session's test key: what the UI would decode.
     codec = EncryptionCodec(TEST_KEY_RING)
     audit: list[AuditEntry] = []
+    # Into the engine's real, hash-chained audit log (as `careweave up` wires it), and into
+    # a list the tests can read without guessing which rows other tests wrote.
+    audit_log = engine.store.audit_log()
 
     async def record(entry: AuditEntry) -> None:
         audit.append(entry)
+        await audit_log.aappend(entry)
 
     app = create_api(settings, engine.client, codec, record, users=users, tokens=(issuer, verifier))
     async with serving_api(app, "127.0.0.1", 0) as port:

@@ -1,0 +1,262 @@
+"""The audit trail on a real SQLite file: the chain verifies, and every way of tampering
+with it (edit, delete, reorder) is reported at the row where the chain breaks."""
+
+from __future__ import annotations
+
+import itertools
+import multiprocessing
+import sqlite3
+from pathlib import Path
+
+import pytest
+from fhir.resources.R4B.auditevent import AuditEvent
+
+from adapters.audit_log import GENESIS_HASH, AuditLog, chain_hash, to_fhir_audit_event
+from adapters.database import CareweaveStore, open_engine
+from adapters.payload_crypto import new_key_line, parse_key_ring
+from models.audit import ActorKind, AuditAction, AuditEntry, AuditOutcome, BreakKind
+
+
+def entry(number: int, **overrides: object) -> AuditEntry:
+    values: dict[str, object] = {
+        "actor_kind": ActorKind.SERVICE,
+        "actor": "careweave-worker",
+        "action": AuditAction.PUSH,
+        "outcome": AuditOutcome.SUCCESS,
+        "exchange": f"order-to-result/GENHOSP/PO{number}",
+        "resource": "publish_lab_result",
+        "detail": f"attempt {number}",
+    }
+    values.update(overrides)
+    return AuditEntry.model_validate(values)
+
+
+@pytest.fixture
+def database(tmp_path: Path) -> Path:
+    return tmp_path / "careweave.db"
+
+
+def audit_log(database: Path) -> AuditLog:
+    return AuditLog(open_engine(f"sqlite:///{database}"))
+
+
+def filled(database: Path, rows: int = 5) -> AuditLog:
+    log = audit_log(database)
+    for number in range(1, rows + 1):
+        log.append(entry(number))
+    return log
+
+
+def tamper(database: Path, *statements: str) -> None:
+    """What someone with the database file could do: drop the guard, then change rows."""
+    with sqlite3.connect(database) as connection:
+        connection.execute("DROP TRIGGER IF EXISTS audit_event_no_update")
+        connection.execute("DROP TRIGGER IF EXISTS audit_event_no_delete")
+        for statement in statements:
+            connection.execute(statement)
+
+
+def test_appended_rows_form_a_chain_that_verifies(database: Path) -> None:
+    log = filled(database)
+    records = log.records()
+    assert [record.seq for record in records] == [1, 2, 3, 4, 5]
+    assert records[0].prev_hash == GENESIS_HASH
+    for before, after in itertools.pairwise(records):
+        assert after.prev_hash == before.hash
+    verification = log.verify()
+    assert verification.ok
+    assert verification.rows_checked == 5
+    assert verification.last_seq == 5
+    assert verification.last_hash == records[-1].hash
+
+
+def test_an_empty_trail_verifies(database: Path) -> None:
+    verification = audit_log(database).verify()
+    assert verification.ok
+    assert verification.rows_checked == 0
+
+
+def test_verify_catches_an_edited_row(database: Path) -> None:
+    log = filled(database)
+    tamper(database, "UPDATE audit_event SET outcome = 'failure' WHERE seq = 3")
+    verification = log.verify()
+    assert not verification.ok
+    assert verification.first_break is not None
+    assert verification.first_break.seq == 3
+    assert verification.first_break.kind is BreakKind.EDITED
+    assert verification.rows_checked == 2
+
+
+def test_verify_catches_an_edit_whose_hash_was_recomputed(database: Path) -> None:
+    """A forger who rewrites a row and its hash breaks the next row's link instead."""
+    log = filled(database)
+    edited = log.records()[1].model_copy(update={"outcome": "failure"})
+    forged_hash = chain_hash(
+        seq=edited.seq,
+        recorded_at=edited.recorded_at,
+        actor_kind=edited.actor_kind,
+        actor=edited.actor,
+        action=edited.action,
+        outcome=edited.outcome,
+        exchange=edited.exchange,
+        resource=edited.resource,
+        detail=edited.detail,
+        prev_hash=edited.prev_hash,
+    )
+    tamper(
+        database,
+        f"UPDATE audit_event SET outcome = 'failure', hash = '{forged_hash}' WHERE seq = 2",
+    )
+    verification = log.verify()
+    assert verification.first_break is not None
+    assert verification.first_break.seq == 3
+    assert verification.first_break.kind is BreakKind.RELINKED
+    assert verification.rows_checked == 2
+
+
+def test_verify_catches_a_deleted_row(database: Path) -> None:
+    log = filled(database)
+    tamper(database, "DELETE FROM audit_event WHERE seq = 3")
+    verification = log.verify()
+    assert verification.first_break is not None
+    assert verification.first_break.seq == 4
+    assert verification.first_break.kind is BreakKind.MISSING
+    assert "3 deleted" in verification.first_break.reason
+
+
+def test_verify_catches_two_rows_swapped(database: Path) -> None:
+    log = filled(database)
+    tamper(
+        database,
+        "UPDATE audit_event SET seq = -1 WHERE seq = 2",
+        "UPDATE audit_event SET seq = 2 WHERE seq = 3",
+        "UPDATE audit_event SET seq = 3 WHERE seq = -1",
+    )
+    verification = log.verify()
+    assert verification.first_break is not None
+    assert verification.first_break.seq == 2
+    assert verification.first_break.kind is BreakKind.RELINKED
+
+
+def test_verify_catches_a_row_renumbered_into_a_gap(database: Path) -> None:
+    log = filled(database)
+    tamper(
+        database,
+        "DELETE FROM audit_event WHERE seq = 2",
+        "UPDATE audit_event SET seq = seq - 1 WHERE seq > 2",
+    )
+    verification = log.verify()
+    assert verification.first_break is not None
+    assert verification.first_break.seq == 2
+    assert verification.first_break.kind is BreakKind.RELINKED
+
+
+def test_the_database_refuses_update_and_delete(database: Path) -> None:
+    filled(database, rows=2)
+    with sqlite3.connect(database) as connection:
+        with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+            connection.execute("UPDATE audit_event SET actor = 'someone' WHERE seq = 1")
+        with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+            connection.execute("DELETE FROM audit_event")
+    assert audit_log(database).verify().rows_checked == 2
+
+
+def test_opening_the_database_restores_a_dropped_guard(database: Path) -> None:
+    filled(database, rows=1)
+    tamper(database)
+    audit_log(database)
+    with sqlite3.connect(database) as connection:
+        with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+            connection.execute("DELETE FROM audit_event")
+
+
+def test_records_filter_by_exchange_and_limit(database: Path) -> None:
+    log = filled(database)
+    [only] = log.records(exchange="order-to-result/GENHOSP/PO4")
+    assert only.seq == 4
+    assert [record.seq for record in log.records(limit=2, newest_first=True)] == [5, 4]
+
+
+def test_quarantine_and_its_receive_row_share_one_transaction(database: Path) -> None:
+    from datetime import UTC, datetime
+
+    from models.records import QuarantinedMessage
+
+    keys = parse_key_ring(new_key_line("k1"), source="test")
+    store = CareweaveStore.from_url(f"sqlite:///{database}", keys)
+    message_id = store.quarantine(
+        QuarantinedMessage(
+            received_at=datetime.now(UTC),
+            peer="127.0.0.1:5000",
+            ack_code="AR",
+            error_code="100",
+            reason="no MSH",
+            raw=b"garbage",
+        ),
+        audit=entry(
+            1,
+            actor_kind=ActorKind.PARTNER,
+            actor="127.0.0.1:5000",
+            action=AuditAction.RECEIVE,
+            outcome=AuditOutcome.REFUSED,
+            exchange=None,
+        ),
+    )
+    [record] = store.audit_log().records()
+    assert record.resource == f"QuarantinedMessage/{message_id}"
+    assert record.outcome == "refused"
+
+
+def test_export_is_a_valid_r4_audit_event(database: Path) -> None:
+    log = filled(database, rows=1)
+    log.append(
+        entry(
+            2,
+            actor_kind=ActorKind.USER,
+            actor="jdoe",
+            action=AuditAction.REVIEW_DECISION,
+            outcome=AuditOutcome.REFUSED,
+            resource=None,
+            detail="",
+        )
+    )
+    first, second = (to_fhir_audit_event(record) for record in log.records())
+    for event in (first, second):
+        AuditEvent.model_validate(event)  # raises on anything R4 does not allow
+    assert first["type"]["code"] == "110106"  # DICOM Export
+    assert first["action"] == "R"
+    assert first["outcome"] == "0"
+    assert first["recorded"].endswith("Z")
+    assert first["agent"][0]["who"]["identifier"]["value"] == "careweave-worker"
+    assert first["agent"][0]["requestor"] is True
+    assert first["source"]["observer"]["display"] == "Careweave"
+    exchange, resource, chain = first["entity"]
+    assert exchange["what"]["identifier"]["value"] == "order-to-result/GENHOSP/PO1"
+    assert resource["what"]["identifier"]["value"] == "publish_lab_result"
+    assert chain["detail"][0] == {"type": "hash", "valueString": log.records()[0].hash}
+    assert second["action"] == "U"
+    assert second["outcome"] == "4"
+    assert len(second["entity"]) == 2  # no resource named: exchange and the chain only
+
+
+def _append_many(database: str, worker: int, rows: int) -> None:
+    log = AuditLog(open_engine(f"sqlite:///{database}"))
+    for number in range(rows):
+        log.append(entry(worker * 1000 + number, actor=f"worker-{worker}"))
+
+
+def test_processes_appending_at_once_keep_one_chain(database: Path) -> None:
+    audit_log(database)  # create the table before the race
+    context = multiprocessing.get_context("spawn")
+    processes = [
+        context.Process(target=_append_many, args=(str(database), worker, 25))
+        for worker in range(3)
+    ]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(120)
+        assert process.exitcode == 0
+    verification = audit_log(database).verify()
+    assert verification.ok, verification.first_break
+    assert verification.rows_checked == 75

@@ -1,0 +1,109 @@
+"""Every activity execution on the worker leaves one audit row, written after it ends.
+
+TRANSFORM for the interpret (parse + map) activities, PUSH for writes to a destination,
+ACCESS for the rest (reads, routing); a failure is an EXCEPTION row naming the error
+type, never its message. An attempt after the first adds a RETRY row (same outcome and
+detail) just before its outcome row, in the same transaction. Local activities pass
+through here too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+from temporalio.worker import (
+    ActivityInboundInterceptor,
+    ExecuteActivityInput,
+    Interceptor,
+)
+
+from adapters.audit_log import AuditLog
+from models.audit import ActorKind, AuditAction, AuditEntry, AuditOutcome
+
+WORKER_ACTOR = "careweave-worker"
+
+ACTIVITY_ACTIONS: dict[str, AuditAction] = {
+    "interpret_lab_order": AuditAction.TRANSFORM,
+    "interpret_lab_result": AuditAction.TRANSFORM,
+    "interpret_adt": AuditAction.TRANSFORM,
+    "publish_service_request": AuditAction.PUSH,
+    "publish_lab_result": AuditAction.PUSH,
+    "raise_escalation_task": AuditAction.PUSH,
+    "deliver_to_fhir": AuditAction.PUSH,
+    "deliver_to_mllp": AuditAction.PUSH,
+    "find_service_request": AuditAction.ACCESS,
+}
+
+
+def action_for(activity_type: str) -> AuditAction:
+    return ACTIVITY_ACTIONS.get(activity_type, AuditAction.ACCESS)
+
+
+def failure_detail(error: BaseException) -> str:
+    """Error class and ApplicationError type only: the message may quote the data."""
+    if isinstance(error, asyncio.CancelledError):
+        return "cancelled"
+    if isinstance(error, ApplicationError):
+        retry = "non-retryable" if error.non_retryable else "retryable"
+        return f"ApplicationError {error.type or '-'} ({retry})"
+    return type(error).__name__
+
+
+def _resource(activity_type: str, args: Any) -> str:
+    # Deliveries name their destination (a routing-file name, not patient data).
+    destination = getattr(args[0], "destination", None) if args else None
+    return f"{activity_type} -> {destination}" if isinstance(destination, str) else activity_type
+
+
+class _AuditedActivity(ActivityInboundInterceptor):
+    def __init__(self, next: ActivityInboundInterceptor, audit_log: AuditLog) -> None:
+        super().__init__(next)
+        self._audit_log = audit_log
+
+    async def execute_activity(self, input: ExecuteActivityInput) -> Any:
+        info = activity.info()
+        action = action_for(info.activity_type)
+
+        def row(action: AuditAction, outcome: AuditOutcome, detail: str) -> AuditEntry:
+            return AuditEntry(
+                actor_kind=ActorKind.SERVICE,
+                actor=WORKER_ACTOR,
+                action=action,
+                outcome=outcome,
+                exchange=info.workflow_id,
+                resource=_resource(info.activity_type, input.args),
+                detail=detail,
+            )
+
+        def rows(outcome_row: AuditEntry) -> list[AuditEntry]:
+            if info.attempt == 1:
+                return [outcome_row]
+            retry = outcome_row.model_copy(update={"action": AuditAction.RETRY})
+            return [retry, outcome_row]
+
+        try:
+            result = await super().execute_activity(input)
+        except BaseException as error:
+            detail = f"{failure_detail(error)}, attempt {info.attempt}"
+            failed = row(AuditAction.EXCEPTION, AuditOutcome.FAILURE, detail)
+            # Written even while cancelled: the row is what says the step stopped.
+            await asyncio.shield(self._audit_log.aappend_many(rows(failed)))
+            raise
+        done = row(action, AuditOutcome.SUCCESS, f"attempt {info.attempt}")
+        # No step counts as done without its row: if the row cannot be written the
+        # activity fails and is retried (every activity is idempotent).
+        await self._audit_log.aappend_many(rows(done))
+        return result
+
+
+class AuditInterceptor(Interceptor):
+    """Registered on the worker (build_worker) with the database's audit log."""
+
+    def __init__(self, audit_log: AuditLog) -> None:
+        self._audit_log = audit_log
+
+    def intercept_activity(self, next: ActivityInboundInterceptor) -> ActivityInboundInterceptor:
+        return _AuditedActivity(next, self._audit_log)
