@@ -139,31 +139,46 @@ def lock_chain(connection: Connection) -> None:
         )
 
 
+_TAIL = select(_TABLE.c.seq, _TABLE.c.hash).order_by(_TABLE.c.seq.desc()).limit(1)
+
+
 def append_locked(connection: Connection, entries: Sequence[AuditEntry]) -> list[AuditRecord]:
     """Chain ``entries`` onto the tail inside the caller's transaction, after ``lock_chain``.
 
     The caller commits, so other writes (receipts, quarantine) share the round trip.
     """
+    return [AuditRecord.model_validate(row) for row in _append_rows(connection, entries)]
+
+
+def append_rows_locked(connection: Connection, entries: Sequence[AuditEntry]) -> None:
+    """``append_locked`` for the gateway's hot path: no ORM objects are built for the rows
+    (measured: building them was most of the ~0.9 ms a RECEIVE row added per message)."""
+    _append_rows(connection, entries)
+
+
+def _append_rows(connection: Connection, entries: Sequence[AuditEntry]) -> list[dict[str, Any]]:
     if not entries:
         return []
-    tail = connection.execute(
-        select(_TABLE.c.seq, _TABLE.c.hash).order_by(_TABLE.c.seq.desc()).limit(1)
-    ).first()
+    tail = connection.execute(_TAIL).first()
     seq, prev_hash = (int(tail[0]), str(tail[1])) if tail else (0, GENESIS_HASH)
     recorded_at = datetime.now(UTC)
-    records: list[AuditRecord] = []
+    rows: list[dict[str, Any]] = []
     for entry in entries:
         seq += 1
         fields = entry.model_dump(mode="json")
         digest = chain_hash(seq=seq, recorded_at=recorded_at, prev_hash=prev_hash, **fields)
-        records.append(
-            AuditRecord(
-                seq=seq, recorded_at=recorded_at, prev_hash=prev_hash, hash=digest, **fields
-            )
+        rows.append(
+            {
+                "seq": seq,
+                "recorded_at": recorded_at,
+                "prev_hash": prev_hash,
+                "hash": digest,
+                **fields,
+            }
         )
         prev_hash = digest
-    connection.execute(_TABLE.insert(), [record.model_dump() for record in records])
-    return records
+    connection.execute(_TABLE.insert(), rows)
+    return rows
 
 
 class AuditLog:

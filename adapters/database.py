@@ -13,7 +13,13 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, SQLModel, col, create_engine, select
 
-from adapters.audit_log import AuditLog, append_locked, install_append_only_guard, lock_chain
+from adapters.audit_log import (
+    AuditLog,
+    append_locked,
+    append_rows_locked,
+    install_append_only_guard,
+    lock_chain,
+)
 from adapters.payload_crypto import KeyRing, PayloadDecryptError, PayloadKeyError
 from models.audit import AuditEntry
 from models.records import (
@@ -239,7 +245,7 @@ class ReceiptBook:
                 lock_chain(self._writer)
             if receipts:
                 self._writer.execute(self._insert, [receipt.model_dump() for receipt in receipts])
-            append_locked(self._writer, audit)
+            append_rows_locked(self._writer, audit)
             self._writer.commit()
         except BaseException:
             # The kept connection must not stay inside a failed transaction.
