@@ -29,6 +29,7 @@ from sqlmodel import Session, col, select
 from models.audit import (
     ActorKind,
     AuditAction,
+    AuditAnchor,
     AuditEntry,
     AuditOutcome,
     AuditVerification,
@@ -230,21 +231,49 @@ class AuditLog:
             for row in connection.execution_options(yield_per=1000).execute(query):
                 yield AuditRecord.model_validate(row._mapping)
 
-    def verify(self) -> AuditVerification:
-        """Walk the chain from genesis; report the first row whose link does not hold."""
+    def verify(self, anchor: AuditAnchor | None = None) -> AuditVerification:
+        """Walk the chain from genesis; report the first row whose link does not hold.
+
+        With an ``anchor`` noted earlier, also report a chain that no longer reaches the
+        anchored row (rows cut from the end) or holds it with another hash (rebuilt).
+        """
         expected_seq, prev_hash, checked = 1, GENESIS_HASH, 0
         last: AuditRecord | None = None
         for record in self.in_order():
             broken = _first_break(record, expected_seq, prev_hash)
+            if broken is None and anchor is not None and record.seq == anchor.seq:
+                broken = _anchor_break(record, anchor)
             if broken is not None:
                 return AuditVerification(rows_checked=checked, first_break=broken)
             checked += 1
             expected_seq, prev_hash, last = record.seq + 1, record.hash, record
+        if anchor is not None and (last is None or last.seq < anchor.seq):
+            return AuditVerification(
+                rows_checked=checked,
+                first_break=ChainBreak(
+                    seq=anchor.seq,
+                    kind=BreakKind.TRUNCATED,
+                    reason=(
+                        f"the anchored seq {anchor.seq} is gone: the trail ends at seq "
+                        f"{last.seq if last else 0}, rows were cut from its end"
+                    ),
+                ),
+            )
         return AuditVerification(
             rows_checked=checked,
             last_seq=last.seq if last else None,
             last_hash=last.hash if last else None,
         )
+
+
+def _anchor_break(record: AuditRecord, anchor: AuditAnchor) -> ChainBreak | None:
+    if record.hash == anchor.hash:
+        return None
+    reason = (
+        f"seq {record.seq}: hash is not the anchored one: the chain was rebuilt up to here "
+        "(every row recomputed) after the anchor was noted"
+    )
+    return ChainBreak(seq=record.seq, kind=BreakKind.REWRITTEN, reason=reason)
 
 
 def _first_break(record: AuditRecord, expected_seq: int, prev_hash: str) -> ChainBreak | None:

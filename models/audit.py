@@ -56,6 +56,10 @@ class BreakKind(StrEnum):
     EDITED = "edited"  # the row's own hash no longer matches its fields
     MISSING = "missing"  # a sequence number is skipped: rows deleted
     RELINKED = "relinked"  # prev_hash is not the hash before it: reordered or inserted
+    # Against an anchor (seq and hash kept outside the database): the chain itself can be
+    # intact and still have lost its newest rows, or have been rebuilt from some row on.
+    TRUNCATED = "truncated"  # the anchored row is gone: rows cut from the end
+    REWRITTEN = "rewritten"  # the anchored row is there with another hash
 
 
 class ChainBreak(BaseModel):
@@ -64,6 +68,26 @@ class ChainBreak(BaseModel):
     seq: int  # the first row whose link to the chain does not hold
     kind: BreakKind
     reason: str
+
+
+class AuditAnchor(BaseModel):
+    """A row's seq and hash noted outside Careweave's database (`audit verify` prints it)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    seq: int = Field(ge=1)
+    hash: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+    @classmethod
+    def parse(cls, text: str) -> AuditAnchor:
+        """`SEQ:HASH`, as `careweave audit verify` prints it; ValueError when it is not."""
+        seq, separator, digest = text.strip().partition(":")
+        if not separator or not seq.isdigit():
+            raise ValueError("an anchor is SEQ:HASH, e.g. 1024:9f2c...")
+        return cls(seq=int(seq), hash=digest.lower())
+
+    def __str__(self) -> str:
+        return f"{self.seq}:{self.hash}"
 
 
 class AuditVerification(BaseModel):

@@ -506,9 +506,23 @@ def _audit_log(settings: Settings) -> AuditLog:
 
 
 @audit_app.command("verify")
-def audit_verify() -> None:
+def audit_verify(
+    anchor: Annotated[
+        str | None,
+        typer.Option(
+            help="SEQ:HASH printed by an earlier verify and kept elsewhere: also catches rows "
+            "cut from the end or a chain rebuilt after it"
+        ),
+    ] = None,
+) -> None:
     """Walk the hash chain from the first row; exit 1 naming the first broken link."""
-    verification = _audit_log(load_settings()).verify()
+    from models.audit import AuditAnchor
+
+    try:
+        expected = AuditAnchor.parse(anchor) if anchor else None
+    except ValueError as err:
+        raise _fail(f"--anchor {anchor}: {err}") from err
+    verification = _audit_log(load_settings()).verify(expected)
     if verification.first_break is not None:
         broken = verification.first_break
         raise _fail(
@@ -520,7 +534,12 @@ def audit_verify() -> None:
         return
     console.print(
         f"{verification.rows_checked} rows checked, chain OK; "
-        f"last seq {verification.last_seq}, hash {verification.last_hash}"
+        f"last seq {verification.last_seq}, hash {verification.last_hash}",
+        markup=False,
+    )
+    # Kept outside this database, it lets a later verify notice rows cut from the end.
+    console.print(
+        f"anchor: {verification.last_seq}:{verification.last_hash}", markup=False, soft_wrap=True
     )
 
 

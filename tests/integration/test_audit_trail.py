@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
@@ -83,6 +84,7 @@ async def test_an_exchange_is_audited_and_verify_catches_an_edited_row(
         code, output = await careweave(engine, temporal_client, "audit", "verify")
         assert code == 0, output
         assert "chain OK" in output
+        [anchor] = re.findall(r"anchor: (\d+:[0-9a-f]{64})", output)
 
         code, output = await careweave(
             engine, temporal_client, "audit", "list", "--exchange", workflow_id(order)
@@ -100,16 +102,29 @@ async def test_an_exchange_is_audited_and_verify_catches_an_edited_row(
         for event in events:
             AuditEvent.model_validate(event)
 
-        [push] = [row for row in rows if row.resource == "publish_lab_result"]
+        [edited] = [row for row in rows if row.resource == "interpret_lab_order"]
         database = engine.settings.resolved_database_url.removeprefix("sqlite:///")
+        # Cut the newest row: the shorter chain still verifies, the anchor kept elsewhere not.
+        anchored_seq = int(anchor.split(":")[0])
+        assert anchored_seq > edited.seq
+        with sqlite3.connect(database) as connection:
+            connection.execute("DROP TRIGGER audit_event_no_delete")
+            connection.execute("DELETE FROM audit_event WHERE seq >= ?", (anchored_seq,))
+        code, output = await careweave(engine, temporal_client, "audit", "verify")
+        assert code == 0, output
+        code, output = await careweave(
+            engine, temporal_client, "audit", "verify", "--anchor", anchor
+        )
+        assert code == 1, output
+        assert f"anchored seq {anchored_seq} is gone" in output
         with sqlite3.connect(database) as connection:
             connection.execute("DROP TRIGGER audit_event_no_update")
             connection.execute(
-                "UPDATE audit_event SET outcome = 'failure' WHERE seq = ?", (push.seq,)
+                "UPDATE audit_event SET outcome = 'failure' WHERE seq = ?", (edited.seq,)
             )
         code, output = await careweave(engine, temporal_client, "audit", "verify")
         assert code == 1, output
-        assert f"seq {push.seq}:" in output
+        assert f"seq {edited.seq}:" in output
         assert "row edited" in output
 
 

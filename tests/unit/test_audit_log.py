@@ -14,7 +14,14 @@ from fhir.resources.R4B.auditevent import AuditEvent
 from adapters.audit_log import GENESIS_HASH, AuditLog, chain_hash, to_fhir_audit_event
 from adapters.database import CareweaveStore, open_engine
 from adapters.payload_crypto import new_key_line, parse_key_ring
-from models.audit import ActorKind, AuditAction, AuditEntry, AuditOutcome, BreakKind
+from models.audit import (
+    ActorKind,
+    AuditAction,
+    AuditAnchor,
+    AuditEntry,
+    AuditOutcome,
+    BreakKind,
+)
 
 
 def entry(number: int, **overrides: object) -> AuditEntry:
@@ -112,6 +119,68 @@ def test_verify_catches_an_edit_whose_hash_was_recomputed(database: Path) -> Non
     assert verification.first_break.seq == 3
     assert verification.first_break.kind is BreakKind.RELINKED
     assert verification.rows_checked == 2
+
+
+def _anchor_after(log: AuditLog) -> AuditAnchor:
+    verification = log.verify()
+    assert verification.last_seq is not None and verification.last_hash is not None
+    return AuditAnchor(seq=verification.last_seq, hash=verification.last_hash)
+
+
+def test_an_anchor_catches_rows_cut_from_the_end(database: Path) -> None:
+    """Deleting the newest rows leaves an intact, shorter chain: only an anchor notices."""
+    log = filled(database)
+    anchor = _anchor_after(log)
+    assert log.verify(anchor).ok
+    tamper(database, "DELETE FROM audit_event WHERE seq >= 4")
+    assert log.verify().ok  # the chain alone cannot tell
+    verification = log.verify(anchor)
+    assert verification.first_break is not None
+    assert verification.first_break.kind is BreakKind.TRUNCATED
+    assert verification.first_break.seq == 5
+    assert "ends at seq 3" in verification.first_break.reason
+
+
+def test_an_anchor_catches_a_chain_rebuilt_after_an_edit(database: Path) -> None:
+    """Edit row 2, then recompute every hash from there: the chain verifies, the anchor
+    does not."""
+    log = filled(database)
+    anchor = _anchor_after(log)
+    records = log.records()
+    prev_hash = records[0].hash
+    statements = []
+    for record in records[1:]:
+        outcome = "failure" if record.seq == 2 else record.outcome
+        digest = chain_hash(
+            seq=record.seq,
+            recorded_at=record.recorded_at,
+            actor_kind=record.actor_kind,
+            actor=record.actor,
+            action=record.action,
+            outcome=outcome,
+            exchange=record.exchange,
+            resource=record.resource,
+            detail=record.detail,
+            prev_hash=prev_hash,
+        )
+        statements.append(
+            f"UPDATE audit_event SET outcome = '{outcome}', prev_hash = '{prev_hash}', "
+            f"hash = '{digest}' WHERE seq = {record.seq}"
+        )
+        prev_hash = digest
+    tamper(database, *statements)
+    assert log.verify().ok  # rebuilt consistently
+    verification = log.verify(anchor)
+    assert verification.first_break is not None
+    assert verification.first_break.kind is BreakKind.REWRITTEN
+    assert verification.first_break.seq == 5
+
+
+def test_anchor_text_is_checked() -> None:
+    assert str(AuditAnchor.parse(f"12:{'A' * 64}")) == f"12:{'a' * 64}"
+    for bad in ("12", "x:" + "a" * 64, "12:abc"):
+        with pytest.raises(ValueError):
+            AuditAnchor.parse(bad)
 
 
 def test_verify_catches_a_deleted_row(database: Path) -> None:
