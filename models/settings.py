@@ -113,6 +113,8 @@ class Settings(BaseSettings):
     auth_issuer: str = "careweave"
     auth_audience: str = "careweave-api"
     auth_token_ttl_seconds: int = 8 * 3600
+    # Failed password logins allowed per username per minute (4x that per client address).
+    auth_login_failures_per_minute: int = Field(default=5, ge=1)
     auth_signing_key_file: Path | None = None
     auth_jwks_url: str | None = None
     auth_jwks_issuer: str | None = None

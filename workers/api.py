@@ -27,6 +27,9 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.security import OAuth2PasswordRequestForm
 from google.protobuf import json_format
+from limits import RateLimitItemPerMinute
+from limits.storage import MemoryStorage
+from limits.strategies import MovingWindowRateLimiter
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from temporalio.api.common.v1 import Payloads
 from temporalio.client import Client, WorkflowUpdateFailedError
@@ -160,17 +163,48 @@ def create_api(
 
     # -- tokens and the browser login --------------------------------------------------
 
-    async def login(username: str, password: str) -> tuple[str, frozenset[Role]] | None:
+    # Password guessing: after `auth_login_failures_per_minute` failures for one username
+    # (or four times that from one address) within a minute, logins are refused with 429,
+    # even with the right password, until the window has moved on.
+    failures = MovingWindowRateLimiter(MemoryStorage())
+    per_user = RateLimitItemPerMinute(settings.auth_login_failures_per_minute)
+    per_address = RateLimitItemPerMinute(4 * settings.auth_login_failures_per_minute)
+
+    async def login(
+        username: str, password: str, address: str
+    ) -> tuple[str, frozenset[Role]] | None:
+        user_key, address_key = ("user", username.casefold()), ("address", address)
+        if not failures.test(per_user, *user_key) or not failures.test(per_address, *address_key):
+            await audit(
+                _entry(
+                    username or "anonymous",
+                    AuditAction.LOGIN,
+                    AuditOutcome.REFUSED,
+                    None,
+                    "throttled",
+                )
+            )
+            raise ApiRefusal(
+                429,
+                "throttled",
+                "too many failed logins; try again in a minute",
+                {"Retry-After": "60"},
+            )
         account = await asyncio.to_thread(directory.authenticate, username, password)
         if account is None:
+            failures.hit(per_user, *user_key)
+            failures.hit(per_address, *address_key)
             await audit(_entry(username or "anonymous", AuditAction.LOGIN, AuditOutcome.REFUSED))
             return None
+        failures.clear(per_user, *user_key)
         await audit(_entry(account.username, AuditAction.LOGIN, AuditOutcome.SUCCESS))
         return issuer.issue(account.username, account.role_set), account.role_set
 
     @app.post("/auth/token", response_model=TokenResponse)
-    async def token(form: Annotated[OAuth2PasswordRequestForm, Depends()]) -> TokenResponse:
-        issued = await login(form.username, form.password)
+    async def token(
+        request: Request, form: Annotated[OAuth2PasswordRequestForm, Depends()]
+    ) -> TokenResponse:
+        issued = await login(form.username, form.password, _address(request))
         if issued is None:
             # Same answer for an unknown user and a wrong password: nothing to enumerate.
             raise ApiRefusal(
@@ -188,7 +222,10 @@ def create_api(
         username, password = form.get("username"), form.get("password")
         if not isinstance(username, str) or not isinstance(password, str):
             return HTMLResponse(_login_page("Enter a username and a password."), status_code=422)
-        issued = await login(username, password)
+        try:
+            issued = await login(username, password, _address(request))
+        except ApiRefusal as refusal:
+            return HTMLResponse(_login_page(refusal.message), status_code=refusal.status)
         if issued is None:
             return HTMLResponse(_login_page("Wrong username or password."), status_code=401)
         token, roles = issued
@@ -398,6 +435,10 @@ def _entry(
         resource=resource,
         detail=detail[:500],
     )
+
+
+def _address(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
 
 
 def _bearer_token(request: Request) -> str | None:

@@ -208,6 +208,42 @@ async def test_password_login_and_review_list(
     ]
 
 
+async def test_password_guessing_is_throttled(engine: Engine) -> None:
+    """After five failures in a minute the username is refused, even with the right
+    password; other users are not; the API's own process keeps the count (a fresh one here)."""
+    async with (
+        running_api(engine) as api,
+        httpx.AsyncClient(base_url=api.base_url, timeout=60) as http,
+    ):
+        api.users.add("rev-guessed", "the right password", [Role.REVIEWER])
+        api.users.add("rev-other", "another password", [Role.REVIEWER])
+        for _ in range(engine.settings.auth_login_failures_per_minute):
+            wrong = await http.post(
+                "/auth/token", data={"username": "rev-guessed", "password": "guess"}
+            )
+            assert wrong.status_code == 401
+        right = await http.post(
+            "/auth/token", data={"username": "rev-guessed", "password": "the right password"}
+        )
+        assert right.status_code == 429
+        assert right.headers["retry-after"] == "60"
+        assert right.json()["issue"][0]["code"] == "throttled"
+        form = await http.post(
+            "/login", data={"username": "rev-guessed", "password": "the right password"}
+        )
+        assert form.status_code == 429
+        assert "careweave_session" not in form.headers.get("set-cookie", "")
+        other = await http.post(
+            "/auth/token", data={"username": "rev-other", "password": "another password"}
+        )
+        assert other.status_code == 200
+        throttled = [e for e in api.audit if e.detail == "throttled"]
+        assert [(e.actor, e.outcome) for e in throttled] == [
+            ("rev-guessed", AuditOutcome.REFUSED),
+            ("rev-guessed", AuditOutcome.REFUSED),
+        ]
+
+
 async def payloads_json(api: RunningApi, *values: object) -> tuple[list[Payload], str]:
     originals = pydantic_data_converter.payload_converter.to_payloads(list(values))
     encoded = await api.codec.encode(originals)
