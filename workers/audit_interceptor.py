@@ -100,7 +100,7 @@ class _AuditedActivity(ActivityInboundInterceptor):
 
 
 class AuditInterceptor(Interceptor):
-    """Registered on the worker (build_worker) with the database's audit log."""
+    """Registered on the worker (open_worker) with the database's audit log."""
 
     def __init__(self, audit_log: AuditLog) -> None:
         self._audit_log = audit_log

@@ -97,8 +97,9 @@ class TokenVerifier:
         self._jwks = jwt.PyJWKClient(jwks_url) if jwks_url else None
 
     async def verify(self, token: str) -> Identity:
-        # PyJWKClient fetches keys with blocking urllib: keep it off the event loop.
-        if self._jwks is not None:
+        # PyJWKClient fetches keys with blocking urllib (up to its timeout when the IdP hangs):
+        # only the IdP's tokens go to a thread, so Careweave's own never queue behind a fetch.
+        if self._jwks is not None and _claimed_issuer(token) == self._jwks_issuer:
             return await asyncio.to_thread(self.verify_sync, token)
         return self.verify_sync(token)
 
@@ -135,6 +136,14 @@ class TokenVerifier:
         known = {role.value for role in Role}
         roles = frozenset(Role(value) for value in raw_roles if value in known)
         return Identity(subject=str(claims["sub"]), roles=roles, issuer=str(claimed_issuer))
+
+
+def _claimed_issuer(token: str) -> object:
+    """The unverified `iss`, only to choose where to verify; None if the token is malformed."""
+    try:
+        return jwt.decode(token, options={"verify_signature": False}).get("iss")
+    except jwt.PyJWTError:
+        return None
 
 
 def issuer_and_verifier(settings: Settings) -> tuple[TokenIssuer, TokenVerifier]:

@@ -124,7 +124,7 @@ def worker(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) ->
     from models.destinations import RoutingConfigError, load_routing
     from models.fhir_auth import FhirAuthConfigError
     from workers.telemetry import configure_tracing
-    from workers.worker import build_worker, lab_fhir_client
+    from workers.worker import lab_fhir_client, open_worker
 
     _logging(verbose)
     settings = load_settings()
@@ -138,12 +138,27 @@ def worker(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) ->
 
     async def run() -> None:
         client = await _client(settings)
-        async with lab_fhir_client(settings) as fhir:
+        async with lab_fhir_client(settings) as fhir, contextlib.AsyncExitStack() as scope:
             try:
-                worker = build_worker(client, settings, fhir, routing=routing)
+                worker = await scope.enter_async_context(
+                    open_worker(client, settings, fhir, routing=routing)
+                )
             except RoutingConfigError as err:  # an unusable TLS file of a destination
                 raise _fail(str(err)) from err
-            await worker.run()
+            # Ctrl-C and a service manager's SIGTERM both stop the worker gracefully, and only
+            # then does the scope close its destination connections.
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(signum, stop.set)
+            running = asyncio.create_task(worker.run())
+            stopping = asyncio.create_task(stop.wait())
+            await asyncio.wait({running, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            stopping.cancel()
+            if not running.done():
+                await worker.shutdown()
+            await running  # a worker that failed by itself reports its error here
+        console.print("Stopped: the worker and its destination connections are shut down.")
 
     try:
         with contextlib.suppress(KeyboardInterrupt):

@@ -34,7 +34,7 @@ from workers.payload_codec import load_payload_keys
 from workers.telemetry import configure_tracing
 from workers.temporal_client import connect, ensure_search_attributes
 from workers.temporal_commit import TemporalCommitter
-from workers.worker import build_worker, lab_fhir_client
+from workers.worker import lab_fhir_client, open_worker
 from workflows import search_attributes as sa
 
 log = logging.getLogger("careweave.stack")
@@ -266,10 +266,14 @@ async def embedded_stack(settings: Settings) -> AsyncIterator[RunningStack]:
             fhir_client = lab_fhir_client(settings)
         except FhirAuthConfigError as err:
             raise StackError(str(err)) from err
-        async with fhir_client:
+        # Closed in reverse: the API, then the worker's destination connections (the worker
+        # has been shut down by then, below), then the lab-result FHIR client.
+        async with fhir_client, contextlib.AsyncExitStack() as serving:
             try:
-                worker = build_worker(
-                    client, settings, fhir_client, routing=routing, audit_log=store.audit_log()
+                worker = await serving.enter_async_context(
+                    open_worker(
+                        client, settings, fhir_client, routing=routing, audit_log=store.audit_log()
+                    )
                 )
             except FhirAuthConfigError as err:
                 raise StackError(str(err)) from err
@@ -287,30 +291,29 @@ async def embedded_stack(settings: Settings) -> AsyncIterator[RunningStack]:
             api = create_api(
                 settings, client, client.data_converter.payload_codec, store.audit_log().aappend
             )
-            async with contextlib.AsyncExitStack() as serving:
-                try:
-                    api_port = await serving.enter_async_context(
-                        serving_api(api, settings.api_host, settings.api_port)
-                    )
-                except OSError as err:
-                    raise StackError(str(err)) from err
-                await gateway.start()
-                worker_task = asyncio.create_task(worker.run())
-                try:
-                    yield RunningStack(
-                        settings=settings,
-                        client=client,
-                        gateway=gateway,
-                        store=store,
-                        partners=partners,
-                        routing=routing,
-                        api_url=f"http://{settings.api_host}:{api_port}",
-                    )
-                finally:
-                    await gateway.close()
-                    await worker.shutdown()
-                    with contextlib.suppress(asyncio.CancelledError, Exception):
-                        await worker_task
+            try:
+                api_port = await serving.enter_async_context(
+                    serving_api(api, settings.api_host, settings.api_port)
+                )
+            except OSError as err:
+                raise StackError(str(err)) from err
+            await gateway.start()
+            worker_task = asyncio.create_task(worker.run())
+            try:
+                yield RunningStack(
+                    settings=settings,
+                    client=client,
+                    gateway=gateway,
+                    store=store,
+                    partners=partners,
+                    routing=routing,
+                    api_url=f"http://{settings.api_host}:{api_port}",
+                )
+            finally:
+                await gateway.close()
+                await worker.shutdown()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await worker_task
     finally:
         for name, process in reversed(children):
             _stop(process, name)

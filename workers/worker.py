@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
+from collections.abc import AsyncIterator
 
 from temporalio.client import Client
 from temporalio.worker import Worker
@@ -36,18 +38,24 @@ def lab_fhir_client(settings: Settings, *, timeout: float | None = None) -> Fhir
     return FhirClient(settings.fhir_base_url, timeout=seconds, auth=auth)
 
 
-def build_worker(
+@contextlib.asynccontextmanager
+async def open_worker(
     client: Client,
     settings: Settings,
     fhir: FhirClient,
     *,
     routing: RoutingConfig | None = None,
     audit_log: AuditLog | None = None,
-) -> Worker:
-    """The routing file is read here, once: a bad file stops the worker with its error, and
+) -> AsyncIterator[Worker]:
+    """The worker, built but not started; when the block ends (stop the worker inside it:
+    ``async with worker``, ``await worker.run()`` or ``worker.shutdown()``) the connections
+    its activities keep to destinations and its activity threads are closed.
+
+    The routing file is read here, once: a bad file stops the worker with its error, and
     so does a FHIR destination whose credential is missing (FhirAuthConfigError).
 
     Every activity execution is audited into ``audit_log`` (default: Careweave's database).
+    ``fhir`` (the lab-result server) belongs to the caller, who closes it.
     """
     if audit_log is None:
         audit_log = AuditLog(open_engine(settings.resolved_database_url))
@@ -58,24 +66,29 @@ def build_worker(
         task_queue=settings.task_queue,
         idle_close_seconds=settings.delivery_idle_close_seconds,
     )
-    return Worker(
-        client,
-        task_queue=settings.task_queue,
-        workflows=WORKFLOWS,
-        activities=[
-            interpret_lab_order,
-            interpret_lab_result,
-            fhir_activities.publish_service_request,
-            fhir_activities.publish_lab_result,
-            fhir_activities.find_service_request,
-            fhir_activities.raise_escalation_task,
-            interpret_adt,
-            discharge.routing_for,
-            discharge.enqueue_delivery,
-            discharge.deliver_to_fhir,
-            discharge.deliver_to_mllp,
-        ],
-        # hl7apy's parse is CPU-bound; a small pool keeps it off the event loop.
-        activity_executor=concurrent.futures.ThreadPoolExecutor(max_workers=8),
-        interceptors=[AuditInterceptor(audit_log)],
-    )
+    # hl7apy's parse is CPU-bound; a small pool keeps it off the event loop.
+    executor = concurrent.futures.ThreadPoolExecutor(max_workers=8)
+    try:
+        yield Worker(
+            client,
+            task_queue=settings.task_queue,
+            workflows=WORKFLOWS,
+            activities=[
+                interpret_lab_order,
+                interpret_lab_result,
+                fhir_activities.publish_service_request,
+                fhir_activities.publish_lab_result,
+                fhir_activities.find_service_request,
+                fhir_activities.raise_escalation_task,
+                interpret_adt,
+                discharge.routing_for,
+                discharge.enqueue_delivery,
+                discharge.deliver_to_fhir,
+                discharge.deliver_to_mllp,
+            ],
+            activity_executor=executor,
+            interceptors=[AuditInterceptor(audit_log)],
+        )
+    finally:
+        await discharge.aclose()
+        executor.shutdown(wait=False)

@@ -29,8 +29,9 @@ class RunningApi:
 
 
 @contextlib.asynccontextmanager
-async def running_api(engine: Engine) -> AsyncIterator[RunningApi]:
-    settings = engine.settings
+async def running_api(engine: Engine, **setting_overrides: object) -> AsyncIterator[RunningApi]:
+    """The API as `careweave up` builds it: tokens verified per the (overridden) settings."""
+    settings = engine.settings.model_copy(update=setting_overrides)
     users = UserDirectory.from_url(settings.resolved_database_url)
     issuer, verifier = issuer_and_verifier(settings)
     # The product's codec with the session's test key: what the UI would decode.

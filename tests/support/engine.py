@@ -28,7 +28,7 @@ from workers.intake import MessageIntake
 from workers.stack import temporal_binary
 from workers.temporal_client import connect_to
 from workers.temporal_commit import TemporalCommitter
-from workers.worker import build_worker, lab_fhir_client
+from workers.worker import lab_fhir_client, open_worker
 from workflows import search_attributes as sa
 
 
@@ -125,8 +125,10 @@ async def running_engine(
         key_file.write_text(TEST_PAYLOAD_KEYS + "\n")
         key_file.chmod(0o600)
         store = CareweaveStore.from_url(settings.resolved_database_url, TEST_KEY_RING)
-        async with lab_fhir_client(settings, timeout=10) as fhir:
-            worker = build_worker(client, settings, fhir)
+        async with (
+            lab_fhir_client(settings, timeout=10) as fhir,
+            open_worker(client, settings, fhir) as worker,
+        ):
             intake = MessageIntake(
                 store,
                 TemporalCommitter(client, settings),
