@@ -94,7 +94,8 @@ class TokenVerifier:
         self._issuer = issuer
         self._audience = audience
         self._jwks_issuer = jwks_issuer if jwks_url else None
-        self._jwks = jwt.PyJWKClient(jwks_url) if jwks_url else None
+        # 5 s, not PyJWKClient's 30 s: a hanging IdP must not hold a request thread that long.
+        self._jwks = jwt.PyJWKClient(jwks_url, timeout=5) if jwks_url else None
 
     async def verify(self, token: str) -> Identity:
         # PyJWKClient fetches keys with blocking urllib (up to its timeout when the IdP hangs):

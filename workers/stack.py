@@ -275,7 +275,7 @@ async def embedded_stack(settings: Settings) -> AsyncIterator[RunningStack]:
                         client, settings, fhir_client, routing=routing, audit_log=store.audit_log()
                     )
                 )
-            except FhirAuthConfigError as err:
+            except (FhirAuthConfigError, RoutingConfigError) as err:
                 raise StackError(str(err)) from err
             committer = TemporalCommitter(client, settings) if settings.mllp_commit else None
             intake = MessageIntake(
