@@ -341,6 +341,19 @@ def _header_from(segment: str) -> tuple[MessageHeader | None, list[str]]:
     return header, facts
 
 
+def accept_ack_condition(message: bytes) -> str:
+    """MSH-15 of a message as a sender sees it ("" when unset or MSH is unreadable).
+
+    A sender uses it to know whether to wait for an answer: NE means the receiver never
+    answers, ER only on error, SU only on success, empty or AL always.
+    """
+    first_segment = re.split(rb"[\r\n]", message.removeprefix(_BOM), maxsplit=1)[0]
+    if not first_segment.startswith(b"MSH"):
+        return ""
+    header, _ = _header_from(first_segment.decode("latin-1").rstrip(" \t"))
+    return header.accept_ack_type.strip().upper() if header else ""
+
+
 def _read_header(first_segment: bytes) -> MessageHeader:
     """Header from the undecoded first segment, for rejections made before decoding."""
     msh = first_segment.decode("latin-1")

@@ -94,20 +94,20 @@ class MllpClient:
         except (OSError, ssl_module.SSLError):
             pass
 
-    async def send(self, message: str | bytes) -> str:
-        """Send one message and return the text of the peer's ACK frame."""
+    async def send(self, message: str | bytes, *, timeout: float | None = None) -> str:
+        """Send one message and return the text of the peer's ACK frame.
+
+        ``timeout`` overrides the client's ACK timeout for this message.
+        """
         payload = message.encode(self._encoding) if isinstance(message, str) else message
+        wait = self._timeout if timeout is None else timeout
         async with self._lock:
-            if not self.connected:
-                await self.close()
-                await self._connect()
+            await self._ensure_connected()
             try:
-                return await asyncio.wait_for(self._exchange(payload), self._timeout)
+                return await asyncio.wait_for(self._exchange(payload), wait)
             except TimeoutError:
                 await self.close()
-                raise MllpTimeout(
-                    f"no ACK from {self._host}:{self._port} within {self._timeout}s"
-                ) from None
+                raise MllpTimeout(f"no ACK from {self._host}:{self._port} within {wait}s") from None
             except MllpError:
                 await self.close()
                 raise
@@ -123,6 +123,31 @@ class MllpClient:
                 raise MllpConnectionError(
                     f"connection to {self._host}:{self._port} failed: {type(error).__name__}"
                 ) from error
+
+    async def deliver(self, message: str | bytes) -> None:
+        """Send one message whose MSH-15 (NE) tells the peer never to answer it."""
+        payload = message.encode(self._encoding) if isinstance(message, str) else message
+        async with self._lock:
+            await self._ensure_connected()
+            assert self._writer is not None
+            try:
+                self._writer.write(encode_frame(payload))
+                await asyncio.wait_for(self._writer.drain(), self._timeout)
+            except TimeoutError:
+                await self.close()
+                raise MllpTimeout(
+                    f"{self._host}:{self._port} did not take the message within {self._timeout}s"
+                ) from None
+            except OSError as error:
+                await self.close()
+                raise MllpConnectionError(
+                    f"connection to {self._host}:{self._port} failed: {type(error).__name__}"
+                ) from error
+
+    async def _ensure_connected(self) -> None:
+        if not self.connected:
+            await self.close()
+            await self._connect()
 
     async def _connect(self) -> None:
         try:

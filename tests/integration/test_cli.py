@@ -11,6 +11,7 @@ from adapters.hl7v2.ack import parse_ack
 from tests.support.api import running_api
 from tests.support.cli import careweave
 from tests.support.engine import Engine, mllp_send
+from tests.support.fhir_server import free_port
 from workers import sample_messages as sm
 
 
@@ -125,3 +126,49 @@ async def test_operator_fixes_and_releases_from_the_command_line(
     )
     assert code == 1
     assert "already released" in output
+
+
+async def test_send_reads_msh15_and_reports_each_message_and_failure(
+    engine: Engine, temporal_client: Client, tmp_path: Path
+) -> None:
+    accepted = sm.lab_order(sm.SampleOrder("CLI-4003"), "CLI-4003-O")
+    never_answered = sm.lab_order(sm.SampleOrder("CLI-4004"), "CLI-4004-O").replace(
+        "|||AL|NE", "|||NE|NE", 1
+    )
+    errors_only = sm.lab_order(sm.SampleOrder("CLI-4005"), "CLI-4005-O").replace(
+        "|||AL|NE", "|||ER|NE", 1
+    )
+    refused = sm.lab_order(sm.SampleOrder("CLI-4006"), "CLI-4006-O").replace(
+        "ORM^O01^ORM_O01", "ORM^O99^ORM_O01", 1
+    )
+    feed = tmp_path / "feed.hl7"
+    feed.write_text("\n".join((accepted, never_answered, errors_only, refused)))
+    port = ("--port", str(engine.mllp_port), "--conditional-wait", "2")
+
+    code, output = await careweave(engine, temporal_client, "send", *port, str(feed))
+    assert code == 1, output  # one message was refused
+    lines = output.splitlines()
+    assert lines[0] == f"{feed}#1: AA CLI-4003-O"
+    assert lines[1] == f"{feed}#2: sent; MSH-15 NE asks for no ACK"
+    assert lines[2] == f"{feed}#3: no ACK in 2s; MSH-15 ER: accepted"
+    assert lines[3].startswith(f"{feed}#4: AR CLI-4006-O")
+    for number in ("CLI-4003", "CLI-4004", "CLI-4005"):
+        await engine.wait_for_status(f"order-to-result/{sm.HOSPITAL}/{number}", "ordered")
+    [held] = engine.store.quarantined(limit=1)
+    assert held.control_id == "CLI-4006-O"
+
+    code, output = await careweave(engine, temporal_client, "send", *port, str(feed))
+    assert code == 1
+    assert f"{feed}#1: AA CLI-4003-O" in output  # duplicates are acknowledged again
+
+    closed_port = free_port()
+    code, output = await careweave(
+        engine, temporal_client, "send", "--port", str(closed_port), str(feed)
+    )
+    assert code == 1
+    assert f"cannot send to 127.0.0.1:{closed_port}" in output
+    assert "Traceback" not in output
+
+    code, output = await careweave(engine, temporal_client, "send", str(tmp_path / "none.hl7"))
+    assert code == 1
+    assert "none.hl7: cannot read" in output

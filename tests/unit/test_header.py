@@ -13,6 +13,7 @@ from adapters.hl7v2.framing import END_BLOCK
 from adapters.hl7v2.header import (
     DecodedMessage,
     MessageRejected,
+    accept_ack_condition,
     decode_message,
     unescape,
 )
@@ -357,3 +358,17 @@ def test_mutated_corpus_messages_only_ever_raise_message_rejected(
     else:
         decoded.field("PID", 5)
         decoded.field("MSH", 9, 2)
+
+
+@pytest.mark.parametrize(
+    ("message", "condition"),
+    [
+        (b"MSH|^~\\&|A|B|C|D|20260101||ADT^A40|1|P|2.8|||NE|NE\rEVN|A40\r", "NE"),
+        (b"\xef\xbb\xbfMSH|^~\\&|A|B|C|D|20260101||ADT^A01|1|P|2.5|||er\nEVN|A01\n", "ER"),
+        (b"MSH|^~\\&|A|B|C|D|20260101||ADT^A01|1|P|2.5\rEVN|A01\r", ""),
+        (b"PID|1||123\r", ""),
+        (b"MSH", ""),
+    ],
+)
+def test_accept_ack_condition_is_msh15_as_a_sender_reads_it(message: bytes, condition: str) -> None:
+    assert accept_ack_condition(message) == condition

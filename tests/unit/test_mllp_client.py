@@ -130,3 +130,31 @@ async def test_connection_refused() -> None:
     with pytest.raises(MllpConnectionError) as caught:
         await client.send(MESSAGE.format(n=1))
     assert isinstance(caught.value, MllpError)
+
+
+async def test_deliver_sends_without_waiting_then_send_still_pairs_acks() -> None:
+    received: list[bytes] = []
+
+    def answer_only_acks_wanted(payload: bytes) -> bytes:
+        received.append(payload)
+        return b"" if b"|NE" in payload.split(b"\r", 1)[0] else (ack_for(payload) or b"")
+
+    never_answered = MESSAGE.format(n=1).replace("|2.5.1\r", "|2.5.1|||NE\r", 1)
+    async with (
+        peer(answer_only_acks_wanted) as (port, connections),
+        MllpClient("127.0.0.1", port, timeout=2) as client,
+    ):
+        await client.deliver(never_answered)
+        ack = await client.send(MESSAGE.format(n=2))
+        assert parse_ack(ack) == ("AA", "MSG-2", "")
+        assert [p.split(b"|")[9] for p in received] == [b"MSG-1", b"MSG-2"]
+        assert len(connections) == 1
+
+
+async def test_per_message_timeout_overrides_the_client_timeout() -> None:
+    async with (
+        peer(lambda _: b"") as (port, _),
+        MllpClient("127.0.0.1", port, timeout=30) as client,
+    ):
+        with pytest.raises(MllpTimeout, match=r"within 0\.2s"):
+            await client.send(MESSAGE.format(n=1), timeout=0.2)
