@@ -734,6 +734,8 @@ def api(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> No
 
     _logging(verbose)
     settings = load_settings()
+    # The API encodes for the UI too: a key id with other bytes would write unreadable data.
+    _store(settings, verify_keys=True)
 
     async def run() -> None:
         client = await _client(settings)

@@ -5,10 +5,7 @@ replays with the rotated key ring, and what Temporal stores is ciphertext either
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
-from google.protobuf.message import Message
 from temporalio.api.common.v1 import Payload
 from temporalio.client import Client, WorkflowHistory
 from temporalio.common import HeaderCodecBehavior
@@ -17,7 +14,9 @@ from temporalio.worker import Replayer
 
 from adapters.hl7v2.ack import parse_ack
 from adapters.payload_crypto import PayloadKeyError, new_key_line, parse_key_ring
+from tests.support.cli import careweave
 from tests.support.engine import TEST_PAYLOAD_KEYS, Engine, mllp_send, running_engine
+from tests.support.history import nested
 from workers import sample_messages as sm
 from workers.payload_codec import ENCODING, METADATA_KEY_ID, encrypted_data_converter
 from workers.worker import WORKFLOWS
@@ -28,32 +27,14 @@ pytestmark = pytest.mark.integration
 # Plain by design, and free of message content: search attributes (indexed by the server;
 # codes and pseudonymous keys only) and the SDK's own local-activity marker bookkeeping
 # (sequence number, activity type, timings). Everything else must be encrypted.
-_PLAIN_FIELDS = {"search_attributes"}
+_PLAIN_FIELDS = frozenset({"search_attributes"})
 _PLAIN_PATHS = (".marker_recorded_event_attributes.details[data].payloads",)
-
-
-def _payloads(message: Message, path: str = "") -> Iterator[tuple[str, Payload]]:
-    """Every Payload inside a history event, with the field path (and map key) holding it."""
-    for field, value in message.ListFields():
-        if field.message_type is None or field.name in _PLAIN_FIELDS:
-            continue
-        if field.message_type.GetOptions().map_entry:
-            items = [(f"{path}.{field.name}[{key}]", item) for key, item in value.items()]
-        elif field.is_repeated:
-            items = [(f"{path}.{field.name}", item) for item in value]
-        else:
-            items = [(f"{path}.{field.name}", value)]
-        for item_path, item in items:
-            if isinstance(item, Payload):
-                yield item_path, item
-            elif isinstance(item, Message):
-                yield from _payloads(item, item_path)
 
 
 def _key_ids(history: WorkflowHistory) -> set[str]:
     ids = set()
     for event in history.events:
-        for path, payload in _payloads(event):
+        for path, payload in nested(event, Payload, skip_fields=_PLAIN_FIELDS):
             if path.endswith(_PLAIN_PATHS):
                 continue
             assert payload.metadata.get("encoding") == ENCODING, (event.event_type, path)
@@ -109,3 +90,20 @@ async def test_old_histories_decode_and_replay_after_a_key_is_added(
             await temporal_client.get_workflow_handle(new_exchange).query("status")
         chain = [refused.value, refused.value.__cause__, refused.value.__context__]
         assert any(isinstance(err, PayloadKeyError) for err in chain), repr(refused.value)
+
+
+@pytest.mark.parametrize("command", ["worker", "gateway", "api"])
+async def test_a_process_given_other_bytes_under_a_known_key_id_refuses_to_start(
+    engine: Engine, temporal_client: Client, command: str
+) -> None:
+    engine.store.verify_payload_keys()  # the check value of "test-1" is on record
+    impostor = new_key_line("test-1")
+    code, output = await careweave(
+        engine,
+        temporal_client,
+        command,
+        env={"CAREWEAVE_PAYLOAD_KEYS": impostor, "CAREWEAVE_MLLP_PORT": "0"},
+    )
+    assert code == 1, output
+    assert "payload key 'test-1' is not the key that id had when first used" in output
+    assert impostor.split()[1] not in output  # the key bytes are never printed

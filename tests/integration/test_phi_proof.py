@@ -6,6 +6,7 @@ and birth date in the feed. None may appear.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import socket
@@ -14,9 +15,14 @@ import sys
 from pathlib import Path
 
 import pytest
+from temporalio.api.failure.v1 import Failure
 
+from adapters.payload_crypto import parse_key_ring
+from tests.support.engine import start_temporal
+from tests.support.history import nested
 from workers import sample_messages as sm
 from workers.demo import demo_feed
+from workers.temporal_client import connect_to
 
 pytestmark = pytest.mark.integration
 
@@ -64,10 +70,49 @@ def _phi_of_the_feed() -> set[bytes]:
                 continue
             found.add(fields[3].split(b"^")[0])  # MRN
             found.update(part for part in fields[5].split(b"^")[:2] if part)  # family, given
-            found.add(fields[7][:8])  # birth date
+            birth_date = fields[7][:8]
+            found.add(birth_date)
+            found.add(b"-".join((birth_date[:4], birth_date[4:6], birth_date[6:8])))  # FHIR form
     found.discard(b"")
     found.discard(b"X")  # the deliberately broken ADT^A01 has only "X" as PID-3
     return found
+
+
+async def _operator_view_of_histories(state: Path) -> bytes:
+    """Restart a dev server on the demo's SQLite file and collect, decoded with the demo's
+    own key ring, every workflow id, search attribute, summary/details and failure message."""
+    key_ring = parse_key_ring((state / "payload.keys").read_text(), source="demo")
+    environment = await start_temporal(db_filename=state / "temporal.db")
+    view: list[str] = []
+    try:
+        client = await connect_to(environment.client.service_client.config.target_host, key_ring)
+        converter = client.data_converter
+        async for execution in client.list_workflows():
+            view.append(execution.id)
+            view += [str(pair.value) for pair in execution.typed_search_attributes]
+            history = await client.get_workflow_handle(
+                execution.id, run_id=execution.run_id
+            ).fetch_history()
+            for event in history.events:
+                metadata = event.user_metadata
+                for field in (metadata.summary, metadata.details):
+                    if field.data:
+                        [plain] = await converter.payload_codec.decode([field])  # type: ignore[union-attr]
+                        view.append(converter.payload_converter.from_payload(plain, str))
+                for _, failure in nested(event, Failure):
+                    await converter.payload_codec.decode_failure(failure)  # type: ignore[union-attr]
+                    while failure.ByteSize():
+                        view += [failure.message, failure.stack_trace]
+                        if failure.HasField("encoded_attributes"):
+                            attributes = converter.payload_converter.from_payload(
+                                failure.encoded_attributes, dict
+                            )
+                            view += [str(value) for value in attributes.values()]
+                        failure = failure.cause
+        assert len(view) > 50  # the demo's exchanges and deliveries are all there
+    finally:
+        await environment.shutdown()
+    return "\n".join(view).encode()
 
 
 def test_no_patient_data_in_temporal_careweave_db_or_logs(tmp_path: Path) -> None:
@@ -111,6 +156,14 @@ def test_no_patient_data_in_temporal_careweave_db_or_logs(tmp_path: Path) -> Non
         if path.name.startswith(("temporal.db", "careweave.db"))
     }
     assert "temporal.db" in scanned and "careweave.db" in scanned
+    # The dev server's own log; the demo FHIR server's and partners' logs stand for other
+    # vendors' systems, which receive the patient data by design.
+    scanned["logs/temporal.log"] = (state / "logs" / "temporal.log").read_bytes()
+    # What an operator reads in the UI once the codec endpoint decodes it: workflow ids,
+    # search attributes, event summaries and details, failure messages.
+    scanned["decoded histories (ids, search attributes, summaries, failures)"] = asyncio.run(
+        _operator_view_of_histories(state)
+    )
     assert len(scanned["temporal.db"]) > 100_000  # histories are in there, encrypted
     scanned["careweave output (stdout + stderr, -v)"] = logs
 
