@@ -323,6 +323,7 @@ _EVENT_TYPE: dict[AuditAction, tuple[str, str, str]] = {
     AuditAction.DECODE: ("110110", "Patient Record", "R"),
     AuditAction.RELEASE: ("110107", "Import", "C"),
     AuditAction.LOGIN: ("110114", "User Authentication", "E"),
+    AuditAction.ACCOUNT: ("110137", "User Security Attributes Changed", "U"),
 }
 # AuditEvent.outcome: 0 success, 4 minor failure (refused), 8 serious failure.
 _OUTCOME = {AuditOutcome.SUCCESS: "0", AuditOutcome.REFUSED: "4", AuditOutcome.FAILURE: "8"}

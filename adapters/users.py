@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy.engine import Engine
-from sqlmodel import Session
+from sqlmodel import Session, col, select
 
 from adapters.database import open_engine
 from models.identity import Role, UserAccount
@@ -51,6 +51,20 @@ class UserDirectory:
             session.merge(account)
             session.commit()
         return account
+
+    def remove(self, username: str) -> bool:
+        """Delete a user; False when there was none by that name."""
+        with Session(self._engine) as session:
+            account = session.get(UserAccount, username)
+            if account is None:
+                return False
+            session.delete(account)
+            session.commit()
+            return True
+
+    def accounts(self) -> list[UserAccount]:
+        with Session(self._engine) as session:
+            return list(session.exec(select(UserAccount).order_by(col(UserAccount.username))))
 
     def get(self, username: str) -> UserAccount | None:
         with Session(self._engine) as session:

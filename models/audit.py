@@ -30,6 +30,7 @@ class AuditAction(StrEnum):
     DECODE = "decode"  # payloads decoded through the codec endpoint
     RELEASE = "release"  # a quarantined message resubmitted
     LOGIN = "login"
+    ACCOUNT = "account"  # a user added, changed or removed: who gave access to whom
 
 
 class AuditOutcome(StrEnum):

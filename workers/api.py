@@ -131,6 +131,14 @@ def create_api(
     async def _malformed(_request: Request, err: RequestValidationError) -> JSONResponse:
         return JSONResponse(operation_outcome("invalid", _describe(err.errors())), status_code=422)
 
+    async def still_granted(identity: Identity) -> Identity:
+        """Careweave's own tokens carry the roles held when issued: a removed user or a
+        withdrawn role takes effect at once, not when the token expires."""
+        account = await asyncio.to_thread(directory.get, identity.subject)
+        if account is None:
+            raise TokenRejected("this user no longer exists")
+        return identity.model_copy(update={"roles": identity.roles & account.role_set})
+
     async def authorize(
         request: Request,
         allowed: tuple[Role, ...],
@@ -143,12 +151,16 @@ def create_api(
         token = _bearer_token(request)
         if token is None and allow_cookie:
             token = request.cookies.get(SESSION_COOKIE)
+        caller = "anonymous"  # until a signature says who
         try:
             if token is None:
                 raise TokenRejected("authentication required: send a bearer token")
             identity = await verifier.verify(token)
+            caller = identity.subject
+            if identity.issuer == settings.auth_issuer:
+                identity = await still_granted(identity)
         except TokenRejected as err:
-            await audit(_entry("anonymous", action, AuditOutcome.REFUSED, exchange, str(err)))
+            await audit(_entry(caller, action, AuditOutcome.REFUSED, exchange, str(err)))
             challenge = 'Bearer realm="careweave"'
             if token is not None:
                 challenge += ', error="invalid_token"'

@@ -33,6 +33,7 @@ from workers.temporal_client import connect
 from workers.temporal_commit import TemporalCommitter
 
 if TYPE_CHECKING:
+    from adapters.users import UserDirectory
     from workers.stack import RunningStack
 
 app = typer.Typer(help="Careweave clinical integration engine", no_args_is_help=True)
@@ -381,13 +382,10 @@ def quarantine_show(
         raise _fail(f"no quarantined message #{message_id}")
     # The raw bytes are patient data: who read them is on the trail before they are shown.
     store.audit_log().append(
-        AuditEntry(
-            actor_kind=ActorKind.USER,
-            actor=getpass.getuser(),
-            action=AuditAction.ACCESS,
-            outcome=AuditOutcome.SUCCESS,
-            resource=f"QuarantinedMessage/{message_id}",
-            detail="raw bytes saved to a file" if raw is not None else "raw bytes shown",
+        _console_user_entry(
+            AuditAction.ACCESS,
+            f"QuarantinedMessage/{message_id}",
+            "raw bytes saved to a file" if raw is not None else "raw bytes shown",
         )
     )
     console.print(f"#{row.id} {row.status} from {row.peer} at {row.received_at}")
@@ -683,15 +681,63 @@ def users_add(
     ] = False,
 ) -> None:
     """Add a user of Careweave's own token issuer (or replace its password and roles)."""
-    from adapters.users import UserDirectory
-
     settings = load_settings()
+    directory = _users(settings)
     password = _read_password(password_stdin, confirm=True)
+    earlier = directory.get(name)
     try:
-        UserDirectory.from_url(settings.resolved_database_url).add(name, password, role)
+        account = directory.add(name, password, role)
     except ValueError as err:
         raise _fail(f"user {name}: {err}") from err
-    console.print(f"user {name} saved with roles {', '.join(sorted(r.value for r in role))}")
+    roles = ", ".join(sorted(account.role_set))
+    change = f"roles {earlier.roles} -> {account.roles}, new password" if earlier else "added"
+    _audit_account_change(settings, name, f"{change} (roles now {roles})")
+    console.print(f"user {name} saved with roles {roles}")
+
+
+@users_app.command("remove")
+def users_remove(name: str) -> None:
+    """Remove a user: its tokens stop working at once, not when they expire."""
+    settings = load_settings()
+    if not _users(settings).remove(name):
+        raise _fail(f"no user {name}")
+    _audit_account_change(settings, name, "removed")
+    console.print(f"user {name} removed")
+
+
+@users_app.command("list")
+def users_list() -> None:
+    """Users of Careweave's own token issuer and their roles (never password hashes)."""
+    table = Table(title="Users")
+    for column in ("user", "roles", "since (UTC)"):
+        table.add_column(column, no_wrap=True)
+    for account in _users(load_settings()).accounts():
+        table.add_row(account.username, account.roles, f"{account.created_at:%Y-%m-%d %H:%M}")
+    console.print(table)
+
+
+def _users(settings: Settings) -> UserDirectory:
+    from adapters.users import UserDirectory
+
+    return UserDirectory.from_url(settings.resolved_database_url)
+
+
+def _audit_account_change(settings: Settings, name: str, detail: str) -> None:
+    # Granting access is itself an access decision: the trail names who made it.
+    _audit_log(settings).append(_console_user_entry(AuditAction.ACCOUNT, f"User/{name}", detail))
+
+
+def _console_user_entry(action: AuditAction, resource: str, detail: str) -> AuditEntry:
+    """A successful action by the OS user at the console: commands that work on the
+    database directly (not through the API) have no token to name anyone else."""
+    return AuditEntry(
+        actor_kind=ActorKind.USER,
+        actor=getpass.getuser(),
+        action=action,
+        outcome=AuditOutcome.SUCCESS,
+        resource=resource,
+        detail=detail,
+    )
 
 
 @app.command()

@@ -269,10 +269,11 @@ async def test_codec_decode_needs_credentials_and_round_trips(
     # The UI can read the refusal: the answer carries its origin.
     assert refused.headers["access-control-allow-origin"] == UI_ORIGIN
 
+    api.users.add("nobody-role", "nobody-role password", [Role.OPS])
     reviewer_only_forbidden = await http.post(
         "/codec/decode",
         content=body,
-        headers={**ui_headers, **bearer(api.token("nobody-role"))},
+        headers={**ui_headers, **bearer(api.issuer.issue("nobody-role", ()))},
     )
     assert reviewer_only_forbidden.status_code == 403
 
@@ -380,3 +381,25 @@ async def test_browser_login_cookie_decodes_for_the_ui(
         # The cookie never authorizes a review decision (bearer tokens only there).
         listed = await browser.get("/reviews", headers={"Cookie": f"careweave_session={session}"})
         assert listed.status_code == 401
+
+
+async def test_a_removed_user_or_withdrawn_role_stops_working_before_the_token_expires(
+    engine: Engine, api: RunningApi, http: httpx.AsyncClient
+) -> None:
+    workflow_id, review_id = await pending_exchange(engine, "API-3301")
+    token = api.token("rev-leaving", Role.REVIEWER)
+    assert (await http.get("/reviews", headers=bearer(token))).status_code == 200
+
+    api.users.add("rev-leaving", "rev-leaving test password", [Role.OPS])
+    refused = await http.post(
+        f"/reviews/{workflow_id}/decision", json=decision(review_id), headers=bearer(token)
+    )
+    assert refused.status_code == 403, refused.text
+    assert await still_pending(engine, workflow_id, review_id)
+
+    assert api.users.remove("rev-leaving")
+    gone = await http.get("/reviews", headers=bearer(token))
+    assert gone.status_code == 401
+    assert "no longer exists" in gone.text
+    assert api.audit[-1].outcome == AuditOutcome.REFUSED
+    assert api.audit[-1].actor == "rev-leaving"

@@ -172,3 +172,46 @@ async def test_send_reads_msh15_and_reports_each_message_and_failure(
     code, output = await careweave(engine, temporal_client, "send", str(tmp_path / "none.hl7"))
     assert code == 1
     assert "none.hl7: cannot read" in output
+
+
+async def test_user_changes_from_the_command_line_are_on_the_audit_trail(
+    engine: Engine, temporal_client: Client
+) -> None:
+    async def run(*args: str, stdin: str | None = None) -> tuple[int, str]:
+        return await careweave(engine, temporal_client, *args, stdin=stdin)
+
+    password = "break-glass long password\n"
+    code, output = await run(
+        "users", "add", "ops-night", "--role", "ops", "--password-stdin", stdin=password
+    )
+    assert code == 0, output
+    code, output = await run(
+        *("users", "add", "ops-night", "--role", "ops", "--role", "reviewer", "--password-stdin"),
+        stdin=password,
+    )
+    assert code == 0, output
+    code, output = await run("users", "list")
+    assert code == 0, output
+    [row] = [line for line in output.splitlines() if "ops-night" in line]
+    assert "ops,reviewer" in row
+    assert "argon2" not in output
+
+    code, output = await run("users", "remove", "ops-night")
+    assert code == 0, output
+    code, output = await run("users", "remove", "ops-night")
+    assert code == 1
+    assert "no user ops-night" in output
+    code, output = await run("users", "list")
+    assert "ops-night" not in output
+
+    changes = [
+        row
+        for row in engine.store.audit_log().records(newest_first=True, limit=50)
+        if row.action == "account" and row.resource == "User/ops-night"
+    ]
+    assert [row.detail for row in reversed(changes)] == [
+        "added (roles now ops)",
+        "roles ops -> ops,reviewer, new password (roles now ops, reviewer)",
+        "removed",
+    ]
+    assert {row.actor_kind for row in changes} == {"user"}

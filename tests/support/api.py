@@ -25,6 +25,10 @@ class RunningApi:
     audit: list[AuditEntry] = field(default_factory=list)
 
     def token(self, subject: str, *roles: Role) -> str:
+        """A token of Careweave's issuer for a user who holds `roles` (the user is saved:
+        the API honours its own tokens only for users that exist)."""
+        if roles:
+            self.users.add(subject, f"{subject} test password", roles)
         return self.issuer.issue(subject, roles)
 
 
