@@ -1,10 +1,11 @@
 """Coverage-guided fuzzing (atheris, libFuzzer) of the MLLP decoder and the HL7 fast path.
 
-Not run by pytest; the bounded property tests are tests/unit/test_fuzz_hl7.py. Run for as
-long as you like, seeded with the corpus, e.g. for five minutes (libFuzzer adds the inputs
-it finds to the FIRST folder given: a scratch folder, never the checked-in corpus):
+`make test` runs it for 15 s (tests/unit/test_fuzz_atheris.py, where atheris installs:
+it is a dev dependency on Linux x86_64) beside the hypothesis properties of
+tests/unit/test_fuzz_hl7.py. Run it for as long as you like, seeded with the corpus, e.g.
+for five minutes (libFuzzer adds the inputs it finds to the FIRST folder given: a scratch
+folder, never the checked-in corpus):
 
-    pip install atheris
     mkdir -p .state/fuzz
     python fuzz/fuzz_mllp_hl7.py -max_total_time=300 .state/fuzz tests/fixtures/corpus/*/
 
