@@ -156,6 +156,8 @@ class OrderedDelivery(ReviewableWorkflow):
                     actions=actions,
                 )
                 if decision.action is ReviewAction.SKIP:
+                    # The queue moves on: the destination is no longer holding anything up.
+                    self._set_failing(False, "")
                     self._record(item, "skipped", total_attempts, decision.reason)
                     self._state.skipped += 1
                     return
