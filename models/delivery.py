@@ -58,6 +58,9 @@ class DeliverRequest(BaseModel):
     replacement_message: str | None = None
     # Incremented on an edit so the corrected message gets its own MSH-10.
     revision: int = 0
+    # The workflow's own count of sends of this event (it retries with single-attempt
+    # activities, so Temporal's attempt is always 1): the audit trail's retry rows follow it.
+    attempt: int = 1
 
 
 class DeliverResult(BaseModel):

@@ -111,6 +111,7 @@ class OrderedDelivery(ReviewableWorkflow):
                 item=item,
                 replacement_message=replacement,
                 revision=revision,
+                attempt=total_attempts,
             )
             workflow.set_current_details(
                 f"Sending {item.subscription.value} event to {destination} (attempt {attempt})"
