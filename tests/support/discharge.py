@@ -115,3 +115,19 @@ async def wait_alert(engine: Engine, workflow_id: str, alert: str, timeout: floa
             return
         await asyncio.sleep(0.2)
     raise AssertionError(f"{workflow_id}: DeliveryAlert not {alert!r} within {timeout} s")
+
+
+async def wait_delivery_log(
+    engine: Engine, workflow_id: str, entries: int, timeout: float = 30
+) -> list[dict[str, Any]]:
+    """The queue's delivery log once it has ``entries`` lines: the partner records a message
+    before its ACK reaches the workflow, so the log can trail what the partner received."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    log: list[dict[str, Any]] = []
+    while loop.time() < deadline:
+        log = await engine.handle(workflow_id).query("delivery_log")
+        if len(log) >= entries:
+            return log
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"{workflow_id}: delivery log {log!r}, wanted {entries} entries")
