@@ -17,6 +17,7 @@ from tests.support.discharge import (
     send,
     stay,
     triggers,
+    wait_delivery_log,
     wait_received,
 )
 from tests.support.engine import Engine
@@ -165,7 +166,7 @@ async def test_rejections_hold_the_queue_and_keep_the_order(
     assert messages[4]["control_id"] != messages[0]["control_id"]
     # Primary care was not held up by billing.
     assert triggers(await received(partners["primary-care"], "V-5004")) == ["A03"]
-    log = await engine.handle(delivery_id("billing", "MRN5004")).query("delivery_log")
+    log = await wait_delivery_log(engine, delivery_id("billing", "MRN5004"), 2)
     assert [(entry["outcome"], entry["attempts"]) for entry in log] == [
         ("delivered", 4),
         ("delivered", 1),
@@ -211,7 +212,7 @@ async def test_destination_down_goes_to_review_and_is_delivered_once(
     messages = await received(primary_care, "V-5005")
     assert [m["answered"] for m in messages].count("AA") == 1
     assert {m["answered"] for m in messages} == {"none", "AA"}
-    log = await engine.handle(queue_id).query("delivery_log")
+    log = await wait_delivery_log(engine, queue_id, 1)
     assert [entry["outcome"] for entry in log] == ["delivered"]
     history = await engine.handle(queue_id).query("review_history")
     assert history[0]["decision"]["reviewer"] == "ops-1"
