@@ -7,6 +7,9 @@ from pydantic import BaseModel, ConfigDict
 from models.destinations import DeliveryPolicy, Subscription
 from models.discharge import AdtEvent
 
+# History events after which the delivery workflow continues as new (before its next send).
+CONTINUE_AS_NEW_AFTER_EVENTS = 2_000
+
 
 class DeliveryItem(BaseModel):
     """One event for one destination. ``event_id`` has no PHI: exchange key + MSH-10."""
@@ -24,6 +27,16 @@ class DeliveryItem(BaseModel):
     policy: DeliveryPolicy
 
 
+class DeliveryRecord(BaseModel):
+    """One line of the destination's delivery log (queryable): no PHI."""
+
+    event_id: str
+    subscription: Subscription
+    outcome: str  # delivered | skipped | edited
+    attempts: int
+    detail: str = ""
+
+
 class DeliveryState(BaseModel):
     """The delivery workflow's input, and what it carries across continue-as-new."""
 
@@ -37,16 +50,9 @@ class DeliveryState(BaseModel):
     delivered: int = 0
     skipped: int = 0
     failing: bool = False
-
-
-class DeliveryRecord(BaseModel):
-    """One line of the destination's delivery log (queryable): no PHI."""
-
-    event_id: str
-    subscription: Subscription
-    outcome: str  # delivered | skipped | edited
-    attempts: int
-    detail: str = ""
+    # The last deliveries (bounded like recent_event_ids), so the log survives continue-as-new.
+    delivery_log: list[DeliveryRecord] = []
+    continue_as_new_after_events: int = CONTINUE_AS_NEW_AFTER_EVENTS
 
 
 class DeliverRequest(BaseModel):
@@ -58,6 +64,9 @@ class DeliverRequest(BaseModel):
     replacement_message: str | None = None
     # Incremented on an edit so the corrected message gets its own MSH-10.
     revision: int = 0
+    # The workflow's own count of sends of this event (it retries with single-attempt
+    # activities, so Temporal's attempt is always 1): the audit trail's retry rows follow it.
+    attempt: int = 1
 
 
 class DeliverResult(BaseModel):

@@ -14,8 +14,11 @@
 // Control endpoint (JSON, on --host:--control-port):
 //   GET  /health    -> 200 {"ok": true, "name": ...}
 //   GET  /messages  -> 200 [{received_at, control_id, message_type, text, answered}, ...]
-//   POST /mode      {"mode": "AA"|"AE"|"AR"|"silent", "code": "207", "text": "", "times": N}
+//   POST /mode      {"mode": "AA"|"AE"|"AR"|"silent", "code": "207", "text": "", "times": N,
+//                    "patient_id": "MRN1"}
 //                   -> 200 {"ok": true}; bad JSON or an unknown mode -> 400 {"error": ...}
+//                   With patient_id the mode is for that patient's messages only (PID-3's
+//                   first ID); the others are answered AA and do not count towards times.
 //   POST /reset     -> 200 {"ok": true}: forget the messages, back to mode AA
 'use strict';
 
@@ -27,7 +30,13 @@ const { Hl7Segment } = require('@medplum/core');
 const { Hl7Connection, Hl7Server } = require('@medplum/hl7');
 
 const MODES = new Set(['AA', 'AE', 'AR', 'silent']);
-const DEFAULT_MODE = Object.freeze({ mode: 'AA', code: '207', text: '', times: null });
+const DEFAULT_MODE = Object.freeze({
+  mode: 'AA',
+  code: '207',
+  text: '',
+  times: null,
+  patientId: null,
+});
 
 // HL7 escape sequences for a value placed inside a component (delimiters from MSH-1/2).
 function escapeHl7(value, context) {
@@ -61,7 +70,7 @@ class Partner {
     if (body === null || typeof body !== 'object' || Array.isArray(body)) {
       throw new Error('the body must be a JSON object');
     }
-    const { mode, code = '207', text = '', times = null } = body;
+    const { mode, code = '207', text = '', times = null, patient_id: patientId = null } = body;
     if (!MODES.has(mode)) {
       throw new Error(`unknown mode ${JSON.stringify(mode)}; use AA, AE, AR or silent`);
     }
@@ -74,11 +83,17 @@ class Partner {
     if (typeof text !== 'string') {
       throw new Error('text must be a string');
     }
-    this.mode = { mode, code: String(code), text, times };
+    if (patientId !== null && !(typeof patientId === 'string' && patientId !== '')) {
+      throw new Error('patient_id must be a non-empty string (PID-3), or omitted: every patient');
+    }
+    this.mode = { mode, code: String(code), text, times, patientId };
   }
 
   // The answer for the next message; a limited mode returns to AA when used up.
-  nextAnswer() {
+  nextAnswer(patientId) {
+    if (this.mode.patientId !== null && this.mode.patientId !== patientId) {
+      return { ...DEFAULT_MODE };
+    }
     const current = { ...this.mode };
     if (this.mode.times !== null) {
       this.mode.times -= 1;
@@ -91,7 +106,9 @@ class Partner {
 
   receive(connection, message) {
     const header = message.getSegment('MSH');
-    const answer = this.nextAnswer();
+    // PID-3, first repetition, first component: the patient's ID in the sender's list.
+    const pid3 = message.getSegment('PID')?.getField(3)?.getComponent(1) ?? '';
+    const answer = this.nextAnswer(pid3);
     this.records.push({
       received_at: new Date().toISOString(),
       control_id: header?.getField(10)?.toString() ?? '',

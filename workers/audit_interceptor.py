@@ -3,8 +3,9 @@
 TRANSFORM for the interpret (parse + map) activities, PUSH for writes to a destination,
 ACCESS for the rest (reads, routing); a failure is an EXCEPTION row naming the error
 type, never its message. An attempt after the first adds a RETRY row (same outcome and
-detail) just before its outcome row, in the same transaction. Local activities pass
-through here too.
+detail) just before its outcome row, in the same transaction. Deliveries are retried by
+their workflow (single-attempt activities), so their attempt is the one the request
+carries. Local activities pass through here too.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from temporalio.worker import (
 
 from adapters.audit_log import AuditLog
 from models.audit import ActorKind, AuditAction, AuditEntry, AuditOutcome
+from models.delivery import DeliverRequest
 
 WORKER_ACTOR = "careweave-worker"
 
@@ -58,6 +60,14 @@ def _resource(activity_type: str, args: Any) -> str:
     return f"{activity_type} -> {destination}" if isinstance(destination, str) else activity_type
 
 
+def _attempt(temporal_attempt: int, args: Any) -> int:
+    # A delivery request says which send of the event this is (a count, no patient data);
+    # Temporal's own attempt counts on top of it for activities that Temporal retries.
+    if args and isinstance(args[0], DeliverRequest):
+        return args[0].attempt + temporal_attempt - 1
+    return temporal_attempt
+
+
 class _AuditedActivity(ActivityInboundInterceptor):
     def __init__(self, next: ActivityInboundInterceptor, audit_log: AuditLog) -> None:
         super().__init__(next)
@@ -66,6 +76,7 @@ class _AuditedActivity(ActivityInboundInterceptor):
     async def execute_activity(self, input: ExecuteActivityInput) -> Any:
         info = activity.info()
         action = action_for(info.activity_type)
+        attempt = _attempt(info.attempt, input.args)
 
         def row(action: AuditAction, outcome: AuditOutcome, detail: str) -> AuditEntry:
             return AuditEntry(
@@ -79,7 +90,7 @@ class _AuditedActivity(ActivityInboundInterceptor):
             )
 
         def rows(outcome_row: AuditEntry) -> list[AuditEntry]:
-            if info.attempt == 1:
+            if attempt == 1:
                 return [outcome_row]
             retry = outcome_row.model_copy(update={"action": AuditAction.RETRY})
             return [retry, outcome_row]
@@ -87,12 +98,12 @@ class _AuditedActivity(ActivityInboundInterceptor):
         try:
             result = await super().execute_activity(input)
         except BaseException as error:
-            detail = f"{failure_detail(error)}, attempt {info.attempt}"
+            detail = f"{failure_detail(error)}, attempt {attempt}"
             failed = row(AuditAction.EXCEPTION, AuditOutcome.FAILURE, detail)
             # Written even while cancelled: the row is what says the step stopped.
             await asyncio.shield(self._audit_log.aappend_many(rows(failed)))
             raise
-        done = row(action, AuditOutcome.SUCCESS, f"attempt {info.attempt}")
+        done = row(action, AuditOutcome.SUCCESS, f"attempt {attempt}")
         # No step counts as done without its row: if the row cannot be written the
         # activity fails and is retried (every activity is idempotent).
         await self._audit_log.aappend_many(rows(done))

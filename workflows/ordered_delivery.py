@@ -36,7 +36,6 @@ with workflow.unsafe.imports_passed_through():
 
 EXCHANGE_NAME = "ordered-delivery"
 RECENT_IDS_KEPT = 500
-CONTINUE_AS_NEW_AFTER_EVENTS = 2_000
 _ONE_ATTEMPT = RetryPolicy(maximum_attempts=1)
 
 
@@ -48,7 +47,8 @@ class OrderedDelivery(ReviewableWorkflow):
         self._state = state
         self._queue: deque[DeliveryItem] = deque(state.queue)
         self._recent: deque[str] = deque(state.recent_event_ids, maxlen=RECENT_IDS_KEPT)
-        self._log: list[DeliveryRecord] = []
+        # Carried across continue-as-new, bounded like the event ids it describes.
+        self._log: list[DeliveryRecord] = list(state.delivery_log)
         self._duplicates = 0
 
     @workflow.run
@@ -111,6 +111,7 @@ class OrderedDelivery(ReviewableWorkflow):
                 item=item,
                 replacement_message=replacement,
                 revision=revision,
+                attempt=total_attempts,
             )
             workflow.set_current_details(
                 f"Sending {item.subscription.value} event to {destination} (attempt {attempt})"
@@ -156,6 +157,8 @@ class OrderedDelivery(ReviewableWorkflow):
                     actions=actions,
                 )
                 if decision.action is ReviewAction.SKIP:
+                    # The queue moves on: the destination is no longer holding anything up.
+                    self._set_failing(False, "")
                     self._record(item, "skipped", total_attempts, decision.reason)
                     self._state.skipped += 1
                     return
@@ -200,12 +203,16 @@ class OrderedDelivery(ReviewableWorkflow):
         info = workflow.info()
         return (
             info.is_continue_as_new_suggested()
-            or info.get_current_history_length() > CONTINUE_AS_NEW_AFTER_EVENTS
+            or info.get_current_history_length() > self._state.continue_as_new_after_events
         )
 
     def _carry_over(self) -> DeliveryState:
         return self._state.model_copy(
-            update={"queue": list(self._queue), "recent_event_ids": list(self._recent)}
+            update={
+                "queue": list(self._queue),
+                "recent_event_ids": list(self._recent),
+                "delivery_log": list(self._log),
+            }
         )
 
 

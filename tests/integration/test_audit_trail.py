@@ -6,11 +6,9 @@ unreachable server a RETRY row per attempt after the first."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import sqlite3
-from collections.abc import Callable
 from pathlib import Path
 
 from fhir.resources.R4B.auditevent import AuditEvent
@@ -19,29 +17,13 @@ from temporalio.client import Client
 from models.records import AuditRecord
 from models.review import ReviewAction, ReviewDecision
 from tests.support.cli import careweave
-from tests.support.engine import Engine, mllp_send, running_engine
+from tests.support.engine import audit_rows, mllp_send, running_engine
 from tests.support.fhir_server import free_port
 from workers import sample_messages as sm
 
 
 def workflow_id(order: sm.SampleOrder) -> str:
     return f"order-to-result/{sm.HOSPITAL}/{order.placer_order_number}"
-
-
-async def audit_rows(
-    engine: Engine,
-    exchange: str,
-    until: Callable[[list[AuditRecord]], bool],
-    timeout: float = 60,
-) -> list[AuditRecord]:
-    """The exchange's rows, once ``until`` holds for them (rows follow each activity)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        rows = engine.store.audit_log().records(exchange=exchange)
-        if until(rows) or loop.time() > deadline:
-            return rows
-        await asyncio.sleep(0.2)
 
 
 def steps(rows: list[AuditRecord]) -> set[tuple[str, str, str]]:

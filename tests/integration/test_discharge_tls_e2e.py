@@ -16,6 +16,7 @@ import pytest
 from temporalio.client import Client
 
 from tests.support.certs import Pki
+from tests.support.discharge import received
 from tests.support.engine import Engine, mllp_send, running_engine
 from tests.support.partner import Partner, running_partner
 from workers import sample_messages as sm
@@ -98,10 +99,6 @@ async def tls_engine(
         pseudonym_key="test-tls-key",
     ) as engine:
         yield engine
-
-
-async def received(partner: Partner, visit: str) -> list[dict[str, Any]]:
-    return [m for m in await partner.amessages() if f"|{visit}^" in m["text"]]
 
 
 async def test_discharge_delivered_over_mutual_tls_and_refused_without_a_certificate(

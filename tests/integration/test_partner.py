@@ -17,12 +17,12 @@ from adapters.hl7v2.mllp_client import MllpClient, MllpTimeout
 from tests.support.partner import Partner, running_partner
 
 
-def adt_a03(control_id: str) -> str:
+def adt_a03(control_id: str, mrn: str = "MRN1") -> str:
     return (
         "MSH|^~\\&|CAREWEAVE|GENHOSP|BILLING|BILLCO|20261125120000||ADT^A03^ADT_A03|"
         f"{control_id}|P|2.5.1\r"
         "EVN|A03|20261125120000\r"
-        "PID|1||MRN1^^^GENHOSP^MR||Müller^Jo\r"
+        f"PID|1||{mrn}^^^GENHOSP^MR||Müller^Jo\r"
         "PV1|1|I|W1^101^A||||||||||||||||V100\r"
     )
 
@@ -96,6 +96,27 @@ async def test_ar_carries_the_error_code_in_err_3(partner: Partner) -> None:
         ("CTRL-4", "AR"),
         ("CTRL-5", "AA"),
     ]
+
+
+async def test_a_mode_for_one_patient_leaves_the_others_on_aa(partner: Partner) -> None:
+    await partner.aset_mode("AR", code="100", times=2, patient_id="MRN2")
+
+    answers = [
+        parse_ack(await send(partner, adt_a03(control_id, mrn)))[0]
+        for control_id, mrn in [
+            ("CTRL-P1", "MRN1"),
+            ("CTRL-P2", "MRN2"),
+            ("CTRL-P3", "MRN22"),  # another patient, though its ID starts the same
+            ("CTRL-P4", "MRN2"),
+            ("CTRL-P5", "MRN2"),  # times=2 counted MRN2's messages only: used up
+        ]
+    ]
+
+    assert answers == ["AA", "AR", "AA", "AR", "AA"]
+    async with httpx.AsyncClient(base_url=partner.control_url, timeout=5) as http:
+        blank = await http.post("/mode", json={"mode": "AR", "patient_id": ""})
+        assert blank.status_code == 400
+        assert "patient_id" in blank.json()["error"]
 
 
 async def test_silent_partner_makes_the_client_time_out(partner: Partner) -> None:

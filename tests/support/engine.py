@@ -10,7 +10,7 @@ import contextlib
 import os
 import sys
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +22,7 @@ from adapters.database import CareweaveStore
 from adapters.fhir import FhirClient
 from adapters.hl7v2.framing import encode_frame
 from adapters.payload_crypto import new_key_line, parse_key_ring
+from models.records import AuditRecord
 from models.settings import Settings
 from workers.gateway import MllpGateway
 from workers.intake import MessageIntake
@@ -113,6 +114,22 @@ class Engine:
                 return pending.model_dump() if hasattr(pending, "model_dump") else dict(pending)
             await asyncio.sleep(0.2)
         raise AssertionError(f"{workflow_id}: no review became pending in {timeout} s")
+
+
+async def audit_rows(
+    engine: Engine,
+    exchange: str,
+    until: Callable[[list[AuditRecord]], bool],
+    timeout: float = 60,
+) -> list[AuditRecord]:
+    """The exchange's rows, once ``until`` holds for them (rows follow each activity)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        rows = engine.store.audit_log().records(exchange=exchange)
+        if until(rows) or loop.time() > deadline:
+            return rows
+        await asyncio.sleep(0.2)
 
 
 @contextlib.asynccontextmanager

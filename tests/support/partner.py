@@ -49,15 +49,23 @@ class Partner:
         return records
 
     def set_mode(
-        self, mode: str, *, code: str = "207", text: str = "", times: int | None = None
+        self,
+        mode: str,
+        *,
+        code: str = "207",
+        text: str = "",
+        times: int | None = None,
+        patient_id: str | None = None,
     ) -> None:
         """Answer AA, AE or AR (with ERR-3 ``code^text^HL70357``), or "silent" (no ACK).
 
         With ``times`` the mode applies to that many messages, then the partner answers AA.
+        With ``patient_id`` it applies to that patient's messages (PID-3) only; the others
+        are answered AA and do not count towards ``times``.
         """
         response = httpx.post(
             f"{self.control_url}/mode",
-            json=_mode_body(mode, code, text, times),
+            json=_mode_body(mode, code, text, times, patient_id),
             timeout=HTTP_TIMEOUT,
         )
         _raise_for_status(response)
@@ -74,11 +82,17 @@ class Partner:
             return records
 
     async def aset_mode(
-        self, mode: str, *, code: str = "207", text: str = "", times: int | None = None
+        self,
+        mode: str,
+        *,
+        code: str = "207",
+        text: str = "",
+        times: int | None = None,
+        patient_id: str | None = None,
     ) -> None:
         async with httpx.AsyncClient(timeout=HTTP_TIMEOUT) as http:
             response = await http.post(
-                f"{self.control_url}/mode", json=_mode_body(mode, code, text, times)
+                f"{self.control_url}/mode", json=_mode_body(mode, code, text, times, patient_id)
             )
             _raise_for_status(response)
 
@@ -87,10 +101,14 @@ class Partner:
             _raise_for_status(await http.post(f"{self.control_url}/reset"))
 
 
-def _mode_body(mode: str, code: str, text: str, times: int | None) -> dict[str, Any]:
+def _mode_body(
+    mode: str, code: str, text: str, times: int | None, patient_id: str | None
+) -> dict[str, Any]:
     body: dict[str, Any] = {"mode": mode, "code": code, "text": text}
     if times is not None:
         body["times"] = times
+    if patient_id is not None:
+        body["patient_id"] = patient_id
     return body
 
 
