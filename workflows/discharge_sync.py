@@ -31,7 +31,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from models.delivery import DeliveryItem
     from models.destinations import Subscription
-    from models.discharge import AdtEvent, AdtTrigger
+    from models.discharge import AdtEvent, AdtTrigger, DischargeOnRecord
     from models.exchanges import DischargeSyncInput
     from models.messages import InboundMessage
     from models.review import ReviewAction, ReviewReason
@@ -64,7 +64,9 @@ class DischargeSync(ReviewableWorkflow):
         self._inbox: deque[InboundMessage] = deque()
         self._seen: set[str] = set()
         self._events: list[RoutedEvent] = []
-        self._discharged = False
+        # The discharge this exchange delivered (None before the A03 and after an A13);
+        # an A08 after it carries it to the FHIR mapping.
+        self._discharge: DischargeOnRecord | None = None
         self._diagnoses: tuple[tuple[str, str, str], ...] = ()
         self._status = "received"
 
@@ -128,6 +130,8 @@ class DischargeSync(ReviewableWorkflow):
                 )
             )
             return
+        if subscription is Subscription.DIAGNOSIS_UPDATE:
+            event = self._with_discharge_on_record(event)
         routing = await workflow.execute_activity_method(
             DischargeActivities.routing_for,
             subscription,
@@ -177,19 +181,28 @@ class DischargeSync(ReviewableWorkflow):
     def _subscription_for(self, event: AdtEvent) -> tuple[Subscription | None, str]:
         diagnoses = tuple((d.set_id, d.code, d.diagnosis_type) for d in event.diagnoses)
         if event.trigger is AdtTrigger.DISCHARGE:
-            self._discharged = True
+            self._discharge = DischargeOnRecord.of(event)
             self._diagnoses = diagnoses
             return Subscription.DISCHARGE, ""
         if event.trigger is AdtTrigger.CANCEL_DISCHARGE:
-            note = "" if self._discharged else "cancel for a discharge this exchange never saw"
-            self._discharged = False
+            note = "" if self._discharge else "cancel for a discharge this exchange never saw"
+            self._discharge = None
             return Subscription.CANCEL_DISCHARGE, note
-        if not self._discharged:
+        if self._discharge is None:
             return None, "A08 while not discharged: not part of discharge sync"
         if diagnoses == self._diagnoses:
             return None, "A08 without a diagnosis change"
         self._diagnoses = diagnoses
         return Subscription.DIAGNOSIS_UPDATE, ""
+
+    def _with_discharge_on_record(self, event: AdtEvent) -> AdtEvent:
+        """The A08 as the FHIR mapping needs it: with the discharge this exchange delivered,
+        so an A08 without PV1-45 keeps the Encounter finished with its end and disposition
+        (a full PUT would drop them). MLLP destinations get the message as received."""
+        assert self._discharge is not None
+        on_record = self._discharge
+        self._discharge = on_record.amended_by(event)
+        return event.model_copy(update={"discharge_on_record": on_record})
 
     async def _interpret(self, message: InboundMessage) -> AdtEvent | None:
         while True:
