@@ -8,65 +8,33 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
-from typing import Any
 
 import pytest
 from temporalio.client import Client
 
 from models.review import ReviewAction, ReviewDecision
-from tests.support.engine import Engine, mllp_send, running_engine
-from tests.support.partner import Partner, running_partner
+from tests.support.discharge import (
+    delivery_id,
+    discharge_id,
+    encounter,
+    received,
+    running_discharge_engine,
+    running_partners,
+    send,
+    stay,
+    triggers,
+    wait_condition_codes,
+    wait_received,
+)
+from tests.support.engine import Engine
+from tests.support.partner import Partner
 from workers import sample_messages as sm
-from workers.routing import pseudonym
-
-ROUTING = """
-version = "test-1"
-
-[[destination]]
-name = "fhir-platform"
-kind = "fhir"
-subscribes = ["A03", "A13", "A08-diagnosis"]
-[destination.fhir]
-base_url = "{fhir}"
-
-[[destination]]
-name = "primary-care"
-kind = "mllp"
-subscribes = ["A03", "A13"]
-[destination.mllp]
-host = "127.0.0.1"
-port = {primary_care}
-receiving_application = "PCEHR"
-receiving_facility = "NORTHCLINIC"
-ack_timeout_seconds = 1.5
-[destination.policy]
-max_attempts = 3
-first_retry_seconds = 0.2
-max_retry_seconds = 1
-
-[[destination]]
-name = "billing"
-kind = "mllp"
-subscribes = ["A03", "A13", "A08-diagnosis"]
-[destination.mllp]
-host = "127.0.0.1"
-port = {billing}
-receiving_application = "BILLING"
-receiving_facility = "GENHOSP-FIN"
-ack_timeout_seconds = 1.5
-[destination.policy]
-max_attempts = 5
-first_retry_seconds = 0.2
-max_retry_seconds = 1
-temporary_error_codes = ["206", "207"]
-"""
 
 
 @pytest.fixture(scope="module")
 def partners() -> Iterator[dict[str, Partner]]:
-    with running_partner("primary-care") as primary_care, running_partner("billing") as billing:
-        yield {"primary-care": primary_care, "billing": billing}
+    with running_partners() as running:
+        yield running
 
 
 @pytest.fixture(scope="module")
@@ -76,72 +44,14 @@ async def discharge_engine(
     partners: dict[str, Partner],
     tmp_path_factory: pytest.TempPathFactory,
 ) -> AsyncIterator[Engine]:
-    routing = tmp_path_factory.mktemp("routing") / "destinations.toml"
-    routing.write_text(
-        ROUTING.format(
-            fhir=fhir_base_url,
-            primary_care=partners["primary-care"].mllp_port,
-            billing=partners["billing"].mllp_port,
-        )
-    )
-    async with running_engine(
+    async with running_discharge_engine(
         temporal_client,
         fhir_base_url,
+        partners,
+        tmp_path_factory.mktemp("routing"),
         task_queue="careweave-test-discharge",
-        destinations_file=Path(routing),
-        pseudonym_key="test-pseudonym-key",
     ) as engine:
         yield engine
-
-
-def stay(visit: str, mrn: str, **changes: Any) -> sm.SampleStay:
-    return sm.SampleStay(visit, patient=sm.SamplePatient(mrn=mrn), **changes)
-
-
-def discharge_id(visit: str) -> str:
-    key = pseudonym(b"test-pseudonym-key", "encounter", sm.HOSPITAL, visit)
-    return f"discharge-sync/{sm.HOSPITAL}/{key}"
-
-
-def delivery_id(destination: str, mrn: str) -> str:
-    key = pseudonym(b"test-pseudonym-key", "patient", sm.HOSPITAL, mrn)
-    return f"ordered-delivery/{destination}/{key}"
-
-
-async def received(partner: Partner, visit: str) -> list[dict[str, Any]]:
-    return [m for m in await partner.amessages() if f"|{visit}^" in m["text"]]
-
-
-async def wait_received(
-    partner: Partner, visit: str, count: int, *, answered: str = "AA", timeout: float = 30
-) -> list[dict[str, Any]]:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    messages: list[dict[str, Any]] = []
-    while loop.time() < deadline:
-        messages = await received(partner, visit)
-        if len([m for m in messages if m["answered"] == answered]) >= count:
-            return messages
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"{partner.name} got {messages!r} for {visit}, wanted {count} {answered}")
-
-
-def triggers(messages: list[dict[str, Any]], answered: str = "AA") -> list[str]:
-    return [m["message_type"].split("^")[1] for m in messages if m["answered"] == answered]
-
-
-async def encounter(engine: Engine, visit: str) -> dict[str, Any]:
-    for _ in range(100):
-        found = await engine.fhir.search("Encounter", {"identifier": visit})
-        if found:
-            return found[0]
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"no Encounter for {visit}")
-
-
-async def send(engine: Engine, *messages: str) -> None:
-    acks = await mllp_send(engine.mllp_port, list(messages))
-    assert [ack.split("MSA|")[1][:2] for ack in acks] == ["AA"] * len(messages), acks
 
 
 async def test_discharge_reaches_every_destination(
@@ -231,16 +141,8 @@ async def test_amended_diagnosis_reaches_billing_after_the_discharge(
     await asyncio.sleep(1.0)
     assert triggers(await received(partners["primary-care"], "V-5003")) == ["A03"]
 
-    found = await encounter(engine, "V-5003")
-    for _ in range(100):
-        conditions = await engine.fhir.search(
-            "Condition", {"encounter": f"Encounter/{found['id']}"}
-        )
-        codes = sorted(c["code"]["coding"][0]["code"] for c in conditions)
-        if codes == ["E11.65", "I10"]:
-            break
-        await asyncio.sleep(0.2)
-    assert codes == ["E11.65", "I10"]  # amended in place: still two Conditions
+    # Amended in place: still two Conditions.
+    await wait_condition_codes(engine, "V-5003", ["E11.65", "I10"])
 
 
 async def test_rejections_hold_the_queue_and_keep_the_order(
