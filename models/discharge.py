@@ -98,3 +98,34 @@ class AdtEvent(_Frozen):
     def encounter_number(self) -> str:
         """What keys the exchange: the visit number, else the account number."""
         return self.visit_number or self.account_number
+
+
+class RoutedEvent(BaseModel):
+    """What happened to one ADT event: no PHI (codes, destination names, versions)."""
+
+    event_id: str
+    trigger: str
+    subscription: str | None
+    destinations: list[str]
+    routing_version: str
+    note: str = ""
+
+
+class DischargeSyncSummary(BaseModel):
+    """A discharge exchange's result. ``discharge`` and ``diagnoses`` (DG1-1, -3, -6 as
+    forwarded) are what a later exchange for the same encounter recalls: PHI, payload only."""
+
+    status: str
+    events: list[RoutedEvent]
+    discharge: DischargeOnRecord | None = None
+    diagnoses: list[tuple[str, str, str]] = []
+
+
+class ClosedDischarge(BaseModel):
+    """The discharge a closed exchange of the same encounter left on record."""
+
+    model_config = ConfigDict(frozen=True)
+
+    run_id: str
+    discharge: DischargeOnRecord
+    diagnoses: tuple[tuple[str, str, str], ...] = ()
