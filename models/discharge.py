@@ -46,6 +46,32 @@ class Diagnosis(_Frozen):
     priority: int | None = None  # DG1-15: 1 is the primary diagnosis; 0 means not ranked
 
 
+class DischargeOnRecord(_Frozen):
+    """The discharge a discharge-sync exchange has delivered for its encounter (PHI: payloads only).
+
+    Not parsed from a message: the exchange keeps it from the A03 (and any forwarded A08
+    that carried PV1-45 / PV1-36) and hands it to the FHIR mapping with a later A08, so an
+    A08 without PV1-45 does not reopen a finished Encounter.
+    """
+
+    ended_at: datetime | None = None  # PV1-45, else EVN-2 / MSH-7 of the A03
+    disposition: str = ""  # PV1-36
+
+    @classmethod
+    def of(cls, event: AdtEvent) -> DischargeOnRecord:
+        return cls(
+            ended_at=event.discharge_time or event.event_time,
+            disposition=event.discharge_disposition,
+        )
+
+    def amended_by(self, event: AdtEvent) -> DischargeOnRecord:
+        """What is on record after ``event`` (an A08) was delivered: its values win when sent."""
+        return DischargeOnRecord(
+            ended_at=event.discharge_time or self.ended_at,
+            disposition=event.discharge_disposition or self.disposition,
+        )
+
+
 class AdtEvent(_Frozen):
     trigger: AdtTrigger
     control_id: str  # MSH-10
@@ -65,8 +91,41 @@ class AdtEvent(_Frozen):
     admit_time: datetime | None = None  # PV1-44
     discharge_time: datetime | None = None  # PV1-45
     diagnoses: tuple[Diagnosis, ...] = ()
+    # Set by the exchange on an A08 after the discharge it delivered, never by the parser.
+    discharge_on_record: DischargeOnRecord | None = None
 
     @property
     def encounter_number(self) -> str:
         """What keys the exchange: the visit number, else the account number."""
         return self.visit_number or self.account_number
+
+
+class RoutedEvent(BaseModel):
+    """What happened to one ADT event: no PHI (codes, destination names, versions)."""
+
+    event_id: str
+    trigger: str
+    subscription: str | None
+    destinations: list[str]
+    routing_version: str
+    note: str = ""
+
+
+class DischargeSyncSummary(BaseModel):
+    """A discharge exchange's result. ``discharge`` and ``diagnoses`` (DG1-1, -3, -6 as
+    forwarded) are what a later exchange for the same encounter recalls: PHI, payload only."""
+
+    status: str
+    events: list[RoutedEvent]
+    discharge: DischargeOnRecord | None = None
+    diagnoses: list[tuple[str, str, str]] = []
+
+
+class ClosedDischarge(BaseModel):
+    """The discharge a closed exchange of the same encounter left on record."""
+
+    model_config = ConfigDict(frozen=True)
+
+    run_id: str
+    discharge: DischargeOnRecord
+    diagnoses: tuple[tuple[str, str, str], ...] = ()

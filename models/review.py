@@ -23,6 +23,8 @@ class ReviewReason(StrEnum):
     FHIR_REJECTED = "fhir-rejected"
     INVALID_MESSAGE = "invalid-message"
     DELIVERY_FAILED = "delivery-failed"
+    # Discharge sync: an A08 changing diagnoses after the encounter's exchange closed.
+    UPDATE_AFTER_CLOSE = "update-after-close"
 
 
 class ReviewRequest(BaseModel):

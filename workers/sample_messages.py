@@ -174,11 +174,20 @@ def _dg1(diagnosis: SampleDiagnosis) -> str:
 
 
 def adt_event(
-    stay: SampleStay, control_id: str, trigger: str, *, when: datetime | None = None
+    stay: SampleStay,
+    control_id: str,
+    trigger: str,
+    *,
+    when: datetime | None = None,
+    discharge_fields: bool | None = None,
 ) -> str:
-    """ADT^A03 (discharge), ^A13 (cancel discharge) or ^A08 (update) for one stay."""
+    """ADT^A03 (discharge), ^A13 (cancel discharge) or ^A08 (update) for one stay.
+
+    PV1-36 and PV1-45 are sent on A03 and A08 unless ``discharge_fields`` says otherwise
+    (many EHRs send an A08 after the discharge without them).
+    """
     structure = {"A03": "ADT_A03", "A13": "ADT_A01", "A08": "ADT_A01"}[trigger]
-    discharged = trigger in ("A03", "A08")
+    discharged = trigger in ("A03", "A08") if discharge_fields is None else discharge_fields
     segments = [
         _msh(
             ADT_APP, HOSPITAL, "CAREWEAVE", HOSPITAL, f"ADT^{trigger}^{structure}", control_id, when

@@ -17,7 +17,7 @@ from workers.routing import Route
 from workflows import search_attributes as sa
 
 LAB_MAPPING_VERSION = "v1"
-ADT_MAPPING_VERSION = "v1"
+ADT_MAPPING_VERSION = "v2"
 SUMMARIES = {
     "order-to-result": "Lab order-to-result for an order of {facility}",
     "discharge-sync": "Discharge sync for an encounter at {facility}",

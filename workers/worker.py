@@ -10,6 +10,7 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from activities.discharge import DischargeActivities, interpret_adt
+from activities.discharge_history import DischargeHistoryActivities
 from activities.order_to_result import FhirActivities, interpret_lab_order, interpret_lab_result
 from adapters.audit_log import AuditLog
 from adapters.database import open_engine
@@ -66,6 +67,7 @@ async def open_worker(
         task_queue=settings.task_queue,
         idle_close_seconds=settings.delivery_idle_close_seconds,
     )
+    discharge_history = DischargeHistoryActivities(client)
     # hl7apy's parse is CPU-bound; a small pool keeps it off the event loop.
     executor = concurrent.futures.ThreadPoolExecutor(max_workers=8)
     try:
@@ -85,6 +87,7 @@ async def open_worker(
                 discharge.enqueue_delivery,
                 discharge.deliver_to_fhir,
                 discharge.deliver_to_mllp,
+                discharge_history.closed_discharge,
             ],
             activity_executor=executor,
             interceptors=[AuditInterceptor(audit_log)],

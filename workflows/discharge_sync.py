@@ -13,7 +13,6 @@ from __future__ import annotations
 from collections import deque
 from datetime import timedelta
 
-from pydantic import BaseModel
 from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError
 
@@ -29,30 +28,21 @@ with workflow.unsafe.imports_passed_through():
         InterpretAdtInput,
         interpret_adt,
     )
+    from activities.discharge_history import ClosedDischargeRequest, DischargeHistoryActivities
     from models.delivery import DeliveryItem
     from models.destinations import Subscription
-    from models.discharge import AdtEvent, AdtTrigger
+    from models.discharge import (
+        AdtEvent,
+        AdtTrigger,
+        DischargeOnRecord,
+        DischargeSyncSummary,
+        RoutedEvent,
+    )
     from models.exchanges import DischargeSyncInput
     from models.messages import InboundMessage
     from models.review import ReviewAction, ReviewReason
 
 EXCHANGE_NAME = "discharge-sync"
-
-
-class RoutedEvent(BaseModel):
-    """What happened to one ADT event: no PHI (codes, destination names, versions)."""
-
-    event_id: str
-    trigger: str
-    subscription: str | None
-    destinations: list[str]
-    routing_version: str
-    note: str = ""
-
-
-class DischargeSyncSummary(BaseModel):
-    status: str
-    events: list[RoutedEvent]
 
 
 @workflow.defn
@@ -64,9 +54,15 @@ class DischargeSync(ReviewableWorkflow):
         self._inbox: deque[InboundMessage] = deque()
         self._seen: set[str] = set()
         self._events: list[RoutedEvent] = []
-        self._discharged = False
+        # The discharge this exchange delivered (None before the A03 and after an A13);
+        # an A08 after it carries it to the FHIR mapping.
+        self._discharge: DischargeOnRecord | None = None
         self._diagnoses: tuple[tuple[str, str, str], ...] = ()
         self._status = "received"
+        # Set when this run took its discharge from a closed run of the same encounter
+        # (a late A08): a diagnosis change then waits for a reviewer.
+        self._closed_run_id = ""
+        self._recalled = False
 
     @workflow.run
     async def run(self, params: DischargeSyncInput) -> DischargeSyncSummary:
@@ -80,20 +76,28 @@ class DischargeSync(ReviewableWorkflow):
                 workflow.set_current_details(
                     f"Status {self._status}; open {params.close_after_seconds:.0f} s for A13/A08"
                 )
-                arrived = await workflow.wait_condition(
-                    lambda: bool(self._inbox),
-                    timeout=timedelta(seconds=params.close_after_seconds),
-                )
-                if not arrived:
+                try:
+                    await workflow.wait_condition(
+                        lambda: bool(self._inbox),
+                        timeout=timedelta(seconds=params.close_after_seconds),
+                    )
+                except TimeoutError:
+                    # Quiet for close_after_seconds: the exchange completes (wait_condition
+                    # raises on its timeout, it returns nothing), unless a handler still
+                    # running queues a message.
                     await workflow.wait_condition(workflow.all_handlers_finished)
                     if not self._inbox:
                         break
-                    continue
             message = self._inbox.popleft()
             follow_message_trace(message.trace_context, own_trace)
             workflow.upsert_search_attributes([sa.MESSAGE_TYPE.value_set(message.message_type)])
             await self._handle(message)
-        return DischargeSyncSummary(status=self._status, events=self._events)
+        return DischargeSyncSummary(
+            status=self._status,
+            events=self._events,
+            discharge=self._discharge,
+            diagnoses=list(self._diagnoses),
+        )
 
     @workflow.signal
     def adt_event(self, message: InboundMessage) -> None:
@@ -115,7 +119,17 @@ class DischargeSync(ReviewableWorkflow):
         if event is None:
             return
         event_id = f"{self._params.encounter_key}/{message.sending_facility}/{message.control_id}"
+        if event.trigger is AdtTrigger.UPDATE and self._discharge is None and not self._recalled:
+            await self._recall_closed_discharge()
+        diagnoses_before = self._diagnoses
         subscription, note = self._subscription_for(event)
+        if (
+            subscription is Subscription.DIAGNOSIS_UPDATE
+            and self._closed_run_id
+            and not await self._reviewer_forwards_late_update()
+        ):
+            self._diagnoses = diagnoses_before
+            subscription, note = None, "A08 after the discharge exchange closed: dismissed"
         if subscription is None:
             self._events.append(
                 RoutedEvent(
@@ -128,6 +142,8 @@ class DischargeSync(ReviewableWorkflow):
                 )
             )
             return
+        if subscription is Subscription.DIAGNOSIS_UPDATE:
+            event = self._with_discharge_on_record(event)
         routing = await workflow.execute_activity_method(
             DischargeActivities.routing_for,
             subscription,
@@ -177,19 +193,70 @@ class DischargeSync(ReviewableWorkflow):
     def _subscription_for(self, event: AdtEvent) -> tuple[Subscription | None, str]:
         diagnoses = tuple((d.set_id, d.code, d.diagnosis_type) for d in event.diagnoses)
         if event.trigger is AdtTrigger.DISCHARGE:
-            self._discharged = True
+            self._discharge = DischargeOnRecord.of(event)
             self._diagnoses = diagnoses
             return Subscription.DISCHARGE, ""
         if event.trigger is AdtTrigger.CANCEL_DISCHARGE:
-            note = "" if self._discharged else "cancel for a discharge this exchange never saw"
-            self._discharged = False
+            note = "" if self._discharge else "cancel for a discharge this exchange never saw"
+            self._discharge = None
             return Subscription.CANCEL_DISCHARGE, note
-        if not self._discharged:
+        if self._discharge is None:
             return None, "A08 while not discharged: not part of discharge sync"
         if diagnoses == self._diagnoses:
             return None, "A08 without a diagnosis change"
         self._diagnoses = diagnoses
         return Subscription.DIAGNOSIS_UPDATE, ""
+
+    async def _recall_closed_discharge(self) -> None:
+        """An A08 in a run without a discharge: the encounter's previous exchange may have
+        delivered one and closed after its quiet period (CAREWEAVE_DISCHARGE_CLOSE_AFTER_SECONDS).
+        """
+        self._recalled = True
+        closed = await workflow.execute_activity_method(
+            DischargeHistoryActivities.closed_discharge,
+            ClosedDischargeRequest(
+                workflow_id=workflow.info().workflow_id, run_id=workflow.info().run_id
+            ),
+            start_to_close_timeout=timedelta(seconds=30),
+            summary="Recall the discharge of this encounter's closed exchange",
+        )
+        if closed is not None:
+            self._discharge = closed.discharge
+            self._diagnoses = closed.diagnoses
+            self._closed_run_id = closed.run_id
+
+    async def _reviewer_forwards_late_update(self) -> bool:
+        """A diagnosis change after the exchange closed is not forwarded on its own: a
+        person decides, so a late A08 is neither lost silently nor sent unseen."""
+        workflow.logger.warning(
+            "A08 with a diagnosis change for an encounter whose discharge exchange closed "
+            "(run %s): waiting for a reviewer",
+            self._closed_run_id,
+        )
+        decision = await self.ask_reviewer(
+            ReviewReason.UPDATE_AFTER_CLOSE,
+            "A08 for an encounter with no open discharge: it changes the diagnoses (DG1) of "
+            f"a discharge whose exchange closed (run {self._closed_run_id})",
+            actions={
+                ReviewAction.APPROVE: "forward it to the diagnosis-update destinations; "
+                "the FHIR Encounter stays finished",
+                ReviewAction.REJECT: "dismiss it: nothing is sent",
+            },
+        )
+        if decision.action is not ReviewAction.APPROVE:
+            return False
+        # Forwarded: the exchange is open again, later A08s follow without a review.
+        self._closed_run_id = ""
+        return True
+
+    def _with_discharge_on_record(self, event: AdtEvent) -> AdtEvent:
+        """The A08 as the FHIR mapping needs it: with the discharge this exchange delivered,
+        so an A08 without PV1-45 keeps the Encounter finished with its end and disposition
+        (a full PUT would drop them). MLLP destinations get the message as received."""
+        assert self._discharge is not None
+        on_record = self._discharge
+        self._discharge = on_record.amended_by(event)
+        return event.model_copy(update={"discharge_on_record": on_record})
 
     async def _interpret(self, message: InboundMessage) -> AdtEvent | None:
         while True:

@@ -23,7 +23,7 @@ from fhir.resources.R4B.patient import Patient
 from pydantic import BaseModel
 
 from mappings.adt.mapping import AdtMapping, CodedValue
-from models.discharge import AdtEvent, AdtTrigger, Diagnosis, Practitioner
+from models.discharge import AdtEvent, AdtTrigger, Diagnosis, DischargeOnRecord, Practitioner
 
 __all__ = [
     "condition_identifier",
@@ -108,15 +108,26 @@ def _put(resource_type: str, identifier: JSON, resource: JSON) -> JSON:
 # --- small value mappings ------------------------------------------------------------
 
 
-def is_discharged(event: AdtEvent) -> bool:
-    """Whether the stay is over: A03, or an A08 that carries a discharge time (PV1-45).
+def is_discharged(event: AdtEvent, mapping: AdtMapping) -> bool:
+    """Whether the stay is over: A03, or an A08 that carries a discharge time (PV1-45)
+    or (mapping v2 on) comes from an exchange that holds the discharge.
 
-    A13 cancels the discharge, and an A08 without PV1-45 updates a stay that is
+    A13 cancels the discharge, and an A08 before any discharge updates a stay that is
     still going on.
     """
     if event.trigger is AdtTrigger.DISCHARGE:
         return True
-    return event.trigger is AdtTrigger.UPDATE and event.discharge_time is not None
+    if event.trigger is not AdtTrigger.UPDATE:
+        return False
+    return event.discharge_time is not None or _discharge_on_record(event, mapping) is not None
+
+
+def _discharge_on_record(event: AdtEvent, mapping: AdtMapping) -> DischargeOnRecord | None:
+    # Only an A08 borrows from the record: an A03 states the discharge itself, an A13
+    # cancels it.
+    if event.trigger is AdtTrigger.UPDATE and mapping.update_keeps_discharge:
+        return event.discharge_on_record
+    return None
 
 
 def _datetime(value: datetime | None, mapping: AdtMapping) -> str | None:
@@ -257,7 +268,8 @@ def _encounter_diagnoses(
 def _encounter(
     event: AdtEvent, mapping: AdtMapping, patient_url: str, condition_urls: list[str]
 ) -> JSON:
-    discharged = is_discharged(event)
+    discharged = is_discharged(event, mapping)
+    on_record = _discharge_on_record(event, mapping) or DischargeOnRecord()
     resource: JSON = {
         "resourceType": "Encounter",
         "meta": _meta(mapping),
@@ -272,18 +284,20 @@ def _encounter(
         period["start"] = start
     if discharged:
         # An A03 without PV1-45 still ends the stay: EVN-2 (else MSH-7) is when
-        # the discharge was recorded, the best time the message gives.
-        end = _datetime(event.discharge_time or event.event_time, mapping)
+        # the discharge was recorded, the best time the message gives. An A08
+        # without PV1-45 keeps the end on record; its own EVN-2 is not the discharge.
+        end = _datetime(event.discharge_time or on_record.ended_at or event.event_time, mapping)
         if end:
             period["end"] = end
     if period:
         resource["period"] = period
-    if discharged and event.discharge_disposition:
-        mapped = mapping.disposition(event.discharge_disposition)
+    discharge_disposition = event.discharge_disposition or on_record.disposition
+    if discharged and discharge_disposition:
+        mapped = mapping.disposition(discharge_disposition)
         disposition: JSON = (
-            {"coding": [_coding(mapped)], "text": event.discharge_disposition}
+            {"coding": [_coding(mapped)], "text": discharge_disposition}
             if mapped
-            else {"text": event.discharge_disposition}
+            else {"text": discharge_disposition}
         )
         resource["hospitalization"] = {"dischargeDisposition": disposition}
     if event.location:

@@ -42,6 +42,8 @@ class AdtMapping:
     verification: dict[str, str]
     administrative_sex: dict[str, str]
     naive_timestamp_offset: str
+    # v2: an A08 after the discharge keeps the Encounter finished (see the TOML).
+    update_keeps_discharge: bool
     mapping_tag_system: str
     mapping_tag_code: str
 
@@ -125,6 +127,8 @@ def _load(version: str) -> AdtMapping:
         verification=_str_dict(diagnosis_type["verification"]),
         administrative_sex=_str_dict(data["administrative_sex"]),
         naive_timestamp_offset=str(data["time"]["naive_timestamp_offset"]),
+        # Tables added in later versions: absent from v1, whose behaviour stays as it was.
+        update_keeps_discharge=bool(data.get("update_after_discharge", {}).get("keep_discharge")),
         mapping_tag_system=str(data["mapping_tag"]["system"]),
         mapping_tag_code=str(data["mapping_tag"]["code_prefix"]) + version,
     )

@@ -5,20 +5,19 @@ so one module's leftover queues never reach the next module's partners."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 
 import pytest
 from temporalio.client import Client
 
-from tests.support.discharge import PSEUDONYM_KEY, ROUTING
-from tests.support.engine import Engine, running_engine
-from tests.support.partner import Partner, running_partner
+from tests.support.discharge import running_discharge_engine, running_partners
+from tests.support.engine import Engine
+from tests.support.partner import Partner
 
 
 @pytest.fixture(scope="module")
 def partners() -> Iterator[dict[str, Partner]]:
-    with running_partner("primary-care") as primary_care, running_partner("billing") as billing:
-        yield {"primary-care": primary_care, "billing": billing}
+    with running_partners() as running:
+        yield running
 
 
 @pytest.fixture(scope="module")
@@ -29,20 +28,12 @@ async def discharge_engine(
     partners: dict[str, Partner],
     tmp_path_factory: pytest.TempPathFactory,
 ) -> AsyncIterator[Engine]:
-    routing = tmp_path_factory.mktemp("routing") / "destinations.toml"
-    routing.write_text(
-        ROUTING.format(
-            fhir=fhir_base_url,
-            primary_care=partners["primary-care"].mllp_port,
-            billing=partners["billing"].mllp_port,
-        )
-    )
     module = request.module.__name__.rsplit(".", 1)[-1]
-    async with running_engine(
+    async with running_discharge_engine(
         temporal_client,
         fhir_base_url,
+        partners,
+        tmp_path_factory.mktemp("routing"),
         task_queue=f"careweave-{module.replace('_', '-')}",
-        destinations_file=Path(routing),
-        pseudonym_key=PSEUDONYM_KEY,
     ) as engine:
         yield engine

@@ -7,31 +7,23 @@ actually received. Each test uses its own patient, so its queues are its own.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 from models.review import ReviewAction, ReviewDecision
 from tests.support.discharge import (
     delivery_id,
     discharge_id,
+    encounter,
     received,
     send,
     stay,
     triggers,
+    wait_condition_codes,
     wait_delivery_log,
     wait_received,
 )
 from tests.support.engine import Engine
 from tests.support.partner import Partner
 from workers import sample_messages as sm
-
-
-async def encounter(engine: Engine, visit: str) -> dict[str, Any]:
-    for _ in range(100):
-        found = await engine.fhir.search("Encounter", {"identifier": visit})
-        if found:
-            return found[0]
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"no Encounter for {visit}")
 
 
 async def test_discharge_reaches_every_destination(
@@ -121,16 +113,8 @@ async def test_amended_diagnosis_reaches_billing_after_the_discharge(
     await asyncio.sleep(1.0)
     assert triggers(await received(partners["primary-care"], "V-5003")) == ["A03"]
 
-    found = await encounter(engine, "V-5003")
-    for _ in range(100):
-        conditions = await engine.fhir.search(
-            "Condition", {"encounter": f"Encounter/{found['id']}"}
-        )
-        codes = sorted(c["code"]["coding"][0]["code"] for c in conditions)
-        if codes == ["E11.65", "I10"]:
-            break
-        await asyncio.sleep(0.2)
-    assert codes == ["E11.65", "I10"]  # amended in place: still two Conditions
+    # Amended in place: still two Conditions.
+    await wait_condition_codes(engine, "V-5003", ["E11.65", "I10"])
 
 
 async def test_rejections_hold_the_queue_and_keep_the_order(

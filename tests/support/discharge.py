@@ -1,15 +1,25 @@
 """Discharge sync and ordered delivery under test: the routing file of the end-to-end tests
-(the FHIR server and two partner systems), the ids their workflows get, and what the
-partners received. Used by the fixtures in tests/integration/conftest.py.
+(the FHIR server and two partner systems), the partners and the engine that delivers to
+them, the ids their workflows get, and polling on what the partners and the FHIR server
+received. tests/integration/conftest.py builds its module fixtures from these.
+
+Each module keeps to its own patients (visits and MRNs 5xxx discharge sync, 6xxx ordered
+delivery, 7xxx amendments): a delivery queue outlives its module on the module's task
+queue, so a patient shared between modules would be signalled to a queue nobody works.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
-from tests.support.engine import Engine, mllp_send
-from tests.support.partner import Partner
+from temporalio.client import Client
+
+from tests.support.engine import Engine, mllp_send, running_engine
+from tests.support.partner import Partner, running_partner
 from workers import sample_messages as sm
 from workers.routing import pseudonym
 
@@ -58,6 +68,39 @@ temporary_error_codes = ["206", "207"]
 """
 
 
+@contextlib.contextmanager
+def running_partners() -> Iterator[dict[str, Partner]]:
+    with running_partner("primary-care") as primary_care, running_partner("billing") as billing:
+        yield {"primary-care": primary_care, "billing": billing}
+
+
+@contextlib.asynccontextmanager
+async def running_discharge_engine(
+    client: Client,
+    fhir_base_url: str,
+    partners: dict[str, Partner],
+    routing_dir: Path,
+    **overrides: object,
+) -> AsyncIterator[Engine]:
+    """An engine routing discharges to the FHIR server and both partners (ROUTING)."""
+    routing = routing_dir / "destinations.toml"
+    routing.write_text(
+        ROUTING.format(
+            fhir=fhir_base_url,
+            primary_care=partners["primary-care"].mllp_port,
+            billing=partners["billing"].mllp_port,
+        )
+    )
+    async with running_engine(
+        client,
+        fhir_base_url,
+        destinations_file=routing,
+        pseudonym_key=PSEUDONYM_KEY,
+        **overrides,
+    ) as engine:
+        yield engine
+
+
 def stay(visit: str, mrn: str, **changes: Any) -> sm.SampleStay:
     return sm.SampleStay(visit, patient=sm.SamplePatient(mrn=mrn), **changes)
 
@@ -95,6 +138,36 @@ async def wait_received(
 
 def triggers(messages: list[dict[str, Any]], answered: str = "AA") -> list[str]:
     return [m["message_type"].split("^")[1] for m in messages if m["answered"] == answered]
+
+
+async def encounter(engine: Engine, visit: str) -> dict[str, Any]:
+    for _ in range(100):
+        found = await engine.fhir.search("Encounter", {"identifier": visit})
+        if found:
+            return found[0]
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"no Encounter for {visit}")
+
+
+async def condition_codes(engine: Engine, encounter_id: str) -> list[str]:
+    conditions = await engine.fhir.search("Condition", {"encounter": f"Encounter/{encounter_id}"})
+    return sorted(c["code"]["coding"][0]["code"] for c in conditions)
+
+
+async def wait_condition_codes(
+    engine: Engine, visit: str, expected: list[str], *, timeout: float = 30
+) -> dict[str, Any]:
+    """Poll until the encounter's Conditions have ``expected`` codes; the Encounter then."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    codes: list[str] = []
+    while loop.time() < deadline:
+        found = await encounter(engine, visit)
+        codes = await condition_codes(engine, found["id"])
+        if codes == expected:
+            return found
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"Conditions of {visit}: {codes}, wanted {expected}")
 
 
 async def send(engine: Engine, *messages: str) -> None:

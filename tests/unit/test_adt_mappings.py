@@ -1,4 +1,4 @@
-"""ADT mapping v1 and the discharge FHIR builders on corpus and synthetic messages.
+"""ADT mappings v1 and v2 and the discharge FHIR builders on corpus and synthetic messages.
 
 Every resource must validate as R4B (the builders check it too; checked again here).
 """
@@ -20,12 +20,14 @@ from pydantic import BaseModel
 from adapters.hl7v2.adt_messages import parse_adt_event
 from adapters.hl7v2.lab_messages import parse_lab_order
 from mappings.adt.fhir_builders import encounter_transaction_for, patient_identifier
-from mappings.adt.mapping import available_versions, load_adt_mapping
+from mappings.adt.mapping import AdtMapping, available_versions, load_adt_mapping
 from mappings.lab.concept_map import load_lab_mapping
 from mappings.lab.fhir_builders import service_request_for
+from models.discharge import DischargeOnRecord
 from tests.unit.test_adt_messages import DG1_DIABETES, DISCHARGE_SYNC_FILES, adt, corpus
 
 MAPPING = load_adt_mapping("v1")
+V2 = load_adt_mapping("v2")
 ICD10CM = "http://hl7.org/fhir/sid/icd-10-cm"
 DISPOSITION = "http://terminology.hl7.org/CodeSystem/discharge-disposition"
 MODELS: dict[str, type[BaseModel]] = {
@@ -55,12 +57,21 @@ def test_mapping_is_versioned_tagged_and_cached() -> None:
     assert MAPPING.version == "v1"
     assert load_adt_mapping() is MAPPING
     assert MAPPING.mapping_tag_code == "adt-v1"
-    assert available_versions() == ["v1"]
+    assert available_versions() == ["v1", "v2"]
+    assert V2.mapping_tag_code == "adt-v2"
+
+
+def test_v2_is_v1_plus_the_discharge_kept_on_update() -> None:
+    assert not MAPPING.update_keeps_discharge
+    assert V2.update_keeps_discharge
+    assert dataclasses.replace(V2, version="v1", mapping_tag_code="adt-v1") == (
+        dataclasses.replace(MAPPING, update_keeps_discharge=True)
+    )
 
 
 @pytest.mark.parametrize("version", ["v9", "../lab/v2_to_fhir.v1", "V1", ""])
 def test_unknown_mapping_version_is_a_clear_error(version: str) -> None:
-    with pytest.raises(ValueError, match=r"unknown ADT mapping version .*known: v1"):
+    with pytest.raises(ValueError, match=r"unknown ADT mapping version .*known: v1, v2"):
         load_adt_mapping(version)
 
 
@@ -287,6 +298,60 @@ def test_cancel_discharge_reopens_the_encounter_without_end_or_disposition() -> 
 
 def test_update_before_discharge_stays_in_progress() -> None:
     encounter = only(build(adt("A08", pv1_45="", pv1_36="")), "Encounter")["resource"]
+    assert encounter["status"] == "in-progress"
+    assert "end" not in encounter["period"]
+
+
+def update_after_discharge(mapping: AdtMapping, **fields: Any) -> dict[str, Any]:
+    """An A08 (amended DG1 2) from an exchange that delivered ``adt("A03")``."""
+    discharge = parse_adt_event(adt("A03"))
+    amended = DG1_DIABETES.replace("E11.9^Type 2 diabetes mellitus without", "E11.65^With")
+    update = parse_adt_event(adt("A08", structure="ADT_A01", diagnoses=(amended,), **fields))
+    event = update.model_copy(update={"discharge_on_record": DischargeOnRecord.of(discharge)})
+    return only(encounter_transaction_for(event, mapping), "Encounter")["resource"]
+
+
+def test_update_after_discharge_without_pv1_45_keeps_the_encounter_finished() -> None:
+    encounter = update_after_discharge(V2, pv1_45="", pv1_36="")
+    assert encounter["status"] == "finished"
+    # The A03's end and disposition, not the A08's EVN-2: a full PUT must not drop them.
+    assert encounter["period"] == {"start": "2026-11-20", "end": "2026-11-25"}
+    assert encounter["hospitalization"]["dischargeDisposition"] == {
+        "coding": [{"system": DISPOSITION, "code": "home"}],
+        "text": "01",
+    }
+    assert encounter["meta"]["tag"][0]["code"] == "adt-v2"
+
+
+def test_update_after_discharge_that_sends_pv1_45_and_36_wins_over_the_record() -> None:
+    encounter = update_after_discharge(V2, pv1_45="20261126080000", pv1_36="03")
+    assert encounter["status"] == "finished"
+    assert encounter["period"]["end"] == "2026-11-26"
+    assert encounter["hospitalization"]["dischargeDisposition"]["coding"][0]["code"] == "snf"
+
+
+def test_v1_ignores_the_record_as_it_always_did() -> None:
+    # A resource tagged adt-v1 is what v1 made: in-progress, no end, no disposition.
+    encounter = update_after_discharge(MAPPING, pv1_45="", pv1_36="")
+    assert encounter["status"] == "in-progress"
+    assert "end" not in encounter["period"]
+    assert "hospitalization" not in encounter
+
+
+def test_cancel_discharge_reopens_even_with_a_discharge_on_record() -> None:
+    discharge = parse_adt_event(adt("A03"))
+    cancel = parse_adt_event(adt("A13", structure="ADT_A01")).model_copy(
+        update={"discharge_on_record": DischargeOnRecord.of(discharge)}
+    )
+    encounter = only(encounter_transaction_for(cancel, V2), "Encounter")["resource"]
+    assert encounter["status"] == "in-progress"
+    assert encounter["period"] == {"start": "2026-11-20"}
+    assert "hospitalization" not in encounter
+
+
+def test_update_before_any_discharge_stays_in_progress_in_v2() -> None:
+    event = parse_adt_event(adt("A08", pv1_45="", pv1_36=""))
+    encounter = only(encounter_transaction_for(event, V2), "Encounter")["resource"]
     assert encounter["status"] == "in-progress"
     assert "end" not in encounter["period"]
 
