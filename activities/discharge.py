@@ -23,7 +23,7 @@ from adapters.hl7v2.adt_messages import AdtMessageInvalid, parse_adt_event
 from adapters.hl7v2.mllp_client import MllpError
 from adapters.hl7v2.mllp_pool import MllpPool
 from adapters.hl7v2.readdress import readdress
-from adapters.hl7v2.tls import TlsConfigError, client_tls_context
+from adapters.tls import TlsConfigError, client_tls_context
 from mappings.adt.fhir_builders import encounter_transaction_for
 from mappings.adt.mapping import load_adt_mapping
 from models.delivery import DeliverRequest, DeliverResult, DeliveryItem, DeliveryState

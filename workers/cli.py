@@ -170,7 +170,7 @@ def worker(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) ->
 @app.command()
 def gateway(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
     """Run only the MLLP gateway against an existing Temporal cluster."""
-    from adapters.hl7v2.tls import TlsConfigError
+    from adapters.tls import TlsConfigError
     from workers.gateway import MllpGateway
     from workers.telemetry import configure_tracing
 

@@ -22,8 +22,8 @@ import httpx
 from temporalio.client import Client
 
 from adapters.database import CareweaveStore
-from adapters.hl7v2.tls import TlsConfigError
 from adapters.payload_crypto import KeyRing, PayloadKeyError
+from adapters.tls import TlsConfigError
 from models.destinations import Destination, RoutingConfig, RoutingConfigError, load_routing
 from models.fhir_auth import FhirAuthConfigError
 from models.settings import Settings
