@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import ssl
 from typing import Any
+
+import httpx
 
 
 class FhirError(Exception):
@@ -15,6 +18,12 @@ class FhirRetryableError(FhirError):
     def __init__(self, message: str, *, status_code: int | None = None) -> None:
         super().__init__(message)
         self.status_code = status_code
+
+
+class FhirTlsError(FhirRetryableError):
+    """The TLS handshake failed: the server's certificate did not verify, or the server refused
+    ours. Retryable like a refused connection: the request itself is fine, and what fixes the
+    channel (a renewed certificate, the right CA file, a restart) happens outside it."""
 
 
 class FhirRejectedError(FhirError):
@@ -49,3 +58,31 @@ def summarize_outcome(outcome: dict[str, Any] | None) -> str:
         where = ", ".join(issue.get("expression") or issue.get("location") or [])
         parts.append(f"{text} ({where})" if where else str(text))
     return "; ".join(parts) or "OperationOutcome without issues"
+
+
+def transport_failure(operation: str, err: httpx.TransportError) -> FhirRetryableError:
+    """A network failure, as the retryable error that says what failed; a TLS failure names
+    the check (certificate verification, or the server's alert) so that an operator sees
+    which certificate to fix instead of a bare ConnectError."""
+    if isinstance(err, httpx.TimeoutException):
+        return FhirRetryableError(f"{operation}: timed out ({type(err).__name__})")
+    tls = _ssl_error_in(err)
+    if isinstance(tls, ssl.SSLCertVerificationError):
+        return FhirTlsError(
+            f"{operation}: TLS: certificate verification failed: {tls.verify_message}"
+        )
+    if tls is not None:
+        # Under TLS 1.3 a server refusing our client certificate says so only on the first
+        # read, as an alert (TLSV13_ALERT_CERTIFICATE_REQUIRED).
+        return FhirTlsError(f"{operation}: TLS failed: {tls.reason or tls}")
+    return FhirRetryableError(f"{operation}: {type(err).__name__}: {err}")
+
+
+def _ssl_error_in(err: BaseException) -> ssl.SSLError | None:
+    # httpx wraps httpcore's error, which wraps the ssl module's.
+    cause: BaseException | None = err
+    for _ in range(5):
+        if cause is None or isinstance(cause, ssl.SSLError):
+            return cause
+        cause = cause.__cause__ or cause.__context__
+    return None
