@@ -264,7 +264,7 @@ async def embedded_stack(settings: Settings) -> AsyncIterator[RunningStack]:
             log.info("registered search attributes %s", ", ".join(added))
         try:
             fhir_client = lab_fhir_client(settings)
-        except FhirAuthConfigError as err:
+        except (FhirAuthConfigError, TlsConfigError) as err:
             raise StackError(str(err)) from err
         # Closed in reverse: the API, then the worker's destination connections (the worker
         # has been shut down by then, below), then the lab-result FHIR client.
