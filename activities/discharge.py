@@ -275,11 +275,9 @@ def _fhir_client(routing: RoutingConfig, destination: Destination) -> FhirClient
     RoutingConfigError when a file of its `tls` table cannot be used."""
     endpoint = destination.fhir
     assert endpoint is not None
-    tls = (
-        None
-        if endpoint.tls is None
-        else destination_tls_context(routing, destination, endpoint.tls)
-    )
+    tls = None
+    if endpoint.tls is not None:
+        tls = destination_tls_context(routing, destination, endpoint.tls)
     auth = auth_from_config(
         endpoint.auth,
         where=f"destination {destination.name}: fhir.auth",

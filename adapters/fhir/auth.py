@@ -29,7 +29,12 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from adapters.fhir.errors import FhirRejectedError, FhirRetryableError, transport_failure
+from adapters.fhir.errors import (
+    TRANSPORT_ERRORS,
+    FhirRejectedError,
+    FhirRetryableError,
+    transport_failure,
+)
 from models.fhir_auth import (
     BearerTokenAuth,
     FhirAuthConfig,
@@ -156,7 +161,7 @@ class SmartBackendServices(httpx.Auth):
                 response = await http.post(
                     self.token_url, data=form, headers={"Accept": "application/json"}
                 )
-        except httpx.TransportError as err:
+        except TRANSPORT_ERRORS as err:
             raise transport_failure("token endpoint", err) from err
         return _token_or_raise(response, started)
 

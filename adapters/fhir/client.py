@@ -17,7 +17,12 @@ from urllib.parse import quote
 import httpx
 from opentelemetry import trace
 
-from adapters.fhir.errors import FhirRejectedError, FhirRetryableError, transport_failure
+from adapters.fhir.errors import (
+    TRANSPORT_ERRORS,
+    FhirRejectedError,
+    FhirRetryableError,
+    transport_failure,
+)
 
 FHIR_JSON = "application/fhir+json"
 RETRYABLE_STATUS = frozenset({408, 425, 429})
@@ -127,7 +132,7 @@ class FhirClient:
                 response = await self._http.request(
                     method, path, json=json, params=params, headers=request_headers
                 )
-            except httpx.TransportError as err:
+            except TRANSPORT_ERRORS as err:
                 raise transport_failure(operation, err) from err
             span.set_attribute("http.response.status_code", response.status_code)
             return _body_or_raise(operation, response)

@@ -60,7 +60,15 @@ def summarize_outcome(outcome: dict[str, Any] | None) -> str:
     return "; ".join(parts) or "OperationOutcome without issues"
 
 
-def transport_failure(operation: str, err: httpx.TransportError) -> FhirRetryableError:
+# httpx wraps network errors as TransportError, except an ssl.SSLError raised on a read of
+# the async (anyio) transport, which arrives bare: a TLS 1.3 server refusing our client
+# certificate says so only then. Callers catch both.
+TRANSPORT_ERRORS = (httpx.TransportError, ssl.SSLError)
+
+
+def transport_failure(
+    operation: str, err: httpx.TransportError | ssl.SSLError
+) -> FhirRetryableError:
     """A network failure, as the retryable error that says what failed; a TLS failure names
     the check (certificate verification, or the server's alert) so that an operator sees
     which certificate to fix instead of a bare ConnectError."""
