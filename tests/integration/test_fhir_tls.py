@@ -89,7 +89,6 @@ async def test_server_not_trusted_is_a_certificate_verification_error(
             with pytest.raises(FhirTlsError) as caught:
                 await fhir.conditional_create(patient(unique("untrusted")), "identifier=x|y")
         assert "conditional_create: TLS: certificate verification failed" in str(caught.value)
-        assert "unable to get local issuer certificate" in str(caught.value)
 
 
 async def test_mutual_tls_refuses_a_client_without_a_certificate_and_serves_one_with_it(

@@ -126,6 +126,7 @@ def test_unusable_key_in_a_fhir_tls_table_stops_the_worker(tmp_path: Path, pki: 
         ("http://fhir.example.org/fhir", smart("https://auth.example.org/token"), "base_url"),
         ("https://fhir.example.org/fhir", smart("http://auth.example.org/token"), "token_url"),
     ],
+    ids=["bearer-base-url", "smart-base-url", "smart-token-url"],
 )
 def test_credentials_over_plain_http_off_the_machine_are_refused(
     tmp_path: Path, base_url: str, auth: str, field: str
