@@ -9,7 +9,6 @@ certificate failure in its summary.
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +20,7 @@ from temporalio.client import Client
 from adapters.fhir import FhirClient, FhirTlsError, auth_from_config
 from adapters.tls import client_tls_context
 from tests.support.certs import Pki
-from tests.support.engine import mllp_send, running_engine
+from tests.support.engine import mllp_send, running_engine, wait_for_finished_encounter
 from tests.support.fhir_server import running_fhir_server, token_url
 from tests.support.smart_client import SmartClientKeys, make_client_keys
 from workers import sample_messages as sm
@@ -51,6 +50,16 @@ def mtls_server(pki: Pki, smart_keys: SmartClientKeys) -> Iterator[str]:
         smart_clients={smart_keys.client_id: smart_keys.jwks_file},
     ) as base_url:
         yield base_url
+
+
+def mtls_client(base_url: str, pki: Pki, keys: SmartClientKeys) -> FhirClient:
+    """A client with the test CA, the client certificate and SMART credentials, one context
+    for the FHIR server and its token endpoint."""
+    tls = client_tls_context(
+        ca_file=pki.ca_cert, cert_file=pki.client_cert, key_file=pki.client_key
+    )
+    smart = auth_from_config(keys.config(token_url(base_url)), where="test", tls=tls)
+    return FhirClient(base_url, tls=tls, auth=smart)
 
 
 def patient(value: str) -> dict[str, Any]:
@@ -107,12 +116,8 @@ async def test_mutual_tls_refuses_a_client_without_a_certificate_and_serves_one_
         ):
             await fhir.conditional_create(patient(unique("no-cert")), "identifier=x|y")
 
-    with_cert = client_tls_context(
-        ca_file=pki.ca_cert, cert_file=pki.client_cert, key_file=pki.client_key
-    )
-    smart = auth_from_config(smart_keys.config(token_url(mtls_server)), where="t", tls=with_cert)
     value = unique("mtls")
-    async with FhirClient(mtls_server, tls=with_cert, auth=smart) as fhir:
+    async with mtls_client(mtls_server, pki, smart_keys) as fhir:
         created = await fhir.conditional_create(patient(value), f"identifier={SYSTEM}|{value}")
         assert (await fhir.read("Patient", created["id"]))["identifier"][0]["value"] == value
 
@@ -201,8 +206,9 @@ async def test_lab_and_discharge_deliver_over_https(
         stay = sm.SampleStay("V-FTLS-1", patient=sm.SamplePatient(mrn="MRN-FTLS-1"))
         [ack] = await mllp_send(engine.mllp_port, [sm.adt_event(stay, "DS-FTLS-1", "A03")])
         assert "MSA|AA" in ack
-        encounter = await wait_for_encounter(mtls_server, pki, smart_keys, "V-FTLS-1")
-        assert encounter["status"] == "finished"
+        # Read back as the destination wrote it: over mutual TLS, with a SMART token.
+        async with mtls_client(mtls_server, pki, smart_keys) as fhir:
+            await wait_for_finished_encounter(fhir, "V-FTLS-1")
 
         patient_key = pseudonym(b"test-fhir-tls-key", "patient", sm.HOSPITAL, "MRN-FTLS-1")
         pending = await engine.wait_for_review(
@@ -211,19 +217,3 @@ async def test_lab_and_discharge_deliver_over_https(
         assert pending["reason"] == "delivery-failed"
         assert "after 2 attempt(s)" in str(pending["summary"])
         assert "certificate verification failed" in str(pending["summary"])
-
-
-async def wait_for_encounter(
-    base_url: str, pki: Pki, keys: SmartClientKeys, visit: str
-) -> dict[str, Any]:
-    tls = client_tls_context(
-        ca_file=pki.ca_cert, cert_file=pki.client_cert, key_file=pki.client_key
-    )
-    auth = auth_from_config(keys.config(token_url(base_url)), where="test", tls=tls)
-    async with FhirClient(base_url, tls=tls, auth=auth) as fhir:
-        for _ in range(150):
-            found = await fhir.search("Encounter", {"identifier": visit})
-            if found and found[0].get("status") == "finished":
-                return found[0]
-            await asyncio.sleep(0.2)
-    raise AssertionError(f"no finished Encounter for {visit} on {base_url}")
