@@ -74,23 +74,44 @@ def transport_failure(
     which certificate to fix instead of a bare ConnectError."""
     if isinstance(err, httpx.TimeoutException):
         return FhirRetryableError(f"{operation}: timed out ({type(err).__name__})")
-    tls = _ssl_error_in(err)
+    causes = _causes(err)
+    tls = next((cause for cause in causes if isinstance(cause, ssl.SSLError)), None)
     if isinstance(tls, ssl.SSLCertVerificationError):
         return FhirTlsError(
             f"{operation}: TLS: certificate verification failed: {tls.verify_message}"
         )
     if tls is not None:
-        # Under TLS 1.3 a server refusing our client certificate says so only on the first
-        # read, as an alert (TLSV13_ALERT_CERTIFICATE_REQUIRED).
+        # Under TLS 1.3 a server refusing our client certificate says so only after the
+        # handshake, as an alert on our first read (TLSV13_ALERT_CERTIFICATE_REQUIRED).
         return FhirTlsError(f"{operation}: TLS failed: {tls.reason or tls}")
-    return FhirRetryableError(f"{operation}: {type(err).__name__}: {err}")
+    root = causes[-1]
+    if isinstance(root, BrokenPipeError | ConnectionResetError) and _over_https(err):
+        # The same refusal when the server has closed the connection before our request was
+        # written: the write fails first and the alert is never read.
+        return FhirRetryableError(
+            f"{operation}: TLS connection closed by the server ({type(root).__name__}), as a "
+            "server that requires a client certificate does when it accepts none of ours"
+        )
+    return FhirRetryableError(f"{operation}: {type(err).__name__}: {err or _describe(root)}")
 
 
-def _ssl_error_in(err: BaseException) -> ssl.SSLError | None:
-    # httpx wraps httpcore's error, which wraps the ssl module's.
-    cause: BaseException | None = err
-    for _ in range(5):
-        if cause is None or isinstance(cause, ssl.SSLError):
-            return cause
-        cause = cause.__cause__ or cause.__context__
-    return None
+def _causes(err: BaseException) -> list[BaseException]:
+    """``err`` and what it wraps (httpx -> httpcore -> anyio -> ssl/OSError), outermost first."""
+    chain = [err]
+    while len(chain) < 8:
+        cause = chain[-1].__cause__ or chain[-1].__context__
+        if cause is None or cause in chain:
+            break
+        chain.append(cause)
+    return chain
+
+
+def _over_https(err: BaseException) -> bool:
+    try:
+        return isinstance(err, httpx.TransportError) and err.request.url.scheme == "https"
+    except RuntimeError:  # an httpx error raised outside a request
+        return False
+
+
+def _describe(err: BaseException) -> str:
+    return f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
