@@ -23,13 +23,14 @@ from adapters.hl7v2.adt_messages import AdtMessageInvalid, parse_adt_event
 from adapters.hl7v2.mllp_client import MllpError
 from adapters.hl7v2.mllp_pool import MllpPool
 from adapters.hl7v2.readdress import readdress
-from adapters.hl7v2.tls import TlsConfigError, client_tls_context
+from adapters.tls import TlsConfigError, client_tls_context
 from mappings.adt.fhir_builders import encounter_transaction_for
 from mappings.adt.mapping import load_adt_mapping
 from models.delivery import DeliverRequest, DeliverResult, DeliveryItem, DeliveryState
 from models.destinations import (
     DeliveryPolicy,
     Destination,
+    DestinationTls,
     RoutingConfig,
     RoutingConfigError,
     Subscription,
@@ -99,15 +100,23 @@ def mllp_tls_contexts(routing: RoutingConfig) -> dict[str, ssl.SSLContext]:
         tls = destination.mllp.tls if destination.mllp else None
         if tls is None:
             continue
-        try:
-            contexts[destination.name] = client_tls_context(
-                ca_file=tls.ca_file, cert_file=tls.cert_file, key_file=tls.key_file
-            )
-        except TlsConfigError as err:
-            raise RoutingConfigError(
-                f"routing {routing.label}: destination {destination.name}: mllp.tls: {err}"
-            ) from err
+        contexts[destination.name] = destination_tls_context(routing, destination, tls)
     return contexts
+
+
+def destination_tls_context(
+    routing: RoutingConfig, destination: Destination, tls: DestinationTls
+) -> ssl.SSLContext:
+    """Raises RoutingConfigError naming the routing, the destination and the file at fault."""
+    try:
+        return client_tls_context(
+            ca_file=tls.ca_file, cert_file=tls.cert_file, key_file=tls.key_file
+        )
+    except TlsConfigError as err:
+        raise RoutingConfigError(
+            f"routing {routing.label}: destination {destination.name}: {destination.kind}.tls: "
+            f"{err}"
+        ) from err
 
 
 class DischargeActivities:
@@ -128,9 +137,10 @@ class DischargeActivities:
         self._sending_facility = sending_facility
         self._idle_close_seconds = idle_close_seconds
         # One client, and so one cached access token, per FHIR destination for the
-        # worker's life; made now so that a missing credential stops the worker at start.
+        # worker's life; made now so that a missing credential or an unusable TLS file
+        # stops the worker at start.
         self._fhir = {
-            destination.name: _fhir_client(destination)
+            destination.name: _fhir_client(routing, destination)
             for destination in routing.destinations
             if destination.kind == "fhir"
         }
@@ -260,13 +270,18 @@ class DischargeActivities:
             ) from None
 
 
-def _fhir_client(destination: Destination) -> FhirClient:
-    """Raises FhirAuthConfigError naming the destination when its credential is missing."""
+def _fhir_client(routing: RoutingConfig, destination: Destination) -> FhirClient:
+    """Raises FhirAuthConfigError naming the destination when its credential is missing, and
+    RoutingConfigError when a file of its `tls` table cannot be used."""
     endpoint = destination.fhir
     assert endpoint is not None
+    tls = None
+    if endpoint.tls is not None:
+        tls = destination_tls_context(routing, destination, endpoint.tls)
     auth = auth_from_config(
         endpoint.auth,
         where=f"destination {destination.name}: fhir.auth",
         timeout=endpoint.timeout_seconds,
+        tls=tls,
     )
-    return FhirClient(endpoint.base_url, timeout=endpoint.timeout_seconds, auth=auth)
+    return FhirClient(endpoint.base_url, timeout=endpoint.timeout_seconds, auth=auth, tls=tls)

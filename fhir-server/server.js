@@ -1,11 +1,13 @@
 #!/usr/bin/env node
 // Demo and test FHIR R4 server: @medplum/fhir-router's in-memory repository behind
-// plain HTTP, with every created or updated resource checked by @medplum/core's R4
+// plain HTTP (or HTTPS with --tls-cert/--tls-key), with every created or updated resource checked by @medplum/core's R4
 // validator so that Careweave meets a server that refuses bad resources the way a
 // production server would (4xx with an OperationOutcome), not one that stores anything.
 'use strict';
 
+const fs = require('node:fs');
 const http = require('node:http');
+const https = require('node:https');
 const { parseArgs } = require('node:util');
 const {
   OperationOutcomeError,
@@ -319,6 +321,31 @@ function createHandler({ router, repo, baseUrl, maxBodyBytes, auth }) {
   };
 }
 
+// Options for node:https, or undefined for plain HTTP; a file that cannot be read stops the start.
+function tlsOptions(values) {
+  const { 'tls-cert': certFile, 'tls-key': keyFile, 'tls-client-ca': clientCaFile } = values;
+  if (certFile === undefined && keyFile === undefined) {
+    if (clientCaFile !== undefined) {
+      throw new Error('--tls-client-ca needs --tls-cert and --tls-key');
+    }
+    return undefined;
+  }
+  if (certFile === undefined || keyFile === undefined) {
+    throw new Error('HTTPS needs both --tls-cert and --tls-key');
+  }
+  const options = {
+    cert: fs.readFileSync(certFile),
+    key: fs.readFileSync(keyFile),
+    minVersion: 'TLSv1.2',
+  };
+  if (clientCaFile !== undefined) {
+    options.ca = fs.readFileSync(clientCaFile);
+    options.requestCert = true;
+    options.rejectUnauthorized = true;
+  }
+  return options;
+}
+
 async function main() {
   const { values } = parseArgs({
     options: {
@@ -330,12 +357,19 @@ async function main() {
       'static-token': { type: 'string' },
       'require-auth': { type: 'boolean', default: false },
       'token-lifetime': { type: 'string', default: '300' },
+      // HTTPS, off unless both are given; --tls-client-ca also requires a client certificate
+      // issued by that CA (mutual TLS), refused in the handshake otherwise.
+      'tls-cert': { type: 'string' },
+      'tls-key': { type: 'string' },
+      'tls-client-ca': { type: 'string' },
     },
   });
   indexR4Definitions();
   const port = Number(values.port);
   const host = values.host;
-  const baseUrl = `http://${host}:${port}${BASE_PATH}`;
+  const tls = tlsOptions(values);
+  const scheme = tls ? 'https' : 'http';
+  const baseUrl = `${scheme}://${host}:${port}${BASE_PATH}`;
   const tokenLifetimeSeconds = Number(values['token-lifetime']);
   if (!Number.isFinite(tokenLifetimeSeconds) || tokenLifetimeSeconds <= 0) {
     throw new Error(`--token-lifetime ${values['token-lifetime']}: expected seconds > 0`);
@@ -346,20 +380,22 @@ async function main() {
         smartClients: values['smart-client'],
         staticToken: values['static-token'],
         tokenLifetimeSeconds,
-        tokenUrl: `http://${host}:${port}${TOKEN_PATH}`,
+        tokenUrl: `${scheme}://${host}:${port}${TOKEN_PATH}`,
       })
     : undefined;
   const router = new FhirRouter();
   const repo = new ValidatingRepository();
-  const server = http.createServer(
-    createHandler({ router, repo, baseUrl, maxBodyBytes: Number(values['max-body-bytes']), auth })
-  );
+  const handler = createHandler({ router, repo, baseUrl, maxBodyBytes: Number(values['max-body-bytes']), auth });
+  const server = tls ? https.createServer(tls, handler) : http.createServer(handler);
   server.listen(port, host, () => {
     const address = server.address();
     // Careweave's launcher waits for this line (and for /fhir/metadata) before using the server.
-    console.log(`FHIR R4 server listening on http://${host}:${address.port}${BASE_PATH}`);
+    console.log(`FHIR R4 server listening on ${scheme}://${host}:${address.port}${BASE_PATH}`);
+    if (tls?.requestCert) {
+      console.log('client certificates required (mutual TLS)');
+    }
     if (auth) {
-      auth.tokenUrl = `http://${host}:${address.port}${TOKEN_PATH}`;
+      auth.tokenUrl = `${scheme}://${host}:${address.port}${TOKEN_PATH}`;
       console.log(`authorization on: token endpoint ${auth.tokenUrl}, ${auth.clients.size} SMART client(s)`);
     }
   });

@@ -11,7 +11,7 @@ import hashlib
 import tomllib
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 from pydantic import (
     BaseModel,
@@ -24,7 +24,7 @@ from pydantic import (
     model_validator,
 )
 
-from models.fhir_auth import FhirAuthConfig
+from models.fhir_auth import FhirAuthConfig, plain_http_refusal
 
 
 class Subscription(StrEnum):
@@ -37,11 +37,45 @@ class _Strict(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+class DestinationTls(_Strict):
+    """TLS toward a destination (an MLLP partner, or a FHIR server over HTTPS). Every field is
+    optional: an empty table verifies the peer against the system's CAs and the host name."""
+
+    # Relative paths are read from the routing file's folder (see load_routing).
+    ca_file: FilePath | None = None
+    cert_file: FilePath | None = None
+    key_file: FilePath | None = None
+
+    @field_validator("ca_file", "cert_file", "key_file", mode="before")
+    @classmethod
+    def _beside_the_routing_file(cls, value: object, info: ValidationInfo) -> object:
+        base = (info.context or {}).get("base_dir")
+        if isinstance(value, str) and base is not None and not Path(value).is_absolute():
+            return str(Path(base) / value)
+        return value
+
+    @model_validator(mode="after")
+    def _client_certificate_whole(self) -> Self:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("a client certificate needs both cert_file and key_file")
+        return self
+
+
+class MllpTls(DestinationTls):
+    """TLS toward an MLLP partner; ``tls = true`` is an empty table."""
+
+    # The name the partner's certificate must carry, when it is not `host`.
+    server_name: str | None = Field(default=None, min_length=1)
+
+
 class FhirEndpoint(_Strict):
     base_url: str
     timeout_seconds: float = Field(default=15.0, gt=0)
     # No table: requests go without credentials.
     auth: FhirAuthConfig | None = None
+    # Only with an https:// base_url. No table: httpx's default CA bundle (certifi), no
+    # client certificate; an empty table: the system's CAs, as for MLLP.
+    tls: DestinationTls | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -53,30 +87,15 @@ class FhirEndpoint(_Strict):
             )
         return data
 
-
-class MllpTls(_Strict):
-    """TLS toward an MLLP partner. Every field is optional: an empty table (or ``tls = true``)
-    verifies the partner against the system's CAs and the host name."""
-
-    # Relative paths are read from the routing file's folder (see load_routing).
-    ca_file: FilePath | None = None
-    cert_file: FilePath | None = None
-    key_file: FilePath | None = None
-    # The name the partner's certificate must carry, when it is not `host`.
-    server_name: str | None = Field(default=None, min_length=1)
-
-    @field_validator("ca_file", "cert_file", "key_file", mode="before")
-    @classmethod
-    def _beside_the_routing_file(cls, value: object, info: ValidationInfo) -> object:
-        base = (info.context or {}).get("base_dir")
-        if isinstance(value, str) and base is not None and not Path(value).is_absolute():
-            return str(Path(base) / value)
-        return value
-
     @model_validator(mode="after")
-    def _client_certificate_whole(self) -> MllpTls:
-        if (self.cert_file is None) != (self.key_file is None):
-            raise ValueError("a client certificate needs both cert_file and key_file")
+    def _https_for_tls_and_credentials(self) -> FhirEndpoint:
+        if self.tls is not None and not self.base_url.lower().startswith("https://"):
+            raise ValueError(f"a tls table needs an https:// base_url, not {self.base_url}")
+        refusal = plain_http_refusal(
+            self.base_url, self.auth, base_url_name="base_url", token_url_name="auth.token_url"
+        )
+        if refusal:
+            raise ValueError(refusal)
         return self
 
 

@@ -7,8 +7,10 @@ in either: a bearer token is named by its environment variable, a private key by
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -44,3 +46,42 @@ FhirAuthConfig = Annotated[BearerTokenAuth | SmartBackendAuth, Field(discriminat
 
 class FhirAuthConfigError(ValueError):
     """FHIR credentials that cannot be used; the message names where they were configured."""
+
+
+def sent_in_clear(url: str) -> bool:
+    """True for http:// to a host that is not loopback: whatever is sent there (a bearer
+    token, a client assertion) can be read on the network. Loopback http stays allowed for
+    the demo and tests, where nothing leaves the machine."""
+    parts = urlsplit(url)
+    if parts.scheme.lower() != "http":
+        return False
+    host = parts.hostname or ""
+    if host == "localhost":
+        return False
+    try:
+        return not ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return True
+
+
+def plain_http_refusal(
+    base_url: str,
+    auth: FhirAuthConfig | None,
+    *,
+    base_url_name: str,
+    token_url_name: str,
+) -> str | None:
+    """Why these credentials must not be used with these URLs, or None; names the setting."""
+    if auth is None:
+        return None
+    urls = [(base_url_name, base_url)]
+    if isinstance(auth, SmartBackendAuth):
+        urls.append((token_url_name, auth.token_url))
+    for name, url in urls:
+        if sent_in_clear(url):
+            return (
+                f"{name} {url} is plain http:// to a host that is not loopback, and "
+                f"{auth.kind} credentials would cross the network readable; use https:// "
+                "(plain http is allowed only to 127.0.0.1, ::1 or localhost)"
+            )
+    return None

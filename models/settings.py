@@ -9,7 +9,12 @@ from typing import Literal
 from pydantic import Field, TypeAdapter, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from models.fhir_auth import FhirAuthConfig, FhirAuthConfigError, SmartAlgorithm
+from models.fhir_auth import (
+    FhirAuthConfig,
+    FhirAuthConfigError,
+    SmartAlgorithm,
+    plain_http_refusal,
+)
 
 _FHIR_AUTH = TypeAdapter[FhirAuthConfig](FhirAuthConfig)
 
@@ -64,6 +69,11 @@ class Settings(BaseSettings):
     fhir_smart_key_id: str | None = None
     fhir_smart_algorithm: SmartAlgorithm = "RS384"
     fhir_smart_scope: str | None = None
+    # HTTPS toward fhir_base_url: a private CA to trust instead of the system's, and a client
+    # certificate for a server that asks for one (both files); only with an https:// URL.
+    fhir_tls_ca_file: Path | None = None
+    fhir_tls_cert_file: Path | None = None
+    fhir_tls_key_file: Path | None = None
 
     database_url: str | None = Field(
         default=None,
@@ -152,7 +162,8 @@ class Settings(BaseSettings):
     def fhir_auth(self) -> FhirAuthConfig | None:
         """The lab-result server's credentials in the routing file's shape, or None.
 
-        Raises FhirAuthConfigError naming the CAREWEAVE_* variables that are missing or bad.
+        Raises FhirAuthConfigError naming the CAREWEAVE_* variables that are missing or bad,
+        or the URL the credentials would go to in clear (http:// to a host not loopback).
         """
         if self.fhir_auth_kind == "none":
             return None
@@ -162,16 +173,24 @@ class Settings(BaseSettings):
             for name, value in self
             if name.startswith(prefix) and value is not None
         }
+        where = f"CAREWEAVE_FHIR_AUTH_KIND={self.fhir_auth_kind}"
         try:
-            return _FHIR_AUTH.validate_python({"kind": self.fhir_auth_kind, **fields})
+            auth = _FHIR_AUTH.validate_python({"kind": self.fhir_auth_kind, **fields})
         except ValidationError as err:
             problems = "; ".join(
                 f"CAREWEAVE_{prefix.upper()}{str(error['loc'][-1]).upper()}: {error['msg']}"
                 for error in err.errors()
             )
-            raise FhirAuthConfigError(
-                f"CAREWEAVE_FHIR_AUTH_KIND={self.fhir_auth_kind}: {problems}"
-            ) from err
+            raise FhirAuthConfigError(f"{where}: {problems}") from err
+        refusal = plain_http_refusal(
+            self.fhir_base_url,
+            auth,
+            base_url_name="CAREWEAVE_FHIR_BASE_URL",
+            token_url_name="CAREWEAVE_FHIR_SMART_TOKEN_URL",
+        )
+        if refusal:
+            raise FhirAuthConfigError(f"{where}: {refusal}")
+        return auth
 
     def resolved_pseudonym_key(self) -> bytes:
         if self.pseudonym_key:

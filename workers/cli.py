@@ -122,6 +122,7 @@ def up(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> Non
 @app.command()
 def worker(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
     """Run only the Temporal worker (production: as many as load needs)."""
+    from adapters.tls import TlsConfigError
     from models.destinations import RoutingConfigError, load_routing
     from models.fhir_auth import FhirAuthConfigError
     from workers.telemetry import configure_tracing
@@ -164,14 +165,14 @@ def worker(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) ->
     try:
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(run())
-    except FhirAuthConfigError as err:
+    except (FhirAuthConfigError, TlsConfigError) as err:
         raise _fail(str(err)) from err
 
 
 @app.command()
 def gateway(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
     """Run only the MLLP gateway against an existing Temporal cluster."""
-    from adapters.hl7v2.tls import TlsConfigError
+    from adapters.tls import TlsConfigError
     from workers.gateway import MllpGateway
     from workers.telemetry import configure_tracing
 

@@ -16,7 +16,7 @@ import logging
 import ssl
 
 from adapters.hl7v2.framing import BadFrame, Frame, MllpDecoder, encode_frame
-from adapters.hl7v2.tls import TlsConfigError, server_tls_context
+from adapters.tls import TlsConfigError, server_tls_context
 from models.settings import Settings
 from workers.intake import MessageIntake
 

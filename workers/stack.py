@@ -22,8 +22,8 @@ import httpx
 from temporalio.client import Client
 
 from adapters.database import CareweaveStore
-from adapters.hl7v2.tls import TlsConfigError
 from adapters.payload_crypto import KeyRing, PayloadKeyError
+from adapters.tls import TlsConfigError
 from models.destinations import Destination, RoutingConfig, RoutingConfigError, load_routing
 from models.fhir_auth import FhirAuthConfigError
 from models.settings import Settings
@@ -264,7 +264,7 @@ async def embedded_stack(settings: Settings) -> AsyncIterator[RunningStack]:
             log.info("registered search attributes %s", ", ".join(added))
         try:
             fhir_client = lab_fhir_client(settings)
-        except FhirAuthConfigError as err:
+        except (FhirAuthConfigError, TlsConfigError) as err:
             raise StackError(str(err)) from err
         # Closed in reverse: the API, then the worker's destination connections (the worker
         # has been shut down by then, below), then the lab-result FHIR client.

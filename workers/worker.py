@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import ssl
 from collections.abc import AsyncIterator
 
 from temporalio.client import Client
@@ -15,6 +16,7 @@ from activities.order_to_result import FhirActivities, interpret_lab_order, inte
 from adapters.audit_log import AuditLog
 from adapters.database import open_engine
 from adapters.fhir import FhirClient, auth_from_config
+from adapters.tls import TlsConfigError, client_tls_context
 from models.destinations import RoutingConfig, load_routing
 from models.settings import Settings
 from workers.audit_interceptor import AuditInterceptor
@@ -26,17 +28,51 @@ WORKFLOWS = [OrderToResult, DischargeSync, OrderedDelivery]
 
 
 def lab_fhir_client(settings: Settings, *, timeout: float | None = None) -> FhirClient:
-    """The client of the lab-result server (fhir_base_url) with its CAREWEAVE_FHIR_* credentials.
+    """The client of the lab-result server (fhir_base_url) with its CAREWEAVE_FHIR_* credentials
+    and CAREWEAVE_FHIR_TLS_* files.
 
-    Raises FhirAuthConfigError naming the variable, environment variable or key file at fault.
+    Raises FhirAuthConfigError naming the variable, environment variable or key file at fault,
+    TlsConfigError naming the TLS setting or file.
     """
     seconds = timeout or settings.fhir_timeout_seconds
+    tls = lab_fhir_tls_context(settings)
     auth = auth_from_config(
         settings.fhir_auth(),
         where=f"lab-result FHIR server (CAREWEAVE_FHIR_AUTH_KIND={settings.fhir_auth_kind})",
         timeout=seconds,
+        tls=tls,
     )
-    return FhirClient(settings.fhir_base_url, timeout=seconds, auth=auth)
+    return FhirClient(settings.fhir_base_url, timeout=seconds, auth=auth, tls=tls)
+
+
+def lab_fhir_tls_context(settings: Settings) -> ssl.SSLContext | None:
+    """The lab-result server's TLS context from CAREWEAVE_FHIR_TLS_*; None when none is set
+    (an https:// server is then verified against httpx's default CA bundle).
+
+    Raises TlsConfigError naming the setting or the file that cannot be used.
+    """
+    ca, cert, key = (
+        settings.fhir_tls_ca_file,
+        settings.fhir_tls_cert_file,
+        settings.fhir_tls_key_file,
+    )
+    if ca is None and cert is None and key is None:
+        return None
+    if not settings.fhir_base_url.lower().startswith("https://"):
+        raise TlsConfigError(
+            "CAREWEAVE_FHIR_TLS_* is set but CAREWEAVE_FHIR_BASE_URL "
+            f"{settings.fhir_base_url} is not https://"
+        )
+    if (cert is None) != (key is None):
+        missing = "CERT" if cert is None else "KEY"
+        raise TlsConfigError(
+            f"CAREWEAVE_FHIR_TLS_{missing}_FILE is not set: a client certificate needs both "
+            "the certificate file and the key file"
+        )
+    try:
+        return client_tls_context(ca_file=ca, cert_file=cert, key_file=key)
+    except TlsConfigError as err:
+        raise TlsConfigError(f"CAREWEAVE_FHIR_TLS_*: {err}") from err
 
 
 @contextlib.asynccontextmanager
@@ -53,7 +89,8 @@ async def open_worker(
     its activities keep to destinations and its activity threads are closed.
 
     The routing file is read here, once: a bad file stops the worker with its error, and
-    so does a FHIR destination whose credential is missing (FhirAuthConfigError).
+    so does a FHIR destination whose credential is missing (FhirAuthConfigError) or a
+    destination whose TLS file cannot be used (RoutingConfigError).
 
     Every activity execution is audited into ``audit_log`` (default: Careweave's database).
     ``fhir`` (the lab-result server) belongs to the caller, who closes it.

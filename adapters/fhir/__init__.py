@@ -2,7 +2,7 @@
 
 from adapters.fhir.auth import BearerToken, SmartBackendServices, auth_from_config
 from adapters.fhir.client import FhirClient
-from adapters.fhir.errors import FhirError, FhirRejectedError, FhirRetryableError
+from adapters.fhir.errors import FhirError, FhirRejectedError, FhirRetryableError, FhirTlsError
 
 __all__ = [
     "BearerToken",
@@ -10,6 +10,7 @@ __all__ = [
     "FhirError",
     "FhirRejectedError",
     "FhirRetryableError",
+    "FhirTlsError",
     "SmartBackendServices",
     "auth_from_config",
 ]

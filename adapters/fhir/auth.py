@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import ssl
 import time
 import uuid
 from collections.abc import AsyncGenerator, Generator
@@ -28,7 +29,12 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from adapters.fhir.errors import FhirRejectedError, FhirRetryableError
+from adapters.fhir.errors import (
+    TRANSPORT_ERRORS,
+    FhirRejectedError,
+    FhirRetryableError,
+    transport_failure,
+)
 from models.fhir_auth import (
     BearerTokenAuth,
     FhirAuthConfig,
@@ -87,6 +93,7 @@ class SmartBackendServices(httpx.Auth):
         algorithm: SmartAlgorithm,
         scope: str,
         timeout: float = 15.0,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.token_url = token_url
         self.client_id = client_id
@@ -95,6 +102,9 @@ class SmartBackendServices(httpx.Auth):
         self._key_id = key_id
         self._algorithm = algorithm
         self._timeout = timeout
+        # The FHIR client's context: a private CA (and client certificate) for the server
+        # is the one its token endpoint is reached with too.
+        self._tls = tls
         self._token: AccessToken | None = None
         self._lock = asyncio.Lock()
 
@@ -147,14 +157,12 @@ class SmartBackendServices(httpx.Auth):
         }
         started = time.monotonic()
         try:
-            async with httpx.AsyncClient(timeout=self._timeout) as http:
+            async with httpx.AsyncClient(timeout=self._timeout, verify=self._tls or True) as http:
                 response = await http.post(
                     self.token_url, data=form, headers={"Accept": "application/json"}
                 )
-        except httpx.TimeoutException as err:
-            raise FhirRetryableError(f"token endpoint: timed out ({type(err).__name__})") from err
-        except httpx.TransportError as err:
-            raise FhirRetryableError(f"token endpoint: {type(err).__name__}: {err}") from err
+        except TRANSPORT_ERRORS as err:
+            raise transport_failure("token endpoint", err) from err
         return _token_or_raise(response, started)
 
 
@@ -221,9 +229,14 @@ def _json_object(response: httpx.Response) -> dict[str, Any]:
 
 
 def auth_from_config(
-    config: FhirAuthConfig | None, *, where: str, timeout: float = 15.0
+    config: FhirAuthConfig | None,
+    *,
+    where: str,
+    timeout: float = 15.0,
+    tls: ssl.SSLContext | None = None,
 ) -> httpx.Auth | None:
-    """Read the secret the configuration points at; a missing one is named, with `where`."""
+    """Read the secret the configuration points at; a missing one is named, with `where`.
+    ``tls`` is the FHIR client's context, used for the SMART token endpoint too."""
     if config is None:
         return None
     if isinstance(config, BearerTokenAuth):
@@ -241,6 +254,7 @@ def auth_from_config(
         algorithm=config.algorithm,
         scope=config.scope,
         timeout=timeout,
+        tls=tls,
     )
 
 

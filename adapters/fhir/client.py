@@ -7,6 +7,7 @@ rejected (other 4xx) so that callers can retry the first and send the second to 
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import TracebackType
@@ -16,7 +17,12 @@ from urllib.parse import quote
 import httpx
 from opentelemetry import trace
 
-from adapters.fhir.errors import FhirRejectedError, FhirRetryableError
+from adapters.fhir.errors import (
+    TRANSPORT_ERRORS,
+    FhirRejectedError,
+    FhirRetryableError,
+    transport_failure,
+)
 
 FHIR_JSON = "application/fhir+json"
 RETRYABLE_STATUS = frozenset({408, 425, 429})
@@ -25,7 +31,12 @@ _tracer = trace.get_tracer("careweave.adapters.fhir")
 
 
 class FhirClient:
-    """One connection pool to one FHIR base URL; use as ``async with FhirClient(...)``."""
+    """One connection pool to one FHIR base URL; use as ``async with FhirClient(...)``.
+
+    ``tls`` verifies an https:// server (and may carry our client certificate); without it
+    the system's CAs are trusted. Give the same context to a SMART ``auth``, whose token
+    endpoint is reached separately.
+    """
 
     def __init__(
         self,
@@ -34,6 +45,7 @@ class FhirClient:
         timeout: float = 30.0,
         headers: dict[str, str] | None = None,
         auth: httpx.Auth | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self._http = httpx.AsyncClient(
@@ -41,6 +53,7 @@ class FhirClient:
             timeout=timeout,
             headers={"Accept": FHIR_JSON, **(headers or {})},
             auth=auth,
+            verify=tls or True,
         )
 
     async def __aenter__(self) -> FhirClient:
@@ -119,10 +132,8 @@ class FhirClient:
                 response = await self._http.request(
                     method, path, json=json, params=params, headers=request_headers
                 )
-            except httpx.TimeoutException as err:
-                raise FhirRetryableError(f"{operation}: timed out ({type(err).__name__})") from err
-            except httpx.TransportError as err:
-                raise FhirRetryableError(f"{operation}: {type(err).__name__}: {err}") from err
+            except TRANSPORT_ERRORS as err:
+                raise transport_failure(operation, err) from err
             span.set_attribute("http.response.status_code", response.status_code)
             return _body_or_raise(operation, response)
 

@@ -26,7 +26,7 @@ from adapters.hl7v2.mllp_client import (
     MllpTimeout,
     MllpTlsError,
 )
-from adapters.hl7v2.tls import TlsConfigError, client_tls_context, server_tls_context
+from adapters.tls import TlsConfigError, client_tls_context, server_tls_context
 
 __all__ = [
     "END_BLOCK",

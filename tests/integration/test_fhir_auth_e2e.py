@@ -6,14 +6,13 @@ with authorization on."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from temporalio.client import Client
 
-from tests.support.engine import Engine, mllp_send, running_engine
+from tests.support.engine import mllp_send, running_engine, wait_for_finished_encounter
 from tests.support.fhir_server import running_fhir_server, token_url, tokens_issued
 from tests.support.smart_client import SmartClientKeys, make_client_keys
 from workers import sample_messages as sm
@@ -102,8 +101,7 @@ async def test_lab_and_discharge_write_with_their_own_credentials(
         stay = sm.SampleStay("V-AUTH-1", patient=sm.SamplePatient(mrn="MRN-AUTH-1"))
         [ack] = await mllp_send(engine.mllp_port, [sm.adt_event(stay, "DS-AUTH-1", "A03")])
         assert "MSA|AA" in ack
-        encounters = await wait_for_encounter(engine, "V-AUTH-1")
-        assert encounters[0]["status"] == "finished"
+        await wait_for_finished_encounter(engine.fhir, "V-AUTH-1")
 
     # The lab client (the worker's, which the test also reads with) and the destination's
     # client: one token each, however many writes and reads they made.
@@ -123,12 +121,3 @@ async def test_no_credentials_goes_to_review_after_one_attempt(
         assert "HTTP 401" in str(pending["summary"])
         description = await engine.handle(order_id(order)).describe()
         assert not description.raw_description.pending_activities  # no retry loop
-
-
-async def wait_for_encounter(engine: Engine, visit: str) -> list[dict[str, object]]:
-    for _ in range(150):
-        found = await engine.fhir.search("Encounter", {"identifier": visit})
-        if found and found[0].get("status") == "finished":
-            return found
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"no finished Encounter for {visit}")

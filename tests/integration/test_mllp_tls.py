@@ -19,7 +19,7 @@ import pytest
 from adapters.hl7v2.ack import parse_ack
 from adapters.hl7v2.framing import END_BLOCK, encode_frame
 from adapters.hl7v2.mllp_client import MllpClient, MllpConnectionError, MllpTlsError
-from adapters.hl7v2.tls import client_tls_context
+from adapters.tls import client_tls_context
 from tests.support.certs import Pki
 from tests.support.engine import Engine
 from tests.support.partner import Partner, running_partner

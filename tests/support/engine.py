@@ -160,6 +160,16 @@ async def running_engine(
                     await gateway.close()
 
 
+async def wait_for_finished_encounter(fhir: FhirClient, visit: str) -> dict[str, object]:
+    """The Encounter of `visit` once a discharge has marked it finished (polls for 30 s)."""
+    for _ in range(150):
+        found = await fhir.search("Encounter", {"identifier": visit})
+        if found and found[0].get("status") == "finished":
+            return found[0]
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"no finished Encounter for {visit} on {fhir.base_url}")
+
+
 async def mllp_send(port: int, messages: list[str | bytes]) -> list[str]:
     """Send through python-hl7's `mllp_send` command (a third-party MLLP client)."""
     with tempfile.NamedTemporaryFile("wb", suffix=".hl7", delete=False) as feed:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
@@ -12,6 +13,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+
+from adapters.tls import client_tls_context
+from tests.support.certs import Pki
 
 SERVER_DIR = Path(__file__).resolve().parents[2] / "fhir-server"
 STARTUP_SECONDS = 60
@@ -44,20 +48,27 @@ def running_fhir_server(
     static_token: str | None = None,
     require_auth: bool = False,
     token_lifetime_seconds: float | None = None,
+    tls: Pki | None = None,
+    require_client_cert: bool = False,
 ) -> Iterator[str]:
     """Yield the base URL of a fresh, empty in-memory FHIR server; stop it afterwards.
 
     Authorization is off unless asked for: `smart_clients` registers SMART backend clients
     (client id -> JWKS file of their public keys), `static_token` accepts one fixed bearer
     token, `require_auth` turns it on even with neither (nothing gets in).
+
+    With `tls` the server speaks HTTPS only, with that PKI's server certificate (127.0.0.1);
+    `require_client_cert` makes it refuse clients without a certificate from that PKI's CA.
     """
     node = shutil.which("node")
     if node is None:
         raise RuntimeError("node is not installed; `make test` installs it (apt-get nodejs npm)")
     if not (SERVER_DIR / "node_modules").is_dir():
         raise RuntimeError(f"the FHIR server's packages are missing: npm ci --prefix {SERVER_DIR}")
+    if require_client_cert and tls is None:
+        raise ValueError("require_client_cert needs tls")
     port = port or free_port()
-    base_url = f"http://127.0.0.1:{port}/fhir"
+    base_url = f"{'https' if tls else 'http'}://127.0.0.1:{port}/fhir"
     with tempfile.TemporaryFile() as log:
         command = [node, str(SERVER_DIR / "server.js"), "--port", str(port), "--host", "127.0.0.1"]
         for client_id, jwks_file in (smart_clients or {}).items():
@@ -68,13 +79,17 @@ def running_fhir_server(
             command.append("--require-auth")
         if token_lifetime_seconds is not None:
             command += ["--token-lifetime", str(token_lifetime_seconds)]
+        if tls is not None:
+            command += ["--tls-cert", str(tls.server_cert), "--tls-key", str(tls.server_key)]
+            if require_client_cert:
+                command += ["--tls-client-ca", str(tls.ca_cert)]
         process = subprocess.Popen(
             command,
             stdout=log,
             stderr=subprocess.STDOUT,
         )
         try:
-            _wait_until_up(base_url, process, log)
+            _wait_until_up(base_url, process, log, _probe_verify(tls, require_client_cert))
             yield base_url
         finally:
             process.terminate()
@@ -85,13 +100,25 @@ def running_fhir_server(
                 process.wait()
 
 
-def _wait_until_up(base_url: str, process: subprocess.Popen[bytes], log: object) -> None:
+def _probe_verify(tls: Pki | None, require_client_cert: bool) -> ssl.SSLContext | bool:
+    if tls is None:
+        return True
+    if not require_client_cert:
+        return client_tls_context(ca_file=tls.ca_cert)
+    return client_tls_context(
+        ca_file=tls.ca_cert, cert_file=tls.client_cert, key_file=tls.client_key
+    )
+
+
+def _wait_until_up(
+    base_url: str, process: subprocess.Popen[bytes], log: object, verify: ssl.SSLContext | bool
+) -> None:
     deadline = time.monotonic() + STARTUP_SECONDS
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"the FHIR server exited with {process.returncode}: {_tail(log)}")
         try:
-            if httpx.get(f"{base_url}/metadata", timeout=2).status_code == 200:
+            if httpx.get(f"{base_url}/metadata", timeout=2, verify=verify).status_code == 200:
                 return
         except httpx.TransportError:
             pass

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from activities.discharge import mllp_tls_contexts
-from adapters.hl7v2.tls import TlsConfigError, client_tls_context, server_tls_context
+from adapters.tls import TlsConfigError, client_tls_context, server_tls_context
 from models.destinations import MllpTls, RoutingConfigError, load_routing
 from models.settings import Settings
 from tests.support.certs import Pki

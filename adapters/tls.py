@@ -1,7 +1,8 @@
-"""TLS contexts for MLLP, built from file paths with the stdlib ``ssl`` module.
+"""TLS contexts for MLLP and FHIR (HTTPS), built from file paths with the stdlib ``ssl`` module.
 
-MLLP itself has no security; sites wrap it in TLS (IHE ITI TF-2 "Secure Node"). Both
-sides refuse anything older than TLS 1.2. A bad file is reported with its path and what
+MLLP itself has no security; sites wrap it in TLS (IHE ITI TF-2 "Secure Node"). FHIR
+servers are reached over HTTPS, often behind a hospital's private CA. Both sides refuse
+anything older than TLS 1.2. A bad file is reported with its path and what
 is wrong with it, so an operator can fix the right file; key files must be unencrypted
 (a process started by a service manager has no one to type a passphrase).
 """
