@@ -35,6 +35,7 @@ from adapters.fhir.errors import (
     FhirRetryableError,
     transport_failure,
 )
+from adapters.tls import client_tls_context
 from models.fhir_auth import (
     BearerTokenAuth,
     FhirAuthConfig,
@@ -103,8 +104,8 @@ class SmartBackendServices(httpx.Auth):
         self._algorithm = algorithm
         self._timeout = timeout
         # The FHIR client's context: a private CA (and client certificate) for the server
-        # is the one its token endpoint is reached with too.
-        self._tls = tls
+        # is the one its token endpoint is reached with too; else the system's CAs.
+        self._tls = tls or client_tls_context()
         self._token: AccessToken | None = None
         self._lock = asyncio.Lock()
 
@@ -157,7 +158,7 @@ class SmartBackendServices(httpx.Auth):
         }
         started = time.monotonic()
         try:
-            async with httpx.AsyncClient(timeout=self._timeout, verify=self._tls or True) as http:
+            async with httpx.AsyncClient(timeout=self._timeout, verify=self._tls) as http:
                 response = await http.post(
                     self.token_url, data=form, headers={"Accept": "application/json"}
                 )

@@ -23,6 +23,7 @@ from adapters.fhir.errors import (
     FhirRetryableError,
     transport_failure,
 )
+from adapters.tls import client_tls_context
 
 FHIR_JSON = "application/fhir+json"
 RETRYABLE_STATUS = frozenset({408, 425, 429})
@@ -53,7 +54,9 @@ class FhirClient:
             timeout=timeout,
             headers={"Accept": FHIR_JSON, **(headers or {})},
             auth=auth,
-            verify=tls or True,
+            # The system's CAs by default (as for MLLP), not httpx's bundled list: a hospital
+            # installs its private CA there.
+            verify=tls or client_tls_context(),
         )
 
     async def __aenter__(self) -> FhirClient:

@@ -91,13 +91,26 @@ async def test_conditional_create_over_https_with_the_private_ca(
 async def test_server_not_trusted_is_a_certificate_verification_error(
     https_server: str, pki: Pki
 ) -> None:
-    # Without a CA (httpx's default bundle) and with the wrong private CA: the handshake
-    # fails before anything is sent, retryable like a refused connection.
+    # Without a CA (the system's, which do not hold the test CA) and with the wrong private
+    # CA: the handshake fails before anything is sent, retryable like a refused connection.
     for tls in (None, client_tls_context(ca_file=pki.other_ca_cert)):
         async with FhirClient(https_server, tls=tls) as fhir:
             with pytest.raises(FhirTlsError) as caught:
                 await fhir.conditional_create(patient(unique("untrusted")), "identifier=x|y")
         assert "conditional_create: TLS: certificate verification failed" in str(caught.value)
+
+
+async def test_without_a_tls_setting_the_system_trust_store_decides(
+    https_server: str, pki: Pki, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The documented route to a private CA without a tls table: SSL_CERT_FILE names the
+    # trust store. (That the default is the system store and not certifi's list shows only
+    # with a CA installed system-wide, which a test should not do to the machine.)
+    monkeypatch.setenv("SSL_CERT_FILE", str(pki.ca_cert))
+    value = unique("system-store")
+    async with FhirClient(https_server) as fhir:
+        created = await fhir.conditional_create(patient(value), f"identifier={SYSTEM}|{value}")
+    assert created["identifier"][0]["value"] == value
 
 
 async def test_mutual_tls_refuses_a_client_without_a_certificate_and_serves_one_with_it(
