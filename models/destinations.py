@@ -73,8 +73,8 @@ class FhirEndpoint(_Strict):
     timeout_seconds: float = Field(default=15.0, gt=0)
     # No table: requests go without credentials.
     auth: FhirAuthConfig | None = None
-    # Only with an https:// base_url. No table: httpx's default CA bundle (certifi), no
-    # client certificate; an empty table: the system's CAs, as for MLLP.
+    # Only with an https:// base_url. No table, or an empty one: the system's CAs and no
+    # client certificate, as for MLLP.
     tls: DestinationTls | None = None
 
     @model_validator(mode="before")

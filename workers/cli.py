@@ -274,7 +274,7 @@ def send(
     from workers.feed import read_feed_file
 
     settings = load_settings()
-    address = f"{host}:{port or settings.mllp_port}"
+    target_port = port or settings.mllp_port
     feeds = [(path, read_feed_file(path)) for path in files]
 
     async def send_one(client: MllpClient, message: bytes) -> tuple[str, bool]:
@@ -301,7 +301,7 @@ def send(
     async def run() -> int:
         refused = 0
         try:
-            async with MllpClient(host, port or settings.mllp_port, timeout=ack_timeout) as client:
+            async with MllpClient(host, target_port, timeout=ack_timeout) as client:
                 for path, messages in feeds:
                     for index, message in enumerate(messages, start=1):
                         where = f"{path}#{index}"
@@ -313,7 +313,7 @@ def send(
                         refused += not accepted
                         console.print(f"{where}: {line}", markup=False)
         except MllpError as err:
-            console.print(f"cannot send to {address}: {err}", markup=False)
+            console.print(f"cannot send to {host}:{target_port}: {err}", markup=False)
             return 1
         return 1 if refused else 0
 

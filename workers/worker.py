@@ -47,7 +47,7 @@ def lab_fhir_client(settings: Settings, *, timeout: float | None = None) -> Fhir
 
 def lab_fhir_tls_context(settings: Settings) -> ssl.SSLContext | None:
     """The lab-result server's TLS context from CAREWEAVE_FHIR_TLS_*; None when none is set
-    (an https:// server is then verified against httpx's default CA bundle).
+    (an https:// server is then verified against the system's CAs).
 
     Raises TlsConfigError naming the setting or the file that cannot be used.
     """

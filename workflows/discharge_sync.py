@@ -119,7 +119,13 @@ class DischargeSync(ReviewableWorkflow):
         if event is None:
             return
         event_id = f"{self._params.encounter_key}/{message.sending_facility}/{message.control_id}"
-        if event.trigger is AdtTrigger.UPDATE and self._discharge is None and not self._recalled:
+        if (
+            event.trigger is AdtTrigger.UPDATE
+            and self._discharge is None
+            and not self._recalled
+            # Histories written before the recall existed replay without its activity.
+            and workflow.patched("recall-closed-discharge")
+        ):
             await self._recall_closed_discharge()
         diagnoses_before = self._diagnoses
         subscription, note = self._subscription_for(event)
