@@ -12,6 +12,7 @@ import sys
 import tempfile
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 from temporalio.client import Client, WorkflowHandle
@@ -65,6 +66,9 @@ async def start_temporal(*, db_filename: Path | None = None) -> WorkflowEnvironm
         dev_server_existing_path=temporal_binary(),
         dev_server_extra_args=extra_args,
         ui=False,
+        # The SDK waits 5 s by default; a busy 2-core CI machine has needed longer once,
+        # and every integration test hangs on this one start.
+        dev_server_startup_timeout=timedelta(seconds=60),
     )
 
 
