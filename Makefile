@@ -40,7 +40,7 @@ demo: setup
 	@$(BIN)/careweave demo
 
 lint: setup
-	@echo "==> ruff (lint and format) and mypy (strict on models/, adapters/, mappings/)"
+	@echo "==> ruff (lint and format) and mypy (strict on every package)"
 	@$(BIN)/ruff check .
 	@$(BIN)/ruff format --check .
 	@$(BIN)/mypy

@@ -13,8 +13,8 @@ from temporalio.exceptions import ApplicationError
 
 from adapters.fhir import FhirClient, FhirRejectedError
 from adapters.hl7v2.lab_messages import LabMessageInvalid, parse_lab_order, parse_lab_results
-from mappings.lab.concept_map import load_lab_mapping, unmapped_codes
-from mappings.lab.fhir_builders import (
+from mappings.order_to_result.concept_map import load_lab_mapping, unmapped_codes
+from mappings.order_to_result.fhir_builders import (
     escalation_task_for,
     is_critical,
     order_identifiers,

@@ -31,14 +31,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from adapters.hl7v2.ack import parse_ack
 from adapters.hl7v2.mllp_client import MllpClient
 from adapters.payload_crypto import add_key
+from exchanges import order_to_result
+from exchanges.commit import ExchangeCommitter
+from exchanges.sdk import Route
 from models.messages import InboundMessage
 from models.settings import Settings
 from workers import sample_messages as sm
 from workers.payload_codec import load_payload_keys
-from workers.routing import Route
 from workers.stack import dev_server_command
 from workers.temporal_client import connect
-from workers.temporal_commit import TemporalCommitter
+from workflows.order_to_result import OrderToResult
 
 
 @dataclass
@@ -139,19 +141,18 @@ async def bench_bare_temporal(
     settings: Settings, tag: str, total: int, senders: int, pids: dict[str, int]
 ) -> Figures:
     client = await connect(settings)
-    committer = TemporalCommitter(client, settings)
+    committer = ExchangeCommitter(client, settings)
 
     async def send_one(index: int) -> bool:
         text = result_message(tag, index)
         route = Route(
-            exchange="order-to-result",
-            workflow_type="OrderToResult",
+            exchange=order_to_result.EXCHANGE.name,
             workflow_id=f"order-to-result/BENCH/{tag}{index:06d}",
-            signal="result_message",
+            signal=OrderToResult.result_message,
             facility="BENCH",
-            business_key=f"{tag}{index:06d}",
-            placer_order_number=f"{tag}{index:06d}",
-            placer_namespace="",
+            key=order_to_result.OrderKey(
+                facility="BENCH", placer_order_number=f"{tag}{index:06d}", placer_namespace=""
+            ),
         )
         message = InboundMessage(
             text=text,

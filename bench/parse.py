@@ -15,9 +15,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from adapters.hl7v2.header import decode_message
 from adapters.hl7v2.lab_messages import parse_lab_results
+from exchanges.registry import REGISTRY
+from exchanges.sdk import SUPPORTED_VERSIONS
 from workers import sample_messages as sm
-from workers.intake import SUPPORTED_VERSIONS
-from workers.routing import REQUIRED_SEGMENTS, SUPPORTED_TYPES
 
 RESULTS = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "corpus" / "results"
 
@@ -45,16 +45,16 @@ def main() -> None:
     for name, raw in messages.items():
         decoded = decode_message(
             raw,
-            supported_types=SUPPORTED_TYPES,
+            supported_types=REGISTRY.supported_types,
             supported_versions=SUPPORTED_VERSIONS,
-            required_segments=REQUIRED_SEGMENTS,
+            required_segments=REGISTRY.required_segments,
         )
         fast = per_call_ms(
             lambda raw=raw: decode_message(
                 raw,
-                supported_types=SUPPORTED_TYPES,
+                supported_types=REGISTRY.supported_types,
                 supported_versions=SUPPORTED_VERSIONS,
-                required_segments=REQUIRED_SEGMENTS,
+                required_segments=REGISTRY.required_segments,
             )
         )
         full = per_call_ms(lambda text=decoded.text: parse_lab_results(text))

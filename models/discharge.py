@@ -1,7 +1,7 @@
 """Canonical ADT events for the discharge-sync exchange (A03, A13, A08).
 
 Between the HL7 v2 adapter (adapters/hl7v2/adt_messages.py) and the FHIR builders
-(mappings/adt/). Frozen and JSON-serializable for Temporal's pydantic converter; the
+(mappings/discharge_sync/). Frozen and JSON-serializable for Temporal's pydantic converter; the
 patient fields are PHI and live only in payloads, never in ids, search attributes or logs.
 """
 

@@ -1,16 +1,17 @@
 """Every activity execution on the worker leaves one audit row, written after it ends.
 
-TRANSFORM for the interpret (parse + map) activities, PUSH for writes to a destination,
-ACCESS for the rest (reads, routing); a failure is an EXCEPTION row naming the error
-type, never its message. An attempt after the first adds a RETRY row (same outcome and
-detail) just before its outcome row, in the same transaction. Deliveries are retried by
-their workflow (single-attempt activities), so their attempt is the one the request
-carries. Local activities pass through here too.
+The action of a success is the one the activity's exchange declares (TRANSFORM for parse
++ map, PUSH for writes to a destination, ACCESS for reads and routing; exchanges/); a
+failure is an EXCEPTION row naming the error type, never its message. An attempt after
+the first adds a RETRY row (same outcome and detail) just before its outcome row, in the
+same transaction. Deliveries are retried by their workflow (single-attempt activities),
+so their attempt is the one the request carries. Local activities pass through here too.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from typing import Any
 
 from temporalio import activity
@@ -26,22 +27,6 @@ from models.audit import ActorKind, AuditAction, AuditEntry, AuditOutcome
 from models.delivery import DeliverRequest
 
 WORKER_ACTOR = "careweave-worker"
-
-ACTIVITY_ACTIONS: dict[str, AuditAction] = {
-    "interpret_lab_order": AuditAction.TRANSFORM,
-    "interpret_lab_result": AuditAction.TRANSFORM,
-    "interpret_adt": AuditAction.TRANSFORM,
-    "publish_service_request": AuditAction.PUSH,
-    "publish_lab_result": AuditAction.PUSH,
-    "raise_escalation_task": AuditAction.PUSH,
-    "deliver_to_fhir": AuditAction.PUSH,
-    "deliver_to_mllp": AuditAction.PUSH,
-    "find_service_request": AuditAction.ACCESS,
-}
-
-
-def action_for(activity_type: str) -> AuditAction:
-    return ACTIVITY_ACTIONS.get(activity_type, AuditAction.ACCESS)
 
 
 def failure_detail(error: BaseException) -> str:
@@ -69,13 +54,21 @@ def _attempt(temporal_attempt: int, args: Any) -> int:
 
 
 class _AuditedActivity(ActivityInboundInterceptor):
-    def __init__(self, next: ActivityInboundInterceptor, audit_log: AuditLog) -> None:
+    def __init__(
+        self,
+        next: ActivityInboundInterceptor,
+        audit_log: AuditLog,
+        actions: Mapping[str, AuditAction],
+    ) -> None:
         super().__init__(next)
         self._audit_log = audit_log
+        self._actions = actions
 
     async def execute_activity(self, input: ExecuteActivityInput) -> Any:
         info = activity.info()
-        action = action_for(info.activity_type)
+        # The worker refuses to start with an activity that has no declared action
+        # (ExchangeRegistry.activities); EXCEPTION marks one that slipped past it anyway.
+        action = self._actions.get(info.activity_type, AuditAction.EXCEPTION)
         attempt = _attempt(info.attempt, input.args)
 
         def row(action: AuditAction, outcome: AuditOutcome, detail: str) -> AuditEntry:
@@ -111,10 +104,12 @@ class _AuditedActivity(ActivityInboundInterceptor):
 
 
 class AuditInterceptor(Interceptor):
-    """Registered on the worker (open_worker) with the database's audit log."""
+    """Registered on the worker (open_worker) with the database's audit log and the audit
+    action of every activity type (ExchangeRegistry.audit_actions)."""
 
-    def __init__(self, audit_log: AuditLog) -> None:
+    def __init__(self, audit_log: AuditLog, actions: Mapping[str, AuditAction]) -> None:
         self._audit_log = audit_log
+        self._actions = dict(actions)
 
     def intercept_activity(self, next: ActivityInboundInterceptor) -> ActivityInboundInterceptor:
-        return _AuditedActivity(next, self._audit_log)
+        return _AuditedActivity(next, self._audit_log, self._actions)

@@ -23,6 +23,7 @@ from adapters.audit_log import AuditLog
 from adapters.database import CareweaveStore, open_engine
 from adapters.hl7v2.mllp_client import MllpClient
 from adapters.payload_crypto import KeyRing, PayloadKeyError, add_key
+from exchanges.commit import ExchangeCommitter
 from models.audit import ActorKind, AuditAction, AuditEntry, AuditOutcome
 from models.identity import Role
 from models.review import ReviewAction, ReviewRecord, ReviewRequest
@@ -30,7 +31,6 @@ from models.settings import Settings, load_settings
 from workers.intake import MessageIntake
 from workers.payload_codec import load_payload_keys, payload_key_file
 from workers.temporal_client import connect
-from workers.temporal_commit import TemporalCommitter
 
 if TYPE_CHECKING:
     from adapters.users import UserDirectory
@@ -183,7 +183,7 @@ def gateway(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -
     async def run() -> None:
         # Commit off (benchmark floor only) needs no Temporal at all.
         committer = (
-            TemporalCommitter(await _client(settings), settings) if settings.mllp_commit else None
+            ExchangeCommitter(await _client(settings), settings) if settings.mllp_commit else None
         )
         intake = MessageIntake(
             _store(settings, verify_keys=True),
@@ -420,7 +420,7 @@ def quarantine_release(
         client = await _client(settings)
         intake = MessageIntake(
             store,
-            TemporalCommitter(client, settings),
+            ExchangeCommitter(client, settings),
             fallback_charset=settings.fallback_charset,
             pseudonym_key=settings.resolved_pseudonym_key(),
         )

@@ -13,9 +13,9 @@ from temporalio.client import Client, WorkflowExecutionStatus
 
 from adapters.hl7v2.ack import parse_ack
 from adapters.hl7v2.mllp_client import MllpClient
+from exchanges.sdk import pseudonym
 from models.settings import Settings
 from workers import sample_messages as sm
-from workers.routing import pseudonym
 from workers.stack import RunningStack, StackError, embedded_stack
 
 

@@ -11,7 +11,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Protocol
+from typing import Any, Protocol
 
 from opentelemetry import propagate, trace
 
@@ -19,16 +19,11 @@ from adapters.database import CareweaveStore
 from adapters.grouping import GroupRunner
 from adapters.hl7v2.ack import ack_required, build_ack
 from adapters.hl7v2.header import DecodedMessage, MessageHeader, MessageRejected, decode_message
+from exchanges.registry import REGISTRY
+from exchanges.sdk import SUPPORTED_VERSIONS, CommitError, ExchangeRegistry, Route
 from models.audit import ActorKind, AuditAction, AuditEntry, AuditOutcome
 from models.messages import InboundMessage
 from models.records import MessageReceipt, QuarantinedMessage
-from workers.routing import (
-    REQUIRED_SEGMENTS,
-    SUPPORTED_TYPES,
-    SUPPORTED_VERSIONS,
-    Route,
-    route,
-)
 
 log = logging.getLogger("careweave.intake")
 tracer = trace.get_tracer("careweave.gateway")
@@ -54,11 +49,10 @@ class IntakeResult:
 class Committer(Protocol):
     """Durably hands a message to its exchange (Temporal signal-with-start)."""
 
-    async def commit(self, route: Route, message: InboundMessage) -> None: ...
+    async def commit(self, route: Route[Any], message: InboundMessage) -> None: ...
 
 
-class CommitError(Exception):
-    """The engine could not durably accept the message; the sender must not get AA."""
+__all__ = ["CommitError", "Committer", "IntakeResult", "MessageIntake", "Outcome"]
 
 
 def _now_hl7() -> str:
@@ -100,8 +94,12 @@ class MessageIntake:
         *,
         fallback_charset: str | None = None,
         pseudonym_key: bytes = b"",
+        registry: ExchangeRegistry = REGISTRY,
     ) -> None:
         # committer None = parse + ACK only (bench/ingest.py's floor); never in production.
+        self._registry = registry
+        self._supported_types = registry.supported_types
+        self._required_segments = registry.required_segments
         self._store = store
         self._committer = committer
         self._fallback_charset = fallback_charset
@@ -139,12 +137,12 @@ class MessageIntake:
         try:
             message = decode_message(
                 payload,
-                supported_types=SUPPORTED_TYPES,
+                supported_types=self._supported_types,
                 supported_versions=SUPPORTED_VERSIONS,
                 fallback_charset=self._fallback_charset,
-                required_segments=REQUIRED_SEGMENTS,
+                required_segments=self._required_segments,
             )
-            destination = route(message, pseudonym_key=self._pseudonym_key)
+            destination = self._registry.route(message, pseudonym_key=self._pseudonym_key)
         except MessageRejected as rejection:
             return await self._reject(payload, rejection, peer=peer, quarantine=quarantine)
         header = message.header

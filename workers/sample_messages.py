@@ -1,7 +1,7 @@
 """Synthetic HL7 v2.5.1 lab messages for the demo feed and the end-to-end tests.
 
 All people and numbers here are invented. Local codes use the coding system
-"L" (the sending lab's own codes), mapped to LOINC by mappings/lab.
+"L" (the sending lab's own codes), mapped to LOINC by mappings/order_to_result.
 """
 
 from __future__ import annotations

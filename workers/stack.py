@@ -24,6 +24,8 @@ from temporalio.client import Client
 from adapters.database import CareweaveStore
 from adapters.payload_crypto import KeyRing, PayloadKeyError
 from adapters.tls import TlsConfigError
+from exchanges.commit import ExchangeCommitter
+from exchanges.registry import REGISTRY
 from models.destinations import Destination, RoutingConfig, RoutingConfigError, load_routing
 from models.fhir_auth import FhirAuthConfigError
 from models.settings import Settings
@@ -33,9 +35,7 @@ from workers.intake import MessageIntake
 from workers.payload_codec import load_payload_keys
 from workers.telemetry import configure_tracing
 from workers.temporal_client import connect, ensure_search_attributes
-from workers.temporal_commit import TemporalCommitter
 from workers.worker import lab_fhir_client, open_worker
-from workflows import search_attributes as sa
 
 log = logging.getLogger("careweave.stack")
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -86,7 +86,7 @@ def dev_server_command(settings: Settings) -> list[str]:
         # endpoint (the UI posts to {endpoint}/decode and {endpoint}/encode).
         "--ui-codec-endpoint",
         f"{settings.resolved_api_url}/codec",
-        *sa.dev_server_args(),
+        *REGISTRY.dev_server_args(),
     ]
 
 
@@ -277,7 +277,7 @@ async def embedded_stack(settings: Settings) -> AsyncIterator[RunningStack]:
                 )
             except (FhirAuthConfigError, RoutingConfigError) as err:
                 raise StackError(str(err)) from err
-            committer = TemporalCommitter(client, settings) if settings.mllp_commit else None
+            committer = ExchangeCommitter(client, settings) if settings.mllp_commit else None
             intake = MessageIntake(
                 store,
                 committer,

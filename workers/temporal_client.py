@@ -12,9 +12,9 @@ from temporalio.common import HeaderCodecBehavior
 from temporalio.contrib.opentelemetry import TracingInterceptor
 
 from adapters.payload_crypto import KeyRing
+from exchanges.registry import REGISTRY
 from models.settings import Settings
 from workers.payload_codec import encrypted_data_converter, load_payload_keys
-from workflows import search_attributes as sa
 
 
 async def connect(settings: Settings, key_ring: KeyRing | None = None) -> Client:
@@ -46,7 +46,9 @@ async def ensure_search_attributes(client: Client, namespace: str) -> list[str]:
     listed = await client.operator_service.list_search_attributes(
         ListSearchAttributesRequest(namespace=namespace)
     )
-    missing = [key for key in sa.ALL if key.name not in listed.custom_attributes]
+    missing = [
+        key for key in REGISTRY.search_attributes() if key.name not in listed.custom_attributes
+    ]
     if missing:
         await client.operator_service.add_search_attributes(
             AddSearchAttributesRequest(

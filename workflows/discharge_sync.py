@@ -21,14 +21,14 @@ from workflows.message_trace import follow_message_trace, trace_base
 from workflows.review import ReviewableWorkflow
 
 with workflow.unsafe.imports_passed_through():
-    from activities.discharge import (
+    from activities.discharge_sync import (
         ADT_MESSAGE_INVALID,
+        ClosedDischargeRequest,
         DischargeActivities,
-        EnqueueRequest,
         InterpretAdtInput,
         interpret_adt,
     )
-    from activities.discharge_history import ClosedDischargeRequest, DischargeHistoryActivities
+    from activities.ordered_delivery import DeliveryActivities, EnqueueRequest
     from models.delivery import DeliveryItem
     from models.destinations import Subscription
     from models.discharge import (
@@ -151,7 +151,7 @@ class DischargeSync(ReviewableWorkflow):
         if subscription is Subscription.DIAGNOSIS_UPDATE:
             event = self._with_discharge_on_record(event)
         routing = await workflow.execute_activity_method(
-            DischargeActivities.routing_for,
+            DeliveryActivities.routing_for,
             subscription,
             start_to_close_timeout=timedelta(seconds=30),
             summary=f"Who subscribes to {subscription.value}",
@@ -168,7 +168,7 @@ class DischargeSync(ReviewableWorkflow):
                 policy=destination.policy,
             )
             await workflow.execute_activity_method(
-                DischargeActivities.enqueue_delivery,
+                DeliveryActivities.enqueue_delivery,
                 EnqueueRequest(
                     destination=destination.name,
                     kind=destination.kind,
@@ -219,7 +219,7 @@ class DischargeSync(ReviewableWorkflow):
         """
         self._recalled = True
         closed = await workflow.execute_activity_method(
-            DischargeHistoryActivities.closed_discharge,
+            DischargeActivities.closed_discharge,
             ClosedDischargeRequest(
                 workflow_id=workflow.info().workflow_id, run_id=workflow.info().run_id
             ),

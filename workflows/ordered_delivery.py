@@ -16,15 +16,15 @@ from datetime import timedelta
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.exceptions import ActivityError, ApplicationError, FailureError
 
 from workflows import search_attributes as sa
 from workflows.review import ReviewableWorkflow
 
 with workflow.unsafe.imports_passed_through():
-    from activities.discharge import (
+    from activities.ordered_delivery import (
         DESTINATION_REJECTED,
-        DischargeActivities,
+        DeliveryActivities,
     )
     from models.delivery import (
         DeliverRequest,
@@ -65,11 +65,14 @@ class OrderedDelivery(ReviewableWorkflow):
                 workflow.set_current_details(
                     f"Queue empty; waiting for events for {state.destination}"
                 )
-                arrived = await workflow.wait_condition(
-                    lambda: bool(self._queue),
-                    timeout=timedelta(seconds=state.idle_close_seconds),
-                )
-                if not arrived and not self._queue:
+                try:
+                    await workflow.wait_condition(
+                        lambda: bool(self._queue),
+                        timeout=timedelta(seconds=state.idle_close_seconds),
+                    )
+                except TimeoutError:
+                    # Idle for idle_close_seconds: the queue closes (wait_condition raises on
+                    # its timeout; it used to escape and fail the workflow task over and over).
                     await workflow.wait_condition(workflow.all_handlers_finished)
                     if not self._queue:
                         return self._state.delivered
@@ -118,9 +121,9 @@ class OrderedDelivery(ReviewableWorkflow):
             )
             try:
                 result = await workflow.execute_activity_method(
-                    DischargeActivities.deliver_to_fhir
+                    DeliveryActivities.deliver_to_fhir
                     if self._state.kind == "fhir"
-                    else DischargeActivities.deliver_to_mllp,
+                    else DeliveryActivities.deliver_to_mllp,
                     request,
                     start_to_close_timeout=timedelta(seconds=120),
                     retry_policy=_ONE_ATTEMPT,
@@ -128,8 +131,10 @@ class OrderedDelivery(ReviewableWorkflow):
                 )
             except ActivityError as err:
                 cause = err.cause
-                error_type = cause.type if isinstance(cause, ApplicationError) else "Timeout"
-                message = cause.message if cause is not None else str(err)
+                error_type = "Timeout"
+                if isinstance(cause, ApplicationError):
+                    error_type = cause.type or ""
+                message = cause.message if isinstance(cause, FailureError) else str(err)
                 self._set_failing(True, error_type)
                 policy = item.policy
                 if error_type != DESTINATION_REJECTED and attempt < policy.max_attempts:

@@ -1,7 +1,8 @@
 """Careweave's custom search attributes: the keys operators filter on in the Temporal UI.
 
 Values are codes (exchange names, statuses, facility namespace ids, HL7 message
-types): never names, MRNs, birth dates or message text.
+types): never names, MRNs, birth dates or message text. Each exchange declares the ones
+it sets (exchanges/); the registry registers them with Temporal.
 """
 
 from __future__ import annotations
@@ -17,13 +18,3 @@ REVIEW_STATE = SearchAttributeKey.for_keyword("ReviewState")
 # ("failing" from the first failed attempt until the next success: what ops alert on).
 DESTINATION = SearchAttributeKey.for_keyword("Destination")
 DELIVERY_ALERT = SearchAttributeKey.for_keyword("DeliveryAlert")
-
-ALL = (EXCHANGE, STATUS, FACILITY, MESSAGE_TYPE, REVIEW_STATE, DESTINATION, DELIVERY_ALERT)
-
-
-def dev_server_args() -> list[str]:
-    """`temporal server start-dev` flags that register every Careweave search attribute."""
-    args: list[str] = []
-    for key in ALL:
-        args += ["--search-attribute", f"{key.name}=Keyword"]
-    return args

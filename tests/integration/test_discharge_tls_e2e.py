@@ -15,12 +15,12 @@ from typing import Any
 import pytest
 from temporalio.client import Client
 
+from exchanges.sdk import pseudonym
 from tests.support.certs import Pki
 from tests.support.discharge import received
 from tests.support.engine import Engine, mllp_send, running_engine
 from tests.support.partner import Partner, running_partner
 from workers import sample_messages as sm
-from workers.routing import pseudonym
 
 ROUTING = """
 version = "tls-1"

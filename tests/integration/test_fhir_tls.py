@@ -19,12 +19,12 @@ from temporalio.client import Client
 
 from adapters.fhir import FhirClient, FhirRetryableError, FhirTlsError, auth_from_config
 from adapters.tls import client_tls_context
+from exchanges.sdk import pseudonym
 from tests.support.certs import Pki
 from tests.support.engine import mllp_send, running_engine, wait_for_finished_encounter
 from tests.support.fhir_server import running_fhir_server, token_url
 from tests.support.smart_client import SmartClientKeys, make_client_keys
 from workers import sample_messages as sm
-from workers.routing import pseudonym
 
 SYSTEM = "urn:careweave:test-tls"
 

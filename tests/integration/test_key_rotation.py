@@ -14,12 +14,12 @@ from temporalio.worker import Replayer
 
 from adapters.hl7v2.ack import parse_ack
 from adapters.payload_crypto import PayloadKeyError, new_key_line, parse_key_ring
+from exchanges.registry import REGISTRY
 from tests.support.cli import careweave
 from tests.support.engine import TEST_PAYLOAD_KEYS, Engine, mllp_send, running_engine
 from tests.support.history import nested
 from workers import sample_messages as sm
 from workers.payload_codec import ENCODING, METADATA_KEY_ID, encrypted_data_converter
-from workers.worker import WORKFLOWS
 
 pytestmark = pytest.mark.integration
 
@@ -76,7 +76,7 @@ async def test_old_histories_decode_and_replay_after_a_key_is_added(
         # The rotated ring reads the old exchange and replays its history.
         assert await rotated_client.get_workflow_handle(old_exchange).query("status") == "ordered"
         replayer = Replayer(
-            workflows=WORKFLOWS,
+            workflows=REGISTRY.workflows(),
             data_converter=encrypted_data_converter(rotated),
             header_codec_behavior=HeaderCodecBehavior.CODEC,
         )

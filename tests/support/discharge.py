@@ -18,10 +18,10 @@ from typing import Any
 
 from temporalio.client import Client
 
+from exchanges.sdk import pseudonym
 from tests.support.engine import Engine, mllp_send, running_engine
 from tests.support.partner import Partner, running_partner
 from workers import sample_messages as sm
-from workers.routing import pseudonym
 
 PSEUDONYM_KEY = "test-pseudonym-key"
 

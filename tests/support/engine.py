@@ -23,15 +23,15 @@ from adapters.database import CareweaveStore
 from adapters.fhir import FhirClient
 from adapters.hl7v2.framing import encode_frame
 from adapters.payload_crypto import new_key_line, parse_key_ring
+from exchanges.commit import ExchangeCommitter
+from exchanges.registry import REGISTRY
 from models.records import AuditRecord
 from models.settings import Settings
 from workers.gateway import MllpGateway
 from workers.intake import MessageIntake
 from workers.stack import temporal_binary
 from workers.temporal_client import connect_to
-from workers.temporal_commit import TemporalCommitter
 from workers.worker import lab_fhir_client, open_worker
-from workflows import search_attributes as sa
 
 
 def engine_settings(state_dir: Path, fhir_base_url: str, **overrides: object) -> Settings:
@@ -59,7 +59,7 @@ TEST_KEY_RING = parse_key_ring(TEST_PAYLOAD_KEYS, source="tests")
 
 
 async def start_temporal(*, db_filename: Path | None = None) -> WorkflowEnvironment:
-    extra_args = sa.dev_server_args()
+    extra_args = REGISTRY.dev_server_args()
     if db_filename is not None:
         extra_args = [*extra_args, "--db-filename", str(db_filename)]
     return await WorkflowEnvironment.start_local(
@@ -152,7 +152,7 @@ async def running_engine(
         ):
             intake = MessageIntake(
                 store,
-                TemporalCommitter(client, settings),
+                ExchangeCommitter(client, settings),
                 pseudonym_key=settings.resolved_pseudonym_key(),
             )
             gateway = MllpGateway(intake, settings)

@@ -19,10 +19,10 @@ from pydantic import BaseModel
 
 from adapters.hl7v2.adt_messages import parse_adt_event
 from adapters.hl7v2.lab_messages import parse_lab_order
-from mappings.adt.fhir_builders import encounter_transaction_for, patient_identifier
-from mappings.adt.mapping import AdtMapping, available_versions, load_adt_mapping
-from mappings.lab.concept_map import load_lab_mapping
-from mappings.lab.fhir_builders import service_request_for
+from mappings.discharge_sync.fhir_builders import encounter_transaction_for, patient_identifier
+from mappings.discharge_sync.mapping import AdtMapping, available_versions, load_adt_mapping
+from mappings.order_to_result.concept_map import load_lab_mapping
+from mappings.order_to_result.fhir_builders import service_request_for
 from models.discharge import DischargeOnRecord
 from tests.unit.test_adt_messages import DG1_DIABETES, DISCHARGE_SYNC_FILES, adt, corpus
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from activities.discharge import DischargeActivities
+from activities.ordered_delivery import DeliveryActivities
 from adapters.tls import TlsConfigError
 from models.destinations import DestinationTls, RoutingConfigError, load_routing
 from models.fhir_auth import FhirAuthConfigError, sent_in_clear
@@ -116,7 +116,7 @@ def test_unusable_key_in_a_fhir_tls_table_stops_the_worker(tmp_path: Path, pki: 
     with pytest.raises(
         RoutingConfigError, match=r"destination fhir-platform: fhir\.tls: key file .*does not match"
     ):
-        DischargeActivities(None, routing, task_queue="t")  # type: ignore[arg-type]
+        DeliveryActivities(None, routing, task_queue="t")  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(

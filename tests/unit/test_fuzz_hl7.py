@@ -25,7 +25,12 @@ from adapters.hl7v2.lab_messages import (
     parse_lab_results,
     parse_patient,
 )
-from workers.routing import REQUIRED_SEGMENTS, SUPPORTED_TYPES, SUPPORTED_VERSIONS, route
+from exchanges.registry import REGISTRY
+from exchanges.sdk import SUPPORTED_VERSIONS
+
+SUPPORTED_TYPES = REGISTRY.supported_types
+REQUIRED_SEGMENTS = REGISTRY.required_segments
+route = REGISTRY.route
 
 CORPUS = Path(__file__).resolve().parents[1] / "fixtures" / "corpus"
 MESSAGES = sorted(

@@ -61,8 +61,8 @@ ADVERSARIAL_TABLE: list[tuple[str, str, str, str | None, str | None]] = [
     ("latin1-bytes-declared-8859-1", "all", ACCEPTED, None, None),
     ("latin1-bytes-undeclared", "all", "AE", "102", "MSH"),
     ("escape-sequences", "all", ACCEPTED, None, None),
-    # Comparators in NM values are the result mapping's concern (mappings/lab); syntactically
-    # the message is sound.
+    # Comparators in NM values are the result mapping's concern (mappings/order_to_result);
+    # syntactically the message is sound.
     ("nonnumeric-nm-values", "all", ACCEPTED, None, None),
     # Kept verbatim as data; nothing in this layer interprets values.
     ("injection-strings", "all", ACCEPTED, None, None),

@@ -14,8 +14,8 @@ from fhir.resources.R4B.bundle import Bundle
 from fhir.resources.R4B.servicerequest import ServiceRequest
 
 from adapters.hl7v2.lab_messages import parse_lab_order, parse_lab_result, parse_lab_results
-from mappings.lab.concept_map import load_lab_mapping, unmapped_codes
-from mappings.lab.fhir_builders import (
+from mappings.order_to_result.concept_map import load_lab_mapping, unmapped_codes
+from mappings.order_to_result.fhir_builders import (
     escalation_task_for,
     is_critical,
     result_transaction_for,
@@ -45,7 +45,7 @@ def test_mapping_is_versioned_and_cached() -> None:
 
 
 def test_csv_rows_are_well_formed_loinc() -> None:
-    text = resources.files("mappings.lab").joinpath("local_to_loinc.v1.csv").read_text()
+    text = resources.files("mappings.order_to_result").joinpath("local_to_loinc.v1.csv").read_text()
     rows = list(csv.DictReader(io.StringIO(text)))
     assert list(rows[0]) == [
         "local_system",

@@ -5,10 +5,14 @@ from __future__ import annotations
 import dataclasses
 
 from adapters.hl7v2.header import MessageHeader, decode_message
+from exchanges.registry import REGISTRY
+from exchanges.sdk import SUPPORTED_VERSIONS
 from models.audit import AuditAction, AuditOutcome
 from workers import sample_messages as sm
 from workers.intake import receive_entry
-from workers.routing import REQUIRED_SEGMENTS, SUPPORTED_TYPES, SUPPORTED_VERSIONS
+
+SUPPORTED_TYPES = REGISTRY.supported_types
+REQUIRED_SEGMENTS = REGISTRY.required_segments
 
 
 def header_of(message: str) -> MessageHeader:

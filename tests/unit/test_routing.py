@@ -7,14 +7,14 @@ from pathlib import Path
 import pytest
 
 from adapters.hl7v2.header import DecodedMessage, MessageRejected, decode_message
+from exchanges.registry import REGISTRY
+from exchanges.sdk import SUPPORTED_VERSIONS, id_part
 from workers import sample_messages as sm
-from workers.routing import (
-    REQUIRED_SEGMENTS,
-    SUPPORTED_TYPES,
-    SUPPORTED_VERSIONS,
-    id_part,
-    route,
-)
+from workflows.order_to_result import OrderToResult
+
+SUPPORTED_TYPES = REGISTRY.supported_types
+REQUIRED_SEGMENTS = REGISTRY.required_segments
+route = REGISTRY.route
 
 CORPUS = Path(__file__).resolve().parent.parent / "fixtures" / "corpus"
 
@@ -34,8 +34,11 @@ def test_order_and_its_result_reach_the_same_exchange() -> None:
     to_order = route(decoded(sm.lab_order(order, "C1")))
     to_result = route(decoded(sm.lab_result(order, "C2", [sm.SODIUM])))
     assert to_order.workflow_id == to_result.workflow_id == "order-to-result/GENHOSP/PO-77_A"
-    assert (to_order.signal, to_result.signal) == ("order_message", "result_message")
-    assert to_result.placer_order_number == "PO-77/A"  # the raw number still reaches FHIR
+    assert (to_order.signal, to_result.signal) == (
+        OrderToResult.order_message,
+        OrderToResult.result_message,
+    )
+    assert to_result.key.placer_order_number == "PO-77/A"  # the raw number still reaches FHIR
 
 
 def test_workflow_id_carries_no_patient_data() -> None:
@@ -51,7 +54,7 @@ def test_result_without_placer_namespace_uses_the_receiving_facility() -> None:
     message = decoded((CORPUS / "results" / "oru-r01-nist-corrected-1.hl7").read_bytes())
     destination = route(message)
     assert destination.workflow_id.startswith("order-to-result/")
-    assert destination.placer_namespace == message.field("OBR", 2, component=2)
+    assert destination.key.placer_namespace == message.field("OBR", 2, component=2)
 
 
 def test_missing_placer_and_filler_is_answered_ae_naming_the_field() -> None:

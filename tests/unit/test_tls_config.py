@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from activities.discharge import mllp_tls_contexts
+from activities.ordered_delivery import mllp_tls_contexts
 from adapters.tls import TlsConfigError, client_tls_context, server_tls_context
 from models.destinations import MllpTls, RoutingConfigError, load_routing
 from models.settings import Settings

@@ -22,7 +22,7 @@ from fhir.resources.R4B.servicerequest import ServiceRequest
 from fhir.resources.R4B.task import Task
 from pydantic import BaseModel
 
-from mappings.lab.concept_map import LabMapping
+from mappings.order_to_result.concept_map import LabMapping
 from models.lab import (
     CodedConcept,
     LabObservation,

@@ -22,7 +22,7 @@ from fhir.resources.R4B.encounter import Encounter
 from fhir.resources.R4B.patient import Patient
 from pydantic import BaseModel
 
-from mappings.adt.mapping import AdtMapping, CodedValue
+from mappings.discharge_sync.mapping import AdtMapping, CodedValue
 from models.discharge import AdtEvent, AdtTrigger, Diagnosis, DischargeOnRecord, Practitioner
 
 __all__ = [

@@ -1,9 +1,10 @@
-"""Activities of discharge sync and ordered delivery.
+"""Activities of ordered delivery, the shared step that takes an exchange's events to the
+destinations subscribed to them, one queue per destination and patient.
 
-Parsing is pure (a local activity). Routing answers from the file the worker loaded at
-start, recorded in history by being an activity result. Enqueueing is a signal-with-start
-on the destination's per-patient queue. Deliveries are idempotent at the destination:
-FHIR writes are conditional on identifiers; an MLLP resend carries the same MSH-10.
+Routing answers from the file the worker loaded at start, recorded in history by being an
+activity result. Enqueueing is a signal-with-start on the destination's per-patient queue.
+Deliveries are idempotent at the destination: FHIR writes are conditional on identifiers;
+an MLLP resend carries the same MSH-10.
 """
 
 from __future__ import annotations
@@ -19,13 +20,12 @@ from temporalio.exceptions import ApplicationError
 
 from adapters.fhir import FhirClient, FhirRejectedError, FhirRetryableError, auth_from_config
 from adapters.hl7v2.ack import AckParseError, parse_ack
-from adapters.hl7v2.adt_messages import AdtMessageInvalid, parse_adt_event
 from adapters.hl7v2.mllp_client import MllpError
 from adapters.hl7v2.mllp_pool import MllpPool
 from adapters.hl7v2.readdress import readdress
 from adapters.tls import TlsConfigError, client_tls_context
-from mappings.adt.fhir_builders import encounter_transaction_for
-from mappings.adt.mapping import load_adt_mapping
+from mappings.discharge_sync.fhir_builders import encounter_transaction_for
+from mappings.discharge_sync.mapping import load_adt_mapping
 from models.delivery import DeliverRequest, DeliverResult, DeliveryItem, DeliveryState
 from models.destinations import (
     DeliveryPolicy,
@@ -35,30 +35,14 @@ from models.destinations import (
     RoutingConfigError,
     Subscription,
 )
-from models.discharge import AdtEvent
-from models.messages import InboundMessage
 from workflows import search_attributes as sa
 
 # Error types the delivery workflow branches on.
 DESTINATION_UNAVAILABLE = "DestinationUnavailable"  # no answer, connection refused, 5xx
 DESTINATION_TEMPORARY = "DestinationTemporary"  # AE/AR with a "try later" ERR-3 code
 DESTINATION_REJECTED = "DestinationRejected"  # AE/AR otherwise, FHIR 4xx: a person decides
-ADT_MESSAGE_INVALID = "AdtMessageInvalid"
 
 SENDING_APPLICATION = "CAREWEAVE"
-
-
-class InterpretAdtInput(BaseModel):
-    model_config = ConfigDict(frozen=True)
-    message: InboundMessage
-
-
-@activity.defn
-def interpret_adt(request: InterpretAdtInput) -> AdtEvent:
-    try:
-        return parse_adt_event(request.message.text)
-    except AdtMessageInvalid as err:
-        raise ApplicationError(str(err), type=ADT_MESSAGE_INVALID, non_retryable=True) from err
 
 
 class RoutedDestination(BaseModel):
@@ -119,7 +103,7 @@ def destination_tls_context(
         ) from err
 
 
-class DischargeActivities:
+class DeliveryActivities:
     """Per worker: the routing file, the Temporal client, FHIR clients and MLLP connections."""
 
     def __init__(

@@ -1,9 +1,11 @@
-"""What a closed discharge exchange left on record, for a later exchange of the same encounter.
+"""Activities of discharge sync: the ADT parse, and what a closed run of the same encounter
+left on record. Deliveries go through ordered delivery (activities/ordered_delivery.py).
 
-A discharge exchange completes after a quiet period; an A08 that comes later starts a new
-run under the same workflow id. This activity finds the latest completed run of that id
-(Temporal visibility) and reads its result, so the new run knows the encounter was
-discharged. Temporal keeps the record; Careweave adds no store of its own.
+Parsing is pure (a local activity). A discharge exchange completes after a quiet period;
+an A08 that comes later starts a new run under the same workflow id, and
+``closed_discharge`` finds the latest completed run of that id (Temporal visibility) and
+reads its result, so the new run knows the encounter was discharged. Temporal keeps the
+record; Careweave adds no store of its own.
 """
 
 from __future__ import annotations
@@ -11,8 +13,26 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict
 from temporalio import activity
 from temporalio.client import Client, WorkflowExecution
+from temporalio.exceptions import ApplicationError
 
-from models.discharge import ClosedDischarge, DischargeSyncSummary
+from adapters.hl7v2.adt_messages import AdtMessageInvalid, parse_adt_event
+from models.discharge import AdtEvent, ClosedDischarge, DischargeSyncSummary
+from models.messages import InboundMessage
+
+ADT_MESSAGE_INVALID = "AdtMessageInvalid"
+
+
+class InterpretAdtInput(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    message: InboundMessage
+
+
+@activity.defn
+def interpret_adt(request: InterpretAdtInput) -> AdtEvent:
+    try:
+        return parse_adt_event(request.message.text)
+    except AdtMessageInvalid as err:
+        raise ApplicationError(str(err), type=ADT_MESSAGE_INVALID, non_retryable=True) from err
 
 
 class ClosedDischargeRequest(BaseModel):
@@ -23,7 +43,7 @@ class ClosedDischargeRequest(BaseModel):
     run_id: str
 
 
-class DischargeHistoryActivities:
+class DischargeActivities:
     def __init__(self, client: Client) -> None:
         self._client = client
 

@@ -90,7 +90,7 @@ class LabMapping:
 
 
 def _read_text(name: str) -> str:
-    return resources.files("mappings.lab").joinpath(name).read_text(encoding="utf-8")
+    return resources.files("mappings.order_to_result").joinpath(name).read_text(encoding="utf-8")
 
 
 def _str_dict(table: Any) -> dict[str, str]:

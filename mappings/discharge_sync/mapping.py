@@ -14,7 +14,7 @@ from typing import Any
 
 __all__ = ["AdtMapping", "CodedValue", "available_versions", "load_adt_mapping"]
 
-_PACKAGE = "mappings.adt"
+_PACKAGE = "mappings.discharge_sync"
 _VERSION = re.compile(r"v[0-9]+")
 
 

@@ -1,0 +1,1 @@
+"""Exchanges: one spec per exchange (exchanges/<exchange>.py), registered in registry.py."""

@@ -1,0 +1,15 @@
+"""The one place exchanges are registered: add a line here and the gateway, committer,
+worker, audit trail, search attributes and `careweave exchanges` all know the exchange."""
+
+from __future__ import annotations
+
+from exchanges import discharge_sync, order_to_result, ordered_delivery
+from exchanges.sdk import ExchangeRegistry
+
+REGISTRY = ExchangeRegistry(
+    exchanges=[
+        order_to_result.EXCHANGE,
+        discharge_sync.EXCHANGE,
+    ],
+    shared_steps=[ordered_delivery.STEP],
+)

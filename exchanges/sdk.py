@@ -1,0 +1,400 @@
+"""The exchange SDK: what an exchange declares once, and the registry everything else reads.
+
+An exchange is one kind of clinical conversation (order-to-result, discharge sync, ...).
+It declares, in one ``ExchangeSpec``: the HL7 v2 messages it accepts and the segments
+they need, how a message finds its workflow (``route``), the workflow class and the
+signals it is started with (method references, never strings), its start input, its
+activities with the audit action of each, its summary text and its search attributes.
+Shared steps that several exchanges compose (ordered delivery) declare the same worker
+side in a ``StepSpec``.
+
+The gateway's supported types and AR 200/201 answers, the committer, the worker's
+workflows and activities, the audit interceptor, the Temporal search attributes and
+``careweave exchanges`` all derive from an ``ExchangeRegistry``; nothing lists exchanges
+by hand, so a message type nobody registered is refused instead of falling through.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import hmac
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+from pydantic import BaseModel
+from temporalio import activity, workflow
+from temporalio.client import Client
+from temporalio.common import SearchAttributeKey
+
+from adapters.fhir import FhirClient
+from adapters.hl7v2.header import DecodedMessage, MessageHeader, MessageRejected
+from models.audit import AuditAction
+from models.destinations import RoutingConfig
+from models.errors import ConfigurationError, EngineError
+from models.settings import Settings
+from workflows import search_attributes as sa
+
+# HL7 versions the gateway accepts, whatever the exchange (each admits its point releases).
+SUPPORTED_VERSIONS = frozenset(
+    {"2.2", "2.3", "2.3.1", "2.4", "2.5", "2.5.1", "2.6", "2.7", "2.7.1", "2.8", "2.8.1", "2.8.2"}
+)
+# Every exchange's start sets these (ExchangeCommitter), so every exchange declares them.
+START_SEARCH_ATTRIBUTES: tuple[SearchAttributeKey[str], ...] = (
+    sa.EXCHANGE,
+    sa.FACILITY,
+    sa.MESSAGE_TYPE,
+    sa.STATUS,
+)
+_MAPPINGS_HOME = Path(__file__).resolve().parent.parent / "mappings"
+_MAPPING_FILE_VERSION = re.compile(r"\.(v[0-9]+)\.[a-z]+$")
+_UNSAFE_ID_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
+
+Key = TypeVar("Key")
+
+
+class ExchangeDefinitionError(ConfigurationError):
+    """An exchange or step is declared wrongly (found at import or at worker start)."""
+
+
+class CommitError(EngineError):
+    """The engine could not durably accept the message; the sender must not get AA."""
+
+
+@dataclass(frozen=True)
+class MessageType:
+    """HL7 v2 messages an exchange accepts: MSH-9.1, its MSH-9.2 events, required segments.
+
+    A missing required segment is answered AE naming the segment (HL7 0357 code 100).
+    """
+
+    code: str
+    events: tuple[str, ...]
+    required_segments: tuple[str, ...] = ()
+
+    def names(self) -> list[str]:
+        return [f"{self.code}^{event}" for event in self.events]
+
+
+@dataclass(frozen=True)
+class RoutingContext:
+    """What a routing function may use besides the message: the pseudonym key (ids are keyed
+    HMACs of identifiers, never the identifiers)."""
+
+    pseudonym_key: bytes = b""
+
+
+@dataclass(frozen=True)
+class Route(Generic[Key]):
+    """Where a message goes: a signal-with-start on one exchange's workflow.
+
+    ``key`` holds the exchange's business keys (pseudonyms, order numbers) for its start
+    input; ``workflow_id`` and ``facility`` carry no PHI.
+    """
+
+    exchange: str
+    workflow_id: str
+    signal: Callable[..., Any]
+    facility: str
+    key: Key
+
+
+@dataclass
+class WorkerDependencies:
+    """What activity factories are given by the worker. ``on_close`` collects the
+    callbacks that release what a factory opened (connections), run when the worker ends."""
+
+    client: Client
+    settings: Settings
+    # The lab-result FHIR server (CAREWEAVE_FHIR_*), owned by the caller of the worker.
+    fhir: FhirClient
+    routing: RoutingConfig
+    on_close: contextlib.AsyncExitStack
+
+
+ActivityFactory = Callable[[WorkerDependencies], Sequence[Callable[..., Any]]]
+
+
+@dataclass(frozen=True)
+class StepSpec:
+    """A shared step's worker side (ordered delivery): workflows, activities, audit actions."""
+
+    name: str
+    workflows: tuple[type, ...]
+    activities: ActivityFactory
+    # Activity (function or unbound method, as decorated) -> the audit action of a success.
+    audit_actions: Mapping[Callable[..., Any], AuditAction]
+    search_attributes: tuple[SearchAttributeKey[str], ...]
+
+
+@dataclass(frozen=True)
+class ExchangeSpec(Generic[Key]):
+    """One exchange, declared once. ``name`` is kebab-case ("order-to-result"); its homes
+    are ``workflows/<home>.py``, ``activities/<home>.py``, ``mappings/<home>/`` and
+    ``exchanges/<home>.py`` with ``home`` the snake_case name."""
+
+    name: str
+    accepts: tuple[MessageType, ...]
+    route: Callable[[DecodedMessage, RoutingContext], Route[Key]]
+    workflow: type
+    # Signals a route may name: every one must be a signal of ``workflow``.
+    signals: tuple[Callable[..., Any], ...]
+    start_input: Callable[[Route[Key], Settings], BaseModel]
+    activities: ActivityFactory
+    audit_actions: Mapping[Callable[..., Any], AuditAction]
+    # The Temporal UI's summary of an execution; ``{facility}`` is filled in. No PHI.
+    summary: str
+    search_attributes: tuple[SearchAttributeKey[str], ...]
+    # The mapping version new exchanges start on (running ones keep theirs).
+    mapping_version: str
+    updates: tuple[Callable[..., Any], ...] = ()
+    extra_workflows: tuple[type, ...] = field(default=())
+
+    @property
+    def home(self) -> str:
+        return self.name.replace("-", "_")
+
+    @property
+    def workflows(self) -> tuple[type, ...]:
+        return (self.workflow, *self.extra_workflows)
+
+    def mapping_versions(self) -> list[str]:
+        """Versions found among the exchange's mapping files (``name.vN.toml`` / ``.csv``)."""
+        folder = _MAPPINGS_HOME / self.home
+        found = {
+            match.group(1)
+            for path in folder.glob("*.v*.*")
+            if (match := _MAPPING_FILE_VERSION.search(path.name))
+        }
+        return sorted(found, key=lambda version: int(version[1:]))
+
+
+def workflow_type_name(workflow_class: type) -> str:
+    name = workflow._Definition.must_from_class(workflow_class).name
+    if not name:
+        raise ExchangeDefinitionError(f"{workflow_class.__name__} is a dynamic workflow")
+    return name
+
+
+def signal_name(signal: Callable[..., Any]) -> str:
+    return workflow._SignalDefinition.must_name_from_fn_or_str(signal)
+
+
+def update_name(update: Callable[..., Any]) -> str:
+    name, _ = workflow._UpdateDefinition.get_name_and_result_type(update)
+    return name
+
+
+def activity_name(fn: Callable[..., Any]) -> str:
+    name = activity._Definition.must_from_callable(fn).name
+    if not name:
+        raise ExchangeDefinitionError(f"{fn.__qualname__} is a dynamic activity")
+    return name
+
+
+def id_part(value: str) -> str:
+    """A workflow-id segment: order numbers and facility codes contain '/', '^' or spaces."""
+    cleaned = _UNSAFE_ID_CHARS.sub("_", value.strip()).strip("_")
+    return cleaned[:64] or "unknown"
+
+
+def pseudonym(key: bytes, *parts: str) -> str:
+    """A stable, PHI-free stand-in for an identifier (visit number, MRN) in workflow ids.
+
+    Keyed, because a plain hash of a medical record number is reversed by trying them all.
+    """
+    if not key:
+        raise ValueError("a pseudonym key is required (Settings.resolved_pseudonym_key)")
+    digest = hmac.new(key, "|".join(parts).encode(), hashlib.sha256).digest()
+    return base64.b32encode(digest).decode()[:20].lower()
+
+
+def structure_error(
+    message: DecodedMessage, segment_id: str, position: int | None, text: str, code: str = "100"
+) -> MessageRejected:
+    """An AE naming the segment and field a routing function could not do without."""
+    return MessageRejected(
+        ack_code="AE",
+        error_code=code,
+        segment_id=segment_id,
+        segment_sequence=1,
+        field_position=position,
+        text=text,
+        header=message.header,
+    )
+
+
+def _unsupported(header: MessageHeader, error_code: str, what: str) -> MessageRejected:
+    return MessageRejected(
+        ack_code="AR",
+        error_code=error_code,
+        segment_id="MSH",
+        segment_sequence=1,
+        field_position=9,
+        text=f"MSH-9 {what} is not supported on this interface",
+        header=header,
+    )
+
+
+class ExchangeRegistry:
+    """The exchanges and shared steps of one Careweave, checked when it is built.
+
+    Raises ExchangeDefinitionError when two exchanges claim the same message, when a name
+    repeats, or when a declared signal, update or workflow is not one.
+    """
+
+    def __init__(
+        self, exchanges: Sequence[ExchangeSpec[Any]], shared_steps: Sequence[StepSpec] = ()
+    ) -> None:
+        self.exchanges: tuple[ExchangeSpec[Any], ...] = tuple(exchanges)
+        self.shared_steps: tuple[StepSpec, ...] = tuple(shared_steps)
+        self._by_name: dict[str, ExchangeSpec[Any]] = {}
+        self._by_message: dict[tuple[str, str], ExchangeSpec[Any]] = {}
+        names = [spec.name for spec in self.exchanges] + [s.name for s in self.shared_steps]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ExchangeDefinitionError(f"exchange names registered twice: {repeated}")
+        for spec in self.exchanges:
+            self._by_name[spec.name] = spec
+            self._check_handlers(spec)
+            for message_type in spec.accepts:
+                for event in message_type.events:
+                    claimed = self._by_message.get((message_type.code, event))
+                    if claimed is not None:
+                        raise ExchangeDefinitionError(
+                            f"{message_type.code}^{event} is claimed by both {claimed.name} "
+                            f"and {spec.name}"
+                        )
+                    self._by_message[(message_type.code, event)] = spec
+            missing = [k.name for k in START_SEARCH_ATTRIBUTES if k not in spec.search_attributes]
+            if missing:
+                raise ExchangeDefinitionError(
+                    f"{spec.name}: search_attributes lacks {missing}, which every start sets"
+                )
+
+        events: dict[str, set[str]] = {}
+        for code, event in self._by_message:
+            events.setdefault(code, set()).add(event)
+        # MSH-9.1 -> accepted MSH-9.2 events, for the gateway's AR 200/201 answers.
+        self.supported_types: dict[str, frozenset[str]] = {
+            code: frozenset(found) for code, found in events.items()
+        }
+        # "CODE^EVENT" -> segments without which the exchange cannot take the message.
+        self.required_segments: dict[str, tuple[str, ...]] = {
+            name: message_type.required_segments
+            for spec in self.exchanges
+            for message_type in spec.accepts
+            for name in message_type.names()
+        }
+
+    @staticmethod
+    def _check_handlers(spec: ExchangeSpec[Any]) -> None:
+        try:
+            definition = workflow._Definition.must_from_class(spec.workflow)
+        except (TypeError, ValueError) as err:
+            raise ExchangeDefinitionError(f"{spec.name}: {err}") from err
+        for signal in spec.signals:
+            name = signal_name(signal)
+            if name not in definition.signals:
+                raise ExchangeDefinitionError(
+                    f"{spec.name}: {name!r} is not a signal of {definition.name}"
+                )
+        for update in spec.updates:
+            name = update_name(update)
+            if name not in definition.updates:
+                raise ExchangeDefinitionError(
+                    f"{spec.name}: {name!r} is not an update of {definition.name}"
+                )
+
+    # -- the gateway's side ---------------------------------------------------------
+
+    def exchange(self, name: str) -> ExchangeSpec[Any]:
+        return self._by_name[name]
+
+    def exchange_for(self, header: MessageHeader) -> ExchangeSpec[Any]:
+        """The exchange of MSH-9; AR 200 (type) or 201 (event) when none is registered."""
+        spec = self._by_message.get((header.message_code, header.trigger_event))
+        if spec is not None:
+            return spec
+        if header.message_code in self.supported_types:
+            raise _unsupported(header, "201", "trigger event")
+        raise _unsupported(header, "200", "message type")
+
+    def route(self, message: DecodedMessage, *, pseudonym_key: bytes = b"") -> Route[Any]:
+        """Raises MessageRejected: AR 200/201 for an unregistered message, AE for a message
+        its exchange cannot key (no order number, no patient identifier, ...)."""
+        spec = self.exchange_for(message.header)
+        found = spec.route(message, RoutingContext(pseudonym_key=pseudonym_key))
+        if found.exchange != spec.name or found.signal not in spec.signals:
+            raise ExchangeDefinitionError(
+                f"{spec.name}: its route named exchange {found.exchange!r} or a signal it "
+                "did not declare"
+            )
+        return found
+
+    # -- the worker's side ----------------------------------------------------------
+
+    def _parts(self) -> list[ExchangeSpec[Any] | StepSpec]:
+        return [*self.exchanges, *self.shared_steps]
+
+    def workflows(self) -> list[type]:
+        found: list[type] = []
+        for spec in self.exchanges:
+            found += [w for w in spec.workflows if w not in found]
+        for step in self.shared_steps:
+            found += [w for w in step.workflows if w not in found]
+        return found
+
+    def audit_actions(self) -> dict[str, AuditAction]:
+        """Activity type name -> audit action, over every exchange and shared step."""
+        actions: dict[str, AuditAction] = {}
+        for part in self._parts():
+            for fn, action in part.audit_actions.items():
+                actions[activity_name(fn)] = action
+        return actions
+
+    def activities(self, dependencies: WorkerDependencies) -> list[Callable[..., Any]]:
+        """Every activity the exchanges and steps make, each with a declared audit action.
+
+        Raises ExchangeDefinitionError naming an activity with no audit action (an
+        activity nobody classified would be audited as something it is not).
+        """
+        made: list[Callable[..., Any]] = []
+        names: set[str] = set()
+        actions = self.audit_actions()
+        for part in self._parts():
+            for fn in part.activities(dependencies):
+                name = activity_name(fn)
+                if name not in actions:
+                    raise ExchangeDefinitionError(
+                        f"{part.name}: activity {name!r} has no audit action "
+                        "(declare it in audit_actions)"
+                    )
+                if name not in names:
+                    names.add(name)
+                    made.append(fn)
+        return made
+
+    def search_attributes(self) -> list[SearchAttributeKey[str]]:
+        keys: list[SearchAttributeKey[str]] = []
+        for part in self._parts():
+            keys += [key for key in part.search_attributes if key not in keys]
+        for review_key in (sa.REVIEW_STATE,):
+            # The review gate (workflows/review.py) sets it on any reviewable workflow.
+            if review_key not in keys:
+                keys.append(review_key)
+        return keys
+
+    def dev_server_args(self) -> list[str]:
+        """`temporal server start-dev` flags that register every search attribute."""
+        args: list[str] = []
+        for key in self.search_attributes():
+            args += ["--search-attribute", f"{key.name}=Keyword"]
+        return args
+
+    def message_names(self, spec: ExchangeSpec[Any]) -> list[str]:
+        return [name for message_type in spec.accepts for name in message_type.names()]
