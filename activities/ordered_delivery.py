@@ -24,6 +24,7 @@ from adapters.hl7v2.mllp_client import MllpError
 from adapters.hl7v2.mllp_pool import MllpPool
 from adapters.hl7v2.readdress import readdress
 from adapters.tls import TlsConfigError, client_tls_context
+from exchanges.sdk import signal_name
 from mappings.discharge_sync.fhir_builders import encounter_transaction_for
 from mappings.discharge_sync.mapping import load_adt_mapping
 from models.delivery import DeliverRequest, DeliverResult, DeliveryItem, DeliveryState
@@ -150,8 +151,11 @@ class DeliveryActivities:
         workflow_id = delivery_workflow_id(request.destination, request.patient_key)
         # Signal-with-start: a retried activity signals twice; the queue drops the
         # second by event id.
+        # Imported here: the queue's workflow module imports this one for its activities.
+        from workflows.ordered_delivery import OrderedDelivery
+
         await self._client.start_workflow(
-            "OrderedDelivery",
+            OrderedDelivery.run,
             DeliveryState(
                 destination=request.destination,
                 kind=request.kind,
@@ -160,7 +164,7 @@ class DeliveryActivities:
             ),
             id=workflow_id,
             task_queue=self._task_queue,
-            start_signal="enqueue",
+            start_signal=signal_name(OrderedDelivery.enqueue),
             start_signal_args=[request.item],
             search_attributes=TypedSearchAttributes(
                 [
