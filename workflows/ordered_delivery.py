@@ -71,8 +71,8 @@ class OrderedDelivery(ReviewableWorkflow):
                         timeout=timedelta(seconds=state.idle_close_seconds),
                     )
                 except TimeoutError:
-                    # Idle for idle_close_seconds: the queue closes (wait_condition raises on
-                    # its timeout; it used to escape and fail the workflow task over and over).
+                    # Idle for idle_close_seconds: the queue completes (wait_condition raises
+                    # on its timeout; escaping, it used to fail the whole queue workflow).
                     await workflow.wait_condition(workflow.all_handlers_finished)
                     if not self._queue:
                         return self._state.delivered

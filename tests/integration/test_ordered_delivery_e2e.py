@@ -368,3 +368,20 @@ async def test_fhir_destination_refusal_goes_to_review_and_an_outage_is_retried(
             rows = engine.store.audit_log().records(exchange=down_id)
             assert [a for a, _ in delivery_rows(rows, down)].count("push") == 1  # written once
             await asyncio.to_thread(stack.close)
+
+
+async def test_an_idle_queue_closes_after_its_idle_time(discharge_engine: Engine) -> None:
+    # wait_condition raises on its timeout: the queue must complete, not fail.
+    engine = discharge_engine
+    handle = await engine.client.start_workflow(
+        OrderedDelivery.run,
+        DeliveryState(
+            destination="billing",
+            kind="mllp",
+            patient_key=patient_key("MRN6099"),
+            idle_close_seconds=1,
+        ),
+        id=delivery_id("billing", "MRN6099"),
+        task_queue=engine.settings.task_queue,
+    )
+    assert await asyncio.wait_for(handle.result(), timeout=30) == 0
