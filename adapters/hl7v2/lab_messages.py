@@ -3,27 +3,16 @@
 Runs inside an activity, never in workflow code. The gateway has already
 decoded the bytes (MSH-18) and normalised segment separators to CR.
 
-How it reads a message:
+How it reads a message: with ``adapters.hl7v2.fields``, the project's one field reader,
+on the MSH-1/MSH-2 delimiters the message declares. Only the segments this exchange
+reads (MSH, PID, ORC, TQ1, OBR, OBX) are split into fields; participation, specimen
+and note segments (PRT, SPM, NTE, ...) carry nothing it maps. Values are unescaped as
+text (``fields.unescape_text``: ``\\F\\ \\S\\ \\T\\ \\R\\ \\E\\ \\Xhh\\``, ``\\.br\\`` a line
+break, ``\\H\\``/``\\N\\`` dropped). The structural rules below, not a library's
+version tables, decide whether a message is usable.
 
-1. Only the segments this exchange reads (MSH, PID, ORC, TQ1, OBR, OBX) are
-   handed to hl7apy (``parse_message(find_groups=False)``, tolerant
-   validation). Participation, specimen and note segments (PRT, SPM, NTE,
-   ...) are left out: hl7apy rejects segments its version table does not know
-   (PRT in a 2.5.1 message, as the Microsoft FHIR-Converter samples send),
-   and building them costs time for nothing we map.
-   hl7apy decides the structure (MSH, version, segment list); the text of
-   each field is then read from the same lines by position, because
-   hl7apy's ``to_er7()`` re-escapes ``\\Xhh\\`` and ``\\.br\\`` sequences
-   (``\\E\\X0D\\E\\``), which would lose what they encode.
-2. If hl7apy refuses the message (a version it does not know, encoding
-   characters it rejects), the segments are read by splitting on the
-   MSH-1/MSH-2 delimiters -- the fallback, logged without values: the
-   structural rules below, not hl7apy's tables, decide whether a message is
-   usable.
-3. Fields, components and values are read with ``adapters.hl7v2.fields``, the
-   project's one field reader; values are unescaped as text (``fields.unescape_text``:
-   ``\\F\\ \\S\\ \\T\\ \\R\\ \\E\\ \\Xhh\\``, ``\\.br\\`` a line break,
-   ``\\H\\``/``\\N\\`` dropped).
+No hl7apy: its parse only ever decided whether to log a warning (the segments were
+read by splitting either way) and cost 20-250 ms per result, nearly all of this parse.
 
 Grouping: document order decides. An ORC opens an order context; every OBR
 is one order (orders) or one report (results); OBX belong to the OBR before
@@ -34,14 +23,9 @@ order or report is never silently dropped.
 
 from __future__ import annotations
 
-import logging
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-
-from hl7apy.consts import VALIDATION_LEVEL
-from hl7apy.exceptions import HL7apyException, ParserError
-from hl7apy.parser import parse_message
 
 from adapters.hl7v2.fields import (
     Delimiters,
@@ -83,7 +67,6 @@ __all__ = [
     "read_patient",
 ]
 
-log = logging.getLogger(__name__)
 
 _READ_SEGMENTS = frozenset({"MSH", "PID", "ORC", "TQ1", "OBR", "OBX"})
 _ORDER_TYPES = frozenset({("ORM", "O01"), ("OML", "O21")})
@@ -122,23 +105,6 @@ def _delimiters(msh_line: str) -> Delimiters:
     return delimiters
 
 
-def _segments_via_hl7apy(lines: Sequence[str], d: Delimiters) -> list[Segment]:
-    """hl7apy decides the message structure (MSH, version, segment names and
-    order); field text is then read from the same lines.
-
-    hl7apy's ``to_er7()`` re-escapes an escape character that does not start
-    one of \\F\\ \\S\\ \\T\\ \\R\\ \\E\\, so ``\\X0D\\`` would come back as
-    ``\\E\\X0D\\E\\`` and lose the carriage return it encodes.
-    """
-    message = parse_message(
-        "\r".join(lines), validation_level=VALIDATION_LEVEL.TOLERANT, find_groups=False
-    )
-    names = [str(child.name) for child in message.children]
-    if names != [line[:3] for line in lines]:
-        raise ParserError("hl7apy segment list differs from the message")
-    return read_segments(lines, d)
-
-
 @dataclass(frozen=True)
 class _Message:
     delimiters: Delimiters
@@ -154,17 +120,7 @@ def _read(text: str) -> _Message:
     if not lines or not lines[0].startswith("MSH"):
         raise LabMessageInvalid("MSH", None, "message does not start with MSH")
     d = _delimiters(lines[0])
-    kept = [line for line in lines if line[:3] in _READ_SEGMENTS and line[3:4] == d.field]
-    try:
-        segments = _segments_via_hl7apy(kept, d)
-    except (HL7apyException, ValueError, IndexError, KeyError) as exc:
-        # hl7apy's version tables are stricter than real senders; the
-        # structural checks below still decide whether the message is usable.
-        # On odd delimiters it fails with plain ValueError/IndexError (fuzzing: "MSH012345").
-        log.warning(
-            "hl7apy refused the message (%s); reading segments by splitting", type(exc).__name__
-        )
-        segments = read_segments(kept, d)
+    segments = read_segments((line for line in lines if line[:3] in _READ_SEGMENTS), d)
     msh = segments[0]
     msg_type = components(msh.raw(9), d)
     return _Message(
