@@ -28,6 +28,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from adapters.hl7v2.fields import (
+    FILLER_ORDER_NUMBER_FIELDS,
+    PLACER_ORDER_NUMBER_FIELDS,
     Delimiters,
     Segment,
     at,
@@ -278,21 +280,36 @@ def _order_numbers(
     obr: Segment,
     d: Delimiters,
 ) -> tuple[str | None, str, str | None, str]:
-    # OBR-2/3 identify this very request; ORC-2/3 repeat them for the order
-    # group, so they serve when a sender fills only the ORC.
-    placer, placer_ns = entity_identifier(obr.raw(2), d)
-    if placer is None and orc is not None:
-        placer, placer_ns = entity_identifier(orc.raw(2), d)
-    filler, filler_ns = entity_identifier(obr.raw(3), d)
-    if filler is None and orc is not None:
-        filler, filler_ns = entity_identifier(orc.raw(3), d)
+    """Placer and filler order numbers with their namespaces, by the project's one rule.
+
+    ``PLACER_ORDER_NUMBER_FIELDS`` / ``FILLER_ORDER_NUMBER_FIELDS``: ORC-2/ORC-3 of the
+    ORC that opens this OBR's order context, else OBR-2/OBR-3, for orders and results
+    alike. Routing keys the order-to-result exchange by the same rule, so an order whose
+    ORC-2 and OBR-2 differ and its result meet in one exchange. A namespace travels with
+    its number only.
+    """
+    in_context = {"ORC": orc, "OBR": obr}
+    placer, placer_ns = _order_number(PLACER_ORDER_NUMBER_FIELDS, in_context, d)
+    filler, filler_ns = _order_number(FILLER_ORDER_NUMBER_FIELDS, in_context, d)
     if placer is None and filler is None:
         # Matching a result or a cancel to an order without either number
         # would be a guess (e.g. by patient and test): refuse instead.
         raise LabMessageInvalid(
-            "OBR", 2, "neither placer (OBR-2/ORC-2) nor filler (OBR-3/ORC-3) order number present"
+            "OBR", 2, "neither placer (ORC-2/OBR-2) nor filler (ORC-3/OBR-3) order number present"
         )
     return placer, placer_ns, filler, filler_ns
+
+
+def _order_number(
+    where: tuple[tuple[str, int], ...], in_context: dict[str, Segment | None], d: Delimiters
+) -> tuple[str | None, str]:
+    for segment_id, position in where:
+        segment = in_context.get(segment_id)
+        if segment is not None:
+            number, namespace = entity_identifier(segment.raw(position), d)
+            if number is not None:
+                return number, namespace
+    return None, ""
 
 
 def _order(
