@@ -1,4 +1,5 @@
-"""The one HL7 v2 field reader: every module that reads a v2 field reads it here.
+"""The one HL7 v2 field reader: the gateway's fast path and the lab and ADT parsers read
+every v2 field here.
 
 Plain string splitting on the message's own MSH-1/MSH-2 delimiters, no hl7apy and no
 models: the gateway reads MSH and routing keys with it before the ACK (so it must stay
@@ -17,8 +18,8 @@ Public API:
 - ``components``, ``subcomponents``, ``at`` -- splitting a raw value, 1-based access
 - ``unescape`` (delimiter and hex escapes) and ``unescape_text`` (also formatting)
 - data types: ``timestamp`` (DTM/TS), ``date_value`` (DT), ``hd_name`` /
-  ``nested_hd_name`` (HD), ``entity_identifier`` (EI), ``person`` (XCN),
-  ``identifier`` (CX)
+  ``nested_hd_name`` (HD), ``entity_identifier`` (EI), ``person`` (XCN ->
+  ``ExtendedPerson``), ``identifier`` (CX -> ``ExtendedCompositeId``)
 - ``PLACER_ORDER_NUMBER_FIELDS`` / ``FILLER_ORDER_NUMBER_FIELDS``: where an order's
   numbers are read, in order of preference, for orders and results alike
 """
