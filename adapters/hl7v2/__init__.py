@@ -1,4 +1,5 @@
-"""HL7 v2 protocol I/O: MLLP framing, the gateway's fast path, ACKs, an MLLP client, TLS."""
+"""HL7 v2 protocol I/O: MLLP framing, the one field reader (``fields``), the gateway's fast
+path, ACKs, an MLLP client, TLS."""
 
 from adapters.hl7v2.ack import AckParseError, ack_required, build_ack, parse_ack
 from adapters.hl7v2.framing import (

@@ -3,8 +3,9 @@
 Runs inside an activity, never in workflow code. The message is read by splitting on
 its own MSH-1/MSH-2 delimiters, not with hl7apy: discharge sync reads a handful of
 MSH/EVN/PID/PV1/DG1 fields, and a full hl7apy parse costs 30+ ms per message
-(bench/). The low-level readers (splitting, unescaping, DTM) are the ones the lab
-parser uses, so both exchanges read a field the same way.
+(bench/). Fields are read with ``adapters.hl7v2.fields``, the project's one field
+reader, and the patient with the lab parser's ``read_patient``, so both exchanges read
+a field, and a patient, the same way.
 
 Errors name the segment and field only, never a value: they go into Temporal failure
 messages and logs, which must carry no PHI.
@@ -14,23 +15,23 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from adapters.hl7v2.lab_messages import (
-    LabMessageInvalid,
-    _at,
-    _birth_date,
-    _components,
-    _Delimiters,
-    _delimiters,
-    _hd_name,
-    _hd_sub_name,
-    _patient,
-    _Segment,
-    _segments_by_splitting,
-    _split_lines,
-    _subcomponents,
-    _timestamp,
-    _unescape,
+from adapters.hl7v2.fields import (
+    Delimiters,
+    Segment,
+    at,
+    components,
+    date_value,
+    delimiters_from_msh,
+    hd_name,
+    nested_hd_name,
+    person,
+    read_segments,
+    split_segments,
+    subcomponents,
+    timestamp,
+    unescape_text,
 )
+from adapters.hl7v2.lab_messages import LabMessageInvalid, read_patient
 from models.discharge import AdtEvent, AdtTrigger, Diagnosis, Practitioner
 from models.lab import PatientRef, StructuralProblem
 
@@ -66,40 +67,39 @@ class AdtMessageInvalid(ValueError):
 def parse_adt_event(text: str) -> AdtEvent:
     """The discharge-sync event of one decoded ADT^A03/^A13/^A08 (CR, LF or CRLF separated)."""
     # The gateway normalises to CR, but files and replays may still carry LF/CRLF.
-    lines = _split_lines(text.replace("\r\n", "\r").replace("\n", "\r"))
+    lines = split_segments(text.replace("\r\n", "\r").replace("\n", "\r"))
     if not lines or not lines[0].startswith("MSH"):
         raise AdtMessageInvalid("MSH", None, "message does not start with MSH")
-    try:
-        d = _delimiters(lines[0])
-    except LabMessageInvalid as err:
-        raise AdtMessageInvalid.from_lab(err) from err
+    d = delimiters_from_msh(lines[0])
+    if d is None:
+        raise AdtMessageInvalid("MSH", 2, "encoding characters missing")
     # A line whose fourth character is not the field separator is not a segment
     # (e.g. a wrapped continuation); it carries nothing discharge sync reads.
-    segments = _segments_by_splitting([line for line in lines if line[3:4] == d.field], d)
+    segments = read_segments(lines, d)
     msh = segments[0]
     trigger = _trigger(msh, d)
     pid = _required(segments, "PID")
     pv1 = _required(segments, "PV1")
     evn = _optional(segments, "EVN")
 
-    visit = _components(pv1.raw(19), d)
-    visit_number = _unescape(_at(visit, 1), d).strip()
-    account_number = _unescape(_at(_components(pid.raw(18), d), 1), d).strip()
+    visit = components(pv1.raw(19), d)
+    visit_number = unescape_text(at(visit, 1), d).strip()
+    account_number = unescape_text(at(components(pid.raw(18), d), 1), d).strip()
     if not visit_number and not account_number:
         # The encounter is keyed by its number; without one an A03 could only be
         # matched to a stay by guessing (patient + dates).
         raise AdtMessageInvalid(
             "PV1", 19, "neither a visit number (PV1-19) nor an account number (PID-18)"
         )
-    location = _components(pv1.raw(3), d)
+    location = components(pv1.raw(3), d)
     return AdtEvent(
         trigger=trigger,
-        control_id=_unescape(msh.raw(10), d).strip(),
-        sending_facility=_hd_name(msh.raw(4), d).strip(),
+        control_id=unescape_text(msh.raw(10), d).strip(),
+        sending_facility=hd_name(msh.raw(4), d).strip(),
         event_time=(_time(evn, 2, d) if evn else None) or _time(msh, 7, d),
         patient=_read_patient(pid, d),
         visit_number=visit_number,
-        visit_number_authority=_hd_sub_name(_at(visit, 4), d).strip(),
+        visit_number_authority=nested_hd_name(at(visit, 4), d).strip(),
         account_number=account_number,
         patient_class=_first_component(pv1.raw(2), d),
         # PL: point of care ^ room ^ bed ^ facility (HD); later components (status,
@@ -107,12 +107,12 @@ def parse_adt_event(text: str) -> AdtEvent:
         location=" ".join(
             part
             for part in (
-                _unescape(_at(_subcomponents(_at(location, i), d), 1), d).strip()
+                unescape_text(at(subcomponents(at(location, i), d), 1), d).strip()
                 for i in (1, 2, 3, 4)
             )
             if part
         ),
-        location_facility=_hd_sub_name(_at(location, 4), d).strip(),
+        location_facility=nested_hd_name(at(location, 4), d).strip(),
         attending=_practitioner(pv1.raw(7), d),
         referring=_practitioner(pv1.raw(8), d),
         admitting=_practitioner(pv1.raw(17), d),
@@ -123,77 +123,77 @@ def parse_adt_event(text: str) -> AdtEvent:
     )
 
 
-def _trigger(msh: _Segment, d: _Delimiters) -> AdtTrigger:
+def _trigger(msh: Segment, d: Delimiters) -> AdtTrigger:
     # MSH-9 is message code ^ trigger event ^ structure; A08 and A13 are often
     # sent with structure ADT_A01, so only components 1 and 2 decide.
-    message_type = _components(msh.raw(9), d)
-    if _unescape(_at(message_type, 1), d).strip() != "ADT":
+    message_type = components(msh.raw(9), d)
+    if unescape_text(at(message_type, 1), d).strip() != "ADT":
         raise AdtMessageInvalid("MSH", 9, "not an ADT message")
     try:
-        return AdtTrigger(_unescape(_at(message_type, 2), d).strip())
+        return AdtTrigger(unescape_text(at(message_type, 2), d).strip())
     except ValueError:
         raise AdtMessageInvalid("MSH", 9, "trigger event is not A03, A13 or A08") from None
 
 
-def _optional(segments: list[_Segment], name: str) -> _Segment | None:
+def _optional(segments: list[Segment], name: str) -> Segment | None:
     return next((s for s in segments if s.name == name), None)
 
 
-def _required(segments: list[_Segment], name: str) -> _Segment:
+def _required(segments: list[Segment], name: str) -> Segment:
     found = _optional(segments, name)
     if found is None:
         raise AdtMessageInvalid(name, None, f"{name} segment missing")
     return found
 
 
-def _first_component(raw: str, d: _Delimiters) -> str:
-    return _unescape(_at(_components(raw, d), 1), d).strip()
+def _first_component(raw: str, d: Delimiters) -> str:
+    return unescape_text(at(components(raw, d), 1), d).strip()
 
 
-def _time(segment: _Segment, position: int, d: _Delimiters) -> datetime | None:
+def _time(segment: Segment, position: int, d: Delimiters) -> datetime | None:
     """DTM (first component): empty gives None, anything unreadable is refused.
 
     A discharge time that cannot be read would otherwise turn into "no discharge
     time" and close the encounter at the wrong moment.
     """
     raw = segment.raw(position)
-    if not _at(_components(raw, d), 1).strip():
+    if not at(components(raw, d), 1).strip():
         return None
-    value = _timestamp(raw, d)
+    value = timestamp(raw, d)
     if value is None:
         raise AdtMessageInvalid(segment.name, position, "not a valid HL7 date/time")
     return value
 
 
-def _read_patient(pid: _Segment, d: _Delimiters) -> PatientRef:
+def _read_patient(pid: Segment, d: Delimiters) -> PatientRef:
     # The same PID reading as the lab exchange (MR preferred in PID-3), so a
     # Patient written here is the one lab results reference by identifier.
     try:
-        patient = _patient([pid], d)
+        patient = read_patient([pid], d)
     except LabMessageInvalid as err:
         raise AdtMessageInvalid.from_lab(err) from err
-    if _first_component(pid.raw(7), d) and _birth_date(pid.raw(7), d) is None:
+    if _first_component(pid.raw(7), d) and date_value(pid.raw(7), d) is None:
         raise AdtMessageInvalid("PID", 7, "not a valid HL7 date")
     return patient
 
 
-def _practitioner(raw: str, d: _Delimiters) -> Practitioner | None:
-    """XCN: 1 id, 2 family name (FN, first subcomponent), 3 given, 9 assigning authority."""
-    parts = _components(raw, d)
-    identifier = _unescape(_at(parts, 1), d).strip()
-    family = _unescape(_at(_subcomponents(_at(parts, 2), d), 1), d).strip()
-    given = _unescape(_at(parts, 3), d).strip()
+def _practitioner(raw: str, d: Delimiters) -> Practitioner | None:
+    """XCN (PV1-7/8/17); None when it names nobody."""
+    xcn = person(raw, d)
+    identifier = xcn.identifier.strip()
+    family = xcn.family_name.strip()
+    given = xcn.given_name.strip()
     if not identifier and not family and not given:
         return None
     return Practitioner(
         identifier=identifier,
         family_name=family,
         given_name=given,
-        assigning_authority=_hd_sub_name(_at(parts, 9), d).strip(),
+        assigning_authority=xcn.assigning_authority.strip(),
     )
 
 
-def _diagnoses(segments: list[_Segment], d: _Delimiters) -> tuple[Diagnosis, ...]:
+def _diagnoses(segments: list[Segment], d: Delimiters) -> tuple[Diagnosis, ...]:
     dg1s = [s for s in segments if s.name == "DG1"]
     diagnoses = tuple(_diagnosis(dg1, position, d) for position, dg1 in enumerate(dg1s, 1))
     set_ids = [diagnosis.set_id for diagnosis in diagnoses]
@@ -204,9 +204,9 @@ def _diagnoses(segments: list[_Segment], d: _Delimiters) -> tuple[Diagnosis, ...
     return diagnoses
 
 
-def _diagnosis(dg1: _Segment, position: int, d: _Delimiters) -> Diagnosis:
-    coded = _components(dg1.raw(3), d)
-    code = _unescape(_at(coded, 1), d).strip()
+def _diagnosis(dg1: Segment, position: int, d: Delimiters) -> Diagnosis:
+    coded = components(dg1.raw(3), d)
+    code = unescape_text(at(coded, 1), d).strip()
     if not code:
         # DG1-4 free text alone cannot become a coded Condition, and dropping
         # the segment would silently lose a diagnosis.
@@ -214,17 +214,17 @@ def _diagnosis(dg1: _Segment, position: int, d: _Delimiters) -> Diagnosis:
     return Diagnosis(
         # DG1-1 keys the Condition across A03/A08. Some senders leave it blank;
         # their DG1 order is then the only stable key there is.
-        set_id=_unescape(dg1.raw(1), d).strip() or str(position),
+        set_id=unescape_text(dg1.raw(1), d).strip() or str(position),
         code=code,
-        display=_unescape(_at(coded, 2), d).strip() or _unescape(dg1.raw(4), d).strip(),
-        coding_system=_unescape(_at(coded, 3), d).strip(),
+        display=unescape_text(at(coded, 2), d).strip() or unescape_text(dg1.raw(4), d).strip(),
+        coding_system=unescape_text(at(coded, 3), d).strip(),
         diagnosis_type=_first_component(dg1.raw(6), d).upper(),
         recorded_at=_time(dg1, 5, d),
         priority=_priority(dg1, d),
     )
 
 
-def _priority(dg1: _Segment, d: _Delimiters) -> int | None:
+def _priority(dg1: Segment, d: Delimiters) -> int | None:
     # A priority that is not a number only loses the ranking, not the diagnosis.
     value = _first_component(dg1.raw(15), d)
     return int(value) if value.isdigit() else None

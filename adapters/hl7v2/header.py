@@ -14,6 +14,10 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cached_property
+
+from adapters.hl7v2 import fields
+from adapters.hl7v2.fields import Delimiters, Segment
 
 _BOM = b"\xef\xbb\xbf"
 _SEGMENT_ID = re.compile(r"[A-Z][A-Z0-9]{2}")
@@ -152,48 +156,15 @@ class MessageRejected(Exception):
 
 
 def unescape(value: str, encoding_characters: str, *, field_separator: str = "|") -> str:
-    """Resolve HL7 escape sequences (\\F\\ \\S\\ \\T\\ \\R\\ \\E\\ \\Xhh..\\).
+    """``fields.unescape`` for a value whose delimiters are given as MSH-2 (and MSH-1).
 
-    Formatting and character-set escapes (\\H\\, \\N\\, \\.br\\, \\C..\\, \\M..\\) and any
-    unknown or unterminated sequence are kept verbatim: they are data, not ours to guess.
+    Delimiter and hex escapes are resolved; formatting and character-set escapes and any
+    unknown or unterminated sequence are kept verbatim. Without four encoding characters
+    nothing can be resolved and the value is returned as is.
     """
     if len(encoding_characters) < 4:
         return value
-    component, repetition = encoding_characters[0], encoding_characters[1]
-    escape, subcomponent = encoding_characters[2], encoding_characters[3]
-    if escape not in value:
-        return value
-    simple = {
-        "F": field_separator,
-        "S": component,
-        "T": subcomponent,
-        "R": repetition,
-        "E": escape,
-    }
-    out: list[str] = []
-    i = 0
-    length = len(value)
-    while i < length:
-        char = value[i]
-        end = value.find(escape, i + 1) if char == escape else -1
-        if end == -1:
-            out.append(value[i:] if char == escape else char)
-            if char == escape:
-                break
-            i += 1
-            continue
-        body = value[i + 1 : end]
-        if body in simple:
-            out.append(simple[body])
-        elif body[:1] == "X" and len(body) > 1 and len(body) % 2 == 1:
-            try:
-                out.append(bytes.fromhex(body[1:]).decode("latin-1"))
-            except ValueError:
-                out.append(value[i : end + 1])
-        else:
-            out.append(value[i : end + 1])
-        i = end + 1
-    return "".join(out)
+    return fields.unescape(value, Delimiters.of(field_separator, encoding_characters))
 
 
 @dataclass(frozen=True)
@@ -207,40 +178,25 @@ class DecodedMessage:
 
     def segments_named(self, segment_id: str) -> list[str]:
         """Every segment with this id, in message order."""
-        return [s for s in self.segments if s[:3] == segment_id and _id_ends(s, self._sep)]
+        separator = self.header.field_separator
+        return [s for s in self.segments if s[:3] == segment_id and _id_ends(s, separator)]
 
-    @property
-    def _sep(self) -> str:
-        return self.header.field_separator
+    @cached_property
+    def delimiters(self) -> Delimiters:
+        """The delimiters the message was read with (MSH-1, MSH-2 as normalized)."""
+        return Delimiters.of(self.header.field_separator, self.header.encoding_characters)
 
     def field(self, segment_id: str, position: int, component: int = 1, occurrence: int = 1) -> str:
         """Unescaped value of the first such segment's field/component ("" when absent).
 
         For MSH, position 1 is the field separator itself and 2 the encoding characters
-        (returned whole, never split or unescaped).
+        (returned whole, never split or unescaped). Read with ``fields.Segment.value``.
         """
-        named = self.segments_named(segment_id)
-        if not named or position < 1:
-            return ""
-        fields = named[0].split(self._sep)
-        if segment_id == "MSH":
-            if position == 1:
-                return self._sep
-            if position == 2:
-                return self.header.encoding_characters
-            index = position - 1
-        else:
-            index = position
-        if index >= len(fields):
-            return ""
-        enc = self.header.encoding_characters
-        repetitions = fields[index].split(enc[1])
-        if occurrence < 1 or occurrence > len(repetitions):
-            return ""
-        components = repetitions[occurrence - 1].split(enc[0])
-        if component < 1 or component > len(components):
-            return ""
-        return unescape(components[component - 1], enc, field_separator=self._sep)
+        separator = self.header.field_separator
+        for segment in self.segments:
+            if segment[:3] == segment_id and _id_ends(segment, separator):
+                return Segment(segment, self.delimiters).value(position, component, occurrence)
+        return ""
 
 
 def _id_ends(segment: str, field_separator: str) -> bool:
@@ -298,44 +254,33 @@ def _header_from(segment: str) -> tuple[MessageHeader | None, list[str]]:
     separator = segment[3]
     if separator.isalnum() or separator.isspace():
         return None, []
-    fields = segment.split(separator)
-    encoding, normalization = _encoding_characters(fields[1], separator)
+    encoding, normalization = _encoding_characters(segment.split(separator, 2)[1], separator)
     if not encoding:
         return None, []
     facts = [normalization] if normalization else []
-    component, repetition = encoding[0], encoding[1]
-
-    def msh_field(position: int) -> str:
-        index = position - 1
-        return fields[index] if index < len(fields) else ""
-
-    def first(value: str) -> str:
-        return value.split(repetition, 1)[0].split(component, 1)[0]
-
-    character_set = msh_field(18).split(repetition, 1)[0]
-    misplaced = first(msh_field(19))
+    msh = Segment(segment, Delimiters.of(separator, encoding))
+    character_set = msh.raw(18)
+    misplaced = msh.component(19)
     if not character_set and misplaced.strip().upper() in _CHARSETS and misplaced.strip():
         # A table 0211 value is never a language code (MSH-19), so a sender that shifted
         # MSH-18 by one field still told us its character set.
         character_set = misplaced
         facts.append("character set read from MSH-19 (MSH-18 empty)")
-    message_type = msh_field(9).split(repetition, 1)[0].split(component)
-    message_type += [""] * (3 - len(message_type))
     header = MessageHeader(
         field_separator=separator,
         encoding_characters=encoding,
-        sending_application=first(msh_field(3)),
-        sending_facility=first(msh_field(4)),
-        receiving_application=first(msh_field(5)),
-        receiving_facility=first(msh_field(6)),
-        message_code=message_type[0],
-        trigger_event=message_type[1],
-        message_structure=message_type[2],
-        control_id=msh_field(10),
-        processing_id=first(msh_field(11)),
-        version_id=first(msh_field(12)),
-        accept_ack_type=msh_field(15),
-        application_ack_type=msh_field(16),
+        sending_application=msh.component(3),
+        sending_facility=msh.component(4),
+        receiving_application=msh.component(5),
+        receiving_facility=msh.component(6),
+        message_code=msh.component(9, 1),
+        trigger_event=msh.component(9, 2),
+        message_structure=msh.component(9, 3),
+        control_id=msh.field(10),
+        processing_id=msh.component(11),
+        version_id=msh.component(12),
+        accept_ack_type=msh.field(15),
+        application_ack_type=msh.field(16),
         character_set=character_set,
     )
     return header, facts
@@ -354,13 +299,12 @@ def accept_ack_condition(message: bytes) -> str:
     return header.accept_ack_type.strip().upper() if header else ""
 
 
-def _read_header(first_segment: bytes) -> MessageHeader:
-    """Header from the undecoded first segment, for rejections made before decoding."""
-    msh = first_segment.decode("latin-1")
-    header, _ = _header_from(msh.rstrip(" \t"))
+def _read_header(msh: str) -> tuple[MessageHeader, list[str]]:
+    """Header from the first segment read as Latin-1, for rejections made before decoding."""
+    header, facts = _header_from(msh)
     if header is None:
         raise _reject("AR", "102", "MSH-1/MSH-2 do not define usable delimiters", field_position=2)
-    return header
+    return header, facts
 
 
 def _decode(
@@ -446,7 +390,8 @@ def decode_message(
         )
     if leading != b"MSH":
         raise _reject("AR", "100", "message does not start with an MSH segment")
-    provisional = _read_header(first_segment)
+    provisional_msh = first_segment.decode("latin-1").rstrip(" \t")
+    provisional, provisional_facts = _read_header(provisional_msh)
     text = _decode(payload, provisional, fallback_charset, facts)
 
     lines = text.split("\r")
@@ -457,14 +402,20 @@ def decode_message(
     if len(segments) != len(stripped) - (1 if text.endswith("\r") else 0):
         facts.append("empty segments dropped")
 
-    header, header_facts = _header_from(segments[0])
+    # Usually (an ASCII MSH) the decoded MSH is the text the provisional header was read
+    # from, and a header is a function of that text alone: reading it once keeps the ACK
+    # path short.
+    header: MessageHeader | None = provisional
+    header_facts = provisional_facts
+    if segments[0] != provisional_msh:
+        header, header_facts = _header_from(segments[0])
     if header is None:  # pragma: no cover - same bytes as the provisional header
         raise _reject("AR", "102", "MSH-1/MSH-2 do not define usable delimiters", field_position=2)
     facts += header_facts
     sep = header.field_separator
     declared_encoding = segments[0].split(sep, 2)[1]
     if declared_encoding != header.encoding_characters:
-        # Downstream parsers (hl7apy) read MSH-2 again: give them the delimiters we used.
+        # The lab and ADT parsers read MSH-2 again: give them the delimiters we used.
         segments[0] = sep.join(("MSH", header.encoding_characters, *segments[0].split(sep)[2:]))
     _check_segments(segments, header, block_chars="\x0b" in text or "\x1c" in text)
     _check_header(header, supported_types, supported_versions)

@@ -231,6 +231,19 @@ def test_latin1_declared_keeps_umlauts() -> None:
     assert decoded.field("PID", 5, 2) == "J\u00d6RG"
 
 
+def test_header_is_read_from_the_decoded_msh_when_it_is_not_ascii() -> None:
+    # Read once from Latin-1 bytes to decide the character set, then again from the text
+    # the declared character set gives, which is the one the ACK and routing use.
+    payload = (
+        "MSH|^~\\&|LAB|KLINIK M\u00dcNCHEN|EHR|STATION S\u00dcD|20260101||ORU^R01|X1|P|2.5"
+        "|||||UNICODE UTF-8\rPID|1||A-1\rOBR|1|PO-1||c\rOBX|1|NM|c||1\r"
+    ).encode()
+    decoded = _decode(payload)
+    assert decoded.header.sending_facility == "KLINIK M\u00dcNCHEN"
+    assert decoded.header.receiving_facility == "STATION S\u00dcD"
+    assert decoded.field("MSH", 4) == "KLINIK M\u00dcNCHEN"
+
+
 def test_latin1_undeclared_uses_the_configured_fallback() -> None:
     payload = (ADVERSARIAL / "latin1-bytes-undeclared.hl7").read_bytes()
     decoded = decode_message(

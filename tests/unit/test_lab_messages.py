@@ -361,3 +361,119 @@ def test_lf_separated_result_parses_after_gateway_normalisation() -> None:
 def test_trailing_whitespace_and_empty_segments_are_ignored() -> None:
     result = parse_lab_result(corpus("adversarial/trailing-whitespace-and-empty-segments.hl7"))
     assert result.filler_order_number == "NL-9921"
+
+
+# --- placer / filler order number: ORC-2/3 of the order's ORC, else OBR-2/3 -------------
+
+_MSH = "MSH|^~\\&|EHR|HOSP|LAB|LABFAC|20240101120000||{type}|CTRL-{type}|P|2.5.1"
+_PID = "PID|1||A-1^^^HOSP^MR||DOE^JANE||19800101|F"
+
+
+def _obr(placer: str, filler: str, *, status: str = "") -> str:
+    fields = ["OBR", "1", placer, filler, "2951-2^Sodium^LN", "", "", "20240101120000"]
+    fields += [""] * (25 - len(fields) + 1)
+    fields[25] = status
+    return "|".join(fields)
+
+
+_OBX = "OBX|1|NM|2951-2^Sodium^LN||140|mmol/L|135-145||||F"
+
+
+def test_order_numbers_come_from_orc_when_orc_and_obr_differ() -> None:
+    text = "\r".join(
+        [
+            _MSH.format(type="ORM^O01"),
+            _PID,
+            "ORC|NW|ORC-PLACER^HOSP|ORC-FILLER^LAB",
+            _obr("OBR-PLACER^EHR", "OBR-FILLER^LIS"),
+        ]
+    )
+    order = parse_lab_order(text)
+    assert (order.placer_order_number, order.placer_namespace) == ("ORC-PLACER", "HOSP")
+    assert (order.filler_order_number, order.filler_namespace) == ("ORC-FILLER", "LAB")
+
+
+def test_result_numbers_come_from_orc_when_orc_and_obr_differ() -> None:
+    order = parse_lab_order(
+        "\r".join(
+            [
+                _MSH.format(type="ORM^O01"),
+                _PID,
+                "ORC|NW|ORC-PLACER^HOSP",
+                _obr("OBR-PLACER^EHR", ""),
+            ]
+        )
+    )
+    result = parse_lab_result(
+        "\r".join(
+            [
+                _MSH.format(type="ORU^R01"),
+                _PID,
+                "ORC|RE|ORC-PLACER^HOSP|ORC-FILLER^LAB",
+                _obr("OBR-PLACER^EHR", "OBR-FILLER^LIS", status="F"),
+                _OBX,
+            ]
+        )
+    )
+    assert (result.placer_order_number, result.placer_namespace) == ("ORC-PLACER", "HOSP")
+    assert (result.filler_order_number, result.filler_namespace) == ("ORC-FILLER", "LAB")
+    # One rule for both: the result names the order it answers.
+    assert (result.placer_order_number, result.placer_namespace) == (
+        order.placer_order_number,
+        order.placer_namespace,
+    )
+
+
+def test_result_without_orc_falls_back_to_obr() -> None:
+    result = parse_lab_result(
+        "\r".join(
+            [
+                _MSH.format(type="ORU^R01"),
+                _PID,
+                _obr("OBR-PLACER^EHR", "OBR-FILLER^LIS", status="F"),
+                _OBX,
+            ]
+        )
+    )
+    assert (result.placer_order_number, result.placer_namespace) == ("OBR-PLACER", "EHR")
+    assert (result.filler_order_number, result.filler_namespace) == ("OBR-FILLER", "LIS")
+
+
+def test_empty_orc_numbers_fall_back_to_obr_each_on_its_own() -> None:
+    text = "\r".join(
+        [
+            _MSH.format(type="ORM^O01"),
+            _PID,
+            "ORC|NW|^HOSP|ORC-FILLER^LAB",  # a namespace without a number is no number
+            _obr("OBR-PLACER^EHR", "OBR-FILLER^LIS"),
+        ]
+    )
+    order = parse_lab_order(text)
+    assert (order.placer_order_number, order.placer_namespace) == ("OBR-PLACER", "EHR")
+    assert (order.filler_order_number, order.filler_namespace) == ("ORC-FILLER", "LAB")
+
+
+def test_each_obr_reads_the_orc_before_it() -> None:
+    text = "\r".join(
+        [
+            _MSH.format(type="ORM^O01"),
+            _PID,
+            "ORC|NW|FIRST^HOSP",
+            _obr("OBR-1^EHR", ""),
+            "ORC|NW|",
+            _obr("OBR-2^EHR", ""),
+        ]
+    )
+    orders = parse_lab_orders(text)
+    assert [(o.placer_order_number, o.placer_namespace) for o in orders] == [
+        ("FIRST", "HOSP"),
+        ("OBR-2", "EHR"),  # its own ORC has no ORC-2; the first order's is not its own
+    ]
+
+
+def test_corpus_order_whose_orc2_and_obr2_differ_takes_orc2() -> None:
+    # ORC-2 987654^EPIC, OBR-2 363463^EPC: the number routing keys the exchange by.
+    # (The gateway refuses this file for its wrapped OBR; the parser still reads it.)
+    order = parse_lab_order(corpus("adversarial/orm-o01-nodehl7complete-wrapped-1.hl7"))
+    assert (order.placer_order_number, order.placer_namespace) == ("987654", "EPIC")
+    assert (order.filler_order_number, order.filler_namespace) == ("76543", "EPC")
