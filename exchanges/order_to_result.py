@@ -16,6 +16,7 @@ from activities.order_to_result import (
     interpret_lab_order,
     interpret_lab_result,
 )
+from adapters.hl7v2.fields import FILLER_ORDER_NUMBER_FIELDS, PLACER_ORDER_NUMBER_FIELDS
 from adapters.hl7v2.header import DecodedMessage
 from exchanges.sdk import (
     START_SEARCH_ATTRIBUTES,
@@ -33,13 +34,6 @@ from models.settings import Settings
 from workflows import search_attributes as sa
 from workflows.order_to_result import OrderToResult
 
-# The placer order number is ORC-2 of the order's ORC if valued, else OBR-2; the filler
-# number ORC-3, else OBR-3. The same rule for orders and results, so that an order whose
-# ORC-2 and OBR-2 differ and its result land in one exchange (the lab parser reads the
-# same fields in the same order).
-PLACER_ORDER_NUMBER_FIELDS: tuple[tuple[str, int], ...] = (("ORC", 2), ("OBR", 2))
-FILLER_ORDER_NUMBER_FIELDS: tuple[tuple[str, int], ...] = (("ORC", 3), ("OBR", 3))
-
 
 @dataclass(frozen=True)
 class OrderKey:
@@ -50,7 +44,9 @@ class OrderKey:
 
 
 def route_lab_message(message: DecodedMessage, _context: RoutingContext) -> Route[OrderKey]:
-    """Order-to-result is keyed by the placer order number (ORC-2, else OBR-2)."""
+    """Order-to-result is keyed by the placer order number: ORC-2, else OBR-2, for orders
+    and results alike, as the lab parser reads it (PLACER_ORDER_NUMBER_FIELDS), so an order
+    whose ORC-2 and OBR-2 differ and its result land in one exchange."""
     header = message.header
     is_result = header.message_code == "ORU"
     # A result comes from the lab; the ordering facility is the one it is sent to.

@@ -95,7 +95,7 @@ async def open_worker(
     """
     if audit_log is None:
         audit_log = AuditLog(open_engine(settings.resolved_database_url))
-    # hl7apy's parse is CPU-bound; a small pool keeps it off the event loop.
+    # Synchronous activities (the parse + map ones) run in this pool, off the event loop.
     executor = concurrent.futures.ThreadPoolExecutor(max_workers=8)
     async with contextlib.AsyncExitStack() as on_close:
         on_close.callback(executor.shutdown, wait=False)

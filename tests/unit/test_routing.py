@@ -78,3 +78,36 @@ def test_result_without_observations_is_refused_before_commit() -> None:
 )
 def test_id_part_keeps_ids_readable(raw: str, expected: str) -> None:
     assert id_part(raw) == expected
+
+
+def with_obr2(text: str, obr2: str) -> str:
+    """The message with OBR-2 replaced: senders whose ORC-2 and OBR-2 disagree."""
+    lines = text.split("\r")
+    for index, line in enumerate(lines):
+        if line.startswith("OBR|"):
+            fields = line.split("|")
+            fields[2] = obr2
+            lines[index] = "|".join(fields)
+    return "\r".join(lines)
+
+
+def without_orc(text: str) -> str:
+    return "\r".join(line for line in text.split("\r") if not line.startswith("ORC|"))
+
+
+def test_one_placer_rule_for_orders_and_results_whose_orc2_and_obr2_differ() -> None:
+    order = sm.SampleOrder("PO-90")
+    to_order = route(decoded(with_obr2(sm.lab_order(order, "C5"), "OBR-SIDE-1^GENHOSP")))
+    to_result = route(
+        decoded(with_obr2(sm.lab_result(order, "C6", [sm.SODIUM]), "OBR-SIDE-2^GENHOSP"))
+    )
+    # ORC-2 wins for both: one exchange, keyed by the order's ORC-2.
+    assert to_order.workflow_id == to_result.workflow_id == "order-to-result/GENHOSP/PO-90"
+    assert to_result.key.placer_order_number == "PO-90"
+
+
+def test_a_result_without_orc_is_keyed_by_obr2() -> None:
+    order = sm.SampleOrder("PO-91")
+    to_order = route(decoded(sm.lab_order(order, "C7")))
+    to_result = route(decoded(without_orc(sm.lab_result(order, "C8", [sm.SODIUM]))))
+    assert to_result.workflow_id == to_order.workflow_id == "order-to-result/GENHOSP/PO-91"
