@@ -20,6 +20,7 @@ from adapters.grouping import GroupRunner
 from adapters.hl7v2.ack import ack_required, build_ack
 from adapters.hl7v2.header import DecodedMessage, MessageHeader, MessageRejected, decode_message
 from models.audit import ActorKind, AuditAction, AuditEntry, AuditOutcome
+from models.errors import EngineError
 from models.messages import InboundMessage
 from models.records import MessageReceipt, QuarantinedMessage
 from workers.routing import (
@@ -57,7 +58,7 @@ class Committer(Protocol):
     async def commit(self, route: Route, message: InboundMessage) -> None: ...
 
 
-class CommitError(Exception):
+class CommitError(EngineError):
     """The engine could not durably accept the message; the sender must not get AA."""
 
 

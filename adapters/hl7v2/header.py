@@ -15,6 +15,8 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from models.errors import Hl7Error
+
 _BOM = b"\xef\xbb\xbf"
 _SEGMENT_ID = re.compile(r"[A-Z][A-Z0-9]{2}")
 _UUID_SHAPE = re.compile(
@@ -127,7 +129,7 @@ class MessageHeader:
         return f"{self.message_code}^{self.trigger_event}"
 
 
-class MessageRejected(Exception):
+class MessageRejected(Hl7Error):
     """The message cannot be accepted; carries what the ACK's MSA and ERR segments need."""
 
     def __init__(

@@ -42,6 +42,7 @@ from hl7apy.consts import VALIDATION_LEVEL
 from hl7apy.exceptions import HL7apyException, ParserError
 from hl7apy.parser import parse_message
 
+from models.errors import Hl7Error
 from models.lab import (
     CodedConcept,
     Comparator,
@@ -71,7 +72,7 @@ _ORDER_TYPES = frozenset({("ORM", "O01"), ("OML", "O21")})
 _RESULT_TYPES = frozenset({("ORU", "R01")})
 
 
-class LabMessageInvalid(ValueError):
+class LabMessageInvalid(Hl7Error, ValueError):
     """The message cannot be used as a lab order/result (answer AE, or send to review).
 
     The text names the segment and field only; it never carries a value, so it

@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from models.audit import ActorKind, AuditAction, AuditEntry, AuditOutcome
+from models.errors import RequestRefused
 
 
-class ApiRefusal(Exception):
+class ApiRefusal(RequestRefused):
     """An answer in the 4xx range: HTTP status, FHIR issue code and a sentence for people."""
 
     def __init__(
