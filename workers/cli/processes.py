@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.table import Table
 
+from models.errors import ConfigurationError
 from models.settings import load_settings
 from workers.cli.common import (
     configure_logging,
@@ -69,9 +70,7 @@ def up(verbose: Verbose = False) -> None:
 @app.command()
 def worker(verbose: Verbose = False) -> None:
     """Run only the Temporal worker (production: as many as load needs)."""
-    from adapters.tls import TlsConfigError
     from models.destinations import RoutingConfigError, load_routing
-    from models.fhir_auth import FhirAuthConfigError
     from workers.telemetry import configure_tracing
     from workers.worker import lab_fhir_client, open_worker
 
@@ -88,12 +87,9 @@ def worker(verbose: Verbose = False) -> None:
     async def run() -> None:
         client = await connect_temporal(settings)
         async with lab_fhir_client(settings) as fhir, contextlib.AsyncExitStack() as scope:
-            try:
-                worker = await scope.enter_async_context(
-                    open_worker(client, settings, fhir, routing=routing)
-                )
-            except RoutingConfigError as err:  # an unusable TLS file of a destination
-                raise fail(str(err)) from err
+            worker = await scope.enter_async_context(
+                open_worker(client, settings, fhir, routing=routing)
+            )
             # The worker stops gracefully first, and only then does the scope close its
             # destination connections.
             stop = _stop_requested()
@@ -109,7 +105,8 @@ def worker(verbose: Verbose = False) -> None:
     try:
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(run())
-    except (FhirAuthConfigError, TlsConfigError) as err:
+    except ConfigurationError as err:
+        # Credentials or TLS files of the lab FHIR server or of a destination.
         raise fail(str(err)) from err
 
 
