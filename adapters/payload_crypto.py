@@ -26,6 +26,8 @@ from pathlib import Path
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from models.errors import ConfigurationError, SecurityError
+
 KEY_BYTES = 32
 NONCE_BYTES = 12
 _KEY_ID = re.compile(r"^[A-Za-z0-9._-]{1,40}$")
@@ -33,11 +35,11 @@ _KEY_ID = re.compile(r"^[A-Za-z0-9._-]{1,40}$")
 _SEALED_PREFIX = b"cw-gcm1:"
 
 
-class PayloadKeyError(ValueError):
+class PayloadKeyError(ConfigurationError, ValueError):
     """The key ring is missing, malformed, or lacks the key a ciphertext names."""
 
 
-class PayloadDecryptError(ValueError):
+class PayloadDecryptError(SecurityError, ValueError):
     """A ciphertext did not authenticate under the key its id names (wrong key or tampered)."""
 
 

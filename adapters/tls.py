@@ -12,10 +12,12 @@ from __future__ import annotations
 import ssl
 from pathlib import Path
 
+from models.errors import ConfigurationError
+
 MINIMUM_VERSION = ssl.TLSVersion.TLSv1_2
 
 
-class TlsConfigError(ValueError):
+class TlsConfigError(ConfigurationError, ValueError):
     """A certificate, key or CA file cannot be used; the message names the file."""
 
 

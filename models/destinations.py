@@ -24,6 +24,7 @@ from pydantic import (
     model_validator,
 )
 
+from models.errors import ConfigurationError
 from models.fhir_auth import FhirAuthConfig, plain_http_refusal
 
 
@@ -175,7 +176,7 @@ class RoutingConfig(_Strict):
         return [d.name for d in self.destinations if subscription in d.subscribes]
 
 
-class RoutingConfigError(ValueError):
+class RoutingConfigError(ConfigurationError, ValueError):
     """The routing file cannot be used; the message names the file and the place."""
 
 

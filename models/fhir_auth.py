@@ -14,6 +14,8 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from models.errors import ConfigurationError
+
 # SMART App Launch "Backend Services": clients SHALL support one of these two.
 SmartAlgorithm = Literal["RS384", "ES384"]
 
@@ -44,7 +46,7 @@ class SmartBackendAuth(_Strict):
 FhirAuthConfig = Annotated[BearerTokenAuth | SmartBackendAuth, Field(discriminator="kind")]
 
 
-class FhirAuthConfigError(ValueError):
+class FhirAuthConfigError(ConfigurationError, ValueError):
     """FHIR credentials that cannot be used; the message names where they were configured."""
 
 

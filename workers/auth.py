@@ -20,6 +20,7 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from models.errors import SecurityError
 from models.identity import Identity, Role
 from models.settings import Settings
 
@@ -27,7 +28,7 @@ ALGORITHM = "ES256"
 LEEWAY = timedelta(seconds=30)
 
 
-class TokenRejected(Exception):
+class TokenRejected(SecurityError):
     """The token is missing, malformed, badly signed, expired or not meant for Careweave."""
 
 

@@ -10,11 +10,12 @@ from dataclasses import dataclass
 
 from adapters.database import CareweaveStore
 from models.audit import ActorKind, AuditAction, AuditEntry, AuditOutcome
+from models.errors import RequestRefused
 from models.records import QuarantineStatus
 from workers.intake import MessageIntake, Outcome
 
 
-class ReleaseRefused(Exception):
+class ReleaseRefused(RequestRefused):
     """The message stays in quarantine; the text says why."""
 
 

@@ -27,6 +27,7 @@ from adapters.tls import TlsConfigError
 from exchanges.commit import ExchangeCommitter
 from exchanges.registry import REGISTRY
 from models.destinations import Destination, RoutingConfig, RoutingConfigError, load_routing
+from models.errors import EngineError
 from models.fhir_auth import FhirAuthConfigError
 from models.settings import Settings
 from workers.api import create_api, serving_api
@@ -42,7 +43,7 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 FHIR_SERVER_SCRIPT = PROJECT_ROOT / "fhir-server" / "server.js"
 
 
-class StackError(RuntimeError):
+class StackError(EngineError, RuntimeError):
     """A part of the embedded stack could not start; the message says which and why."""
 
 

@@ -7,8 +7,10 @@ from typing import Any
 
 import httpx
 
+from models.errors import CareweaveError
 
-class FhirError(Exception):
+
+class FhirError(CareweaveError):
     """Base for every failure talking to a FHIR server."""
 
 

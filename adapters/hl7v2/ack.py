@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from adapters.hl7v2.header import MessageHeader, MessageRejected, error_description
+from models.errors import Hl7Error
 
 _DEFAULT_VERSION = "2.5"
 _DEFAULT_ENCODING = "^~\\&"
@@ -10,7 +11,7 @@ _SUCCESS_CODES = frozenset({"AA", "CA"})
 _ERROR_CODES = frozenset({"AE", "AR", "CE", "CR"})
 
 
-class AckParseError(ValueError):
+class AckParseError(Hl7Error, ValueError):
     """The text is not an HL7 ACK (no MSH or no MSA)."""
 
 

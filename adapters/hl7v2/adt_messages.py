@@ -33,12 +33,13 @@ from adapters.hl7v2.fields import (
 )
 from adapters.hl7v2.lab_messages import LabMessageInvalid, read_patient
 from models.discharge import AdtEvent, AdtTrigger, Diagnosis, Practitioner
+from models.errors import Hl7Error
 from models.lab import PatientRef, StructuralProblem
 
 __all__ = ["AdtMessageInvalid", "parse_adt_event"]
 
 
-class AdtMessageInvalid(ValueError):
+class AdtMessageInvalid(Hl7Error, ValueError):
     """The message cannot be used as a discharge-sync event (answer AE, or send to review).
 
     The text names the segment and field only; it never carries a value, so it is

@@ -18,6 +18,7 @@ from functools import cached_property
 
 from adapters.hl7v2 import fields
 from adapters.hl7v2.fields import Delimiters, Segment
+from models.errors import Hl7Error
 
 _BOM = b"\xef\xbb\xbf"
 _SEGMENT_ID = re.compile(r"[A-Z][A-Z0-9]{2}")
@@ -131,7 +132,7 @@ class MessageHeader:
         return f"{self.message_code}^{self.trigger_event}"
 
 
-class MessageRejected(Exception):
+class MessageRejected(Hl7Error):
     """The message cannot be accepted; carries what the ACK's MSA and ERR segments need."""
 
     def __init__(

@@ -46,6 +46,7 @@ from adapters.hl7v2.fields import (
     timestamp,
     unescape_text,
 )
+from models.errors import Hl7Error
 from models.lab import (
     CodedConcept,
     Comparator,
@@ -75,7 +76,7 @@ _ORDER_TYPES = frozenset({("ORM", "O01"), ("OML", "O21")})
 _RESULT_TYPES = frozenset({("ORU", "R01")})
 
 
-class LabMessageInvalid(ValueError):
+class LabMessageInvalid(Hl7Error, ValueError):
     """The message cannot be used as a lab order/result (answer AE, or send to review).
 
     The text names the segment and field only; it never carries a value, so it

@@ -7,11 +7,12 @@ import ssl as ssl_module
 from types import TracebackType
 
 from adapters.hl7v2.framing import BadFrame, MllpDecoder, encode_frame
+from models.errors import CareweaveError
 
 _READ_SIZE = 65536
 
 
-class MllpError(Exception):
+class MllpError(CareweaveError):
     """Base of the MLLP client's errors."""
 
 

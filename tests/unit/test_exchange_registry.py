@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
 from adapters.hl7v2.header import DecodedMessage, MessageRejected, decode_message
 from exchanges import discharge_sync, order_to_result
@@ -18,6 +19,7 @@ from exchanges.sdk import (
     MessageType,
 )
 from workers import sample_messages as sm
+from workers.cli import app
 from workflows.discharge_sync import DischargeSync
 from workflows.order_to_result import OrderToResult
 
@@ -118,3 +120,15 @@ def test_docker_compose_registers_the_registry_search_attributes() -> None:
         "docker-compose.yml's search attributes differ from the registry's: "
         "update temporal-register-search-attributes"
     )
+
+
+def test_careweave_exchanges_lists_every_registered_exchange() -> None:
+    result = CliRunner().invoke(app, ["exchanges"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    for spec in REGISTRY.exchanges:
+        assert spec.name in result.output
+        for message_type in spec.accepts:
+            for name in message_type.names():
+                assert name in result.output
+    assert "ordered-delivery" in result.output
+    assert "v1, v2 (new exchanges)" in result.output  # discharge sync's mapping versions

@@ -1,0 +1,78 @@
+"""`create_api`: the FastAPI app, its routers and its shared state, for one engine."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse
+from temporalio.client import Client
+from temporalio.converter import PayloadCodec
+
+from adapters.users import UserDirectory
+from models.settings import Settings
+from workers.api.auth import LoginThrottle
+from workers.api.auth import router as auth_router
+from workers.api.codec import router as codec_router
+from workers.api.common import ApiRefusal, describe_errors, operation_outcome
+from workers.api.context import ApiContext, AuditRecorder
+from workers.api.reviews import router as reviews_router
+from workers.auth import TokenIssuer, TokenVerifier, issuer_and_verifier
+
+
+def create_api(
+    settings: Settings,
+    temporal_client: Client,
+    codec: PayloadCodec | None,
+    record: AuditRecorder | None = None,
+    *,
+    users: UserDirectory | None = None,
+    tokens: tuple[TokenIssuer, TokenVerifier] | None = None,
+) -> FastAPI:
+    """The API app. `codec` None means payloads are not encoded: decode returns them as is."""
+    issuer, verifier = tokens or issuer_and_verifier(settings)
+
+    app = FastAPI(title="Careweave review and codec API", docs_url=None, redoc_url=None)
+    app.state.careweave = ApiContext(
+        settings=settings,
+        temporal_client=temporal_client,
+        codec=codec,
+        users=users or UserDirectory.from_url(settings.resolved_database_url),
+        issuer=issuer,
+        verifier=verifier,
+        login_throttle=LoginThrottle(settings.auth_login_failures_per_minute),
+        record=record,
+    )
+    app.add_middleware(
+        CORSMiddleware,
+        # Exactly the Temporal UI's origins: credentials are allowed, so never a wildcard.
+        allow_origins=settings.resolved_ui_origins,
+        allow_credentials=True,
+        allow_methods=["GET", "POST"],
+        allow_headers=["content-type", "x-namespace", "authorization"],
+        max_age=600,
+    )
+    app.exception_handler(ApiRefusal)(_refusal)
+    app.exception_handler(RequestValidationError)(_malformed)
+
+    app.include_router(auth_router)
+    app.add_api_route("/health", health, methods=["GET"])
+    app.include_router(reviews_router)
+    app.include_router(codec_router)
+    return app
+
+
+async def _refusal(_request: Request, err: ApiRefusal) -> JSONResponse:
+    return JSONResponse(
+        operation_outcome(err.code, err.message), status_code=err.status, headers=err.headers
+    )
+
+
+async def _malformed(_request: Request, err: RequestValidationError) -> JSONResponse:
+    return JSONResponse(
+        operation_outcome("invalid", describe_errors(err.errors())), status_code=422
+    )
+
+
+async def health() -> dict[str, str]:
+    return {"status": "ok"}
