@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test lint unit bench clean openssl-cli
+.PHONY: setup demo test lint unit bench clean openssl-cli histories
 
 $(BIN)/.installed: pyproject.toml
 	@echo "==> Python: creating $(VENV) and installing Careweave with its test tools (pip)"
@@ -48,6 +48,14 @@ lint: setup
 test: lint openssl-cli
 	@echo "==> pytest: unit, workflow (real Temporal dev server) and end-to-end (real FHIR server, MLLP peers)"
 	@$(BIN)/pytest -q
+
+# Replay safety: tests/replay replays every history under tests/histories against today's
+# workflow code (part of `make test`). This re-records them, which only a deliberate change
+# should do (tests/histories/README.md says when); discharge_sync/at_*/ is never rewritten.
+histories: setup
+	@echo "==> Re-recording tests/histories ON PURPOSE from today's code (real Temporal, FHIR server and MLLP partners; histories recorded by older commits are kept), then replaying them: review the diff before committing"
+	@$(BIN)/python -m tests.histories.record
+	@$(BIN)/pytest -q tests/replay
 
 bench: setup
 	@$(BIN)/python bench/parse.py

@@ -77,13 +77,19 @@ class EncryptionCodec(PayloadCodec):
         return decoded
 
 
-def encrypted_data_converter(key_ring: KeyRing) -> DataConverter:
-    """Careweave's converter: pydantic models, encrypted payloads, encoded failure text."""
+def plain_data_converter() -> DataConverter:
+    """Careweave's converter without the codec: pydantic models, failure text in encoded
+    attributes. Replaying histories whose payloads were decoded when recorded needs exactly
+    this (tests/replay); everything that talks to Temporal uses the encrypted one."""
     return dataclasses.replace(
         pydantic_data_converter,
-        payload_codec=EncryptionCodec(key_ring),
         failure_converter_class=DefaultFailureConverterWithEncodedAttributes,
     )
+
+
+def encrypted_data_converter(key_ring: KeyRing) -> DataConverter:
+    """Careweave's converter: pydantic models, encrypted payloads, encoded failure text."""
+    return dataclasses.replace(plain_data_converter(), payload_codec=EncryptionCodec(key_ring))
 
 
 def payload_key_file(settings: Settings) -> Path:
