@@ -62,6 +62,9 @@ class MllpClient:
         self._encoding = encoding
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
+        # A TLS connection nothing has been answered on yet: under TLS 1.3 a peer refusing
+        # our client certificate does so after our side of the handshake has completed.
+        self._unproven_tls = False
         self._lock = asyncio.Lock()
 
     async def __aenter__(self) -> MllpClient:
@@ -105,10 +108,18 @@ class MllpClient:
         async with self._lock:
             await self._ensure_connected()
             try:
-                return await asyncio.wait_for(self._exchange(payload), wait)
+                answer = await asyncio.wait_for(self._exchange(payload), wait)
+                self._unproven_tls = False
+                return answer
             except TimeoutError:
                 await self.close()
                 raise MllpTimeout(f"no ACK from {self._host}:{self._port} within {wait}s") from None
+            except MllpConnectionError as error:
+                refused = self._tls_refusal_hint()
+                await self.close()
+                if refused:
+                    raise MllpTlsError(f"{error}{refused}") from error
+                raise
             except MllpError:
                 await self.close()
                 raise
@@ -120,10 +131,22 @@ class MllpClient:
                     f"TLS with {self._host}:{self._port} failed: {error.reason or error}"
                 ) from error
             except OSError as error:
+                refused = self._tls_refusal_hint()
                 await self.close()
-                raise MllpConnectionError(
-                    f"connection to {self._host}:{self._port} failed: {type(error).__name__}"
-                ) from error
+                text = f"connection to {self._host}:{self._port} failed: {type(error).__name__}"
+                if refused:
+                    raise MllpTlsError(f"{text}{refused}") from error
+                raise MllpConnectionError(text) from error
+
+    def _tls_refusal_hint(self) -> str:
+        # The peer's alert can be lost to the race between its close and our read (a reset
+        # or an empty read instead of TLSV13_ALERT_CERTIFICATE_REQUIRED): say what it may be.
+        if not self._unproven_tls:
+            return ""
+        return (
+            " (TLS: the peer closed the connection before any answer after the handshake, "
+            "as a peer refusing our client certificate does under TLS 1.3)"
+        )
 
     async def deliver(self, message: str | bytes) -> None:
         """Send one message whose MSH-15 (NE) tells the peer never to answer it."""
@@ -176,6 +199,7 @@ class MllpClient:
             raise MllpConnectionError(
                 f"cannot connect to {self._host}:{self._port}: {type(error).__name__}"
             ) from error
+        self._unproven_tls = self._ssl is not None
 
     async def _exchange(self, payload: bytes) -> str:
         assert self._reader is not None and self._writer is not None

@@ -17,7 +17,10 @@ from adapters.hl7v2.mllp_client import (
     MllpError,
     MllpProtocolError,
     MllpTimeout,
+    MllpTlsError,
 )
+from adapters.tls import client_tls_context, server_tls_context
+from tests.support.certs import Pki
 
 MESSAGE = "MSH|^~\\&|LIS|LAB|EHR|HOSP|20260101||ORU^R01|MSG-{n}|P|2.5.1\rOBR|1|||c\r"
 TYPES = {"ORU": frozenset({"R01"})}
@@ -158,3 +161,43 @@ async def test_per_message_timeout_overrides_the_client_timeout() -> None:
     ):
         with pytest.raises(MllpTimeout, match=r"within 0\.2s"):
             await client.send(MESSAGE.format(n=1), timeout=0.2)
+
+
+@asynccontextmanager
+async def tls_peer_that_hangs_up(pki: Pki) -> AsyncIterator[int]:
+    """A TLS peer that completes the handshake and closes without an alert or an answer:
+    what a TLS 1.3 peer refusing our client certificate looks like when its alert is lost."""
+
+    async def hang_up(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.transport.abort()
+
+    server = await asyncio.start_server(
+        hang_up,
+        "127.0.0.1",
+        0,
+        ssl=server_tls_context(cert_file=pki.server_cert, key_file=pki.server_key),
+    )
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_a_tls_peer_hanging_up_before_any_answer_is_named_a_tls_failure(pki: Pki) -> None:
+    async with tls_peer_that_hangs_up(pki) as port:
+        client = MllpClient(
+            "127.0.0.1", port, timeout=5, ssl=client_tls_context(ca_file=pki.ca_cert)
+        )
+        with pytest.raises(MllpTlsError, match="client certificate"):
+            await client.send(MESSAGE.format(n=90))
+        await client.close()
+
+
+async def test_a_plain_peer_hanging_up_is_a_connection_error_not_tls() -> None:
+    async with peer(lambda _payload: None) as (port, _connections):
+        client = MllpClient("127.0.0.1", port, timeout=2)
+        with pytest.raises(MllpError) as failed:
+            await client.send(MESSAGE.format(n=91))
+        assert not isinstance(failed.value, MllpTlsError)
+        await client.close()
