@@ -22,13 +22,11 @@ import httpx
 from temporalio.client import Client
 
 from adapters.database import CareweaveStore
-from adapters.payload_crypto import KeyRing, PayloadKeyError
-from adapters.tls import TlsConfigError
+from adapters.payload_crypto import KeyRing
 from exchanges.commit import ExchangeCommitter
 from exchanges.registry import REGISTRY
-from models.destinations import Destination, RoutingConfig, RoutingConfigError, load_routing
-from models.errors import EngineError
-from models.fhir_auth import FhirAuthConfigError
+from models.destinations import Destination, RoutingConfig, load_routing
+from models.errors import ConfigurationError, EngineError
 from models.settings import Settings
 from workers.api import create_api, serving_api
 from workers.gateway import MllpGateway
@@ -223,13 +221,13 @@ async def embedded_stack(settings: Settings) -> AsyncIterator[RunningStack]:
     try:
         try:
             routing = load_routing(settings.destinations_file)
-        except RoutingConfigError as err:
+        except ConfigurationError as err:
             raise StackError(str(err)) from err
         try:
             key_ring = load_payload_keys(settings, create_if_new_state=True)
             store = CareweaveStore.from_url(settings.resolved_database_url, key_ring)
             store.verify_payload_keys()
-        except PayloadKeyError as err:
+        except ConfigurationError as err:
             raise StackError(str(err)) from err
         temporal_log = logs / "temporal.log"
         temporal = _spawn(dev_server_command(settings), temporal_log)
@@ -265,7 +263,7 @@ async def embedded_stack(settings: Settings) -> AsyncIterator[RunningStack]:
             log.info("registered search attributes %s", ", ".join(added))
         try:
             fhir_client = lab_fhir_client(settings)
-        except (FhirAuthConfigError, TlsConfigError) as err:
+        except ConfigurationError as err:
             raise StackError(str(err)) from err
         # Closed in reverse: the API, then the worker's destination connections (the worker
         # has been shut down by then, below), then the lab-result FHIR client.
@@ -276,7 +274,7 @@ async def embedded_stack(settings: Settings) -> AsyncIterator[RunningStack]:
                         client, settings, fhir_client, routing=routing, audit_log=store.audit_log()
                     )
                 )
-            except (FhirAuthConfigError, RoutingConfigError) as err:
+            except ConfigurationError as err:
                 raise StackError(str(err)) from err
             committer = ExchangeCommitter(client, settings) if settings.mllp_commit else None
             intake = MessageIntake(
@@ -287,7 +285,7 @@ async def embedded_stack(settings: Settings) -> AsyncIterator[RunningStack]:
             )
             try:
                 gateway = MllpGateway(intake, settings)
-            except TlsConfigError as err:
+            except ConfigurationError as err:
                 raise StackError(str(err)) from err
             api = create_api(
                 settings, client, client.data_converter.payload_codec, store.audit_log().aappend
