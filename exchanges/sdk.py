@@ -395,6 +395,3 @@ class ExchangeRegistry:
         for key in self.search_attributes():
             args += ["--search-attribute", f"{key.name}=Keyword"]
         return args
-
-    def message_names(self, spec: ExchangeSpec[Any]) -> list[str]:
-        return [name for message_type in spec.accepts for name in message_type.names()]
