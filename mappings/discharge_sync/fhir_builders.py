@@ -14,7 +14,6 @@ import uuid
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
-from urllib.parse import quote
 
 from fhir.resources.R4B.bundle import Bundle
 from fhir.resources.R4B.condition import Condition
@@ -23,6 +22,8 @@ from fhir.resources.R4B.patient import Patient
 from pydantic import BaseModel
 
 from mappings.discharge_sync.mapping import AdtMapping, CodedValue
+from mappings.fhir_identifiers import conditional_url, qualified_system
+from mappings.fhir_identifiers import patient_identifier as _patient_identifier
 from models.discharge import AdtEvent, AdtTrigger, Diagnosis, DischargeOnRecord, Practitioner
 
 __all__ = [
@@ -43,12 +44,6 @@ _CONDITION_CATEGORY = "http://terminology.hl7.org/CodeSystem/condition-category"
 # --- identifiers -------------------------------------------------------------------
 
 
-def _qualified(system: str, issuer: str) -> str:
-    # The issuer (CX-4 / XCN-9 / MSH-4) is what makes a number unique; it is
-    # quoted so any character a sender uses stays a valid URI.
-    return f"{system}:{quote(issuer, safe='')}" if issuer else system
-
-
 def _encounter_issuer(event: AdtEvent) -> str:
     # PV1-19.4 issued the visit number; an account number (PID-18) or a visit
     # number without CX-4 is unique only within the sending facility.
@@ -58,12 +53,7 @@ def _encounter_issuer(event: AdtEvent) -> str:
 
 def patient_identifier(event: AdtEvent, mapping: AdtMapping) -> JSON:
     """Patient.identifier; built exactly as lab resources reference the patient."""
-    return {
-        "system": _qualified(
-            mapping.identifier_system("patient"), event.patient.assigning_authority
-        ),
-        "value": event.patient.identifier,
-    }
+    return _patient_identifier(event.patient, mapping.identifier_system("patient"))
 
 
 def encounter_identifier(event: AdtEvent, mapping: AdtMapping) -> JSON:
@@ -71,7 +61,9 @@ def encounter_identifier(event: AdtEvent, mapping: AdtMapping) -> JSON:
     if not event.encounter_number:
         raise ValueError("the event has neither a visit number nor an account number")
     return {
-        "system": _qualified(mapping.identifier_system("encounter"), _encounter_issuer(event)),
+        "system": qualified_system(
+            mapping.identifier_system("encounter"), _encounter_issuer(event)
+        ),
         "value": event.encounter_number,
     }
 
@@ -81,14 +73,11 @@ def condition_identifier(event: AdtEvent, diagnosis: Diagnosis, mapping: AdtMapp
     if not event.encounter_number:
         raise ValueError("the event has neither a visit number nor an account number")
     return {
-        "system": _qualified(mapping.identifier_system("condition"), _encounter_issuer(event)),
+        "system": qualified_system(
+            mapping.identifier_system("condition"), _encounter_issuer(event)
+        ),
         "value": f"{event.encounter_number}-{diagnosis.set_id}",
     }
-
-
-def _conditional_url(resource_type: str, identifier: Mapping[str, Any]) -> str:
-    token = f"{identifier['system']}|{identifier['value']}"
-    return f"{resource_type}?identifier={quote(token, safe='')}"
 
 
 def _full_url(identifier: Mapping[str, Any]) -> str:
@@ -101,7 +90,7 @@ def _put(resource_type: str, identifier: JSON, resource: JSON) -> JSON:
     return {
         "fullUrl": _full_url(identifier),
         "resource": resource,
-        "request": {"method": "PUT", "url": _conditional_url(resource_type, identifier)},
+        "request": {"method": "PUT", "url": conditional_url(resource_type, identifier)},
     }
 
 
@@ -192,7 +181,7 @@ def _participant(role: str, practitioner: Practitioner | None, mapping: AdtMappi
     individual: JSON = {"type": "Practitioner"}
     if practitioner.identifier:
         individual["identifier"] = {
-            "system": _qualified(
+            "system": qualified_system(
                 mapping.identifier_system("practitioner"), practitioner.assigning_authority
             ),
             "value": practitioner.identifier,
