@@ -111,5 +111,7 @@ EXCHANGE: ExchangeSpec[EncounterKey] = ExchangeSpec(
     },
     summary="Discharge sync for an encounter at {facility}",
     search_attributes=(*START_SEARCH_ATTRIBUTES, sa.REVIEW_STATE),
-    mapping_version="v2",
+    # v3: the FHIR delivery creates the Patient if absent instead of writing over it.
+    # Running exchanges keep the version they started with (v1, v2 still load).
+    mapping_version="v3",
 )
