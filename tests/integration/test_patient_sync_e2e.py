@@ -6,12 +6,22 @@ Each test has its own patient (MRN 8xxx), so its exchange is its own.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.testing import ActivityEnvironment
 
+from activities.patient_sync import (
+    InterpretPersonInput,
+    PatientActivities,
+    WritePatientInput,
+    interpret_person_message,
+)
+from adapters.fhir import FhirClient
 from mappings.fhir_identifiers import identifier_query
+from models.messages import InboundMessage
 from models.review import ReviewAction, ReviewDecision
 from tests.support.engine import Engine, audit_rows, mllp_send, running_engine
 from tests.support.patient_sync import (
@@ -21,6 +31,7 @@ from tests.support.patient_sync import (
     patient_sync_id,
     patients_with_mrn,
     person_message,
+    wait_applied,
     wait_patient,
 )
 
@@ -80,7 +91,7 @@ async def test_a28_creates_the_patient(engine: Engine) -> None:
 
     workflow_id = patient_sync_id("MRN8301")
     assert await engine.wait_for_status(workflow_id, "created") == "created"
-    applied = await engine.handle(workflow_id).query("applied_messages")
+    applied = await wait_applied(engine.handle(workflow_id), 1)
     assert [(a["control_id"], a["outcome"], a["patient"]) for a in applied] == [
         ("PS-8301-1", "created", f"Patient/{patient['id']}")
     ]
@@ -155,7 +166,7 @@ async def test_two_a31_in_a_row_apply_in_order(engine: Engine) -> None:
         "Second",
         "Third",
     ]
-    applied = await engine.handle(patient_sync_id("MRN8303")).query("applied_messages")
+    applied = await wait_applied(engine.handle(patient_sync_id("MRN8303")), 3)
     assert [(a["control_id"], a["outcome"]) for a in applied] == [
         ("PS-8303-1", "created"),
         ("PS-8303-2", "updated"),
@@ -206,7 +217,7 @@ async def test_a_message_the_parser_refuses_waits_for_a_reviewer(engine: Engine)
     )
     patient = await wait_patient(engine.fhir, "MRN8305")
     assert patient["name"][0]["family"] == "Later"
-    applied = await engine.handle(workflow_id).query("applied_messages")
+    applied = await wait_applied(engine.handle(workflow_id), 2)
     assert [(a["control_id"], a["outcome"]) for a in applied] == [
         ("PS-8305-1", "dismissed"),
         ("PS-8305-2", "created"),
@@ -258,3 +269,54 @@ async def test_two_patients_with_one_mrn_go_to_a_reviewer(engine: Engine) -> Non
     assert await engine.wait_for_status(workflow_id, "dismissed") == "dismissed"
     for patient in await patients_with_mrn(engine.fhir, "MRN8307"):
         assert patient["name"] == [{"family": "Testpatient", "given": ["Alma"]}]
+
+
+class _RacedFhirClient(FhirClient):
+    """The real client, but another source writes the Patient (for real, on the server) just
+    before our first version-aware update: the race If-Match exists for."""
+
+    def __init__(self, base_url: str, competing_write: dict[str, Any]) -> None:
+        super().__init__(base_url)
+        self._competing_write = competing_write
+        self.raced = False
+
+    async def update(
+        self, resource: dict[str, Any], *, version_id: str | None = None
+    ) -> dict[str, Any]:
+        if not self.raced:
+            self.raced = True
+            current = await self.read("Patient", str(resource["id"]))
+            await super().update({**current, **self._competing_write})
+        return await super().update(resource, version_id=version_id)
+
+
+async def test_a_write_between_our_read_and_update_is_kept(fhir_base_url: str) -> None:
+    written = registered_elsewhere("MRN8308")
+    email = {"telecom": [*written["telecom"], {"system": "email", "value": "a@portal.example"}]}
+    async with _RacedFhirClient(fhir_base_url, email) as fhir:
+        existing = await fhir.conditional_create(
+            written, identifier_query(written["identifier"][0])
+        )
+        changes = interpret_person_message(
+            InterpretPersonInput(
+                message=InboundMessage(
+                    text=person_message(
+                        Person("MRN8308", name="Newname^Alma", home_phone=""), "PS-8308-1"
+                    ),
+                    message_type="ADT^A31",
+                    control_id="PS-8308-1",
+                    sending_facility="GENHOSP",
+                    received_at=datetime.now(UTC),
+                ),
+                mapping_version="v1",
+            )
+        )
+        outcome = await ActivityEnvironment().run(
+            PatientActivities(fhir).write_patient, WritePatientInput(changes=changes)
+        )
+        patient = await fhir.read("Patient", existing["id"])
+    assert fhir.raced
+    assert (outcome.outcome, outcome.version_conflicts) == ("updated", 1)
+    # Both writes are on the server: the other source's email and our name.
+    assert patient["telecom"] == email["telecom"]
+    assert patient["name"][0]["family"] == "Newname"

@@ -10,6 +10,8 @@ import asyncio
 from dataclasses import dataclass, replace
 from typing import Any
 
+from temporalio.client import WorkflowHandle
+
 from adapters.fhir import FhirClient
 from exchanges.sdk import pseudonym
 from workers import sample_messages as sm
@@ -82,3 +84,19 @@ async def wait_patient(
             return found[0]
         await asyncio.sleep(0.2)
     raise AssertionError(f"Patient {mrn}: {found!r} on {fhir.base_url}")
+
+
+async def wait_applied(
+    handle: WorkflowHandle[Any, Any], count: int, *, timeout: float = 30
+) -> list[dict[str, Any]]:
+    """The exchange's applied messages once there are ``count``: the workflow records a
+    write when its activity has returned, a moment after the server has it."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    applied: list[dict[str, Any]] = []
+    while loop.time() < deadline:
+        applied = await handle.query("applied_messages")
+        if len(applied) >= count:
+            return applied
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"{handle.id}: applied {applied!r}, wanted {count}")
