@@ -21,6 +21,7 @@ from exchanges.sdk import (
     RoutingContext,
     WorkerDependencies,
     id_part,
+    patient_pseudonym,
     pseudonym,
     structure_error,
 )
@@ -44,17 +45,7 @@ def route_adt_message(message: DecodedMessage, context: RoutingContext) -> Route
     """Keyed by the encounter (PV1-19 visit number, else PID-18 account)."""
     header = message.header
     facility = id_part(header.sending_facility)
-    patient_id = message.field("PID", 3)
-    if not patient_id:
-        raise structure_error(
-            message,
-            "PID",
-            3,
-            "no patient identifier (PID-3): the event cannot be ordered per patient",
-            "101",
-        )
-    authority = message.field("PID", 3, component=4) or header.sending_facility
-    patient_key = pseudonym(context.pseudonym_key, "patient", authority, patient_id)
+    patient_key = patient_pseudonym(message, context)
     encounter = message.field("PV1", 19) or message.field("PID", 18)
     if encounter:
         encounter_key = pseudonym(
@@ -111,5 +102,7 @@ EXCHANGE: ExchangeSpec[EncounterKey] = ExchangeSpec(
     },
     summary="Discharge sync for an encounter at {facility}",
     search_attributes=(*START_SEARCH_ATTRIBUTES, sa.REVIEW_STATE),
-    mapping_version="v2",
+    # v3: the FHIR delivery creates the Patient if absent instead of writing over it.
+    # Running exchanges keep the version they started with (v1, v2 still load).
+    mapping_version="v3",
 )

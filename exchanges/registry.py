@@ -3,13 +3,14 @@ worker, audit trail, search attributes and `careweave exchanges` all know the ex
 
 from __future__ import annotations
 
-from exchanges import discharge_sync, order_to_result, ordered_delivery
+from exchanges import discharge_sync, order_to_result, ordered_delivery, patient_sync
 from exchanges.sdk import ExchangeRegistry
 
 REGISTRY = ExchangeRegistry(
     exchanges=[
         order_to_result.EXCHANGE,
         discharge_sync.EXCHANGE,
+        patient_sync.EXCHANGE,
     ],
     shared_steps=[ordered_delivery.STEP],
 )

@@ -213,6 +213,26 @@ def pseudonym(key: bytes, *parts: str) -> str:
     return base64.b32encode(digest).decode()[:20].lower()
 
 
+def patient_pseudonym(message: DecodedMessage, context: RoutingContext) -> str:
+    """The patient's key in workflow ids: a pseudonym of PID-3 (first repetition) with the
+    authority that assigned it (CX-4, else MSH-4), so two facilities' equal numbers differ.
+
+    Raises MessageRejected (AE 101) when PID-3 is empty: such a message cannot be ordered
+    per patient.
+    """
+    patient_id = message.field("PID", 3)
+    if not patient_id:
+        raise structure_error(
+            message,
+            "PID",
+            3,
+            "no patient identifier (PID-3): the event cannot be ordered per patient",
+            "101",
+        )
+    authority = message.field("PID", 3, component=4) or message.header.sending_facility
+    return pseudonym(context.pseudonym_key, "patient", authority, patient_id)
+
+
 def structure_error(
     message: DecodedMessage, segment_id: str, position: int | None, text: str, code: str = "100"
 ) -> MessageRejected:

@@ -37,3 +37,15 @@ class DischargeSyncInput(BaseModel):
     mapping_version: str
     # After the last event, the exchange stays open this long for A13/A08, then completes.
     close_after_seconds: float
+
+
+class PatientSyncInput(BaseModel):
+    """One patient's person-information exchange; the key is a pseudonym (no MRN)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    facility: str
+    patient_key: str
+    mapping_version: str
+    # After the last message, the exchange stays open this long, then completes.
+    close_after_seconds: float

@@ -11,6 +11,7 @@ is pending the ReviewState search attribute is ``pending``, which is how
 from __future__ import annotations
 
 from temporalio import workflow
+from temporalio.exceptions import ActivityError, ApplicationError
 
 from models.review import (
     ReviewAction,
@@ -20,6 +21,19 @@ from models.review import (
     ReviewRequest,
 )
 from workflows import search_attributes as sa
+
+
+def refusal_of(error: BaseException, *error_types: str) -> ApplicationError | None:
+    """The ApplicationError of one of ``error_types`` an activity refused with, or None.
+
+    An activity's refusal reaches the workflow wrapped in an ActivityError; a local
+    activity's non-retryable one arrives bare (seen with temporalio 1.35). Checking only
+    for ActivityError fails the whole workflow where a reviewer should have been asked.
+    """
+    cause = error.cause if isinstance(error, ActivityError) else error
+    if isinstance(cause, ApplicationError) and cause.type in error_types:
+        return cause
+    return None
 
 
 class ReviewableWorkflow:

@@ -1,13 +1,21 @@
 """FHIR R4 adapter: an async client for any R4 base URL; knows nothing of Temporal."""
 
 from adapters.fhir.auth import BearerToken, SmartBackendServices, auth_from_config
-from adapters.fhir.client import FhirClient
-from adapters.fhir.errors import FhirError, FhirRejectedError, FhirRetryableError, FhirTlsError
+from adapters.fhir.client import ConditionalCreate, FhirClient
+from adapters.fhir.errors import (
+    FhirError,
+    FhirPreconditionFailed,
+    FhirRejectedError,
+    FhirRetryableError,
+    FhirTlsError,
+)
 
 __all__ = [
     "BearerToken",
+    "ConditionalCreate",
     "FhirClient",
     "FhirError",
+    "FhirPreconditionFailed",
     "FhirRejectedError",
     "FhirRetryableError",
     "FhirTlsError",

@@ -11,7 +11,7 @@ import ssl
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import TracebackType
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import quote
 
 import httpx
@@ -19,6 +19,7 @@ from opentelemetry import trace
 
 from adapters.fhir.errors import (
     TRANSPORT_ERRORS,
+    FhirPreconditionFailed,
     FhirRejectedError,
     FhirRetryableError,
     transport_failure,
@@ -29,6 +30,17 @@ FHIR_JSON = "application/fhir+json"
 RETRYABLE_STATUS = frozenset({408, 425, 429})
 
 _tracer = trace.get_tracer("careweave.adapters.fhir")
+
+
+class ConditionalCreate(NamedTuple):
+    """What a conditional create did: ``created`` (201) or found an existing match (200).
+
+    ``resource`` is what the server returned: the new resource, or the match (a server
+    that answers 200 without a body gives ``{}``; search for the match then).
+    """
+
+    resource: dict[str, Any]
+    created: bool
 
 
 class FhirClient:
@@ -91,12 +103,38 @@ class FhirClient:
         self, resource: dict[str, Any], identifier_query: str
     ) -> dict[str, Any]:
         """Create ``resource`` unless one matching ``identifier_query`` exists (If-None-Exist)."""
-        return await self._request(
+        return (await self.create_unless_found(resource, identifier_query)).resource
+
+    async def create_unless_found(
+        self, resource: dict[str, Any], identifier_query: str
+    ) -> ConditionalCreate:
+        """Conditional create (If-None-Exist) that says whether the server created the
+        resource or found one; FhirPreconditionFailed when the query matches several."""
+        status, body = await self._exchange(
             "conditional_create",
             "POST",
             resource["resourceType"],
             json=resource,
             headers={"If-None-Exist": identifier_query},
+        )
+        return ConditionalCreate(resource=body, created=status == 201)
+
+    async def update(
+        self, resource: dict[str, Any], *, version_id: str | None = None
+    ) -> dict[str, Any]:
+        """PUT ``Type/id``. With ``version_id`` the write is version-aware (If-Match): it
+        succeeds only if that is still the server's current version, else
+        FhirPreconditionFailed, so a read-merge-update never overwrites a write it did
+        not see."""
+        if not resource.get("id"):
+            raise ValueError("update() needs the resource's id (use conditional_update)")
+        headers = {"If-Match": f'W/"{version_id}"'} if version_id else None
+        return await self._request(
+            "update",
+            "PUT",
+            f"{resource['resourceType']}/{resource['id']}",
+            json=resource,
+            headers=headers,
         )
 
     async def conditional_update(
@@ -126,6 +164,21 @@ class FhirClient:
         params: dict[str, str] | None = None,
         headers: dict[str, str] | None = None,
     ) -> dict[str, Any]:
+        _, body = await self._exchange(
+            operation, method, path, json=json, params=params, headers=headers
+        )
+        return body
+
+    async def _exchange(
+        self,
+        operation: str,
+        method: str,
+        path: str,
+        *,
+        json: dict[str, Any] | None = None,
+        params: dict[str, str] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> tuple[int, dict[str, Any]]:
         # Span attributes name the interaction and the resource type only: URLs and
         # queries can carry identifiers (MRNs), so they stay out of telemetry.
         resource_type = path.split("/", 1)[0].split("?", 1)[0] or "Bundle"
@@ -138,7 +191,7 @@ class FhirClient:
             except TRANSPORT_ERRORS as err:
                 raise transport_failure(operation, err) from err
             span.set_attribute("http.response.status_code", response.status_code)
-            return _body_or_raise(operation, response)
+            return response.status_code, _body_or_raise(operation, response)
 
 
 def _body_or_raise(operation: str, response: httpx.Response) -> dict[str, Any]:
@@ -148,6 +201,8 @@ def _body_or_raise(operation: str, response: httpx.Response) -> dict[str, Any]:
         return body or {}
     if status >= 500 or status in RETRYABLE_STATUS:
         raise FhirRetryableError(f"{operation}: HTTP {status}", status_code=status)
+    if status == 412:
+        raise FhirPreconditionFailed(status, body)
     raise FhirRejectedError(status, body)
 
 

@@ -45,6 +45,12 @@ class FhirRejectedError(FhirError):
         super().__init__(f"HTTP {status_code}: {self.diagnostics}")
 
 
+class FhirPreconditionFailed(FhirRejectedError):
+    """HTTP 412: a version-aware update (If-Match) lost to another writer, or a conditional
+    create or update matched more than one resource. The first is worth a fresh read and
+    another try; the second is not, which only the caller knows (it knows what it sent)."""
+
+
 def summarize_outcome(outcome: dict[str, Any] | None) -> str:
     """Issue codes, texts and element paths from an OperationOutcome.
 

@@ -1,11 +1,13 @@
 """Pure builders: an AdtEvent -> one FHIR R4 transaction (Patient, Encounter, Conditions).
 
-Every entry is a conditional PUT on a business identifier (patient id with its
+Every entry is a conditional write on a business identifier (patient id with its
 authority, visit number, visit number + DG1 set id), so a retried delivery, a resent
 message or an A08 that amends a diagnosis updates the same resources instead of
-creating new ones. ``fullUrl`` uuids are uuid5 of those identifiers: the same event
-always gives the same JSON. Each resource is validated with ``fhir.resources.R4B``
-before it is returned, so an invalid resource never reaches a FHIR server.
+creating new ones: a PUT, except the Patient from mapping v3 on (a conditional create,
+so what other sources wrote on it survives the discharge). ``fullUrl`` uuids are uuid5
+of those identifiers: the same event always gives the same JSON. Each resource is
+validated with ``fhir.resources.R4B`` before it is returned, so an invalid resource never
+reaches a FHIR server.
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ import uuid
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
-from urllib.parse import quote
 
 from fhir.resources.R4B.bundle import Bundle
 from fhir.resources.R4B.condition import Condition
@@ -22,7 +23,9 @@ from fhir.resources.R4B.encounter import Encounter
 from fhir.resources.R4B.patient import Patient
 from pydantic import BaseModel
 
-from mappings.discharge_sync.mapping import AdtMapping, CodedValue
+from mappings.discharge_sync.mapping import PATIENT_CREATE_IF_ABSENT, AdtMapping, CodedValue
+from mappings.fhir_identifiers import conditional_url, identifier_query, qualified_system
+from mappings.fhir_identifiers import patient_identifier as _patient_identifier
 from models.discharge import AdtEvent, AdtTrigger, Diagnosis, DischargeOnRecord, Practitioner
 
 __all__ = [
@@ -43,12 +46,6 @@ _CONDITION_CATEGORY = "http://terminology.hl7.org/CodeSystem/condition-category"
 # --- identifiers -------------------------------------------------------------------
 
 
-def _qualified(system: str, issuer: str) -> str:
-    # The issuer (CX-4 / XCN-9 / MSH-4) is what makes a number unique; it is
-    # quoted so any character a sender uses stays a valid URI.
-    return f"{system}:{quote(issuer, safe='')}" if issuer else system
-
-
 def _encounter_issuer(event: AdtEvent) -> str:
     # PV1-19.4 issued the visit number; an account number (PID-18) or a visit
     # number without CX-4 is unique only within the sending facility.
@@ -58,12 +55,7 @@ def _encounter_issuer(event: AdtEvent) -> str:
 
 def patient_identifier(event: AdtEvent, mapping: AdtMapping) -> JSON:
     """Patient.identifier; built exactly as lab resources reference the patient."""
-    return {
-        "system": _qualified(
-            mapping.identifier_system("patient"), event.patient.assigning_authority
-        ),
-        "value": event.patient.identifier,
-    }
+    return _patient_identifier(event.patient, mapping.identifier_system("patient"))
 
 
 def encounter_identifier(event: AdtEvent, mapping: AdtMapping) -> JSON:
@@ -71,7 +63,9 @@ def encounter_identifier(event: AdtEvent, mapping: AdtMapping) -> JSON:
     if not event.encounter_number:
         raise ValueError("the event has neither a visit number nor an account number")
     return {
-        "system": _qualified(mapping.identifier_system("encounter"), _encounter_issuer(event)),
+        "system": qualified_system(
+            mapping.identifier_system("encounter"), _encounter_issuer(event)
+        ),
         "value": event.encounter_number,
     }
 
@@ -81,14 +75,11 @@ def condition_identifier(event: AdtEvent, diagnosis: Diagnosis, mapping: AdtMapp
     if not event.encounter_number:
         raise ValueError("the event has neither a visit number nor an account number")
     return {
-        "system": _qualified(mapping.identifier_system("condition"), _encounter_issuer(event)),
+        "system": qualified_system(
+            mapping.identifier_system("condition"), _encounter_issuer(event)
+        ),
         "value": f"{event.encounter_number}-{diagnosis.set_id}",
     }
-
-
-def _conditional_url(resource_type: str, identifier: Mapping[str, Any]) -> str:
-    token = f"{identifier['system']}|{identifier['value']}"
-    return f"{resource_type}?identifier={quote(token, safe='')}"
 
 
 def _full_url(identifier: Mapping[str, Any]) -> str:
@@ -101,8 +92,29 @@ def _put(resource_type: str, identifier: JSON, resource: JSON) -> JSON:
     return {
         "fullUrl": _full_url(identifier),
         "resource": resource,
-        "request": {"method": "PUT", "url": _conditional_url(resource_type, identifier)},
+        "request": {"method": "PUT", "url": conditional_url(resource_type, identifier)},
     }
+
+
+def _create_if_absent(resource_type: str, identifier: JSON, resource: JSON) -> JSON:
+    # The server resolves the fullUrl to the resource it finds or creates, so entries that
+    # reference it reach an existing resource without writing it.
+    return {
+        "fullUrl": _full_url(identifier),
+        "resource": resource,
+        "request": {
+            "method": "POST",
+            "url": resource_type,
+            "ifNoneExist": identifier_query(identifier),
+        },
+    }
+
+
+def _patient_entry(event: AdtEvent, mapping: AdtMapping, identifier: JSON) -> JSON:
+    if mapping.patient_write == PATIENT_CREATE_IF_ABSENT:
+        # v3: other sources' telecom, links and identifiers on the Patient stay as they are.
+        return _create_if_absent("Patient", identifier, _patient(event, mapping))
+    return _put("Patient", identifier, _patient(event, mapping))
 
 
 # --- small value mappings ------------------------------------------------------------
@@ -192,7 +204,7 @@ def _participant(role: str, practitioner: Practitioner | None, mapping: AdtMappi
     individual: JSON = {"type": "Practitioner"}
     if practitioner.identifier:
         individual["identifier"] = {
-            "system": _qualified(
+            "system": qualified_system(
                 mapping.identifier_system("practitioner"), practitioner.assigning_authority
             ),
             "value": practitioner.identifier,
@@ -321,8 +333,10 @@ def encounter_transaction_for(event: AdtEvent, mapping: AdtMapping) -> JSON:
     """One transaction Bundle that makes FHIR agree with the event (A03, A13 or A08).
 
     Patient, Encounter, then one Condition per DG1, each a conditional PUT on its
-    identifier. A Condition whose DG1 is absent from a later A08 is left as it is:
-    deleting clinical data is not something an update message should do silently.
+    identifier; from mapping v3 the Patient is a conditional create instead, so that a
+    discharge never writes over what other sources put on the Patient. A Condition whose
+    DG1 is absent from a later A08 is left as it is: deleting clinical data is not
+    something an update message should do silently.
     """
     patient_id = patient_identifier(event, mapping)
     encounter_id = encounter_identifier(event, mapping)
@@ -331,7 +345,7 @@ def encounter_transaction_for(event: AdtEvent, mapping: AdtMapping) -> JSON:
     condition_ids = [condition_identifier(event, d, mapping) for d in event.diagnoses]
     condition_urls = [_full_url(identifier) for identifier in condition_ids]
     entries = [
-        _put("Patient", patient_id, _patient(event, mapping)),
+        _patient_entry(event, mapping, patient_id),
         _put("Encounter", encounter_id, _encounter(event, mapping, patient_url, condition_urls)),
         *(
             _put(

@@ -16,6 +16,10 @@ __all__ = ["AdtMapping", "CodedValue", "available_versions", "load_adt_mapping"]
 
 _PACKAGE = "mappings.discharge_sync"
 _VERSION = re.compile(r"v[0-9]+")
+# [patient] write: how the transaction writes the Patient (see discharge_to_fhir.v3.toml).
+PATIENT_REPLACE = "replace"
+PATIENT_CREATE_IF_ABSENT = "create-if-absent"
+_PATIENT_WRITES = (PATIENT_REPLACE, PATIENT_CREATE_IF_ABSENT)
 
 
 @dataclass(frozen=True)
@@ -46,6 +50,9 @@ class AdtMapping:
     update_keeps_discharge: bool
     mapping_tag_system: str
     mapping_tag_code: str
+    # v3: "create-if-absent", the Patient is created when missing and never written over;
+    # v1, v2: "replace" (a conditional PUT of the whole Patient).
+    patient_write: str = PATIENT_REPLACE
 
     def identifier_system(self, kind: str) -> str:
         return self.identifier_systems[kind]
@@ -109,6 +116,12 @@ def _load(version: str) -> AdtMapping:
         )
     encounter_class = data["encounter_class"]
     diagnosis_type = data["diagnosis_type"]
+    patient_write = str(data.get("patient", {}).get("write", PATIENT_REPLACE))
+    if patient_write not in _PATIENT_WRITES:
+        raise ValueError(
+            f"discharge_to_fhir.{version}.toml: [patient] write {patient_write!r} is not one of "
+            f"{', '.join(_PATIENT_WRITES)}"
+        )
     return AdtMapping(
         version=version,
         identifier_systems=_str_dict(data["identifier_systems"]),
@@ -131,4 +144,5 @@ def _load(version: str) -> AdtMapping:
         update_keeps_discharge=bool(data.get("update_after_discharge", {}).get("keep_discharge")),
         mapping_tag_system=str(data["mapping_tag"]["system"]),
         mapping_tag_code=str(data["mapping_tag"]["code_prefix"]) + version,
+        patient_write=patient_write,
     )

@@ -42,6 +42,7 @@ from temporalio.api.common.v1 import Payload
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle, WorkflowHistory
 
+from exchanges.sdk import pseudonym
 from models.delivery import DeliveryState
 from models.review import ReviewAction, ReviewDecision
 from models.settings import Settings
@@ -69,6 +70,7 @@ from tests.support.engine import (
 from tests.support.fhir_server import free_port, running_fhir_server
 from tests.support.history import nested
 from tests.support.partner import Partner
+from tests.support.patient_sync import Person, person_message
 from workers import sample_messages as sm
 from workers.payload_codec import ENCODING, METADATA_ENCODING
 from workers.telemetry import configure_tracing
@@ -402,6 +404,39 @@ async def discharge_a03_a08_a13(s: Session) -> None:
         await s.save(f"ordered_delivery/discharge_a03_a08_a13_{name}", queue)
 
 
+async def patient_a28_a31_a31(s: Session) -> None:
+    """A28 creates the Patient, two A31s merge into it in arrival order; the exchange
+    completes after its quiet period."""
+    engine = s.running_engine
+    person = Person(mrn="MRN8101")
+    await send(
+        engine,
+        person_message(person, "REG-8101-1", "A28"),
+        person_message(person.with_(address="9 Oak Ave^^Springfield^IL^62702^USA^H"), "REG-8101-2"),
+        person_message(person.with_(name="Testpatient^Alma^C^^Dr"), "REG-8101-3"),
+    )
+    key = pseudonym(PSEUDONYM_KEY.encode(), "patient", sm.HOSPITAL, person.mrn)
+    wid = f"patient-sync/{sm.HOSPITAL}/{key}"
+    await wait_closed(s.client, wid)
+    await s.save("patient_sync/a28_a31_a31", wid)
+
+
+async def patient_unreadable_review_rejected(s: Session) -> None:
+    """An A31 the parser refuses waits for a reviewer, who rejects it; the exchange then
+    completes after its quiet period."""
+    engine = s.running_engine
+    person = Person(mrn="MRN8102", birth_date="1972-04-15")
+    await send(engine, person_message(person, "REG-8102-1"))
+    key = pseudonym(PSEUDONYM_KEY.encode(), "patient", sm.HOSPITAL, person.mrn)
+    wid = f"patient-sync/{sm.HOSPITAL}/{key}"
+    pending = await engine.wait_for_review(wid, timeout=60)
+    await decide(
+        s.client, wid, pending, ReviewAction.REJECT, "registration resends it", "reviewer-1"
+    )
+    await wait_closed(s.client, wid)
+    await s.save("patient_sync/unreadable_review_rejected", wid)
+
+
 async def discharge_late_a08_review_forwarded(s: Session) -> None:
     """The exchange closes after its quiet period; a late A08 starts a new run, which recalls
     the closed run's discharge (the patched path) and asks a reviewer, who forwards it."""
@@ -561,6 +596,7 @@ SCENARIOS: list[list[Scenario]] = [
     [lab_order_cancelled],
     [discharge_a03_a08_a13],
     [discharge_late_a08_review_forwarded],
+    [patient_a28_a31_a31, patient_unreadable_review_rejected],
     [delivery_continued_as_new],
     [delivery_held_then_skipped, delivery_held_then_edited, delivery_unanswered_then_retried],
 ]
@@ -592,6 +628,7 @@ async def record_today(out: Path, only: set[str]) -> tuple[list[Path], list[str]
                 Path(routing_dir),
                 task_queue=TASK_QUEUE,
                 discharge_close_after_seconds=CLOSE_AFTER,
+                patient_sync_close_after_seconds=CLOSE_AFTER,
                 delivery_idle_close_seconds=IDLE_CLOSE,
                 unknown_order_wait_seconds=UNKNOWN_ORDER_WAIT,
             ) as engine:

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 import pytest
 from temporalio.client import Client, WorkflowExecutionStatus
 
+from exchanges import discharge_sync
 from models.review import ReviewAction, ReviewDecision
 from tests.support.discharge import (
     discharge_id,
@@ -74,7 +75,8 @@ async def test_amendment_without_pv1_45_keeps_the_encounter_finished(
     assert found["status"] == "finished"
     assert found["period"]["end"].startswith("2026-11-25")
     assert found["hospitalization"]["dischargeDisposition"]["coding"][0]["code"] == "home"
-    assert found["meta"]["tag"][0]["code"] == "adt-v2"
+    # Written by the mapping new exchanges start on (v2's rule is in every later version).
+    assert found["meta"]["tag"][0]["code"] == f"adt-{discharge_sync.EXCHANGE.mapping_version}"
 
 
 async def discharge_then_close(engine: Engine, partners: dict[str, Partner], visit: str) -> None:

@@ -7,7 +7,12 @@ actually received. Each test uses its own patient, so its queues are its own.
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
+from adapters.hl7v2.adt_messages import parse_adt_event
+from mappings.discharge_sync.fhir_builders import encounter_transaction_for
+from mappings.discharge_sync.mapping import load_adt_mapping
+from mappings.fhir_identifiers import identifier_query
 from models.review import ReviewAction, ReviewDecision
 from tests.support.discharge import (
     delivery_id,
@@ -200,3 +205,65 @@ async def test_destination_down_goes_to_review_and_is_delivered_once(
     assert [entry["outcome"] for entry in log] == ["delivered"]
     history = await engine.handle(queue_id).query("review_history")
     assert history[0]["decision"]["reviewer"] == "ops-1"
+
+
+def patient_from_another_source(mrn: str) -> dict[str, Any]:
+    """The Patient as a registration system wrote it before any discharge: a mobile phone,
+    a second identifier and a link that discharge sync knows nothing about."""
+    return {
+        "resourceType": "Patient",
+        "identifier": [
+            {"system": f"urn:careweave:patient-id:{sm.HOSPITAL}", "value": mrn},
+            {"system": "urn:oid:2.16.840.1.113883.19.5", "value": f"REG-{mrn}"},
+        ],
+        "name": [{"family": "Testpatient", "given": ["Alma"]}],
+        "telecom": [{"system": "phone", "value": "+1 555 0100", "use": "mobile"}],
+        "link": [{"other": {"display": "record in the regional registry"}, "type": "seealso"}],
+    }
+
+
+async def test_discharge_keeps_what_other_sources_wrote_on_the_patient(
+    discharge_engine: Engine, partners: dict[str, Partner]
+) -> None:
+    engine = discharge_engine
+    written = patient_from_another_source("MRN5010")
+    existing = await engine.fhir.conditional_create(
+        written, identifier_query(written["identifier"][0])
+    )
+    await send(engine, sm.adt_event(stay("V-5010", "MRN5010"), "DS-5010-1", "A03"))
+
+    found = await encounter(engine, "V-5010")
+    for _ in range(100):
+        if found["status"] == "finished":
+            break
+        await asyncio.sleep(0.2)
+        found = await encounter(engine, "V-5010")
+    assert found["status"] == "finished"
+    # Mapping v3: the Encounter points at the Patient that was there, which the
+    # discharge did not write at all (same version, phone, identifier and link kept).
+    assert found["subject"] == {"reference": f"Patient/{existing['id']}"}
+    patient = await engine.fhir.read("Patient", existing["id"])
+    assert patient["meta"]["versionId"] == existing["meta"]["versionId"]
+    assert patient["telecom"] == written["telecom"]
+    assert patient["identifier"] == written["identifier"]
+    assert patient["link"] == written["link"]
+    same_mrn = await engine.fhir.search(
+        "Patient", {"identifier": f"urn:careweave:patient-id:{sm.HOSPITAL}|MRN5010"}
+    )
+    assert [p["id"] for p in same_mrn] == [existing["id"]]
+
+
+async def test_mapping_v2_wrote_over_the_patient(discharge_engine: Engine) -> None:
+    """Why v3 exists: the v2 transaction of the same discharge, sent to the same server,
+    replaces the Patient and loses the phone, the second identifier and the link."""
+    engine = discharge_engine
+    written = patient_from_another_source("MRN5011")
+    existing = await engine.fhir.conditional_create(
+        written, identifier_query(written["identifier"][0])
+    )
+    event = parse_adt_event(sm.adt_event(stay("V-5011", "MRN5011"), "DS-5011-1", "A03"))
+    await engine.fhir.transaction(encounter_transaction_for(event, load_adt_mapping("v2")))
+    patient = await engine.fhir.read("Patient", existing["id"])
+    assert "telecom" not in patient
+    assert "link" not in patient
+    assert patient["identifier"] == written["identifier"][:1]

@@ -7,7 +7,12 @@ from typing import Any
 
 import pytest
 
-from adapters.fhir import FhirClient, FhirRejectedError, FhirRetryableError
+from adapters.fhir import (
+    FhirClient,
+    FhirPreconditionFailed,
+    FhirRejectedError,
+    FhirRetryableError,
+)
 from tests.support.fhir_server import free_port
 
 SYSTEM = "urn:careweave:test-order"
@@ -47,6 +52,43 @@ async def test_conditional_create_creates_once(fhir_base_url: str) -> None:
         found = await fhir.search("ServiceRequest", {"identifier": f"{SYSTEM}|{value}"})
     assert first["id"] == second["id"]
     assert [resource["id"] for resource in found] == [first["id"]]
+
+
+async def test_create_unless_found_says_whether_it_created(fhir_base_url: str) -> None:
+    value = unique("cf")
+    query = f"identifier={SYSTEM}|{value}"
+    async with FhirClient(fhir_base_url) as fhir:
+        first = await fhir.create_unless_found(service_request(value), query)
+        second = await fhir.create_unless_found(service_request(value, "revoked"), query)
+    assert (first.created, second.created) == (True, False)
+    # The match comes back as it is on the server, not as the second request had it.
+    assert second.resource["id"] == first.resource["id"]
+    assert second.resource["status"] == "active"
+
+
+async def test_version_aware_update_refuses_a_stale_version(fhir_base_url: str) -> None:
+    value = unique("im")
+    async with FhirClient(fhir_base_url) as fhir:
+        created = await fhir.conditional_create(
+            service_request(value), f"identifier={SYSTEM}|{value}"
+        )
+        read = await fhir.read("ServiceRequest", created["id"])
+        # Another writer gets in between our read and our write.
+        other = await fhir.update(
+            {**read, "status": "on-hold"}, version_id=read["meta"]["versionId"]
+        )
+        with pytest.raises(FhirPreconditionFailed) as caught:
+            await fhir.update({**read, "status": "revoked"}, version_id=read["meta"]["versionId"])
+        assert caught.value.status_code == 412
+        current = await fhir.read("ServiceRequest", created["id"])
+        assert current["status"] == "on-hold"
+        # Against the version now current, the same write goes through.
+        written = await fhir.update(
+            {**current, "status": "revoked"}, version_id=current["meta"]["versionId"]
+        )
+    assert other["meta"]["versionId"] != read["meta"]["versionId"]
+    assert written["status"] == "revoked"
+    assert written["id"] == created["id"]
 
 
 async def test_conditional_update_versions_the_same_resource(fhir_base_url: str) -> None:

@@ -1,4 +1,4 @@
-"""ADT mappings v1 and v2 and the discharge FHIR builders on corpus and synthetic messages.
+"""ADT mappings v1, v2 and v3 and the discharge FHIR builders on corpus and synthetic messages.
 
 Every resource must validate as R4B (the builders check it too; checked again here).
 """
@@ -28,6 +28,7 @@ from tests.unit.test_adt_messages import DG1_DIABETES, DISCHARGE_SYNC_FILES, adt
 
 MAPPING = load_adt_mapping("v1")
 V2 = load_adt_mapping("v2")
+V3 = load_adt_mapping("v3")
 ICD10CM = "http://hl7.org/fhir/sid/icd-10-cm"
 DISPOSITION = "http://terminology.hl7.org/CodeSystem/discharge-disposition"
 MODELS: dict[str, type[BaseModel]] = {
@@ -57,7 +58,7 @@ def test_mapping_is_versioned_tagged_and_cached() -> None:
     assert MAPPING.version == "v1"
     assert load_adt_mapping() is MAPPING
     assert MAPPING.mapping_tag_code == "adt-v1"
-    assert available_versions() == ["v1", "v2"]
+    assert available_versions() == ["v1", "v2", "v3"]
     assert V2.mapping_tag_code == "adt-v2"
 
 
@@ -442,3 +443,49 @@ def test_the_patient_written_here_is_the_one_lab_resources_reference() -> None:
     )
     lab_subject = service_request_for(order, load_lab_mapping())["subject"]["identifier"]
     assert patient_identifier(parse_adt_event(adt()), MAPPING) == lab_subject
+
+
+# --- v3: the Patient is created if absent, never written over ----------------------------
+
+
+def test_v3_is_v2_except_how_the_patient_is_written() -> None:
+    assert (V2.patient_write, V3.patient_write) == ("replace", "create-if-absent")
+    assert MAPPING.patient_write == "replace"
+    assert V3.mapping_tag_code == "adt-v3"
+    assert (
+        dataclasses.replace(V3, version="v2", mapping_tag_code="adt-v2", patient_write="replace")
+        == V2
+    )
+
+
+def _retagged(value: Any) -> Any:
+    """``value`` with its adt-v3 mapping tags read as adt-v2."""
+    return json.loads(json.dumps(value).replace('"adt-v3"', '"adt-v2"'))
+
+
+@pytest.mark.parametrize("name", DISCHARGE_SYNC_FILES)
+def test_v3_creates_the_patient_if_absent_and_changes_nothing_else(name: str) -> None:
+    event = parse_adt_event(corpus(name))
+    v2 = encounter_transaction_for(event, V2)
+    v3 = encounter_transaction_for(event, V3)
+    Bundle.model_validate(v3)
+    patient_v2, patient_v3 = only(v2, "Patient"), only(v3, "Patient")
+    identifier = patient_v3["resource"]["identifier"][0]
+    assert patient_v3["request"] == {
+        "method": "POST",
+        "url": "Patient",
+        "ifNoneExist": "identifier="
+        + quote(f"{identifier['system']}|{identifier['value']}", safe=""),
+    }
+    # Same Patient resource and fullUrl: the Encounter and Conditions still reference it.
+    assert _retagged(patient_v3["resource"]) == patient_v2["resource"]
+    assert patient_v3["fullUrl"] == patient_v2["fullUrl"]
+    assert only(v3, "Encounter")["resource"]["subject"] == {"reference": patient_v3["fullUrl"]}
+    assert _retagged(v3["entry"][1:]) == v2["entry"][1:]
+
+
+def test_v3_queries_the_patient_by_the_identifier_it_would_have_put() -> None:
+    bundle = encounter_transaction_for(parse_adt_event(corpus("adt-a03-msfhirconv-1.hl7")), V3)
+    assert only(bundle, "Patient")["request"]["ifNoneExist"] == (
+        "identifier=urn%3Acareweave%3Apatient-id%3Atest1%7CPATID1234"
+    )

@@ -17,7 +17,9 @@ from exchanges.sdk import (
     ExchangeDefinitionError,
     ExchangeRegistry,
     MessageType,
+    pseudonym,
 )
+from tests.support.patient_sync import Person, person_message
 from workers import sample_messages as sm
 from workers.cli import app
 from workflows.discharge_sync import DischargeSync
@@ -110,6 +112,45 @@ def test_every_activity_has_a_declared_audit_action() -> None:
     assert actions["publish_lab_result"] == "push"
     assert actions["interpret_adt"] == "transform"
     assert actions["closed_discharge"] == "access"
+    assert actions["interpret_person_message"] == "transform"
+    assert actions["write_patient"] == "push"
+
+
+def test_person_updates_route_to_one_patient_sync_per_patient() -> None:
+    assert REGISTRY.required_segments["ADT^A28"] == ("PID",)
+    assert REGISTRY.required_segments["ADT^A31"] == ("PID",)
+    alma = Person("MRN8201", name="Testpatient^Alma")
+    added = REGISTRY.route(
+        decoded_with_any_type(person_message(alma, "R-1", "A28")), pseudonym_key=b"k"
+    )
+    updated = REGISTRY.route(
+        decoded_with_any_type(person_message(alma, "R-2", "A31")), pseudonym_key=b"k"
+    )
+    other = REGISTRY.route(
+        decoded_with_any_type(person_message(Person("MRN8202"), "R-3", "A31")),
+        pseudonym_key=b"k",
+    )
+    key = pseudonym(b"k", "patient", "GENHOSP", "MRN8201")
+    assert added.exchange == "patient-sync"
+    assert added.workflow_id == updated.workflow_id == f"patient-sync/GENHOSP/{key}"
+    assert other.workflow_id != added.workflow_id
+    assert "MRN8201" not in added.workflow_id and "Testpatient" not in added.workflow_id
+    # The same patient key as the patient's discharges (their delivery queues).
+    discharge = REGISTRY.route(
+        decoded_with_any_type(
+            sm.adt_event(sm.SampleStay("V-1", patient=sm.SamplePatient(mrn="MRN8201")), "D", "A03")
+        ),
+        pseudonym_key=b"k",
+    )
+    assert discharge.key.patient_key == added.key.patient_key
+
+
+def test_a_person_update_without_pid_3_gets_ae_101() -> None:
+    text = person_message(Person("MRN8203"), "R-4").replace("MRN8203^^^GENHOSP^MR", "")
+    with pytest.raises(MessageRejected) as refused:
+        REGISTRY.route(decoded_with_any_type(text), pseudonym_key=b"k")
+    assert (refused.value.ack_code, refused.value.error_code) == ("AE", "101")
+    assert refused.value.field_position == 3
 
 
 def test_docker_compose_registers_the_registry_search_attributes() -> None:
@@ -123,7 +164,7 @@ def test_docker_compose_registers_the_registry_search_attributes() -> None:
 
 
 def test_careweave_exchanges_lists_every_registered_exchange() -> None:
-    result = CliRunner().invoke(app, ["exchanges"], env={"COLUMNS": "200"})
+    result = CliRunner().invoke(app, ["exchanges"])
     assert result.exit_code == 0, result.output
     for spec in REGISTRY.exchanges:
         assert spec.name in result.output
@@ -131,4 +172,4 @@ def test_careweave_exchanges_lists_every_registered_exchange() -> None:
             for name in message_type.names():
                 assert name in result.output
     assert "ordered-delivery" in result.output
-    assert "v1, v2 (new exchanges)" in result.output  # discharge sync's mapping versions
+    assert "v1, v2, v3 (new" in result.output  # discharge sync's mapping versions

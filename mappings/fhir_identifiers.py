@@ -1,0 +1,56 @@
+"""Business identifiers as every exchange's FHIR builders write and search them.
+
+One rule, so that the Patient a discharge writes, the Patient patient-sync creates or
+merges and the subject a lab result references are the same resource: a number is
+unique only within whoever issued it, so the issuer (CX-4, XCN-9, MSH-4) is part of the
+identifier system, URL-quoted. Pure functions; the systems themselves are mapping data
+(each exchange's versioned TOML).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import quote
+
+from models.lab import PatientRef
+
+__all__ = [
+    "conditional_url",
+    "identifier_query",
+    "patient_identifier",
+    "qualified_system",
+]
+
+JSON = dict[str, Any]
+
+
+def qualified_system(system: str, issuer: str) -> str:
+    """``system:<issuer>``, or the bare system when the sender named no issuer.
+
+    The issuer is quoted so any character a sender uses stays a valid URI.
+    """
+    return f"{system}:{quote(issuer, safe='')}" if issuer else system
+
+
+def patient_identifier(patient: PatientRef, system: str) -> JSON:
+    """Patient.identifier of the PID-3 identifier every exchange keys the patient by
+    (MR preferred, as the HL7 readers choose it), qualified by its CX-4."""
+    return {
+        "system": qualified_system(system, patient.assigning_authority),
+        "value": patient.identifier,
+    }
+
+
+def _token(identifier: Mapping[str, Any]) -> str:
+    return f"{identifier['system']}|{identifier['value']}"
+
+
+def identifier_query(identifier: Mapping[str, Any]) -> str:
+    """``identifier=<system>|<value>``, URL-quoted: an If-None-Exist header or ``ifNoneExist``."""
+    return f"identifier={quote(_token(identifier), safe='')}"
+
+
+def conditional_url(resource_type: str, identifier: Mapping[str, Any]) -> str:
+    """``<Type>?identifier=<system>|<value>``, URL-quoted: a conditional PUT's URL."""
+    return f"{resource_type}?{identifier_query(identifier)}"

@@ -1,0 +1,178 @@
+"""Patient-sync: one patient's person information reaches the FHIR Patient, in order.
+
+ADT^A28 (add person information) and ^A31 (update person information) of one patient
+(PID-3 with its assigning authority) signal ``patient-sync/<facility>/<patient key>``.
+The workflow applies them one at a time, in arrival order: parse and map (a local
+activity), then create the Patient or merge the message into it without erasing what
+other sources wrote (activities/patient_sync.py). A message the parser refuses, or a
+write the FHIR server refuses, waits for a reviewer: nothing is dropped unseen. After a
+quiet period (close_after_seconds) the exchange completes; the next message starts a
+new run under the same id.
+
+Workflow code is deterministic: every parse, mapping and FHIR call is an activity.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from datetime import timedelta
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, ApplicationError
+
+from workflows import search_attributes as sa
+from workflows.message_trace import follow_message_trace, trace_base
+from workflows.review import ReviewableWorkflow, refusal_of
+
+with workflow.unsafe.imports_passed_through():
+    from activities.patient_sync import (
+        PATIENT_WRITE_REJECTED,
+        PERSON_MESSAGE_INVALID,
+        InterpretPersonInput,
+        PatientWritten,
+        WritePatientInput,
+        interpret_person_message,
+        write_patient,
+    )
+    from mappings.patient_sync.fhir_patient import PatientChanges
+    from models.exchanges import PatientSyncInput
+    from models.messages import InboundMessage
+    from models.person import AppliedMessage, PatientSyncSummary
+    from models.review import ReviewAction, ReviewReason
+
+EXCHANGE_NAME = "patient-sync"
+
+# FHIR outages and version conflicts are retried with backoff, as long as they last; a
+# refusal (4xx) or an unreadable message goes to a reviewer instead.
+_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(minutes=1),
+    non_retryable_error_types=[PATIENT_WRITE_REJECTED, PERSON_MESSAGE_INVALID],
+)
+
+
+@workflow.defn
+class PatientSync(ReviewableWorkflow):
+    @workflow.init
+    def __init__(self, params: PatientSyncInput) -> None:
+        super().__init__()
+        self._params = params
+        self._inbox: deque[InboundMessage] = deque()
+        self._seen: set[str] = set()
+        self._applied: list[AppliedMessage] = []
+        self._status = "received"
+
+    @workflow.run
+    async def run(self, params: PatientSyncInput) -> PatientSyncSummary:
+        own_trace = trace_base()
+        while True:
+            follow_message_trace({}, own_trace)
+            if not self._inbox:
+                workflow.set_current_details(
+                    f"Status {self._status}; open {params.close_after_seconds:.0f} s for more"
+                )
+                try:
+                    await workflow.wait_condition(
+                        lambda: bool(self._inbox),
+                        timeout=timedelta(seconds=params.close_after_seconds),
+                    )
+                except TimeoutError:
+                    # Quiet long enough: complete, unless a signal handler still running
+                    # queues a message (wait_condition raises on its timeout).
+                    await workflow.wait_condition(workflow.all_handlers_finished)
+                    if not self._inbox:
+                        break
+            message = self._inbox.popleft()
+            follow_message_trace(message.trace_context, own_trace)
+            workflow.upsert_search_attributes([sa.MESSAGE_TYPE.value_set(message.message_type)])
+            await self._apply(message)
+        return PatientSyncSummary(status=self._status, applied=list(self._applied))
+
+    @workflow.signal
+    def person_message(self, message: InboundMessage) -> None:
+        # A resend (same MSH-4 + MSH-10) is the same message: applied once.
+        if message.dedup_key in self._seen:
+            return
+        self._seen.add(message.dedup_key)
+        self._inbox.append(message)
+
+    @workflow.query
+    def status(self) -> str:
+        return self._status
+
+    @workflow.query
+    def applied_messages(self) -> list[AppliedMessage]:
+        return list(self._applied)
+
+    async def _apply(self, message: InboundMessage) -> None:
+        changes = await self._interpret(message)
+        written = await self._write(changes) if changes is not None else None
+        self._applied.append(
+            AppliedMessage(
+                control_id=message.control_id,
+                sending_facility=message.sending_facility,
+                message_type=message.message_type,
+                outcome=written.outcome if written else "dismissed",
+                patient=written.patient if written else "",
+                version_conflicts=written.version_conflicts if written else 0,
+            )
+        )
+        self._set_status(written.outcome if written else "dismissed")
+
+    async def _interpret(self, message: InboundMessage) -> PatientChanges | None:
+        while True:
+            try:
+                return await workflow.execute_local_activity(
+                    interpret_person_message,
+                    InterpretPersonInput(
+                        message=message, mapping_version=self._params.mapping_version
+                    ),
+                    start_to_close_timeout=timedelta(seconds=30),
+                    retry_policy=_RETRY,
+                    summary="Parse the PID and map it to Patient changes",
+                )
+            except (ActivityError, ApplicationError) as err:
+                refusal = refusal_of(err, PERSON_MESSAGE_INVALID)
+                if refusal is None:
+                    raise
+                decision = await self.ask_reviewer(
+                    ReviewReason.INVALID_MESSAGE,
+                    f"The person update could not be read: {refusal.message}",
+                    actions={
+                        ReviewAction.RETRY: "read it again (after the parser or mapping was fixed)",
+                        ReviewAction.REJECT: "dismiss this message: the Patient is not changed",
+                    },
+                )
+                if decision.action is not ReviewAction.RETRY:
+                    return None
+
+    async def _write(self, changes: PatientChanges) -> PatientWritten | None:
+        while True:
+            try:
+                return await workflow.execute_activity_method(
+                    write_patient,
+                    WritePatientInput(changes=changes),
+                    start_to_close_timeout=timedelta(seconds=60),
+                    retry_policy=_RETRY,
+                    summary="Create the Patient, or merge the message into it",
+                )
+            except (ActivityError, ApplicationError) as err:
+                refusal = refusal_of(err, PATIENT_WRITE_REJECTED)
+                if refusal is None:
+                    raise
+                decision = await self.ask_reviewer(
+                    ReviewReason.FHIR_REJECTED,
+                    f"The FHIR server refused the Patient write: {refusal.message}",
+                    actions={
+                        ReviewAction.RETRY: "write again (after the server or data was fixed)",
+                        ReviewAction.REJECT: "dismiss this message: the Patient is not changed",
+                    },
+                )
+                if decision.action is not ReviewAction.RETRY:
+                    return None
+
+    def _set_status(self, status: str) -> None:
+        self._status = status
+        workflow.upsert_search_attributes([sa.STATUS.value_set(status)])
