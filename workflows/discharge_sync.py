@@ -18,7 +18,7 @@ from temporalio.exceptions import ActivityError, ApplicationError
 
 from workflows import search_attributes as sa
 from workflows.message_trace import follow_message_trace, trace_base
-from workflows.review import ReviewableWorkflow
+from workflows.review import ReviewableWorkflow, refusal_of
 
 with workflow.unsafe.imports_passed_through():
     from activities.discharge_sync import (
@@ -273,9 +273,10 @@ class DischargeSync(ReviewableWorkflow):
                     start_to_close_timeout=timedelta(seconds=30),
                     summary="Parse the ADT event",
                 )
-            except ActivityError as err:
-                cause = err.cause
-                if not (isinstance(cause, ApplicationError) and cause.type == ADT_MESSAGE_INVALID):
+            except (ActivityError, ApplicationError) as err:
+                # A local activity's refusal arrives bare, not wrapped in an ActivityError.
+                cause = refusal_of(err, ADT_MESSAGE_INVALID)
+                if cause is None:
                     raise
                 decision = await self.ask_reviewer(
                     ReviewReason.INVALID_MESSAGE,

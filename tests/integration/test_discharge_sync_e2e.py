@@ -267,3 +267,17 @@ async def test_mapping_v2_wrote_over_the_patient(discharge_engine: Engine) -> No
     assert "telecom" not in patient
     assert "link" not in patient
     assert patient["identifier"] == written["identifier"][:1]
+
+
+async def test_a_discharge_the_full_parser_refuses_waits_for_a_reviewer(
+    discharge_engine: Engine,
+) -> None:
+    # PID-7 is not read on the ACK path; the full parse (a local activity) refuses it. Its
+    # refusal reaches the workflow unwrapped: it must still ask a reviewer, not fail.
+    engine = discharge_engine
+    patient = sm.SamplePatient(mrn="MRN5090", birth_date="1972-04-15")
+    await send(engine, sm.adt_event(sm.SampleStay("V-5090", patient=patient), "DS-5090", "A03"))
+    pending = await engine.wait_for_review(discharge_id("V-5090"), timeout=30)
+    assert pending["reason"] == "invalid-message"
+    assert "PID-7" in pending["summary"]
+    assert "1972" not in pending["summary"]

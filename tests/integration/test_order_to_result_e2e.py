@@ -292,3 +292,20 @@ async def test_review_validator_refuses_malformed_decisions(engine: Engine) -> N
         pass
     else:
         raise AssertionError("a second decision for a closed review was accepted")
+
+
+async def test_a_result_the_full_parser_refuses_waits_for_a_reviewer(engine: Engine) -> None:
+    # The ACK path checks that an OBR and an OBX are present, not their order; the full parse
+    # (a local activity) refuses an OBX before any OBR. That refusal reaches the workflow
+    # unwrapped: it must still ask a reviewer, not fail the exchange.
+    order = sm.SampleOrder("PO-RVW-PARSE")
+    lines = sm.lab_result(order, "OR-PARSE-1", [sm.SODIUM]).rstrip("\r").split("\r")
+    obr = next(line for line in lines if line.startswith("OBR|"))
+    misordered = [line for line in lines if line != obr] + [obr]
+    acks = await mllp_send(
+        engine.mllp_port, [sm.lab_order(order, "OR-PARSE-0"), "\r".join(misordered) + "\r"]
+    )
+    assert all("MSA|AA" in ack for ack in acks), acks
+    pending = await engine.wait_for_review(workflow_id(order), timeout=30)
+    assert pending["reason"] == "invalid-message"
+    assert "OBX" in pending["summary"]
