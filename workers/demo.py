@@ -80,6 +80,7 @@ def demo_feed(run_tag: str, pseudonym_key: bytes) -> list[FeedItem]:
             "ordered",
         ),
         *discharge_feed(run_tag, pseudonym_key),
+        *patient_feed(run_tag, pseudonym_key),
         FeedItem("not HL7 at all -> AR, quarantined", b"hello, this is not HL7\r", None, None),
         FeedItem(
             "ADT^A01 (admission: no exchange takes it) -> AR 201",
@@ -119,6 +120,29 @@ def discharge_feed(run_tag: str, pseudonym_key: bytes) -> list[FeedItem]:
             sm.adt_event(amended, f"{run_tag}-12", "A08").encode(),
             workflow_id,
             "diagnoses-updated",
+        ),
+    ]
+
+
+def patient_feed(run_tag: str, pseudonym_key: bytes) -> list[FeedItem]:
+    """Registration adds a person, then moves them: the Patient created, then merged."""
+    patient = sm.SamplePatient(mrn=f"MRNP{run_tag}", family="Demoperson", given="Iris")
+    key = pseudonym(pseudonym_key, "patient", sm.HOSPITAL, patient.mrn)
+    workflow_id = f"patient-sync/{sm.HOSPITAL}/{key}"
+    return [
+        FeedItem(
+            "new person (ADT^A28) -> FHIR Patient created",
+            sm.person_update(patient, f"{run_tag}-13", "A28").encode(),
+            workflow_id,
+            None,
+        ),
+        FeedItem(
+            "new address (ADT^A31) -> merged into the Patient, nothing else erased",
+            sm.person_update(
+                patient, f"{run_tag}-14", "A31", address="9 Oak Ave^^Springfield^IL^62702^USA^H"
+            ).encode(),
+            workflow_id,
+            "updated",
         ),
     ]
 

@@ -198,3 +198,39 @@ def adt_event(
         *(_dg1(diagnosis) for diagnosis in stay.diagnoses),
     ]
     return "\r".join(segments) + "\r"
+
+
+# -- ADT person updates (patient sync) ---------------------------------------------------
+
+REGISTRATION_APP = "REGSYS"
+
+
+def person_update(
+    patient: SamplePatient,
+    control_id: str,
+    trigger: str = "A31",
+    *,
+    address: str = "12 Elm St^^Springfield^IL^62701^USA^H",
+    home_phone: str = "^PRN^PH^^1^217^5550100",
+    when: datetime | None = None,
+) -> str:
+    """ADT^A28 (add person) or ^A31 (update person), structure ADT_A05, from registration."""
+    return (
+        "\r".join(
+            [
+                _msh(
+                    REGISTRATION_APP,
+                    HOSPITAL,
+                    "CAREWEAVE",
+                    HOSPITAL,
+                    f"ADT^{trigger}^ADT_A05",
+                    control_id,
+                    when,
+                ),
+                f"EVN|{trigger}|{_ts(when)}",
+                f"{_pid(patient)}|||{address}||{home_phone}",
+                "PV1|1|N",
+            ]
+        )
+        + "\r"
+    )
