@@ -17,6 +17,7 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError
 
 from workflows import search_attributes as sa
+from workflows.inbox import next_or_quiet
 from workflows.message_trace import follow_message_trace, trace_base
 from workflows.review import ReviewableWorkflow, refusal_of
 
@@ -76,19 +77,10 @@ class DischargeSync(ReviewableWorkflow):
                 workflow.set_current_details(
                     f"Status {self._status}; open {params.close_after_seconds:.0f} s for A13/A08"
                 )
-                try:
-                    await workflow.wait_condition(
-                        lambda: bool(self._inbox),
-                        timeout=timedelta(seconds=params.close_after_seconds),
-                    )
-                except TimeoutError:
-                    # Quiet for close_after_seconds: the exchange completes (wait_condition
-                    # raises on its timeout, it returns nothing), unless a handler still
-                    # running queues a message.
-                    await workflow.wait_condition(workflow.all_handlers_finished)
-                    if not self._inbox:
-                        break
-            message = self._inbox.popleft()
+            # Quiet for close_after_seconds: the exchange completes.
+            message = await next_or_quiet(self._inbox, params.close_after_seconds)
+            if message is None:
+                break
             follow_message_trace(message.trace_context, own_trace)
             workflow.upsert_search_attributes([sa.MESSAGE_TYPE.value_set(message.message_type)])
             await self._handle(message)

@@ -22,6 +22,7 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
 
 from workflows import search_attributes as sa
+from workflows.inbox import next_or_quiet
 from workflows.message_trace import follow_message_trace, trace_base
 from workflows.review import ReviewableWorkflow, refusal_of
 
@@ -73,18 +74,9 @@ class PatientSync(ReviewableWorkflow):
                 workflow.set_current_details(
                     f"Status {self._status}; open {params.close_after_seconds:.0f} s for more"
                 )
-                try:
-                    await workflow.wait_condition(
-                        lambda: bool(self._inbox),
-                        timeout=timedelta(seconds=params.close_after_seconds),
-                    )
-                except TimeoutError:
-                    # Quiet long enough: complete, unless a signal handler still running
-                    # queues a message (wait_condition raises on its timeout).
-                    await workflow.wait_condition(workflow.all_handlers_finished)
-                    if not self._inbox:
-                        break
-            message = self._inbox.popleft()
+            message = await next_or_quiet(self._inbox, params.close_after_seconds)
+            if message is None:
+                break
             follow_message_trace(message.trace_context, own_trace)
             workflow.upsert_search_attributes([sa.MESSAGE_TYPE.value_set(message.message_type)])
             await self._apply(message)
