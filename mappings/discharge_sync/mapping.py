@@ -5,17 +5,15 @@ Pure: reads package files only. See README.md in this folder for the rules.
 
 from __future__ import annotations
 
-import re
-import tomllib
 from dataclasses import dataclass
 from functools import cache
-from importlib import resources
-from typing import Any
+
+from mappings import versioned
 
 __all__ = ["AdtMapping", "CodedValue", "available_versions", "load_adt_mapping"]
 
 _PACKAGE = "mappings.discharge_sync"
-_VERSION = re.compile(r"v[0-9]+")
+_STEM = "discharge_to_fhir"
 # [patient] write: how the transaction writes the Patient (see discharge_to_fhir.v3.toml).
 PATIENT_REPLACE = "replace"
 PATIENT_CREATE_IF_ABSENT = "create-if-absent"
@@ -80,14 +78,8 @@ class AdtMapping:
         return CodedValue(self.verification_system, code) if code else None
 
 
-def _str_dict(table: Any) -> dict[str, str]:
-    return {str(k): str(v) for k, v in dict(table).items() if not isinstance(v, dict)}
-
-
 def available_versions() -> list[str]:
-    names = (entry.name for entry in resources.files(_PACKAGE).iterdir())
-    found = (re.fullmatch(r"discharge_to_fhir\.(v[0-9]+)\.toml", name) for name in names)
-    return sorted(match.group(1) for match in found if match)
+    return versioned.available_versions(_PACKAGE, _STEM)
 
 
 def load_adt_mapping(version: str = "v1") -> AdtMapping:
@@ -100,20 +92,7 @@ def load_adt_mapping(version: str = "v1") -> AdtMapping:
 
 @cache
 def _load(version: str) -> AdtMapping:
-    if not _VERSION.fullmatch(version) or version not in available_versions():
-        raise ValueError(
-            f"unknown ADT mapping version {version!r}; known: {', '.join(available_versions())}"
-        )
-    text = (
-        resources.files(_PACKAGE)
-        .joinpath(f"discharge_to_fhir.{version}.toml")
-        .read_text(encoding="utf-8")
-    )
-    data = tomllib.loads(text)
-    if data.get("version") != version:
-        raise ValueError(
-            f"discharge_to_fhir.{version}.toml declares version {data.get('version')!r}"
-        )
+    data = versioned.read_version(_PACKAGE, _STEM, version, what="ADT")
     encounter_class = data["encounter_class"]
     diagnosis_type = data["diagnosis_type"]
     patient_write = str(data.get("patient", {}).get("write", PATIENT_REPLACE))
@@ -124,21 +103,23 @@ def _load(version: str) -> AdtMapping:
         )
     return AdtMapping(
         version=version,
-        identifier_systems=_str_dict(data["identifier_systems"]),
+        identifier_systems=versioned.str_dict(data["identifier_systems"]),
         # Keys are compared upper-case: senders differ in case (I10, i10).
-        coding_systems={k.upper(): v for k, v in _str_dict(data["coding_systems"]).items()},
+        coding_systems={
+            k.upper(): v for k, v in versioned.str_dict(data["coding_systems"]).items()
+        },
         disposition_system=str(data["discharge_disposition"]["system"]),
-        disposition_codes=_str_dict(data["discharge_disposition"]["codes"]),
+        disposition_codes=versioned.str_dict(data["discharge_disposition"]["codes"]),
         class_system=str(encounter_class["system"]),
-        class_codes=_str_dict(encounter_class["codes"]),
+        class_codes=versioned.str_dict(encounter_class["codes"]),
         class_unknown=CodedValue(
             str(encounter_class["unknown_system"]), str(encounter_class["unknown_code"])
         ),
         diagnosis_use_system=str(diagnosis_type["use_system"]),
-        diagnosis_use=_str_dict(diagnosis_type["use"]),
+        diagnosis_use=versioned.str_dict(diagnosis_type["use"]),
         verification_system=str(diagnosis_type["verification_system"]),
-        verification=_str_dict(diagnosis_type["verification"]),
-        administrative_sex=_str_dict(data["administrative_sex"]),
+        verification=versioned.str_dict(diagnosis_type["verification"]),
+        administrative_sex=versioned.str_dict(data["administrative_sex"]),
         naive_timestamp_offset=str(data["time"]["naive_timestamp_offset"]),
         # Tables added in later versions: absent from v1, whose behaviour stays as it was.
         update_keeps_discharge=bool(data.get("update_after_discharge", {}).get("keep_discharge")),
