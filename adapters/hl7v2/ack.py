@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from adapters.hl7v2.fields import at, delimiters_from_msh, read_segments, subcomponents
 from adapters.hl7v2.header import MessageHeader, MessageRejected, error_description
 from models.errors import Hl7Error
 
@@ -127,26 +128,22 @@ def ack_required(header: MessageHeader, ack_code: str) -> bool:
 
 def parse_ack(text: str) -> tuple[str, str, str]:
     """(MSA-1 code, MSA-2 control id, ERR-3 code or "") of an ACK; ERR-1 is read before v2.5."""
-    segments = [s for s in text.replace("\n", "\r").split("\r") if s]
-    if not segments or not segments[0].startswith("MSH") or len(segments[0]) < 8:
+    lines = [s for s in text.replace("\n", "\r").split("\r") if s]
+    if not lines or not lines[0].startswith("MSH") or len(lines[0]) < 8:
         raise AckParseError("acknowledgment does not start with MSH")
-    sep = segments[0][3]
-    enc = segments[0].split(sep, 2)[1]
-    if len(enc) < 4:
+    delimiters = delimiters_from_msh(lines[0])
+    if delimiters is None:
         raise AckParseError("acknowledgment MSH-2 does not define delimiters")
-    component, subcomponent = enc[0], enc[3]
-    msa = next((s.split(sep) for s in segments if s.startswith("MSA" + sep)), None)
-    if msa is None or len(msa) < 2:
+    segments = read_segments(lines, delimiters)
+    msa = next((s for s in segments if s.name == "MSA"), None)
+    if msa is None:
         raise AckParseError("acknowledgment has no MSA segment")
-    code = msa[1]
-    control_id = msa[2] if len(msa) > 2 else ""
     error_code = ""
-    err = next((s.split(sep) for s in segments if s.startswith("ERR" + sep)), None)
+    err = next((s for s in segments if s.name == "ERR"), None)
     if err is not None:
-        if len(err) > 3 and err[3]:
-            error_code = err[3].split(component)[0]
-        elif len(err) > 1:
-            eld = err[1].split(enc[1])[0].split(component)
-            if len(eld) > 3:
-                error_code = eld[3].split(subcomponent)[0]
-    return code, control_id, error_code
+        if err.field(3):
+            error_code = err.component(3)
+        else:
+            # ERR-1 (ELD, before v2.5): its fourth component is the code, a CE.
+            error_code = at(subcomponents(err.component(1, 4), delimiters), 1)
+    return msa.field(1), msa.field(2), error_code
