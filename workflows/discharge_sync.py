@@ -14,12 +14,11 @@ from collections import deque
 from datetime import timedelta
 
 from temporalio import workflow
-from temporalio.exceptions import ActivityError, ApplicationError
 
 from workflows import search_attributes as sa
 from workflows.inbox import next_or_quiet
 from workflows.message_trace import follow_message_trace, trace_base
-from workflows.review import ReviewableWorkflow, refusal_of
+from workflows.review import ReviewableWorkflow
 
 with workflow.unsafe.imports_passed_through():
     from activities.discharge_sync import (
@@ -257,29 +256,21 @@ class DischargeSync(ReviewableWorkflow):
         return event.model_copy(update={"discharge_on_record": on_record})
 
     async def _interpret(self, message: InboundMessage) -> AdtEvent | None:
-        while True:
-            try:
-                return await workflow.execute_local_activity(
-                    interpret_adt,
-                    InterpretAdtInput(message=message),
-                    start_to_close_timeout=timedelta(seconds=30),
-                    summary="Parse the ADT event",
-                )
-            except (ActivityError, ApplicationError) as err:
-                # A local activity's refusal arrives bare, not wrapped in an ActivityError.
-                cause = refusal_of(err, ADT_MESSAGE_INVALID)
-                if cause is None:
-                    raise
-                decision = await self.ask_reviewer(
-                    ReviewReason.INVALID_MESSAGE,
-                    f"The ADT message failed full validation: {cause.message}",
-                    actions={
-                        ReviewAction.RETRY: "validate again (after the parser was fixed)",
-                        ReviewAction.REJECT: "drop this message from the exchange",
-                    },
-                )
-                if decision.action is not ReviewAction.RETRY:
-                    return None
+        return await self.until_accepted(
+            lambda: workflow.execute_local_activity(
+                interpret_adt,
+                InterpretAdtInput(message=message),
+                start_to_close_timeout=timedelta(seconds=30),
+                summary="Parse the ADT event",
+            ),
+            refused_as=ADT_MESSAGE_INVALID,
+            reason=ReviewReason.INVALID_MESSAGE,
+            summary="The ADT message failed full validation",
+            actions={
+                ReviewAction.RETRY: "validate again (after the parser was fixed)",
+                ReviewAction.REJECT: "drop this message from the exchange",
+            },
+        )
 
     def _set_status(self, status: str) -> None:
         self._status = status

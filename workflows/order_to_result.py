@@ -26,7 +26,7 @@ from temporalio.exceptions import ActivityError, ApplicationError
 
 from workflows import search_attributes as sa
 from workflows.message_trace import follow_message_trace, trace_base
-from workflows.review import ReviewableWorkflow, refusal_of
+from workflows.review import ReviewableWorkflow
 
 with workflow.unsafe.imports_passed_through():
     from activities.order_to_result import (
@@ -372,30 +372,22 @@ class OrderToResult(ReviewableWorkflow):
         self, activity: Callable[[_A], _T], arg: _A, *, summary: str
     ) -> _T | None:
         """Run a parse/map step; a message the full parser refuses goes to a reviewer."""
-        while True:
-            try:
-                return await workflow.execute_local_activity(
-                    activity,
-                    arg,
-                    start_to_close_timeout=timedelta(seconds=30),
-                    retry_policy=_FHIR_RETRY,
-                    summary=summary,
-                )
-            except (ActivityError, ApplicationError) as err:
-                # A local activity's refusal arrives bare, not wrapped in an ActivityError.
-                cause = refusal_of(err, LAB_MESSAGE_INVALID)
-                if cause is None:
-                    raise
-                decision = await self.ask_reviewer(
-                    ReviewReason.INVALID_MESSAGE,
-                    f"The message failed full validation: {cause.message}",
-                    actions={
-                        ReviewAction.RETRY: "validate again (after the mapping/parser was fixed)",
-                        ReviewAction.REJECT: "drop this message from the exchange",
-                    },
-                )
-                if decision.action is not ReviewAction.RETRY:
-                    return None
+        return await self.until_accepted(
+            lambda: workflow.execute_local_activity(
+                activity,
+                arg,
+                start_to_close_timeout=timedelta(seconds=30),
+                retry_policy=_FHIR_RETRY,
+                summary=summary,
+            ),
+            refused_as=LAB_MESSAGE_INVALID,
+            reason=ReviewReason.INVALID_MESSAGE,
+            summary="The message failed full validation",
+            actions={
+                ReviewAction.RETRY: "validate again (after the mapping/parser was fixed)",
+                ReviewAction.REJECT: "drop this message from the exchange",
+            },
+        )
 
     async def _publish(
         self,

@@ -19,12 +19,11 @@ from datetime import timedelta
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError
 
 from workflows import search_attributes as sa
 from workflows.inbox import next_or_quiet
 from workflows.message_trace import follow_message_trace, trace_base
-from workflows.review import ReviewableWorkflow, refusal_of
+from workflows.review import ReviewableWorkflow
 
 with workflow.unsafe.imports_passed_through():
     from activities.patient_sync import (
@@ -114,56 +113,40 @@ class PatientSync(ReviewableWorkflow):
         self._set_status(written.outcome if written else "dismissed")
 
     async def _interpret(self, message: InboundMessage) -> PatientChanges | None:
-        while True:
-            try:
-                return await workflow.execute_local_activity(
-                    interpret_person_message,
-                    InterpretPersonInput(
-                        message=message, mapping_version=self._params.mapping_version
-                    ),
-                    start_to_close_timeout=timedelta(seconds=30),
-                    retry_policy=_RETRY,
-                    summary="Parse the PID and map it to Patient changes",
-                )
-            except (ActivityError, ApplicationError) as err:
-                refusal = refusal_of(err, PERSON_MESSAGE_INVALID)
-                if refusal is None:
-                    raise
-                decision = await self.ask_reviewer(
-                    ReviewReason.INVALID_MESSAGE,
-                    f"The person update could not be read: {refusal.message}",
-                    actions={
-                        ReviewAction.RETRY: "read it again (after the parser or mapping was fixed)",
-                        ReviewAction.REJECT: "dismiss this message: the Patient is not changed",
-                    },
-                )
-                if decision.action is not ReviewAction.RETRY:
-                    return None
+        return await self.until_accepted(
+            lambda: workflow.execute_local_activity(
+                interpret_person_message,
+                InterpretPersonInput(message=message, mapping_version=self._params.mapping_version),
+                start_to_close_timeout=timedelta(seconds=30),
+                retry_policy=_RETRY,
+                summary="Parse the PID and map it to Patient changes",
+            ),
+            refused_as=PERSON_MESSAGE_INVALID,
+            reason=ReviewReason.INVALID_MESSAGE,
+            summary="The person update could not be read",
+            actions={
+                ReviewAction.RETRY: "read it again (after the parser or mapping was fixed)",
+                ReviewAction.REJECT: "dismiss this message: the Patient is not changed",
+            },
+        )
 
     async def _write(self, changes: PatientChanges) -> PatientWritten | None:
-        while True:
-            try:
-                return await workflow.execute_activity_method(
-                    write_patient,
-                    WritePatientInput(changes=changes),
-                    start_to_close_timeout=timedelta(seconds=60),
-                    retry_policy=_RETRY,
-                    summary="Create the Patient, or merge the message into it",
-                )
-            except (ActivityError, ApplicationError) as err:
-                refusal = refusal_of(err, PATIENT_WRITE_REJECTED)
-                if refusal is None:
-                    raise
-                decision = await self.ask_reviewer(
-                    ReviewReason.FHIR_REJECTED,
-                    f"The FHIR server refused the Patient write: {refusal.message}",
-                    actions={
-                        ReviewAction.RETRY: "write again (after the server or data was fixed)",
-                        ReviewAction.REJECT: "dismiss this message: the Patient is not changed",
-                    },
-                )
-                if decision.action is not ReviewAction.RETRY:
-                    return None
+        return await self.until_accepted(
+            lambda: workflow.execute_activity_method(
+                write_patient,
+                WritePatientInput(changes=changes),
+                start_to_close_timeout=timedelta(seconds=60),
+                retry_policy=_RETRY,
+                summary="Create the Patient, or merge the message into it",
+            ),
+            refused_as=PATIENT_WRITE_REJECTED,
+            reason=ReviewReason.FHIR_REJECTED,
+            summary="The FHIR server refused the Patient write",
+            actions={
+                ReviewAction.RETRY: "write again (after the server or data was fixed)",
+                ReviewAction.REJECT: "dismiss this message: the Patient is not changed",
+            },
+        )
 
     def _set_status(self, status: str) -> None:
         self._status = status

@@ -10,6 +10,9 @@ is pending the ReviewState search attribute is ``pending``, which is how
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
 from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError
 
@@ -21,6 +24,8 @@ from models.review import (
     ReviewRequest,
 )
 from workflows import search_attributes as sa
+
+_T = TypeVar("_T")
 
 
 def refusal_of(error: BaseException, *error_types: str) -> ApplicationError | None:
@@ -43,6 +48,31 @@ class ReviewableWorkflow:
         self._pending_review: ReviewRequest | None = None
         self._decision: ReviewDecision | None = None
         self._review_history: list[ReviewRecord] = []
+
+    async def until_accepted(
+        self,
+        step: Callable[[], Awaitable[_T]],
+        *,
+        refused_as: str,
+        reason: ReviewReason,
+        summary: str,
+        actions: dict[ReviewAction, str],
+    ) -> _T | None:
+        """Run ``step``; when an activity in it refuses with error type ``refused_as``, ask a
+        reviewer (``summary``: the refusal's message is appended) and run it again on RETRY,
+        give up (None) on any other decision. Other failures propagate."""
+        while True:
+            try:
+                return await step()
+            except (ActivityError, ApplicationError) as err:
+                refusal = refusal_of(err, refused_as)
+                if refusal is None:
+                    raise
+                decision = await self.ask_reviewer(
+                    reason, f"{summary}: {refusal.message}", actions=actions
+                )
+                if decision.action is not ReviewAction.RETRY:
+                    return None
 
     async def ask_reviewer(
         self,
