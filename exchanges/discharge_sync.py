@@ -26,6 +26,7 @@ from exchanges.sdk import (
     structure_error,
 )
 from models.audit import AuditAction
+from models.discharge import AdtTrigger
 from models.exchanges import DischargeSyncInput
 from models.settings import Settings
 from workflows import search_attributes as sa
@@ -89,7 +90,8 @@ def activities(dependencies: WorkerDependencies) -> Sequence[Callable[..., Any]]
 
 EXCHANGE: ExchangeSpec[EncounterKey] = ExchangeSpec(
     name="discharge-sync",
-    accepts=(MessageType("ADT", ("A03", "A13", "A08"), ("PID", "PV1")),),
+    # The events the ADT parser reads (AdtTrigger): one list for the gateway and the parser.
+    accepts=(MessageType("ADT", tuple(event.value for event in AdtTrigger), ("PID", "PV1")),),
     route=route_adt_message,
     workflow=DischargeSync,
     signals=(DischargeSync.adt_event,),

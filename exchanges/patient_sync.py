@@ -31,6 +31,7 @@ from exchanges.sdk import (
 )
 from models.audit import AuditAction
 from models.exchanges import PatientSyncInput
+from models.person import PersonTrigger
 from models.settings import Settings
 from workflows import search_attributes as sa
 from workflows.patient_sync import PatientSync
@@ -71,7 +72,8 @@ def activities(dependencies: WorkerDependencies) -> Sequence[Callable[..., Any]]
 
 EXCHANGE: ExchangeSpec[PatientKey] = ExchangeSpec(
     name="patient-sync",
-    accepts=(MessageType("ADT", ("A28", "A31"), ("PID",)),),
+    # The events the person parser reads (PersonTrigger): one list for gateway and parser.
+    accepts=(MessageType("ADT", tuple(event.value for event in PersonTrigger), ("PID",)),),
     route=route_person_message,
     workflow=PatientSync,
     signals=(PatientSync.person_message,),
