@@ -22,6 +22,7 @@ from fhir.resources.R4B.servicerequest import ServiceRequest
 from fhir.resources.R4B.task import Task
 from pydantic import BaseModel
 
+from mappings.fhir_identifiers import conditional_url, patient_identifier, qualified_system
 from mappings.order_to_result.concept_map import LabMapping
 from models.lab import (
     CodedConcept,
@@ -64,12 +65,6 @@ def _key(item: LabOrder | LabResult) -> OrderKey:
     )
 
 
-def _qualified(system: str, namespace: str) -> str:
-    # The namespace (EI-2/EI-3) is what makes an order number unique; it is
-    # quoted so any character a sender uses stays a valid URI.
-    return f"{system}:{quote(namespace, safe='')}" if namespace else system
-
-
 def order_identifiers(key: OrderKey, mapping: LabMapping) -> list[JSON]:
     """ServiceRequest.identifier for an order: placer (type PLAC) and filler (type FILL)."""
     placer, placer_ns, filler, filler_ns = key
@@ -78,7 +73,7 @@ def order_identifiers(key: OrderKey, mapping: LabMapping) -> list[JSON]:
         identifiers.append(
             {
                 "type": {"coding": [{"system": _V2_0203, "code": "PLAC"}]},
-                "system": _qualified(mapping.identifier_system("placer_order"), placer_ns),
+                "system": qualified_system(mapping.identifier_system("placer_order"), placer_ns),
                 "value": placer,
             }
         )
@@ -86,7 +81,7 @@ def order_identifiers(key: OrderKey, mapping: LabMapping) -> list[JSON]:
         identifiers.append(
             {
                 "type": {"coding": [{"system": _V2_0203, "code": "FILL"}]},
-                "system": _qualified(mapping.identifier_system("filler_order"), filler_ns),
+                "system": qualified_system(mapping.identifier_system("filler_order"), filler_ns),
                 "value": filler,
             }
         )
@@ -130,11 +125,6 @@ def _observation_identifiers(result: LabResult, mapping: LabMapping) -> list[JSO
     return identifiers
 
 
-def _conditional_url(resource_type: str, identifier: Mapping[str, Any]) -> str:
-    token = f"{identifier['system']}|{identifier['value']}"
-    return f"{resource_type}?identifier={quote(token, safe='')}"
-
-
 def _full_url(identifier: Mapping[str, Any]) -> str:
     return "urn:uuid:" + str(
         uuid.uuid5(_UUID_NAMESPACE, f"{identifier['system']}|{identifier['value']}")
@@ -144,12 +134,7 @@ def _full_url(identifier: Mapping[str, Any]) -> str:
 def _patient_reference(patient: PatientRef, mapping: LabMapping) -> JSON:
     # Logical reference: the Patient resource is owned by the ADT exchanges;
     # the server resolves the identifier, we never create a patient here.
-    return {
-        "identifier": {
-            "system": _qualified(mapping.identifier_system("patient"), patient.assigning_authority),
-            "value": patient.identifier,
-        }
-    }
+    return {"identifier": patient_identifier(patient, mapping.identifier_system("patient"))}
 
 
 def _practitioner_reference(provider: OrderingProvider, mapping: LabMapping) -> JSON:
@@ -157,7 +142,7 @@ def _practitioner_reference(provider: OrderingProvider, mapping: LabMapping) -> 
     reference: JSON = {
         "type": "Practitioner",
         "identifier": {
-            "system": _qualified(
+            "system": qualified_system(
                 mapping.identifier_system("practitioner"), provider.assigning_authority
             ),
             "value": provider.id,
@@ -371,7 +356,7 @@ def _put(resource_type: str, identifier: JSON, resource: JSON) -> JSON:
     return {
         "fullUrl": _full_url(identifier),
         "resource": resource,
-        "request": {"method": "PUT", "url": _conditional_url(resource_type, identifier)},
+        "request": {"method": "PUT", "url": conditional_url(resource_type, identifier)},
     }
 
 
