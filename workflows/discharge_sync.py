@@ -10,13 +10,12 @@ per-patient ordered queue. The exchange closes after a quiet period.
 
 from __future__ import annotations
 
-from collections import deque
 from datetime import timedelta
 
 from temporalio import workflow
 
 from workflows import search_attributes as sa
-from workflows.inbox import next_or_quiet
+from workflows.inbox import MessageInbox
 from workflows.message_trace import follow_message_trace, trace_base
 from workflows.review import ReviewableWorkflow
 
@@ -51,8 +50,7 @@ class DischargeSync(ReviewableWorkflow):
     def __init__(self, params: DischargeSyncInput) -> None:
         super().__init__()
         self._params = params
-        self._inbox: deque[InboundMessage] = deque()
-        self._seen: set[str] = set()
+        self._inbox = MessageInbox()
         self._events: list[RoutedEvent] = []
         # The discharge this exchange delivered (None before the A03 and after an A13);
         # an A08 after it carries it to the FHIR mapping.
@@ -77,7 +75,7 @@ class DischargeSync(ReviewableWorkflow):
                     f"Status {self._status}; open {params.close_after_seconds:.0f} s for A13/A08"
                 )
             # Quiet for close_after_seconds: the exchange completes.
-            message = await next_or_quiet(self._inbox, params.close_after_seconds)
+            message = await self._inbox.next_or_quiet(params.close_after_seconds)
             if message is None:
                 break
             follow_message_trace(message.trace_context, own_trace)
@@ -92,10 +90,7 @@ class DischargeSync(ReviewableWorkflow):
 
     @workflow.signal
     def adt_event(self, message: InboundMessage) -> None:
-        if message.dedup_key in self._seen:
-            return
-        self._seen.add(message.dedup_key)
-        self._inbox.append(message)
+        self._inbox.accept(message)
 
     @workflow.query
     def status(self) -> str:

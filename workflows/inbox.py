@@ -1,30 +1,46 @@
 """The inbox of an entity workflow (one encounter, one patient): messages handled one at a
-time in arrival order, the exchange closing after a quiet period."""
+time in arrival order, each sender + MSH-10 once, the exchange closing after a quiet period."""
 
 from __future__ import annotations
 
 from collections import deque
 from datetime import timedelta
-from typing import TypeVar
 
 from temporalio import workflow
 
-Message = TypeVar("Message")
+with workflow.unsafe.imports_passed_through():
+    from models.messages import InboundMessage
 
 
-async def next_or_quiet(inbox: deque[Message], quiet_seconds: float) -> Message | None:
-    """The inbox's next message, waiting up to ``quiet_seconds`` for one; None when none came
-    and no signal handler still running queued one (the exchange then completes).
+class MessageInbox:
+    def __init__(self) -> None:
+        self._queue: deque[InboundMessage] = deque()
+        self._seen: set[str] = set()
 
-    wait_condition raises TimeoutError on its timeout; it returns nothing.
-    """
-    if not inbox:
-        try:
-            await workflow.wait_condition(
-                lambda: bool(inbox), timeout=timedelta(seconds=quiet_seconds)
-            )
-        except TimeoutError:
-            await workflow.wait_condition(workflow.all_handlers_finished)
-            if not inbox:
-                return None
-    return inbox.popleft()
+    def __bool__(self) -> bool:
+        return bool(self._queue)
+
+    def accept(self, message: InboundMessage) -> None:
+        """Queue a message from a signal; a resend (same MSH-4 + MSH-10) that slipped past the
+        gateway's receipt table is dropped."""
+        if message.dedup_key in self._seen:
+            return
+        self._seen.add(message.dedup_key)
+        self._queue.append(message)
+
+    async def next_or_quiet(self, quiet_seconds: float) -> InboundMessage | None:
+        """The next message, waiting up to ``quiet_seconds`` for one; None when none came and
+        no signal handler still running queued one (the exchange then completes).
+
+        wait_condition raises TimeoutError on its timeout; it returns nothing.
+        """
+        if not self._queue:
+            try:
+                await workflow.wait_condition(
+                    lambda: bool(self._queue), timeout=timedelta(seconds=quiet_seconds)
+                )
+            except TimeoutError:
+                await workflow.wait_condition(workflow.all_handlers_finished)
+                if not self._queue:
+                    return None
+        return self._queue.popleft()

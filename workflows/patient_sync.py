@@ -14,14 +14,13 @@ Workflow code is deterministic: every parse, mapping and FHIR call is an activit
 
 from __future__ import annotations
 
-from collections import deque
 from datetime import timedelta
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
 
 from workflows import search_attributes as sa
-from workflows.inbox import next_or_quiet
+from workflows.inbox import MessageInbox
 from workflows.message_trace import follow_message_trace, trace_base
 from workflows.review import ReviewableWorkflow
 
@@ -59,8 +58,7 @@ class PatientSync(ReviewableWorkflow):
     def __init__(self, params: PatientSyncInput) -> None:
         super().__init__()
         self._params = params
-        self._inbox: deque[InboundMessage] = deque()
-        self._seen: set[str] = set()
+        self._inbox = MessageInbox()
         self._applied: list[AppliedMessage] = []
         self._status = "received"
 
@@ -73,7 +71,7 @@ class PatientSync(ReviewableWorkflow):
                 workflow.set_current_details(
                     f"Status {self._status}; open {params.close_after_seconds:.0f} s for more"
                 )
-            message = await next_or_quiet(self._inbox, params.close_after_seconds)
+            message = await self._inbox.next_or_quiet(params.close_after_seconds)
             if message is None:
                 break
             follow_message_trace(message.trace_context, own_trace)
@@ -83,11 +81,7 @@ class PatientSync(ReviewableWorkflow):
 
     @workflow.signal
     def person_message(self, message: InboundMessage) -> None:
-        # A resend (same MSH-4 + MSH-10) is the same message: applied once.
-        if message.dedup_key in self._seen:
-            return
-        self._seen.add(message.dedup_key)
-        self._inbox.append(message)
+        self._inbox.accept(message)
 
     @workflow.query
     def status(self) -> str:
