@@ -404,6 +404,12 @@ async def discharge_a03_a08_a13(s: Session) -> None:
         await s.save(f"ordered_delivery/discharge_a03_a08_a13_{name}", queue)
 
 
+def patient_sync_id(mrn: str) -> str:
+    """The patient-sync exchange of an MRN on this engine (its pseudonym key)."""
+    key = pseudonym(PSEUDONYM_KEY.encode(), "patient", sm.HOSPITAL, mrn)
+    return f"patient-sync/{sm.HOSPITAL}/{key}"
+
+
 async def patient_a28_a31_a31(s: Session) -> None:
     """A28 creates the Patient, two A31s merge into it in arrival order; the exchange
     completes after its quiet period."""
@@ -415,8 +421,7 @@ async def patient_a28_a31_a31(s: Session) -> None:
         person_message(person.with_(address="9 Oak Ave^^Springfield^IL^62702^USA^H"), "REG-8101-2"),
         person_message(person.with_(name="Testpatient^Alma^C^^Dr"), "REG-8101-3"),
     )
-    key = pseudonym(PSEUDONYM_KEY.encode(), "patient", sm.HOSPITAL, person.mrn)
-    wid = f"patient-sync/{sm.HOSPITAL}/{key}"
+    wid = patient_sync_id(person.mrn)
     await wait_closed(s.client, wid)
     await s.save("patient_sync/a28_a31_a31", wid)
 
@@ -427,8 +432,7 @@ async def patient_unreadable_review_rejected(s: Session) -> None:
     engine = s.running_engine
     person = Person(mrn="MRN8102", birth_date="1972-04-15")
     await send(engine, person_message(person, "REG-8102-1"))
-    key = pseudonym(PSEUDONYM_KEY.encode(), "patient", sm.HOSPITAL, person.mrn)
-    wid = f"patient-sync/{sm.HOSPITAL}/{key}"
+    wid = patient_sync_id(person.mrn)
     pending = await engine.wait_for_review(wid, timeout=60)
     await decide(
         s.client, wid, pending, ReviewAction.REJECT, "registration resends it", "reviewer-1"
