@@ -357,19 +357,21 @@ async def test_browser_login_cookie_decodes_for_the_ui(
     assert "set-cookie" not in bad.headers
 
     signed_in = await http.post(
-        "/login", data={"username": "rev-di", "password": "a long reviewer password"}
+        "/login",
+        data={"username": "rev-di", "password": "a long reviewer password", "next": "/codec"},
     )
-    assert signed_in.status_code == 200
+    assert signed_in.status_code == 303
+    assert signed_in.headers["location"] == "/codec"
     cookie = signed_in.headers["set-cookie"].lower()
-    for attribute in ("httponly", "samesite=lax", "path=/codec"):
-        assert attribute in cookie
+    for attribute in ("httponly", "samesite=strict", "path=/;"):
+        assert attribute in cookie + ";"
     session = signed_in.cookies["careweave_session"]
     assert (await api.verifier.verify(session)).subject == "rev-di"
 
     originals, body = await payloads_json(api, "from the UI")
     # A fresh client, as the browser's fetch from the UI: only the cookie identifies it.
     async with httpx.AsyncClient(base_url=api.base_url, timeout=60) as browser:
-        browser.cookies.set("careweave_session", session, path="/codec")
+        browser.cookies.set("careweave_session", session, path="/")
         decoded = await browser.post(
             "/codec/decode",
             content=body,

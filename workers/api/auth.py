@@ -1,8 +1,10 @@
 """Who is calling: the token endpoint, the browser's login and logout pages, and the
 `authorized` dependency every other route states its roles with.
 
-A verified token is a bearer token or, for the codec routes only, the HttpOnly session
-cookie set by `/login`, so the Temporal UI's browser calls carry the operator's identity.
+A verified token is a bearer token or, for the routes that say so (the codec, the web
+pages, the Temporal UI behind the API), the HttpOnly session cookie set by `/login`. The
+JSON review routes take bearer tokens only; a web form that changes something carries
+the session's CSRF token as well (workers/web/session.py).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.security import OAuth2PasswordRequestForm
 from limits import RateLimitItemPerMinute
 from limits.storage import MemoryStorage
@@ -22,15 +24,17 @@ from pydantic import BaseModel
 
 from models.audit import AuditAction, AuditOutcome
 from models.identity import Identity, Role
-from models.settings import Settings
 from workers.api.common import ApiRefusal, audit_entry
 from workers.api.context import ApiContext, Context
 from workers.auth import TokenRejected
 
 SESSION_COOKIE = "careweave_session"
-# The cookie is sent only to the codec routes: the review routes take bearer tokens only,
-# so a page the reviewer visits can never make a decision with their browser's cookie.
-SESSION_COOKIE_PATH = "/codec"
+# One browser session for the codec, the web pages and the Temporal UI behind the API.
+# SameSite=Strict: no other site's page, link or form ever sends it; the JSON review
+# routes ignore it, and a web form needs the session's CSRF token too.
+SESSION_COOKIE_PATH = "/"
+# Where a sign-in goes when no page asked for it.
+HOME_PAGE = "/ui/"
 
 router = APIRouter()
 
@@ -201,65 +205,70 @@ async def token(
 
 
 @router.get("/login", response_class=HTMLResponse)
-async def login_page() -> HTMLResponse:
-    return HTMLResponse(_login_page())
+async def login_page(next: str = HOME_PAGE) -> HTMLResponse:
+    return HTMLResponse(_login_page(safe_next(next)))
 
 
 @router.post("/login", response_class=HTMLResponse)
-async def login_form(request: Request, context: Context) -> HTMLResponse:
+async def login_form(request: Request, context: Context) -> Response:
     form = await request.form()
     username, password = form.get("username"), form.get("password")
+    raw_next = form.get("next")
+    next_page = safe_next(raw_next if isinstance(raw_next, str) else HOME_PAGE)
     if not isinstance(username, str) or not isinstance(password, str):
-        return HTMLResponse(_login_page("Enter a username and a password."), status_code=422)
+        page = _login_page(next_page, "Enter a username and a password.")
+        return HTMLResponse(page, status_code=422)
     try:
         issued = await _login(context, username, password, _address(request))
     except ApiRefusal as refusal:
-        return HTMLResponse(_login_page(refusal.message), status_code=refusal.status)
+        return HTMLResponse(_login_page(next_page, refusal.message), status_code=refusal.status)
     if issued is None:
-        return HTMLResponse(_login_page("Wrong username or password."), status_code=401)
-    token, roles = issued
-    page = HTMLResponse(_signed_in_page(username, roles, context.settings))
-    page.set_cookie(
+        return HTMLResponse(_login_page(next_page, "Wrong username or password."), status_code=401)
+    token, _roles = issued
+    # 303: the browser follows with a GET, and a reload does not post the password again.
+    signed_in = RedirectResponse(next_page, status_code=303)
+    signed_in.set_cookie(
         SESSION_COOKIE,
         token,
         max_age=int(context.issuer.ttl.total_seconds()),
         path=SESSION_COOKIE_PATH,
         httponly=True,
         # The UI (127.0.0.1:8233) and the API (127.0.0.1:8088) are the same site: ports
-        # do not count, so Lax still sends the cookie with the UI's fetch to /codec.
-        samesite="lax",
+        # do not count, so Strict still sends the cookie with the UI's fetch to /codec.
+        samesite="strict",
         secure=request.url.scheme == "https",
     )
-    return page
+    return signed_in
 
 
 @router.post("/logout", response_class=HTMLResponse)
 async def logout() -> HTMLResponse:
-    page = HTMLResponse(_login_page("Signed out."))
+    page = HTMLResponse(_login_page(HOME_PAGE, "Signed out."))
     page.delete_cookie(SESSION_COOKIE, path=SESSION_COOKIE_PATH)
     return page
 
 
-def _login_page(notice: str = "") -> str:
-    message = f"<p><strong>{html.escape(notice)}</strong></p>" if notice else ""
+def safe_next(candidate: str) -> str:
+    """A page of this API to go to after sign-in: a local path only, never another site
+    (an open redirect would let a phishing link land a fresh session elsewhere)."""
+    if candidate.startswith("/") and not candidate.startswith(("//", "/\\")):
+        return candidate
+    return HOME_PAGE
+
+
+def _login_page(next_page: str, notice: str = "") -> str:
+    message = f'<p role="alert"><strong>{html.escape(notice)}</strong></p>' if notice else ""
     return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>Careweave sign-in</title></head>
-<body><h1>Careweave sign-in</h1>{message}
-<p>Signing in lets the Temporal UI decode payloads through Careweave's codec endpoint.</p>
+<html lang="en"><head><meta charset="utf-8"><title>Careweave sign-in</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<link rel="stylesheet" href="/ui/static/careweave.css"></head>
+<body><main class="narrow"><h1>Careweave sign-in</h1>{message}
+<p>Reviewers decide pending exchanges here; operators open the Temporal UI through it.</p>
 <form method="post" action="/login">
-<label>Username <input name="username" autocomplete="username" required></label>
-<label>Password <input name="password" type="password" autocomplete="current-password"
- required></label>
-<button type="submit">Sign in</button></form></body></html>"""
-
-
-def _signed_in_page(username: str, roles: frozenset[Role], settings: Settings) -> str:
-    role_text = ", ".join(sorted(role.value for role in roles))
-    ui = f"http://127.0.0.1:{settings.temporal_ui_port}"
-    return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>Careweave: signed in</title></head>
-<body><h1>Signed in as {html.escape(username)} ({html.escape(role_text)})</h1>
-<p>Open the Temporal UI at <a href="{ui}">{ui}</a>; in its codec server settings turn on
-"Include cross-origin credentials".</p>
-<form method="post" action="/logout"><button type="submit">Sign out</button></form>
-</body></html>"""
+<input type="hidden" name="next" value="{html.escape(next_page)}">
+<p><label for="username">Username</label>
+<input id="username" name="username" autocomplete="username" required autofocus></p>
+<p><label for="password">Password</label>
+<input id="password" name="password" type="password" autocomplete="current-password"
+ required></p>
+<p><button type="submit">Sign in</button></p></form></main></body></html>"""
