@@ -134,6 +134,22 @@ class Settings(BaseSettings):
     # Where `careweave login` keeps the token the other commands send (0600).
     token_file: Path | None = None
 
+    # The reviewer inbox (/ui/): how long each kind of review may wait before it is overdue
+    # (keys are review reasons; others use review_sla_default_minutes), and how often the
+    # inbox list refreshes itself.
+    review_sla_minutes: dict[str, int] = Field(
+        default_factory=lambda: {
+            "delivery-failed": 30,
+            "unknown-order": 60,
+            "fhir-rejected": 60,
+            "invalid-message": 120,
+            "unmapped-code": 240,
+            "update-after-close": 240,
+        }
+    )
+    review_sla_default_minutes: int = Field(default=120, ge=1)
+    web_refresh_seconds: int = Field(default=15, ge=2)
+
     otel_exporter: str = Field(default="none", description="none | console | otlp")
     otel_otlp_endpoint: str | None = None
 

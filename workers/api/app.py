@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import secrets
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
@@ -9,6 +11,7 @@ from fastapi.responses import JSONResponse
 from temporalio.client import Client
 from temporalio.converter import PayloadCodec
 
+from adapters.payload_crypto import KeyRing
 from adapters.users import UserDirectory
 from models.settings import Settings
 from workers.api.auth import LoginThrottle
@@ -16,8 +19,10 @@ from workers.api.auth import router as auth_router
 from workers.api.codec import router as codec_router
 from workers.api.common import ApiRefusal, describe_errors, operation_outcome
 from workers.api.context import ApiContext, AuditRecorder
+from workers.api.refs import ExchangeRefs
 from workers.api.reviews import router as reviews_router
 from workers.auth import TokenIssuer, TokenVerifier, issuer_and_verifier
+from workers.payload_codec import EncryptionCodec
 
 
 def create_api(
@@ -41,6 +46,7 @@ def create_api(
         issuer=issuer,
         verifier=verifier,
         login_throttle=LoginThrottle(settings.auth_login_failures_per_minute),
+        refs=ExchangeRefs(_reference_keys(codec)),
         record=record,
     )
     app.add_middleware(
@@ -59,7 +65,20 @@ def create_api(
     app.add_api_route("/health", health, methods=["GET"])
     app.include_router(reviews_router)
     app.include_router(codec_router)
+    # Imported here: the pages build on this package's modules (auth, reviews), so a
+    # top-level import would be circular whichever package is imported first.
+    from workers.web import mount_web
+
+    mount_web(app)
     return app
+
+
+def _reference_keys(codec: PayloadCodec | None) -> KeyRing:
+    """The payload key ring, so references stay valid across restarts and API processes;
+    without encryption (tests only) a key that lives as long as this app."""
+    if isinstance(codec, EncryptionCodec):
+        return codec.key_ring
+    return KeyRing({"ephemeral": secrets.token_bytes(32)}, "ephemeral")
 
 
 async def _refusal(_request: Request, err: ApiRefusal) -> JSONResponse:

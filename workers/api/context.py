@@ -13,6 +13,7 @@ from temporalio.converter import PayloadCodec
 from adapters.users import UserDirectory
 from models.audit import AuditEntry
 from models.settings import Settings
+from workers.api.refs import ExchangeRefs
 from workers.auth import TokenIssuer, TokenVerifier
 
 if TYPE_CHECKING:
@@ -31,6 +32,8 @@ class ApiContext:
     issuer: TokenIssuer
     verifier: TokenVerifier
     login_throttle: LoginThrottle
+    # Exchanges in URLs and pages: opaque references, never workflow ids.
+    refs: ExchangeRefs
     record: AuditRecorder | None = None
 
     async def audit(self, entry: AuditEntry) -> None:

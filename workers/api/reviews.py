@@ -6,6 +6,7 @@ workflow's validator refuses a stale or unoffered one before anything enters his
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from datetime import timedelta
 from typing import Annotated, Any
@@ -13,6 +14,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from temporalio.client import WorkflowUpdateFailedError
+from temporalio.common import TypedSearchAttributes
 from temporalio.service import RPCError, RPCStatusCode
 
 from models.audit import AuditAction, AuditOutcome
@@ -20,7 +22,8 @@ from models.identity import Identity, Role
 from models.review import ReviewAction, ReviewDecision, ReviewRecord, ReviewRequest
 from workers.api.auth import authorized
 from workers.api.common import ApiRefusal, audit_entry, describe_errors
-from workers.api.context import Context
+from workers.api.context import ApiContext, Context
+from workflows import search_attributes as sa
 from workflows.review import ReviewableWorkflow
 
 TEMPORAL_RPC_TIMEOUT = timedelta(seconds=30)
@@ -49,23 +52,55 @@ class DecisionBody(BaseModel):
 
 class PendingReview(BaseModel):
     workflow_id: str
+    # The exchange's registered name (its Exchange search attribute), e.g. order-to-result.
+    exchange: str | None = None
     review: ReviewRequest
+
+
+# Queries for the pending review of each listed exchange run this many at a time.
+PENDING_QUERIES_AT_ONCE = 16
+
+
+async def pending_reviews(context: ApiContext) -> list[PendingReview]:
+    """Every running exchange waiting for a person, oldest request first."""
+    temporal_client = context.temporal_client
+    executions = [
+        execution
+        async for execution in temporal_client.list_workflows(
+            "ReviewState = 'pending' AND ExecutionStatus = 'Running'"
+        )
+    ]
+    slots = asyncio.Semaphore(PENDING_QUERIES_AT_ONCE)
+
+    async def pending_of(workflow_id: str, exchange: str | None) -> PendingReview | None:
+        async with slots:
+            # A review decided between the listing and the query is no longer pending.
+            with contextlib.suppress(RPCError):
+                raw = await temporal_client.get_workflow_handle(workflow_id).query(
+                    "pending_review", rpc_timeout=TEMPORAL_RPC_TIMEOUT
+                )
+                if raw:
+                    review = ReviewRequest.model_validate(raw)
+                    return PendingReview(workflow_id=workflow_id, exchange=exchange, review=review)
+        return None
+
+    found = await asyncio.gather(
+        *(
+            pending_of(execution.id, _exchange_of(execution.typed_search_attributes))
+            for execution in executions
+        )
+    )
+    listed = [item for item in found if item is not None]
+    return sorted(listed, key=lambda item: item.review.requested_at)
+
+
+def _exchange_of(attributes: TypedSearchAttributes) -> str | None:
+    return attributes.get(sa.EXCHANGE)
 
 
 @router.get("/reviews")
 async def list_reviews(identity: Viewer, context: Context) -> dict[str, list[PendingReview]]:
-    temporal_client = context.temporal_client
-    pending: list[PendingReview] = []
-    async for execution in temporal_client.list_workflows(
-        "ReviewState = 'pending' AND ExecutionStatus = 'Running'"
-    ):
-        with contextlib.suppress(RPCError):
-            raw = await temporal_client.get_workflow_handle(execution.id).query(
-                "pending_review", rpc_timeout=TEMPORAL_RPC_TIMEOUT
-            )
-            if raw:
-                review = ReviewRequest.model_validate(raw)
-                pending.append(PendingReview(workflow_id=execution.id, review=review))
+    pending = await pending_reviews(context)
     await context.audit(
         audit_entry(
             identity.subject,
@@ -78,8 +113,8 @@ async def list_reviews(identity: Viewer, context: Context) -> dict[str, list[Pen
     return {"reviews": pending}
 
 
-@router.get("/reviews/{workflow_id:path}")
-async def show_review(workflow_id: str, identity: Viewer, context: Context) -> dict[str, Any]:
+async def current_review(context: ApiContext, workflow_id: str) -> ReviewRequest | None:
+    """The exchange's pending review, None when nothing is pending; 404 for no exchange."""
     try:
         raw = await context.temporal_client.get_workflow_handle(workflow_id).query(
             "pending_review", rpc_timeout=TEMPORAL_RPC_TIMEOUT
@@ -88,10 +123,15 @@ async def show_review(workflow_id: str, identity: Viewer, context: Context) -> d
         if err.status is RPCStatusCode.NOT_FOUND:
             raise ApiRefusal(404, "not-found", f"no exchange {workflow_id}") from err
         raise
+    return ReviewRequest.model_validate(raw) if raw else None
+
+
+@router.get("/reviews/{workflow_id:path}")
+async def show_review(workflow_id: str, identity: Viewer, context: Context) -> dict[str, Any]:
+    review = await current_review(context, workflow_id)
     await context.audit(
         audit_entry(identity.subject, AuditAction.ACCESS, AuditOutcome.SUCCESS, workflow_id)
     )
-    review = ReviewRequest.model_validate(raw) if raw else None
     return {"workflow_id": workflow_id, "review": review}
 
 
@@ -103,6 +143,14 @@ async def decide(
         body = DecisionBody.model_validate_json(await request.body())
     except ValidationError as err:
         raise ApiRefusal(422, "invalid", describe_errors(err.errors())) from err
+    return await record_decision(context, identity, workflow_id, body)
+
+
+async def record_decision(
+    context: ApiContext, identity: Identity, workflow_id: str, body: DecisionBody
+) -> ReviewRecord:
+    """Send a verified reviewer's decision as the workflow's update; every outcome is an
+    audit row. The JSON route and the web inbox's form both come here."""
 
     async def refuse(status: int, code: str, message: str) -> ApiRefusal:
         await context.audit(
@@ -118,12 +166,9 @@ async def decide(
 
     handle = context.temporal_client.get_workflow_handle(workflow_id)
     try:
-        raw = await handle.query("pending_review", rpc_timeout=TEMPORAL_RPC_TIMEOUT)
-    except RPCError as err:
-        if err.status is RPCStatusCode.NOT_FOUND:
-            raise await refuse(404, "not-found", f"no exchange {workflow_id}") from err
-        raise
-    pending = ReviewRequest.model_validate(raw) if raw else None
+        pending = await current_review(context, workflow_id)
+    except ApiRefusal as refusal:
+        raise await refuse(refusal.status, refusal.code, refusal.message) from refusal
     if pending is None:
         raise await refuse(409, "conflict", "no review is pending for this exchange")
     if pending.review_id != body.review_id:

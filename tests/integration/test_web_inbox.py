@@ -1,0 +1,146 @@
+"""The reviewer inbox's pages over real HTTP against real exchanges on the dev server:
+sign-in, the list, a review page, and decisions through the form (CSRF, roles, races).
+The same flows in a real browser are in tests/browser/."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+
+from models.audit import AuditAction, AuditOutcome
+from models.identity import Role
+from tests.integration.test_api import pending_exchange
+from tests.support.api import RunningApi, running_api
+from tests.support.engine import Engine
+
+PASSWORD = "a long web reviewer password"
+
+
+@pytest.fixture(scope="module")
+async def api(engine: Engine) -> AsyncIterator[RunningApi]:
+    async with running_api(engine) as running:
+        yield running
+
+
+@contextlib.asynccontextmanager
+async def signed_in_browser(
+    api: RunningApi, user: str, *roles: Role
+) -> AsyncIterator[httpx.AsyncClient]:
+    api.users.add(user, PASSWORD, roles)
+    async with httpx.AsyncClient(base_url=api.base_url, timeout=60) as browser:
+        answer = await browser.post(
+            "/login", data={"username": user, "password": PASSWORD, "next": "/ui/"}
+        )
+        assert answer.status_code == 303, answer.text
+        assert answer.headers["location"] == "/ui/"
+        yield browser
+
+
+def review_link(inbox_html: str, summary_part: str) -> str:
+    """The inbox row's link whose summary mentions `summary_part`."""
+    for row in re.findall(r"<tr>(.*?)</tr>", inbox_html, flags=re.S):
+        if summary_part in row:
+            match = re.search(r'href="(/ui/reviews/[^"]+)"', row)
+            assert match, row
+            return match.group(1)
+    raise AssertionError(f"no inbox row mentions {summary_part!r}")
+
+
+def csrf_of(page_html: str) -> str:
+    match = re.search(r'name="csrf_token" value="([^"]+)"', page_html)
+    assert match, "the page carries no CSRF token"
+    return match.group(1)
+
+
+async def test_pages_need_a_session_and_come_back_after_sign_in(api: RunningApi) -> None:
+    async with httpx.AsyncClient(base_url=api.base_url, timeout=60) as anonymous:
+        answer = await anonymous.get("/ui/")
+        assert answer.status_code == 303
+        assert answer.headers["location"] == "/login?next=/ui/"
+        answer = await anonymous.get("/ui/inbox/rows")
+        assert answer.status_code == 303
+        # Sign-in never sends a browser to another site.
+        for elsewhere in ("//evil.test/x", "https://evil.test/", "/\\evil.test"):
+            api.users.add("rev-next", PASSWORD, [Role.REVIEWER])
+            answer = await anonymous.post(
+                "/login", data={"username": "rev-next", "password": PASSWORD, "next": elsewhere}
+            )
+            assert answer.status_code == 303
+            assert answer.headers["location"] == "/ui/"
+
+
+async def test_a_reviewer_decides_from_the_inbox_and_a_second_decision_is_told_who_won(
+    engine: Engine, api: RunningApi
+) -> None:
+    workflow_id, review_id = await pending_exchange(engine, "WEB-6001")
+    async with signed_in_browser(api, "rev-web", Role.REVIEWER) as browser:
+        inbox = await browser.get("/ui/")
+        assert inbox.status_code == 200
+        assert "Unmapped local code" in inbox.text
+        # Opaque references only: neither the workflow id nor the order number is shown.
+        assert "WEB-6001" not in inbox.text and workflow_id not in inbox.text
+        link = review_link(inbox.text, "no LOINC mapping")
+        assert "WEB-6001" not in link
+
+        page = await browser.get(link)
+        assert page.status_code == 200
+        assert "ZZX9" in page.text  # the unmapped local code the reviewer decides about
+        assert "<title>Review · Careweave</title>" in page.text
+        token = csrf_of(page.text)
+        form = {"review_id": review_id, "action": "approve", "reason": "checked with the lab"}
+
+        # A form without this session's token, or from another origin, changes nothing.
+        for refused in (
+            await browser.post(f"{link}/decision", data=form),
+            await browser.post(f"{link}/decision", data={**form, "csrf_token": "forged"}),
+            await browser.post(
+                f"{link}/decision",
+                data={**form, "csrf_token": token},
+                headers={"Origin": "http://evil.test"},
+            ),
+        ):
+            assert refused.status_code == 403, refused.text
+        assert (await engine.handle(workflow_id).query("pending_review"))["review_id"] == review_id
+
+        decided = await browser.post(f"{link}/decision", data={**form, "csrf_token": token})
+        assert decided.status_code == 303, decided.text
+        assert decided.headers["location"] == f"{link}?decided=approve"
+        await engine.wait_for_status(workflow_id, "final")
+        history = await engine.handle(workflow_id).query("review_history")
+        assert history[-1]["decision"]["reviewer"] == "rev-web"
+
+        again = await browser.post(f"{link}/decision", data={**form, "csrf_token": token})
+        assert again.status_code == 409
+        assert "already decided by rev-web (approve)" in again.text
+
+    decisions = [
+        (e.actor, e.outcome)
+        for e in api.audit
+        if e.action is AuditAction.REVIEW_DECISION and e.exchange == workflow_id
+    ]
+    assert ("rev-web", AuditOutcome.SUCCESS) in decisions
+    views = [e for e in api.audit if e.action is AuditAction.ACCESS and e.exchange == workflow_id]
+    assert views, "the review page view is an audit row"
+
+
+async def test_ops_may_look_but_not_decide_and_unknown_links_are_404(
+    engine: Engine, api: RunningApi
+) -> None:
+    workflow_id, review_id = await pending_exchange(engine, "WEB-6002")
+    async with signed_in_browser(api, "ops-web", Role.OPS) as browser:
+        inbox = await browser.get("/ui/")
+        link = review_link(inbox.text, "no LOINC mapping")
+        page = await browser.get(link)
+        assert page.status_code == 200
+        assert "Only reviewers decide" in page.text
+        answer = await browser.post(
+            f"{link}/decision",
+            data={"review_id": review_id, "action": "approve", "reason": "x"},
+        )
+        assert answer.status_code == 403
+        assert (await browser.get("/ui/reviews/k1.not-a-reference")).status_code == 404
+    assert (await engine.handle(workflow_id).query("pending_review"))["review_id"] == review_id
