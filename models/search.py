@@ -80,6 +80,9 @@ class TimelineEntry(BaseModel):
     review_id: str | None = None
     action: str | None = None
     reviewer: str | None = None
+    # A received message's text, decoded: only for the signed-in exchange page, which asks
+    # for it (exchange_timeline(..., with_messages=True)); never in the JSON timeline.
+    message_text: str | None = None
     # A history event's id, or the audit row's sequence number.
     event_id: int | None = None
     audit_seq: int | None = None

@@ -121,11 +121,14 @@ def _hit(execution: WorkflowExecution) -> ExchangeHit:
     )
 
 
-async def exchange_timeline(context: ApiContext, workflow_id: str) -> ExchangeTimeline:
+async def exchange_timeline(
+    context: ApiContext, workflow_id: str, *, with_messages: bool = False
+) -> ExchangeTimeline:
     """One exchange, moment by moment: its latest run's history (messages received, steps
     scheduled / completed / failed with their summaries, review decisions, status changes)
     merged with the audit trail's rows about it, oldest first. Payloads are decoded with
-    the API client's data converter; only PHI-free fields of them are kept.
+    the API client's data converter; only PHI-free fields of them are kept, unless
+    ``with_messages`` asks for each received message's text (the signed-in exchange page).
 
     Raises ApiRefusal 404 when Temporal knows no such workflow.
     """
@@ -138,7 +141,9 @@ async def exchange_timeline(context: ApiContext, workflow_id: str) -> ExchangeTi
             raise ApiRefusal(404, "not-found", "no exchange has this id") from err
         raise ApiRefusal(503, "transient", f"Temporal: {err.status.name}") from err
     reader = _HistoryReader(
-        context.temporal_client.data_converter, context.settings.resolved_pseudonym_key()
+        context.temporal_client.data_converter,
+        context.settings.resolved_pseudonym_key(),
+        with_messages=with_messages,
     )
     entries = [entry for event in history.events for entry in await reader.read(event)]
     entries += await _audit_entries(context, workflow_id)
@@ -157,9 +162,12 @@ class _HistoryReader:
     """Turns history events into timeline entries; remembers scheduled activities so a
     completion names its step."""
 
-    def __init__(self, converter: DataConverter, pseudonym_key: bytes) -> None:
+    def __init__(
+        self, converter: DataConverter, pseudonym_key: bytes, *, with_messages: bool
+    ) -> None:
         self._converter = converter
         self._pseudonym_key = pseudonym_key
+        self._with_messages = with_messages
         self._steps: dict[int, tuple[str, str]] = {}
 
     async def read(self, event: HistoryEvent) -> list[TimelineEntry]:
@@ -240,6 +248,7 @@ class _HistoryReader:
             name=signaled.signal_name,
             message_type=message.message_type,
             control_id_key=control_key,
+            message_text=message.text if self._with_messages else None,
         )
 
     async def _review(self, at: datetime, event: HistoryEvent) -> list[TimelineEntry]:
