@@ -44,15 +44,19 @@ class _DecisionProofCheck(WorkflowInboundInterceptor):
     checks: ClassVar[_WorkerChecks]
 
     def handle_update_validator(self, input: HandleUpdateInput) -> None:
-        for decision in input.args:
-            if isinstance(decision, ReviewDecision):
+        for arg in input.args:
+            decision = _as_decision(arg)
+            if decision is not None:
                 self._check(decision)
         super().handle_update_validator(input)
 
     def _check(self, decision: ReviewDecision) -> None:
         workflow_id = workflow.info().workflow_id
         try:
-            self.checks.keys.verify(decision, workflow_id=workflow_id)
+            # The keys and the crypto libraries live outside the sandbox; their lazy imports
+            # must reach the real modules, not the sandbox's fresh copies.
+            with workflow.unsafe.sandbox_unrestricted(), workflow.unsafe.imports_passed_through():
+                self.checks.keys.verify(decision, workflow_id=workflow_id)
         except DecisionProofRefused as refusal:
             why = str(refusal)
             self.checks.record_refusal(workflow_id, decision, why)
@@ -62,6 +66,19 @@ class _DecisionProofCheck(WorkflowInboundInterceptor):
                 type=DECISION_PROOF_REFUSED,
                 non_retryable=True,
             ) from None
+
+
+def _as_decision(arg: object) -> ReviewDecision | None:
+    """``arg`` as a ReviewDecision of this module's world, if it is one. The sandbox imports
+    models/ again for each workflow, so the update's argument is an instance of the
+    sandbox's ReviewDecision class, not of the one imported here: matched by name."""
+    kind = type(arg)
+    if (kind.__module__, kind.__qualname__) != (
+        ReviewDecision.__module__,
+        ReviewDecision.__qualname__,
+    ):
+        return None
+    return ReviewDecision.model_validate(arg, from_attributes=True)
 
 
 class DecisionProofInterceptor(Interceptor):

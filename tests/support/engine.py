@@ -153,9 +153,14 @@ async def audit_rows(
 
 @contextlib.asynccontextmanager
 async def running_engine(
-    client: Client, fhir_base_url: str, **overrides: object
+    client: Client, fhir_base_url: str, *, state_dir: Path | None = None, **overrides: object
 ) -> AsyncIterator[Engine]:
-    with tempfile.TemporaryDirectory(prefix="careweave-test-") as state:
+    """An engine on ``client``'s server; ``state_dir`` (default: a temporary folder) can be
+    given to start a second engine on the state of one that stopped (a restart)."""
+    with contextlib.ExitStack() as cleanup:
+        state = state_dir or Path(
+            cleanup.enter_context(tempfile.TemporaryDirectory(prefix="careweave-test-"))
+        )
         settings = engine_settings(Path(state), fhir_base_url, **overrides)
         key_file = Path(state) / "payload.keys"
         key_file.write_text(TEST_PAYLOAD_KEYS + "\n")
