@@ -10,6 +10,7 @@ its JWKS URL and issuer are configured.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import uuid
 from collections.abc import Iterable
@@ -25,6 +26,8 @@ from models.errors import SecurityError
 from models.identity import Identity, Role
 from models.review import ReviewDecision
 from models.settings import Settings
+
+log = logging.getLogger("careweave.auth")
 
 ALGORITHM = "ES256"
 LEEWAY = timedelta(seconds=30)
@@ -59,7 +62,17 @@ def api_signing_key(settings: Settings) -> ec.EllipticCurvePrivateKey:
     """The API's signing key (made on first use), its public half written beside it for the
     workers that check decision proofs (settings.resolved_signing_public_key_file)."""
     key = load_or_create_signing_key(settings.resolved_signing_key_file)
-    write_public_key(key, settings.resolved_signing_public_key_file)
+    try:
+        write_public_key(key, settings.resolved_signing_public_key_file)
+    except OSError as err:
+        # A key mounted read-only in production: the workers are then given the public key
+        # through CAREWEAVE_REVIEW_DECISION_PUBLIC_KEY_FILES; the API itself does not need it.
+        log.warning(
+            "cannot write the decision public key %s (%s); give workers the public key "
+            "with CAREWEAVE_REVIEW_DECISION_PUBLIC_KEY_FILES",
+            settings.resolved_signing_public_key_file,
+            err.strerror,
+        )
     return key
 
 
