@@ -17,6 +17,7 @@ from workers.api.codec import router as codec_router
 from workers.api.common import ApiRefusal, describe_errors, operation_outcome
 from workers.api.context import ApiContext, AuditRecorder
 from workers.api.reviews import router as reviews_router
+from workers.api.temporal_ui import router as temporal_ui_router
 from workers.auth import TokenIssuer, TokenVerifier, issuer_and_verifier
 
 
@@ -59,6 +60,7 @@ def create_api(
     app.add_api_route("/health", health, methods=["GET"])
     app.include_router(reviews_router)
     app.include_router(codec_router)
+    app.include_router(temporal_ui_router)
     return app
 
 
