@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from playwright.async_api import Browser, BrowserContext, Page, async_playwright
+from playwright.async_api import Browser, BrowserContext, Locator, Page, async_playwright
 
 from adapters.users import UserDirectory
 from models.identity import Role
@@ -115,13 +115,13 @@ async def page(browser: Browser) -> AsyncIterator[Page]:
 
 
 @pytest.fixture
-def screenshot() -> Callable[[Page, str], Awaitable[None]]:
-    """Saves a page for the docs, on request only (CAREWEAVE_SCREENSHOTS=1)."""
+def screenshot() -> Callable[[Page | Locator, str], Awaitable[None]]:
+    """Saves a page (the viewport as a person sees it: the UI scrolls inside its own panes)
+    or one element of it, for the docs, on request only (CAREWEAVE_SCREENSHOTS=1)."""
 
-    async def save(page: Page, name: str) -> None:
+    async def save(shown: Page | Locator, name: str) -> None:
         if os.environ.get("CAREWEAVE_SCREENSHOTS") == "1":
             SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-            # The viewport as a person sees it (the UI scrolls inside its own panes).
-            await page.screenshot(path=str(SCREENSHOTS / name))
+            await shown.screenshot(path=str(SCREENSHOTS / name))
 
     return save

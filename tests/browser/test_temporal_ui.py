@@ -18,7 +18,7 @@ from workers import sample_messages as sm
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
 
-Screenshot = Callable[[Page, str], Awaitable[None]]
+Screenshot = Callable[[Page | Locator, str], Awaitable[None]]
 ORDER = sm.SampleOrder("UIBR-3001")
 WORKFLOW_ID = f"order-to-result/{sm.HOSPITAL}/{ORDER.placer_order_number}"
 # Clear text that only the decoded order message carries (PID-3, PID-5, OBR-4.2): the
@@ -68,11 +68,6 @@ async def open_signal_event(page: Page) -> Locator:
     return details
 
 
-async def show(details: Locator) -> None:
-    """Scroll the opened event to the top of its pane, for the screenshot."""
-    await details.evaluate("e => e.scrollIntoView({block: 'start', inline: 'nearest'})")
-
-
 async def test_signed_in_operator_sees_the_order_decoded(
     ui_stack: BrowserStack, page: Page, screenshot: Screenshot
 ) -> None:
@@ -85,8 +80,7 @@ async def test_signed_in_operator_sees_the_order_decoded(
     signal = await open_signal_event(page)
     for clear_text in MESSAGE_CLEAR_TEXT:
         await expect(signal).to_contain_text(clear_text)
-    await show(signal)
-    await screenshot(page, "temporal-ui-decoded-message.png")
+    await screenshot(signal, "temporal-ui-decoded-message.png")
 
     decodes = [
         row
@@ -163,9 +157,9 @@ async def test_signed_out_browser_gets_the_sign_in_and_only_ciphertext(
     await page.goto(workflow_page(ui_stack.raw_ui_url))
     codec_failed = page.locator("#content").get_by_text("Codec Server could not connect")
     await expect(codec_failed).to_be_visible()
-    signal = await open_signal_event(page)
-    await show(signal)
     await screenshot(page, "temporal-ui-signed-out.png")
+    signal = await open_signal_event(page)
+    await screenshot(signal, "temporal-ui-signed-out-message.png")
     assert codec_answers and set(codec_answers) == {401}
     for clear_text in MESSAGE_CLEAR_TEXT:
         await expect(page.locator("body")).not_to_contain_text(clear_text)
