@@ -33,6 +33,12 @@ openssl-cli:
 	@command -v openssl >/dev/null || { echo "==> installing the openssl command (apt-get)"; \
 		apt-get update -qq && apt-get install -y -qq openssl >/dev/null; }
 
+# The browser tests (tests/browser) drive Debian's Chromium through Playwright: the system
+# browser, never `playwright install` (no browser download).
+chromium:
+	@test -x /usr/bin/chromium || { echo "==> installing Debian's chromium for the browser tests (apt-get)"; \
+		apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
+
 setup: $(BIN)/.installed fhir-server/node_modules/.installed partners/node_modules/.installed
 
 demo: setup
@@ -45,7 +51,7 @@ lint: setup
 	@$(BIN)/ruff format --check .
 	@$(BIN)/mypy
 
-test: lint openssl-cli
+test: lint openssl-cli chromium
 	@echo "==> pytest: unit, workflow (real Temporal dev server) and end-to-end (real FHIR server, MLLP peers)"
 	@$(BIN)/pytest -q
 

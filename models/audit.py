@@ -31,6 +31,9 @@ class AuditAction(StrEnum):
     RELEASE = "release"  # a quarantined message resubmitted
     LOGIN = "login"
     ACCOUNT = "account"  # a user added, changed or removed: who gave access to whom
+    # A command on a workflow, schedule, batch or namespace asked through the Temporal UI
+    # behind the API (terminate, signal, reset, ...): refused, the UI there is read-only.
+    WORKFLOW_COMMAND = "workflow-command"
 
 
 class AuditOutcome(StrEnum):

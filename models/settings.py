@@ -130,6 +130,10 @@ class Settings(BaseSettings):
     # Browser origins of the Temporal UI allowed to call the codec endpoint with credentials;
     # default: the embedded UI on 127.0.0.1 and localhost.
     api_ui_origins: list[str] | None = None
+    # The Temporal UI behind the API's sign-in (workers/api/temporal_ui.py): browsers open
+    # the API's /temporal/, the API forwards to the UI listening here under /temporal
+    # (default: the embedded dev server's UI on loopback, http://127.0.0.1:temporal_ui_port).
+    temporal_ui_upstream: str | None = None
 
     # Tokens: Careweave's own issuer signs ES256 with the key in auth_signing_key_file
     # (default state_dir/auth-signing-key.pem, made on first use); an external IdP's
@@ -187,6 +191,12 @@ class Settings(BaseSettings):
             return self.api_ui_origins
         port = self.temporal_ui_port
         return [f"http://127.0.0.1:{port}", f"http://localhost:{port}"]
+
+    @property
+    def resolved_temporal_ui_upstream(self) -> str:
+        return (self.temporal_ui_upstream or f"http://127.0.0.1:{self.temporal_ui_port}").rstrip(
+            "/"
+        )
 
     @property
     def resolved_signing_key_file(self) -> Path:

@@ -29,6 +29,7 @@ from models.destinations import Destination, RoutingConfig, load_routing
 from models.errors import ConfigurationError, EngineError
 from models.settings import Settings
 from workers.api import create_api, serving_api
+from workers.api.temporal_ui import TEMPORAL_UI_PATH
 from workers.gateway import MllpGateway
 from workers.intake import MessageIntake
 from workers.payload_codec import display_codec, load_payload_keys
@@ -67,8 +68,16 @@ def dev_server_command(settings: Settings) -> list[str]:
         host or "127.0.0.1",
         "--port",
         port,
+        # The UI is opened through the API (its /temporal/, behind the sign-in, read-only,
+        # decoding on the API's origin: workers/api/temporal_ui.py). Its own listener stays
+        # on loopback, like the gRPC frontend, and serves under the same base path.
+        "--ui-ip",
+        "127.0.0.1",
         "--ui-port",
         str(settings.temporal_ui_port),
+        "--ui-public-path",
+        TEMPORAL_UI_PATH,
+        "--ui-disable-news-fetch",
         "--db-filename",
         str((settings.state_dir / "temporal.db").resolve()),
         # Measured ~3x more durable starts/s than the default journal (TEMPORAL-NOTES.md);
@@ -82,7 +91,9 @@ def dev_server_command(settings: Settings) -> list[str]:
         "--log-level",
         "warn",
         # The UI decodes payloads in the browser through Careweave's authenticated codec
-        # endpoint (the UI posts to {endpoint}/decode and {endpoint}/encode).
+        # endpoint (the UI posts to {endpoint}/decode and {endpoint}/encode). Behind the API
+        # the settings answer points it there anyway; the raw listener gets the endpoint
+        # too, and without a signed-in browser's cookie the codec refuses it.
         "--ui-codec-endpoint",
         f"{settings.resolved_api_url}/codec",
         *REGISTRY.dev_server_args(),
@@ -210,7 +221,9 @@ class RunningStack:
 
     @property
     def ui_url(self) -> str:
-        return f"http://127.0.0.1:{self.settings.temporal_ui_port}/namespaces/{self.settings.temporal_namespace}/workflows"
+        """The Temporal UI as people open it: through the API, which asks them to sign in."""
+        namespace = self.settings.temporal_namespace
+        return f"{self.api_url}{TEMPORAL_UI_PATH}/namespaces/{namespace}/workflows"
 
 
 @contextlib.asynccontextmanager

@@ -31,8 +31,9 @@ async def serving_api(app: FastAPI, host: str, port: int) -> AsyncIterator[int]:
         listener.close()
         raise OSError(f"the API cannot listen on {host}:{port}: {err.strerror}") from err
     bound_port = int(listener.getsockname()[1])
+    # lifespan on: the app opens its connection pool to the Temporal UI there.
     server = _EmbeddedServer(
-        uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False)
+        uvicorn.Config(app, log_level="warning", lifespan="on", access_log=False)
     )
     task = asyncio.create_task(server.serve(sockets=[listener]))
     try:

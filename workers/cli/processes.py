@@ -203,7 +203,7 @@ def _print_stack(stack: RunningStack) -> None:
     table = Table(title="Careweave embedded stack", show_header=False)
     table.add_row("MLLP gateway", f"{settings.mllp_host}:{stack.gateway.port}")
     table.add_row("Temporal", settings.temporal_address)
-    table.add_row("Temporal UI", stack.ui_url)
+    table.add_row("Temporal UI (after sign-in, read-only)", stack.ui_url)
     table.add_row("FHIR R4", settings.fhir_base_url)
     table.add_row("Review/codec API", stack.api_url)
     table.add_row("Sign in (decoded payloads in the UI)", f"{stack.api_url}/login")
