@@ -11,6 +11,7 @@ from urllib.parse import quote
 import pytest
 from playwright.async_api import Locator, Page, Response, expect
 
+from exchanges.order_to_result import lab_workflow_id
 from models.audit import AuditAction, AuditOutcome
 from tests.browser.conftest import BrowserStack
 from tests.support.engine import mllp_send
@@ -20,7 +21,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.browser]
 
 Screenshot = Callable[[Page | Locator, str], Awaitable[None]]
 ORDER = sm.SampleOrder("UIBR-3001")
-WORKFLOW_ID = f"order-to-result/{sm.HOSPITAL}/{ORDER.placer_order_number}"
 # Clear text that only the decoded order message carries (PID-3, PID-5, OBR-4.2): the
 # workflow id and search attributes hold none of it.
 MESSAGE_CLEAR_TEXT = (ORDER.patient.mrn, ORDER.patient.family, ORDER.text)
@@ -30,14 +30,23 @@ UI_PATH = "/temporal"
 expect.set_options(timeout=30_000)
 
 
-def workflow_page(base_url: str) -> str:
-    return f"{base_url}{UI_PATH}/namespaces/default/workflows/{quote(WORKFLOW_ID, safe='')}"
+def workflow_id(ui_stack: BrowserStack) -> str:
+    """The order's exchange, as routed: its id carries the placer number's pseudonym."""
+    settings = ui_stack.stack.settings
+    return lab_workflow_id(
+        sm.HOSPITAL, ORDER.placer_order_number, settings.resolved_pseudonym_key()
+    )
 
 
-def ui_api(base_url: str, command: str) -> str:
-    """A path of the UI's HTTP API for the test's workflow."""
-    workflow = quote(WORKFLOW_ID, safe="")
-    return f"{base_url}{UI_PATH}/api/v1/namespaces/default/workflows/{workflow}{command}"
+def workflow_page(ui_stack: BrowserStack, base_url: str) -> str:
+    workflow = quote(workflow_id(ui_stack), safe="")
+    return f"{base_url}{UI_PATH}/namespaces/default/workflows/{workflow}"
+
+
+def ui_api(ui_stack: BrowserStack, command: str) -> str:
+    """A path of the UI's HTTP API (through the API's proxy) for the test's workflow."""
+    workflow = quote(workflow_id(ui_stack), safe="")
+    return f"{ui_stack.api_url}{UI_PATH}/api/v1/namespaces/default/workflows/{workflow}{command}"
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -49,12 +58,12 @@ async def lab_order_received(ui_stack: BrowserStack) -> None:
 
 async def sign_in(page: Page, ui_stack: BrowserStack) -> None:
     """Open the workflow in the UI; the API asks for the sign-in and comes back to it."""
-    await page.goto(workflow_page(ui_stack.api_url))
+    await page.goto(workflow_page(ui_stack, ui_stack.api_url))
     await expect(page.get_by_role("heading", name="Careweave sign-in")).to_be_visible()
     await page.get_by_label("Username").fill(ui_stack.operator.username)
     await page.get_by_label("Password").fill(ui_stack.operator.password)
     await page.get_by_role("button", name="Sign in").click()
-    await page.wait_for_url(workflow_page(ui_stack.api_url))
+    await page.wait_for_url(workflow_page(ui_stack, ui_stack.api_url))
 
 
 async def open_signal_event(page: Page) -> Locator:
@@ -114,7 +123,7 @@ async def test_ui_offers_no_write_action_and_the_proxy_refuses_them(
         "/reset": {"reason": "browser test"},
     }
     for command, body in commands.items():
-        answer = await page.request.post(ui_api(ui_stack.api_url, command), data=body)
+        answer = await page.request.post(ui_api(ui_stack, command), data=body)
         assert answer.status == 403, (command, answer.status)
     batch = await page.request.post(
         f"{ui_stack.api_url}{UI_PATH}/api/v1/namespaces/default/batch-operations/browser-test",
@@ -122,18 +131,18 @@ async def test_ui_offers_no_write_action_and_the_proxy_refuses_them(
     )
     assert batch.status == 403
     # A read-only query still passes (the UI's Call Stack tab).
-    stack_trace = await page.request.post(ui_api(ui_stack.api_url, "/query/__stack_trace"))
+    stack_trace = await page.request.post(ui_api(ui_stack, "/query/__stack_trace"))
     assert stack_trace.status != 403
 
     refused = [
         row
-        for row in ui_stack.stack.store.audit_log().records(exchange=WORKFLOW_ID)
+        for row in ui_stack.stack.store.audit_log().records(exchange=workflow_id(ui_stack))
         if row.action == AuditAction.WORKFLOW_COMMAND
     ]
     assert len(refused) == len(commands)
     assert {row.outcome for row in refused} == {AuditOutcome.REFUSED}
     assert {row.actor for row in refused} == {ui_stack.operator.username}
-    described = await ui_stack.stack.client.get_workflow_handle(WORKFLOW_ID).describe()
+    described = await ui_stack.stack.client.get_workflow_handle(workflow_id(ui_stack)).describe()
     assert described.status is not None and described.status.name == "RUNNING"
 
 
@@ -143,7 +152,7 @@ async def test_signed_out_browser_gets_the_sign_in_and_only_ciphertext(
     await page.goto(f"{ui_stack.api_url}{UI_PATH}/")
     await expect(page.get_by_role("heading", name="Careweave sign-in")).to_be_visible()
     assert (await page.request.get(f"{ui_stack.api_url}{UI_PATH}/api/v1/settings")).status == 401
-    assert (await page.request.get(ui_api(ui_stack.api_url, ""))).status == 401
+    assert (await page.request.get(ui_api(ui_stack, ""))).status == 401
 
     # The dev server's own listener (loopback) serves the UI without Careweave's sign-in:
     # its codec call reaches the API without a session and is refused.
@@ -154,7 +163,7 @@ async def test_signed_out_browser_gets_the_sign_in_and_only_ciphertext(
             codec_answers.append(response.status)
 
     page.on("response", record_codec)
-    await page.goto(workflow_page(ui_stack.raw_ui_url))
+    await page.goto(workflow_page(ui_stack, ui_stack.raw_ui_url))
     codec_failed = page.locator("#content").get_by_text("Codec Server could not connect")
     await expect(codec_failed).to_be_visible()
     await screenshot(page, "temporal-ui-signed-out.png")
