@@ -13,9 +13,16 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
-from models.lab import CodedConcept, LabResult
+from models.lab import CodedConcept, LabObservation, LabResult
+from models.review import UnmappedObservation
 
-__all__ = ["LabMapping", "LoincConcept", "load_lab_mapping", "unmapped_codes"]
+__all__ = [
+    "LabMapping",
+    "LoincConcept",
+    "load_lab_mapping",
+    "unmapped_codes",
+    "unmapped_observations",
+]
 
 LOINC_V2_SYSTEM = "LN"
 LOCAL_V2_SYSTEM = "L"
@@ -155,3 +162,39 @@ def unmapped_codes(result: LabResult, mapping: LabMapping) -> list[str]:
             if key not in unmapped:
                 unmapped.append(key)
     return unmapped
+
+
+def _value_text(observation: LabObservation) -> str:
+    """OBX-5 as a reviewer reads it: comparator and number, text, or the coded answer."""
+    if observation.numeric_value is not None:
+        return f"{observation.comparator or ''}{observation.numeric_value:g}"
+    if observation.coded_value is not None:
+        return observation.coded_value.text or observation.coded_value.code
+    return observation.string_value or ""
+
+
+def unmapped_observations(
+    results: list[LabResult], unmapped: list[str]
+) -> tuple[UnmappedObservation, ...]:
+    """The report and observation codes listed in ``unmapped`` (``system|code``, as
+    unmapped_codes gives them), each once: the first observation line with that code (its
+    value and unit), else the report code (OBR-4, no value)."""
+    wanted = set(unmapped)
+    found: dict[str, UnmappedObservation] = {}
+    for result in results:
+        lines: list[tuple[CodedConcept, LabObservation | None]] = [
+            (result.universal_service_id, None),
+            *((obs.code, obs) for obs in result.observations),
+        ]
+        for concept, observation in lines:
+            key = f"{concept.system or LOCAL_V2_SYSTEM}|{concept.code}"
+            if key not in wanted or (key in found and (found[key].value or observation is None)):
+                continue
+            found[key] = UnmappedObservation(
+                code=concept.code,
+                coding_system=concept.system or LOCAL_V2_SYSTEM,
+                text=concept.text,
+                value=_value_text(observation) if observation else "",
+                unit=observation.units if observation else "",
+            )
+    return tuple(found.values())
