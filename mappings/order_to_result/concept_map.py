@@ -13,13 +13,17 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
+from rapidfuzz import fuzz, process, utils
+
 from models.lab import CodedConcept, LabObservation, LabResult
 from models.review import UnmappedObservation
 
 __all__ = [
     "LabMapping",
+    "LoincCandidate",
     "LoincConcept",
     "load_lab_mapping",
+    "loinc_candidates",
     "unmapped_codes",
     "unmapped_observations",
 ]
@@ -198,3 +202,27 @@ def unmapped_observations(
                 unit=observation.units if observation else "",
             )
     return tuple(found.values())
+
+
+@dataclass(frozen=True)
+class LoincCandidate:
+    concept: LoincConcept
+    # 0-100: how alike the LOINC display and the local text read (rapidfuzz
+    # token_set_ratio: shared words, in any order).
+    similarity: float
+
+
+def loinc_candidates(text: str, mapping: LabMapping, limit: int = 5) -> list[LoincCandidate]:
+    """The map's LOINC concepts whose display text reads most like ``text`` (a local
+    code's OBX-3.2), best first: what a reviewer would map the local code to."""
+    concepts = {concept.code: concept for concept in mapping.local_to_loinc.values()}
+    if not text.strip() or not concepts:
+        return []
+    ranked = process.extract(
+        text,
+        {code: concept.display for code, concept in concepts.items()},
+        scorer=fuzz.token_set_ratio,
+        processor=utils.default_process,
+        limit=limit,
+    )
+    return [LoincCandidate(concepts[code], round(score, 1)) for _display, score, code in ranked]

@@ -12,6 +12,7 @@ from adapters.hl7v2.lab_messages import parse_lab_results
 from exchanges.sdk import SUPPORTED_VERSIONS
 from mappings.order_to_result.concept_map import (
     load_lab_mapping,
+    loinc_candidates,
     unmapped_codes,
     unmapped_observations,
 )
@@ -104,3 +105,14 @@ def test_a_review_asked_before_contexts_existed_still_reads() -> None:
     }
     assert ReviewRequest.model_validate(old).context is None
     assert ReviewRequest.model_validate(old).reason is ReviewReason.UNMAPPED_CODE
+
+
+def test_loinc_candidates_are_ranked_by_how_their_display_reads_like_the_local_text() -> None:
+    mapping = load_lab_mapping("v1")
+    ranked = loinc_candidates("Potassium serum", mapping)
+    assert ranked[0].concept.code == "2823-3"
+    assert ranked[0].similarity > ranked[1].similarity
+    # Each LOINC once, though two local codes map to glucose.
+    codes = [c.concept.code for c in loinc_candidates("Glucose", mapping, limit=20)]
+    assert len(codes) == len(set(codes))
+    assert loinc_candidates("  ", mapping) == []
