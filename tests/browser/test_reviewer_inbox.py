@@ -41,6 +41,8 @@ __all__ = ["inbox_api", "inbox_browser", "inbox_engine", "inbox_partners"]
 # Invented people: none of these may reach a page a signed-out browser sees, a URL or a title.
 CLARA = sm.SamplePatient(mrn="MRN7001", family="Browserpatient", given="Clara")
 OTTO = sm.SamplePatient(mrn="MRN7003", family="Deliverypatient", given="Otto", sex="M")
+# A local code the concept map lacks, whose text reads like one LOINC name of the map.
+POTASSIUM_PLASMA = sm.ResultValue("KPL", "Potassium plasma", "4.3", "mmol/L", "3.5-5.1", "N")
 PHI = ("MRN7001", "MRN7003", "Browserpatient", "Clara", "Deliverypatient", "Otto", "BRW-70")
 
 
@@ -61,11 +63,11 @@ def lab_id(number: str) -> str:
 async def feed(inbox_engine: Engine, inbox_partners: dict[str, Partner]) -> AsyncIterator[Feed]:
     engine = inbox_engine
     messages: list[str | bytes] = []
-    for number in ("BRW-7001", "BRW-7002"):
-        order = sm.SampleOrder(number, local_code="ZZX9", text="Experimental", patient=CLARA)
+    for number, line in (("BRW-7001", POTASSIUM_PLASMA), ("BRW-7002", sm.UNMAPPED)):
+        order = sm.SampleOrder(number, patient=CLARA)
         messages += [
             sm.lab_order(order, f"{number}-O"),
-            sm.lab_result(order, f"{number}-R", [sm.UNMAPPED, sm.SODIUM]),
+            sm.lab_result(order, f"{number}-R", [line, sm.SODIUM]),
         ]
     orphan = sm.SampleOrder("BRW-7004", patient=CLARA)
     messages.append(sm.lab_result(orphan, "BRW-7004-R", [sm.POTASSIUM]))
@@ -143,13 +145,14 @@ async def test_a_reviewer_approves_an_unmapped_code_with_the_keyboard_and_it_pub
         await assert_no_phi_in_address_or_title(page)
         # What the reviewer decides on: the line, its value and unit, ranked candidates.
         unmapped = page.locator("section.unmapped")
-        await expect(unmapped).to_contain_text("ZZX9")
-        await expect(unmapped).to_contain_text("Experimental marker")
-        await expect(unmapped.locator("dd").nth(1)).to_have_text("12")
-        await expect(unmapped.locator("dd").nth(2)).to_have_text("U/L")
-        await expect(
-            page.get_by_role("table", name="Candidate LOINC codes for ZZX9")
-        ).to_be_visible()
+        await expect(unmapped).to_contain_text("KPL")
+        await expect(unmapped).to_contain_text("Potassium plasma")
+        await expect(unmapped.locator("dd").nth(1)).to_have_text("4.3")
+        await expect(unmapped.locator("dd").nth(2)).to_have_text("mmol/L")
+        candidates = page.get_by_role("table", name="Candidate LOINC codes for KPL")
+        # Ranked by similarity: the map's potassium concept reads most like the local text.
+        await expect(candidates.locator("tbody tr").first).to_contain_text("2823-3")
+        await expect(candidates.locator("tbody tr").first).to_contain_text("Potassium")
         await screenshot(page, "review-unmapped-code.png")
 
         # Take it first, then decide: every step from the keyboard.
@@ -255,6 +258,7 @@ async def test_an_invalid_edit_is_refused_and_a_valid_one_reaches_the_partner(
         await expect(main).to_contain_text("Application reject")
         await expect(main).to_contain_text("Segment sequence error")
         await expect(main).to_contain_text("PV1 out of place")
+        await screenshot(page, "review-failed-delivery.png")
         editor = page.get_by_role("textbox", name=re.compile(r"^Corrected message"))
         sent = await editor.input_value()
         assert sent.startswith("MSH|^~\\&|CAREWEAVE|") and "\nPID|" in sent
@@ -328,6 +332,6 @@ async def test_a_signed_out_browser_sees_no_decoded_data_and_no_phi(
 
 async def assert_no_secrets(page: Page) -> None:
     content = await page.content()
-    for secret in (*PHI, "Experimental marker", "Potassium", "ZZX9"):
+    for secret in (*PHI, "Experimental marker", "Potassium", "ZZX9", "KPL"):
         assert secret not in content, secret
     await assert_no_phi_in_address_or_title(page)
