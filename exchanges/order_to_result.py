@@ -2,7 +2,9 @@
 
 One exchange per placer order number: the order (ORM^O01 / OML^O21) and its results
 (ORU^R01), corrections and cancel all reach the same workflow,
-``order-to-result/<facility>/<placer order number>``.
+``order-to-result/<facility>/<placer order pseudonym>`` (``lab_workflow_id``). Exchanges
+started before that ran under the placer number in clear; the route names that id too
+(``legacy_workflow_id``) so their later messages still reach them.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from exchanges.sdk import (
     RoutingContext,
     WorkerDependencies,
     id_part,
+    pseudonym,
     structure_error,
 )
 from models.audit import AuditAction
@@ -43,7 +46,19 @@ class OrderKey:
     placer_namespace: str
 
 
-def route_lab_message(message: DecodedMessage, _context: RoutingContext) -> Route[OrderKey]:
+def lab_workflow_id(facility: str, placer_order_number: str, pseudonym_key: bytes) -> str:
+    """The exchange id of one order: its facility (a code) and a keyed pseudonym of the
+    placer order number (``filler-<n>`` for a result without one), never the number."""
+    order_key = pseudonym(pseudonym_key, "order", facility, placer_order_number)
+    return f"order-to-result/{facility}/{order_key}"
+
+
+def legacy_lab_workflow_id(facility: str, placer_order_number: str) -> str:
+    """The id lab exchanges had until the placer number became a pseudonym (610caf4)."""
+    return f"order-to-result/{facility}/{id_part(placer_order_number)}"
+
+
+def route_lab_message(message: DecodedMessage, context: RoutingContext) -> Route[OrderKey]:
     """Order-to-result is keyed by the placer order number: ORC-2, else OBR-2, for orders
     and results alike, as the lab parser reads it (PLACER_ORDER_NUMBER_FIELDS), so an order
     whose ORC-2 and OBR-2 differ and its result land in one exchange."""
@@ -79,7 +94,8 @@ def route_lab_message(message: DecodedMessage, _context: RoutingContext) -> Rout
     facility = id_part(namespace or default_facility)
     return Route(
         exchange=EXCHANGE.name,
-        workflow_id=f"order-to-result/{facility}/{id_part(placer)}",
+        workflow_id=lab_workflow_id(facility, placer, context.pseudonym_key),
+        legacy_workflow_id=legacy_lab_workflow_id(facility, placer),
         signal=OrderToResult.result_message if is_result else OrderToResult.order_message,
         facility=facility,
         key=OrderKey(facility=facility, placer_order_number=placer, placer_namespace=namespace),

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import hashlib
 import hmac
 import re
@@ -32,10 +33,12 @@ from temporalio.client import Client
 from temporalio.common import SearchAttributeKey
 
 from adapters.fhir import FhirClient
+from adapters.hl7v2.fields import Segment
 from adapters.hl7v2.header import DecodedMessage, MessageHeader, MessageRejected
 from models.audit import AuditAction
 from models.destinations import RoutingConfig
 from models.errors import ConfigurationError, EngineError
+from models.search import BusinessKeyKind, BusinessKeys
 from models.settings import Settings
 from workflows import search_attributes as sa
 
@@ -44,12 +47,20 @@ SUPPORTED_VERSIONS = frozenset(
     {"2.2", "2.3", "2.3.1", "2.4", "2.5", "2.5.1", "2.6", "2.7", "2.7.1", "2.8", "2.8.1", "2.8.2"}
 )
 # Every exchange's start sets these (ExchangeCommitter), so every exchange declares them.
-START_SEARCH_ATTRIBUTES: tuple[SearchAttributeKey[str], ...] = (
+START_SEARCH_ATTRIBUTES: tuple[SearchAttributeKey[Any], ...] = (
     sa.EXCHANGE,
     sa.FACILITY,
     sa.MESSAGE_TYPE,
-    sa.STATUS,
+    sa.EXCHANGE_STATUS,
+    *sa.BUSINESS_KEYS,
 )
+# Registered although no start sets them: LEGACY_STATUS for runs started before the rename,
+# REVIEW_STATE by the review gate (workflows/review.py) of any reviewable workflow.
+_ALWAYS_REGISTERED: tuple[SearchAttributeKey[Any], ...] = (sa.LEGACY_STATUS, sa.REVIEW_STATE)
+# Bounds on what one message adds to the business keys (a PID-3 with many repetitions, an
+# OML with many OBRs); workflows/exchange_search.py bounds what a run accumulates.
+_MAX_PATIENT_IDS = 4
+_MAX_ORDER_KEYS = 12
 _MAPPINGS_HOME = Path(__file__).resolve().parent.parent / "mappings"
 _MAPPING_FILE_VERSION = re.compile(r"\.(v[0-9]+)\.[a-z]+$")
 _UNSAFE_ID_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
@@ -101,6 +112,12 @@ class Route(Generic[Key]):
     signal: Callable[..., Any]
     facility: str
     key: Key
+    # Pseudonyms of the message's business keys, for the search attributes (set by
+    # ExchangeRegistry.route for every exchange).
+    business_keys: BusinessKeys = field(default_factory=BusinessKeys)
+    # The id this exchange had before its ids became pseudonyms (lab orders: the placer
+    # number in clear). A run under it still takes the message (ExchangeCommitter).
+    legacy_workflow_id: str | None = None
 
 
 @dataclass
@@ -128,7 +145,7 @@ class StepSpec:
     activities: ActivityFactory
     # Activity (function or unbound method, as decorated) -> the audit action of a success.
     audit_actions: Mapping[Callable[..., Any], AuditAction]
-    search_attributes: tuple[SearchAttributeKey[str], ...]
+    search_attributes: tuple[SearchAttributeKey[Any], ...]
 
 
 @dataclass(frozen=True)
@@ -148,7 +165,7 @@ class ExchangeSpec(Generic[Key]):
     audit_actions: Mapping[Callable[..., Any], AuditAction]
     # The Temporal UI's summary of an execution; ``{facility}`` is filled in. No PHI.
     summary: str
-    search_attributes: tuple[SearchAttributeKey[str], ...]
+    search_attributes: tuple[SearchAttributeKey[Any], ...]
     # The mapping version new exchanges start on (running ones keep theirs).
     mapping_version: str
     updates: tuple[Callable[..., Any], ...] = ()
@@ -211,6 +228,68 @@ def pseudonym(key: bytes, *parts: str) -> str:
         raise ValueError("a pseudonym key is required (Settings.resolved_pseudonym_key)")
     digest = hmac.new(key, "|".join(parts).encode(), hashlib.sha256).digest()
     return base64.b32encode(digest).decode()[:20].lower()
+
+
+def search_pseudonym(key: bytes, kind: BusinessKeyKind, value: str) -> str:
+    """The pseudonym a business key has in the PatientKey / OrderKey / MessageKey search
+    attributes: the same keyed HMAC as workflow ids, over the kind and the value only.
+
+    Only what a user can type goes in, so the search box computes the same pseudonym from
+    an MRN, a visit, order or accession number or an MSH-10 alone. The assigning authority
+    (CX-4) and the facility stay out on purpose: users rarely know CX-4 (the routing key
+    ``patient_pseudonym`` uses it, so it cannot serve search), and a search narrowed to one
+    facility filters on the Facility attribute instead. The kind goes in so that a visit
+    number equal to some order number finds only visits. Surrounding spaces are dropped
+    (HL7 senders pad, users paste); case is kept, identifiers are case-sensitive.
+    """
+    return pseudonym(key, "search", kind.value, value.strip())
+
+
+def read_business_keys(message: DecodedMessage, key: bytes) -> BusinessKeys:
+    """Pseudonyms of what a user may later search this message by: every PID-3 identifier
+    (CX-1 of each repetition), the placer and filler order numbers of every ORC and OBR,
+    the accession (OBR-18), the visit number (PV1-19) and the control id (MSH-10).
+
+    OBR-18 (placer field 1) is where radiology senders put the accession number (IHE
+    scheduled workflow); the lab mapping reads no accession, a lab's is its filler number.
+    """
+
+    def values(segment_id: str, position: int, *, every_repetition: bool = False) -> list[str]:
+        found: list[str] = []
+        for text in message.segments_named(segment_id):
+            segment = Segment(text, message.delimiters)
+            for occurrence in range(1, (_MAX_PATIENT_IDS if every_repetition else 1) + 1):
+                value = segment.value(position, 1, occurrence).strip()
+                if value:
+                    found.append(value)
+        return found
+
+    def pseudonyms(pairs: list[tuple[BusinessKeyKind, str]], limit: int) -> tuple[str, ...]:
+        unique = dict.fromkeys(search_pseudonym(key, kind, value) for kind, value in pairs)
+        return tuple(unique)[:limit]
+
+    order_pairs = [
+        (kind, value)
+        for kind, fields in (
+            (BusinessKeyKind.PLACER, (("ORC", 2), ("OBR", 2))),
+            (BusinessKeyKind.FILLER, (("ORC", 3), ("OBR", 3))),
+            (BusinessKeyKind.ACCESSION, (("OBR", 18),)),
+            (BusinessKeyKind.VISIT, (("PV1", 19),)),
+        )
+        for segment_id, position in fields
+        for value in values(segment_id, position)
+    ]
+    patient_pairs = [
+        (BusinessKeyKind.MRN, value) for value in values("PID", 3, every_repetition=True)
+    ]
+    control_id = message.header.control_id.strip()
+    return BusinessKeys(
+        patient=pseudonyms(patient_pairs, _MAX_PATIENT_IDS),
+        order=pseudonyms(order_pairs, _MAX_ORDER_KEYS),
+        message=(search_pseudonym(key, BusinessKeyKind.CONTROL_ID, control_id),)
+        if control_id
+        else (),
+    )
 
 
 def patient_pseudonym(message: DecodedMessage, context: RoutingContext) -> str:
@@ -354,7 +433,9 @@ class ExchangeRegistry:
                 f"{spec.name}: its route named exchange {found.exchange!r} or a signal it "
                 "did not declare"
             )
-        return found
+        if not pseudonym_key:
+            return found
+        return dataclasses.replace(found, business_keys=read_business_keys(message, pseudonym_key))
 
     # -- the worker's side ----------------------------------------------------------
 
@@ -399,19 +480,21 @@ class ExchangeRegistry:
                     made.append(fn)
         return made
 
-    def search_attributes(self) -> list[SearchAttributeKey[str]]:
-        keys: list[SearchAttributeKey[str]] = []
+    def search_attributes(self) -> list[SearchAttributeKey[Any]]:
+        keys: list[SearchAttributeKey[Any]] = []
         for part in self._parts():
             keys += [key for key in part.search_attributes if key not in keys]
-        for review_key in (sa.REVIEW_STATE,):
-            # The review gate (workflows/review.py) sets it on any reviewable workflow.
-            if review_key not in keys:
-                keys.append(review_key)
+        keys += [key for key in _ALWAYS_REGISTERED if key not in keys]
         return keys
 
     def dev_server_args(self) -> list[str]:
         """`temporal server start-dev` flags that register every search attribute."""
         args: list[str] = []
         for key in self.search_attributes():
-            args += ["--search-attribute", f"{key.name}=Keyword"]
+            args += ["--search-attribute", f"{key.name}={search_attribute_type(key)}"]
         return args
+
+
+def search_attribute_type(key: SearchAttributeKey[Any]) -> str:
+    """The type name `temporal` and Temporal's operator API use ("Keyword", "KeywordList")."""
+    return "".join(word.capitalize() for word in key.indexed_value_type.name.split("_"))

@@ -6,6 +6,8 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict
 
+from models.search import BusinessKeys
+
 
 class InboundMessage(BaseModel):
     """One accepted HL7 v2 message, as it travels in a signal.
@@ -26,6 +28,10 @@ class InboundMessage(BaseModel):
     # W3C trace context of the gateway's receive span (random ids only, no PHI), so the
     # exchange handles this message in the message's own trace.
     trace_context: dict[str, str] = {}
+    # Pseudonyms of the message's business keys (exchanges.sdk.read_business_keys): the
+    # exchange adds the new ones to its search attributes. Empty in messages recorded
+    # before they existed.
+    business_keys: BusinessKeys = BusinessKeys()
 
     @property
     def dedup_key(self) -> str:

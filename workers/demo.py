@@ -13,6 +13,7 @@ from temporalio.client import Client, WorkflowExecutionStatus
 
 from adapters.hl7v2.ack import parse_ack
 from adapters.hl7v2.mllp_client import MllpClient
+from exchanges.order_to_result import lab_workflow_id
 from exchanges.sdk import pseudonym
 from models.settings import Settings
 from workers import sample_messages as sm
@@ -35,7 +36,7 @@ def demo_feed(run_tag: str, pseudonym_key: bytes) -> list[FeedItem]:
     unmapped = sm.SampleOrder(f"DEMO{run_tag}D", local_code="ZZX9", text="Experimental")
 
     def wid(order: sm.SampleOrder) -> str:
-        return f"order-to-result/{sm.HOSPITAL}/{order.placer_order_number}"
+        return lab_workflow_id(sm.HOSPITAL, order.placer_order_number, pseudonym_key)
 
     def item(text: str, message: str, order: sm.SampleOrder | None, status: str | None) -> FeedItem:
         return FeedItem(text, message.encode(), wid(order) if order else None, status)

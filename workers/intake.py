@@ -49,7 +49,10 @@ class IntakeResult:
 class Committer(Protocol):
     """Durably hands a message to its exchange (Temporal signal-with-start)."""
 
-    async def commit(self, route: Route[Any], message: InboundMessage) -> None: ...
+    async def commit(self, route: Route[Any], message: InboundMessage) -> str:
+        """Returns the id of the workflow that took the message (the route's, or its
+        legacy id while a run under that id is open)."""
+        ...
 
 
 __all__ = ["CommitError", "Committer", "IntakeResult", "MessageIntake", "Outcome"]
@@ -163,7 +166,9 @@ class MessageIntake:
 
         if self._committer is not None:
             try:
-                await self._committer.commit(destination, self._inbound(message))
+                workflow_id = await self._committer.commit(
+                    destination, self._inbound(message, destination)
+                )
             except CommitError as err:
                 # Not durable means no AA: the sender keeps the message and resends;
                 # the bytes are kept too, so an operator can release them.
@@ -186,14 +191,13 @@ class MessageIntake:
             receipt = MessageReceipt(
                 sending_facility=header.sending_facility,
                 control_id=header.control_id,
-                workflow_id=destination.workflow_id,
+                workflow_id=workflow_id,
                 message_type=header.message_type,
                 received_at=datetime.now(UTC),
             )
-            entry = receive_entry(
-                header, peer=peer, ack_code="AA", detail="", exchange=destination.workflow_id
-            )
+            entry = receive_entry(header, peer=peer, ack_code="AA", detail="", exchange=workflow_id)
             await self._receipt_writes.submit((receipt, entry))
+            return self._answer(header, "AA", Outcome.ACCEPTED, workflow_id)
         return self._answer(header, "AA", Outcome.ACCEPTED, destination.workflow_id)
 
     async def reject_frame(self, raw: bytes, reason: str, *, peer: str) -> IntakeResult:
@@ -277,7 +281,7 @@ class MessageIntake:
         return IntakeResult(outcome=outcome, ack_code=ack_code, ack=ack, workflow_id=workflow_id)
 
     @staticmethod
-    def _inbound(message: DecodedMessage) -> InboundMessage:
+    def _inbound(message: DecodedMessage, route: Route[Any]) -> InboundMessage:
         header = message.header
         return InboundMessage(
             text=message.text,
@@ -287,6 +291,7 @@ class MessageIntake:
             received_at=datetime.now(UTC),
             normalizations=tuple(message.normalizations),
             trace_context=_current_trace_context(),
+            business_keys=route.business_keys,
         )
 
 

@@ -54,7 +54,8 @@ async def ensure_search_attributes(client: Client, namespace: str) -> list[str]:
             AddSearchAttributesRequest(
                 namespace=namespace,
                 search_attributes={
-                    key.name: IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD for key in missing
+                    key.name: IndexedValueType.ValueType(key.indexed_value_type.value)
+                    for key in missing
                 },
             )
         )

@@ -15,6 +15,7 @@ from datetime import timedelta
 from temporalio import workflow
 
 from workflows import search_attributes as sa
+from workflows.exchange_search import add_business_keys, upsert_exchange_status
 from workflows.inbox import MessageInbox
 from workflows.message_trace import follow_message_trace, trace_base
 from workflows.review import ReviewableWorkflow
@@ -80,6 +81,7 @@ class DischargeSync(ReviewableWorkflow):
                 break
             follow_message_trace(message.trace_context, own_trace)
             workflow.upsert_search_attributes([sa.MESSAGE_TYPE.value_set(message.message_type)])
+            add_business_keys(message.business_keys)
             await self._handle(message)
         return DischargeSyncSummary(
             status=self._status,
@@ -269,4 +271,4 @@ class DischargeSync(ReviewableWorkflow):
 
     def _set_status(self, status: str) -> None:
         self._status = status
-        workflow.upsert_search_attributes([sa.STATUS.value_set(status)])
+        upsert_exchange_status(status)

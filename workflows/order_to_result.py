@@ -25,6 +25,7 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
 
 from workflows import search_attributes as sa
+from workflows.exchange_search import add_business_keys, upsert_exchange_status
 from workflows.message_trace import follow_message_trace, trace_base
 from workflows.review import ReviewableWorkflow
 
@@ -112,6 +113,7 @@ class OrderToResult(ReviewableWorkflow):
                     continue
             message = self._inbox.popleft()
             workflow.upsert_search_attributes([sa.MESSAGE_TYPE.value_set(message.message_type)])
+            add_business_keys(message.business_keys)
             follow_message_trace(message.trace_context, own_trace)
             if message.message_type.startswith("ORU"):
                 await self._handle_result(message)
@@ -388,7 +390,7 @@ class OrderToResult(ReviewableWorkflow):
 
     def _set_status(self, status: str) -> None:
         self._status = status
-        workflow.upsert_search_attributes([sa.STATUS.value_set(status)])
+        upsert_exchange_status(status)
 
     async def _run_activity(
         self, activity: Callable[[_A], _T], arg: _A, *, summary: str

@@ -20,6 +20,7 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 
 from workflows import search_attributes as sa
+from workflows.exchange_search import add_business_keys, upsert_exchange_status
 from workflows.inbox import MessageInbox
 from workflows.message_trace import follow_message_trace, trace_base
 from workflows.review import ReviewableWorkflow
@@ -76,6 +77,7 @@ class PatientSync(ReviewableWorkflow):
                 break
             follow_message_trace(message.trace_context, own_trace)
             workflow.upsert_search_attributes([sa.MESSAGE_TYPE.value_set(message.message_type)])
+            add_business_keys(message.business_keys)
             await self._apply(message)
         return PatientSyncSummary(status=self._status, applied=list(self._applied))
 
@@ -144,4 +146,4 @@ class PatientSync(ReviewableWorkflow):
 
     def _set_status(self, status: str) -> None:
         self._status = status
-        workflow.upsert_search_attributes([sa.STATUS.value_set(status)])
+        upsert_exchange_status(status)

@@ -55,10 +55,6 @@ class Feed:
     delivery_visit: str
 
 
-def lab_id(number: str) -> str:
-    return f"order-to-result/{sm.HOSPITAL}/{number}"
-
-
 @pytest.fixture(scope="module")
 async def feed(inbox_engine: Engine, inbox_partners: dict[str, Partner]) -> AsyncIterator[Feed]:
     engine = inbox_engine
@@ -82,9 +78,9 @@ async def feed(inbox_engine: Engine, inbox_partners: dict[str, Partner]) -> Asyn
     await send(engine, sm.adt_event(stay, "BRW-7003-1", "A03"))
 
     made = Feed(
-        unmapped=lab_id("BRW-7001"),
-        unmapped_kept=lab_id("BRW-7002"),
-        orphan=lab_id("BRW-7004"),
+        unmapped=engine.lab_workflow_id("BRW-7001"),
+        unmapped_kept=engine.lab_workflow_id("BRW-7002"),
+        orphan=engine.lab_workflow_id("BRW-7004"),
         delivery=delivery_id("billing", "MRN7003"),
         delivery_visit="V-7003",
     )
@@ -197,7 +193,9 @@ async def test_the_result_without_an_order_shows_the_held_result_and_candidates(
         # BRW-7002 is open for the same patient (BRW-7001 may still be closing).
         row = candidates.get_by_role("row").filter(has_text="BRW-7002")
         await expect(row).to_contain_text("yes")
-        await row.get_by_role("link").click()
+        timeline = row.get_by_role("link", name="timeline")
+        assert (await timeline.get_attribute("href") or "").startswith("/ui/exchanges/")
+        await row.get_by_role("link", name="BRW-7002").click()
         await expect(page.get_by_role("heading", level=1)).to_have_text("Unmapped local code")
         await assert_no_phi_in_address_or_title(page)
 

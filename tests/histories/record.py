@@ -275,7 +275,7 @@ async def lab_order_result_correction(s: Session) -> None:
     """Order, final result, then a correction of it; completes after the correction window."""
     engine = s.running_engine
     order = sm.SampleOrder("HIS-1001")
-    wid = lab_workflow_id(order)
+    wid = lab_workflow_id(s.running_engine, order)
     await send_lab(
         engine,
         sm.lab_order(order, "HIS-1001-O"),
@@ -293,7 +293,7 @@ async def lab_unmapped_code_review_approved(s: Session) -> None:
     """A local code with no LOINC mapping waits for a reviewer, who approves it."""
     engine = s.running_engine
     order = sm.SampleOrder("HIS-1002", local_code="ZZX9", text="Experimental")
-    wid = lab_workflow_id(order)
+    wid = lab_workflow_id(s.running_engine, order)
     await send_lab(
         engine,
         sm.lab_order(order, "HIS-1002-O"),
@@ -313,7 +313,7 @@ async def lab_unknown_order_review_approved(s: Session) -> None:
     """A result whose order never came: held, then a reviewer publishes it without it."""
     engine = s.running_engine
     order = sm.SampleOrder("HIS-1003")
-    wid = lab_workflow_id(order)
+    wid = lab_workflow_id(s.running_engine, order)
     await send_lab(engine, sm.lab_result(order, "HIS-1003-R", [sm.SODIUM]))
     pending = await engine.wait_for_review(wid, timeout=UNKNOWN_ORDER_WAIT + 30)
     await expect("review reason", pending["reason"], "unknown-order")
@@ -329,7 +329,7 @@ async def lab_result_before_order(s: Session) -> None:
     """The result comes first and waits; its order arrives before the review deadline."""
     engine = s.running_engine
     order = sm.SampleOrder("HIS-1004", local_code="GLU", text="Glucose")
-    wid = lab_workflow_id(order)
+    wid = lab_workflow_id(s.running_engine, order)
     await send_lab(engine, sm.lab_result(order, "HIS-1004-R", [sm.GLUCOSE_HIGH]))
     await engine.wait_for_status(wid, "awaiting-order")
     await send_lab(engine, sm.lab_order(order, "HIS-1004-O"))
@@ -343,7 +343,7 @@ async def lab_stat_overdue_then_result(s: Session) -> None:
     """A stat order past its SLA: overdue, an escalation Task; then the result comes."""
     engine = s.running_engine
     order = sm.SampleOrder("HIS-1005", priority="S")
-    wid = lab_workflow_id(order)
+    wid = lab_workflow_id(s.running_engine, order)
     await send_lab(engine, sm.lab_order(order, "HIS-1005-O"))
     await engine.wait_for_status(wid, "overdue")
 
@@ -361,7 +361,7 @@ async def lab_order_cancelled(s: Session) -> None:
     """An order, then its cancel (ORC-1 CA): the ServiceRequest is revoked."""
     engine = s.running_engine
     order = sm.SampleOrder("HIS-1006")
-    wid = lab_workflow_id(order)
+    wid = lab_workflow_id(s.running_engine, order)
     await send_lab(engine, sm.lab_order(order, "HIS-1006-O"))
     await engine.wait_for_status(wid, "ordered")
     await send_lab(engine, sm.lab_order(order, "HIS-1006-C", order_control="CA"))

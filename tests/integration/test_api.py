@@ -43,7 +43,7 @@ async def pending_exchange(engine: Engine, number: str) -> tuple[str, str]:
         engine.mllp_port,
         [sm.lab_order(order, f"{number}-O"), sm.lab_result(order, f"{number}-R", [sm.UNMAPPED])],
     )
-    workflow_id = f"order-to-result/{sm.HOSPITAL}/{number}"
+    workflow_id = engine.lab_workflow_id(number)
     pending = await engine.wait_for_review(workflow_id)
     return workflow_id, str(pending["review_id"])
 

@@ -17,13 +17,13 @@ from temporalio.client import Client
 from models.records import AuditRecord
 from models.review import ReviewAction, ReviewDecision
 from tests.support.cli import careweave
-from tests.support.engine import audit_rows, mllp_send, running_engine
+from tests.support.engine import Engine, audit_rows, mllp_send, running_engine
 from tests.support.fhir_server import free_port
 from workers import sample_messages as sm
 
 
-def workflow_id(order: sm.SampleOrder) -> str:
-    return f"order-to-result/{sm.HOSPITAL}/{order.placer_order_number}"
+def workflow_id(engine: Engine, order: sm.SampleOrder) -> str:
+    return engine.lab_workflow_id(order.placer_order_number)
 
 
 def steps(rows: list[AuditRecord]) -> set[tuple[str, str, str]]:
@@ -45,7 +45,7 @@ async def test_an_exchange_is_audited_and_verify_catches_an_edited_row(
                 sm.lab_result(order, "AUD-5001-R", [sm.SODIUM, sm.POTASSIUM]),
             ],
         )
-        await engine.wait_for_status(workflow_id(order), "final")
+        await engine.wait_for_status(workflow_id(engine, order), "final")
         expected = {
             ("receive", "ORM^O01 AUD-5001-O", "success"),
             ("receive", "ORU^R01 AUD-5001-R", "success"),
@@ -54,7 +54,9 @@ async def test_an_exchange_is_audited_and_verify_catches_an_edited_row(
             ("push", "publish_service_request", "success"),
             ("push", "publish_lab_result", "success"),
         }
-        rows = await audit_rows(engine, workflow_id(order), lambda rows: expected <= steps(rows))
+        rows = await audit_rows(
+            engine, workflow_id(engine, order), lambda rows: expected <= steps(rows)
+        )
         assert expected <= steps(rows), steps(rows)
         senders = {row.actor for row in rows if row.action == "receive"}
         assert senders == {f"{sm.HOSPITAL_APP}^{sm.HOSPITAL}", f"{sm.LAB_APP}^{sm.LAB}"}
@@ -69,7 +71,7 @@ async def test_an_exchange_is_audited_and_verify_catches_an_edited_row(
         [anchor] = re.findall(r"anchor: (\d+:[0-9a-f]{64})", output)
 
         code, output = await careweave(
-            engine, temporal_client, "audit", "list", "--exchange", workflow_id(order)
+            engine, temporal_client, "audit", "list", "--exchange", workflow_id(engine, order)
         )
         assert code == 0, output
         assert "publish_lab_result" in output
@@ -119,10 +121,10 @@ async def test_a_refused_fhir_write_is_an_exception_row(
     ) as engine:
         order = sm.SampleOrder("AUD-5002")
         await mllp_send(engine.mllp_port, [sm.lab_order(order, "AUD-5002-O")])
-        pending = await engine.wait_for_review(workflow_id(order))
+        pending = await engine.wait_for_review(workflow_id(engine, order))
         rows = await audit_rows(
             engine,
-            workflow_id(order),
+            workflow_id(engine, order),
             lambda rows: any(row.action == "exception" for row in rows),
         )
         [failed] = [row for row in rows if row.action == "exception"]
@@ -134,7 +136,7 @@ async def test_a_refused_fhir_write_is_an_exception_row(
 
         # Closed here: a review left pending on this engine's queue, whose worker stops
         # with the test, would make `careweave review list` fail to query it later.
-        await engine.handle(workflow_id(order)).execute_update(
+        await engine.handle(workflow_id(engine, order)).execute_update(
             "decide_review",
             ReviewDecision(
                 review_id=str(pending["review_id"]),
@@ -143,7 +145,7 @@ async def test_a_refused_fhir_write_is_an_exception_row(
                 reviewer="ops1",
             ),
         )
-        await engine.wait_for_status(workflow_id(order), "write-rejected")
+        await engine.wait_for_status(workflow_id(engine, order), "write-rejected")
 
 
 async def test_an_unreachable_fhir_server_leaves_retry_rows(temporal_client: Client) -> None:
@@ -155,7 +157,7 @@ async def test_an_unreachable_fhir_server_leaves_retry_rows(temporal_client: Cli
         await mllp_send(engine.mllp_port, [sm.lab_order(order, "AUD-5003-O")])
         rows = await audit_rows(
             engine,
-            workflow_id(order),
+            workflow_id(engine, order),
             lambda rows: any(row.action == "retry" for row in rows),
         )
         failures = [row for row in rows if row.resource == "publish_service_request"]

@@ -19,7 +19,7 @@ async def test_reviewer_logs_in_lists_and_approves_from_the_command_line(
     engine: Engine, temporal_client: Client, tmp_path: Path
 ) -> None:
     order = sm.SampleOrder("CLI-4001", local_code="ZZX9", text="Experimental")
-    workflow_id = f"order-to-result/{sm.HOSPITAL}/CLI-4001"
+    workflow_id = engine.lab_workflow_id("CLI-4001")
     await mllp_send(
         engine.mllp_port,
         [sm.lab_order(order, "CLI-4001-O"), sm.lab_result(order, "CLI-4001-R", [sm.UNMAPPED])],
@@ -118,8 +118,8 @@ async def test_operator_fixes_and_releases_from_the_command_line(
         *("quarantine", "release", str(held_id), "--fixed", str(fixed), "--by", "ops-cli"),
     )
     assert code == 0, output
-    assert f"order-to-result/{sm.HOSPITAL}/CLI-4002" in output
-    await engine.wait_for_status(f"order-to-result/{sm.HOSPITAL}/CLI-4002", "ordered")
+    assert engine.lab_workflow_id("CLI-4002") in output
+    await engine.wait_for_status(engine.lab_workflow_id("CLI-4002"), "ordered")
 
     code, output = await careweave(
         engine, temporal_client, "quarantine", "release", str(held_id), "--by", "ops-cli"
@@ -153,7 +153,7 @@ async def test_send_reads_msh15_and_reports_each_message_and_failure(
     assert lines[2] == f"{feed}#3: no ACK in 2s; MSH-15 ER: accepted"
     assert lines[3].startswith(f"{feed}#4: AR CLI-4006-O")
     for number in ("CLI-4003", "CLI-4004", "CLI-4005"):
-        await engine.wait_for_status(f"order-to-result/{sm.HOSPITAL}/{number}", "ordered")
+        await engine.wait_for_status(engine.lab_workflow_id(number), "ordered")
     [held] = engine.store.quarantined(limit=1)
     assert held.control_id == "CLI-4006-O"
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from temporalio.client import Client
 
-from tests.support.engine import mllp_send, running_engine, wait_for_finished_encounter
+from tests.support.engine import Engine, mllp_send, running_engine, wait_for_finished_encounter
 from tests.support.fhir_server import running_fhir_server, token_url, tokens_issued
 from tests.support.smart_client import SmartClientKeys, make_client_keys
 from workers import sample_messages as sm
@@ -56,8 +56,8 @@ def auth_server(keys: dict[str, SmartClientKeys]) -> Iterator[str]:
         yield base_url
 
 
-def order_id(order: sm.SampleOrder) -> str:
-    return f"order-to-result/{sm.HOSPITAL}/{order.placer_order_number}"
+def order_id(engine: Engine, order: sm.SampleOrder) -> str:
+    return engine.lab_workflow_id(order.placer_order_number)
 
 
 async def test_lab_and_discharge_write_with_their_own_credentials(
@@ -96,7 +96,7 @@ async def test_lab_and_discharge_write_with_their_own_credentials(
         )
         assert all("MSA|AA" in ack for ack in acks), acks
         for order in orders:
-            await engine.wait_for_status(order_id(order), "ordered", timeout=60)
+            await engine.wait_for_status(order_id(engine, order), "ordered", timeout=60)
 
         stay = sm.SampleStay("V-AUTH-1", patient=sm.SamplePatient(mrn="MRN-AUTH-1"))
         [ack] = await mllp_send(engine.mllp_port, [sm.adt_event(stay, "DS-AUTH-1", "A03")])
@@ -116,8 +116,8 @@ async def test_no_credentials_goes_to_review_after_one_attempt(
     ) as engine:
         order = sm.SampleOrder("AUTH-7101")
         await mllp_send(engine.mllp_port, [sm.lab_order(order, "AUTH-7101-O")])
-        pending = await engine.wait_for_review(order_id(order))
+        pending = await engine.wait_for_review(order_id(engine, order))
         assert pending["reason"] == "fhir-rejected"
         assert "HTTP 401" in str(pending["summary"])
-        description = await engine.handle(order_id(order)).describe()
+        description = await engine.handle(order_id(engine, order)).describe()
         assert not description.raw_description.pending_activities  # no retry loop

@@ -18,8 +18,8 @@ from tests.support.fhir_server import free_port, running_fhir_server
 from workers import sample_messages as sm
 
 
-def workflow_id(order: sm.SampleOrder) -> str:
-    return f"order-to-result/{sm.HOSPITAL}/{order.placer_order_number}"
+def workflow_id(engine: Engine, order: sm.SampleOrder) -> str:
+    return engine.lab_workflow_id(order.placer_order_number)
 
 
 async def activity_attempts(engine: Engine, wf_id: str) -> int:
@@ -37,11 +37,11 @@ async def test_fhir_refusal_goes_to_review_without_retrying(
     ) as engine:
         order = sm.SampleOrder("FAIL-3001")
         await mllp_send(engine.mllp_port, [sm.lab_order(order, "FAIL-3001-O")])
-        pending = await engine.wait_for_review(workflow_id(order))
+        pending = await engine.wait_for_review(workflow_id(engine, order))
         assert pending["reason"] == "fhir-rejected"
         assert "404" in str(pending["summary"])
 
-        history = await engine.handle(workflow_id(order)).fetch_history()
+        history = await engine.handle(workflow_id(engine, order)).fetch_history()
         failed = [
             event
             for event in history.events
@@ -55,7 +55,7 @@ async def test_fhir_refusal_goes_to_review_without_retrying(
         assert len(failed) == 1
         assert max(started) == 1  # the refused write ran once, no retry loop
 
-        await engine.handle(workflow_id(order)).execute_update(
+        await engine.handle(workflow_id(engine, order)).execute_update(
             "decide_review",
             ReviewDecision(
                 review_id=str(pending["review_id"]),
@@ -64,7 +64,7 @@ async def test_fhir_refusal_goes_to_review_without_retrying(
                 reviewer="ops1",
             ),
         )
-        await engine.wait_for_status(workflow_id(order), "write-rejected")
+        await engine.wait_for_status(workflow_id(engine, order), "write-rejected")
 
 
 async def test_unreachable_fhir_is_retried_until_it_is_back(temporal_client: Client) -> None:
@@ -76,16 +76,18 @@ async def test_unreachable_fhir_is_retried_until_it_is_back(temporal_client: Cli
         order = sm.SampleOrder("FAIL-3002")
         await mllp_send(engine.mllp_port, [sm.lab_order(order, "FAIL-3002-O")])
         for _ in range(100):
-            if await activity_attempts(engine, workflow_id(order)) >= 2:
+            if await activity_attempts(engine, workflow_id(engine, order)) >= 2:
                 break
             await asyncio.sleep(0.2)
-        assert await activity_attempts(engine, workflow_id(order)) >= 2
-        assert await engine.handle(workflow_id(order)).query("pending_review") is None
+        assert await activity_attempts(engine, workflow_id(engine, order)) >= 2
+        assert await engine.handle(workflow_id(engine, order)).query("pending_review") is None
 
         with contextlib.ExitStack() as stack:
             await asyncio.to_thread(stack.enter_context, running_fhir_server(port))
-            await engine.wait_for_status(workflow_id(order), "ordered", timeout=60)
-            refs: list[str] = await engine.handle(workflow_id(order)).query("resources_written")
+            await engine.wait_for_status(workflow_id(engine, order), "ordered", timeout=60)
+            refs: list[str] = await engine.handle(workflow_id(engine, order)).query(
+                "resources_written"
+            )
             [ref] = {ref for ref in refs if ref.startswith("ServiceRequest/")}
             request = await engine.fhir.read(*ref.split("/"))
             placer = request["identifier"][0]

@@ -211,7 +211,7 @@ async def test_lab_and_discharge_deliver_over_https(
         order = sm.SampleOrder("TLS-8001")
         [ack] = await mllp_send(engine.mllp_port, [sm.lab_order(order, "TLS-8001-O")])
         assert "MSA|AA" in ack
-        order_id = f"order-to-result/{sm.HOSPITAL}/{order.placer_order_number}"
+        order_id = engine.lab_workflow_id(order.placer_order_number)
         await engine.wait_for_status(order_id, "ordered", timeout=60)
         [request_ref] = await engine.handle(order_id).query("resources_written")
         resource_type, resource_id = request_ref.split("/")

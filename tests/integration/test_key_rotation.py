@@ -46,7 +46,7 @@ async def _order(engine: Engine, placer: str) -> str:
     order = sm.SampleOrder(placer)
     [ack] = await mllp_send(engine.mllp_port, [sm.lab_order(order, f"{placer}-O")])
     assert parse_ack(ack)[0] == "AA"
-    workflow_id = f"order-to-result/{sm.HOSPITAL}/{placer}"
+    workflow_id = engine.lab_workflow_id(placer)
     await engine.wait_for_status(workflow_id, "ordered")
     return workflow_id
 

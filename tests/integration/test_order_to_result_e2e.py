@@ -12,10 +12,11 @@ from adapters.hl7v2.ack import parse_ack
 from models.review import ReviewAction, ReviewDecision
 from tests.support.engine import Engine, mllp_send
 from workers import sample_messages as sm
+from workflows.search_attributes import exchange_status_query
 
 
-def workflow_id(order: sm.SampleOrder) -> str:
-    return f"order-to-result/{sm.HOSPITAL}/{order.placer_order_number}"
+def workflow_id(engine: Engine, order: sm.SampleOrder) -> str:
+    return engine.lab_workflow_id(order.placer_order_number)
 
 
 async def send(engine: Engine, *messages: str) -> list[str]:
@@ -24,7 +25,7 @@ async def send(engine: Engine, *messages: str) -> list[str]:
 
 
 async def written(engine: Engine, order: sm.SampleOrder, resource_type: str) -> list[str]:
-    refs: list[str] = await engine.handle(workflow_id(order)).query("resources_written")
+    refs: list[str] = await engine.handle(workflow_id(engine, order)).query("resources_written")
     return [ref for ref in refs if ref.startswith(f"{resource_type}/")]
 
 
@@ -67,7 +68,7 @@ async def test_order_then_final_result_lands_in_fhir(engine: Engine) -> None:
         sm.lab_order(order, "E2E-1001-O"),
         sm.lab_result(order, "E2E-1001-R", [sm.SODIUM, sm.POTASSIUM]),
     ) == ["AA", "AA"]
-    await engine.wait_for_status(workflow_id(order), "final")
+    await engine.wait_for_status(workflow_id(engine, order), "final")
 
     [request_ref] = await written(engine, order, "ServiceRequest")
     service_request = await read(engine, request_ref)
@@ -95,7 +96,7 @@ async def test_critical_value_puts_a_stat_task_in_the_work_queue(engine: Engine)
         sm.lab_order(order, "E2E-1002-O"),
         sm.lab_result(order, "E2E-1002-R", [sm.POTASSIUM_CRITICAL]),
     )
-    await engine.wait_for_status(workflow_id(order), "final")
+    await engine.wait_for_status(workflow_id(engine, order), "final")
     report, task = await report_and_task(engine, order)
     assert task["priority"] == "stat"
     [observation_ref] = report["result"]
@@ -110,12 +111,12 @@ async def test_corrected_result_updates_the_same_resources(engine: Engine) -> No
         sm.lab_order(order, "E2E-1003-O"),
         sm.lab_result(order, "E2E-1003-R1", [sm.SODIUM]),
     )
-    await engine.wait_for_status(workflow_id(order), "final")
+    await engine.wait_for_status(workflow_id(engine, order), "final")
     first_report, _ = await report_and_task(engine, order)
 
     corrected = sm.ResultValue("NA", "Sodium", "133", "mmol/L", "136-145", "L")
     await send(engine, sm.lab_result(order, "E2E-1003-R2", [corrected], result_status="C"))
-    await engine.wait_for_status(workflow_id(order), "corrected")
+    await engine.wait_for_status(workflow_id(engine, order), "corrected")
 
     report, _ = await report_and_task(engine, order)
     assert report["id"] == first_report["id"]
@@ -135,25 +136,28 @@ async def test_resent_message_is_acknowledged_and_written_once(engine: Engine) -
     order = sm.SampleOrder("E2E-1004")
     result = sm.lab_result(order, "E2E-1004-R", [sm.SODIUM])
     assert await send(engine, sm.lab_order(order, "E2E-1004-O"), result) == ["AA", "AA"]
-    await engine.wait_for_status(workflow_id(order), "final")
+    await engine.wait_for_status(workflow_id(engine, order), "final")
     assert await send(engine, result) == ["AA"]
     await asyncio.sleep(1.5)
     report, _ = await report_and_task(engine, order)
     assert len(await engine.fhir.history("DiagnosticReport", report["id"])) == 1
-    runs = [e async for e in engine.client.list_workflows(f"WorkflowId = '{workflow_id(order)}'")]
+    runs = [
+        e
+        async for e in engine.client.list_workflows(f"WorkflowId = '{workflow_id(engine, order)}'")
+    ]
     assert len(runs) == 1
 
 
 async def test_result_before_its_order_waits_for_the_order(engine: Engine) -> None:
     order = sm.SampleOrder("E2E-1005", local_code="GLU", text="Glucose")
     await send(engine, sm.lab_result(order, "E2E-1005-R", [sm.GLUCOSE_HIGH]))
-    await engine.wait_for_status(workflow_id(order), "awaiting-order")
+    await engine.wait_for_status(workflow_id(engine, order), "awaiting-order")
     assert await written(engine, order, "DiagnosticReport") == []
     await send(engine, sm.lab_order(order, "E2E-1005-O"))
-    await engine.wait_for_status(workflow_id(order), "final")
+    await engine.wait_for_status(workflow_id(engine, order), "final")
     report, _ = await report_and_task(engine, order)
     assert report["status"] == "final"
-    refs: list[str] = await engine.handle(workflow_id(order)).query("resources_written")
+    refs: list[str] = await engine.handle(workflow_id(engine, order)).query("resources_written")
     assert refs[0].startswith("ServiceRequest/")  # the order was written before the result
 
 
@@ -164,16 +168,16 @@ async def test_unmapped_local_code_goes_to_review_then_publishes(engine: Engine)
         sm.lab_order(order, "E2E-1006-O"),
         sm.lab_result(order, "E2E-1006-R", [sm.UNMAPPED]),
     )
-    pending = await engine.wait_for_review(workflow_id(order))
+    pending = await engine.wait_for_review(workflow_id(engine, order))
     assert pending["reason"] == "unmapped-code"
     assert "L|ZZX9" in pending["details"]
     visible = await engine.client.count_workflows(
-        f"WorkflowId = '{workflow_id(order)}' AND ReviewState = 'pending'"
+        f"WorkflowId = '{workflow_id(engine, order)}' AND ReviewState = 'pending'"
     )
     assert visible.count == 1
     assert await written(engine, order, "DiagnosticReport") == []
 
-    handle = engine.handle(workflow_id(order))
+    handle = engine.handle(workflow_id(engine, order))
     await handle.execute_update(
         "decide_review",
         ReviewDecision(
@@ -183,7 +187,7 @@ async def test_unmapped_local_code_goes_to_review_then_publishes(engine: Engine)
             reviewer="reviewer-1",
         ),
     )
-    await engine.wait_for_status(workflow_id(order), "final")
+    await engine.wait_for_status(workflow_id(engine, order), "final")
     report, _ = await report_and_task(engine, order)
     observation = await read(engine, report["result"][0]["reference"])
     assert loinc_codes(observation) == set()
@@ -195,9 +199,9 @@ async def test_unmapped_local_code_goes_to_review_then_publishes(engine: Engine)
 async def test_result_for_an_order_never_seen_goes_to_review(engine: Engine) -> None:
     order = sm.SampleOrder("E2E-1007")
     await send(engine, sm.lab_result(order, "E2E-1007-R", [sm.SODIUM]))
-    pending = await engine.wait_for_review(workflow_id(order), timeout=20)
+    pending = await engine.wait_for_review(workflow_id(engine, order), timeout=20)
     assert pending["reason"] == "unknown-order"
-    await engine.handle(workflow_id(order)).execute_update(
+    await engine.handle(workflow_id(engine, order)).execute_update(
         "decide_review",
         ReviewDecision(
             review_id=str(pending["review_id"]),
@@ -206,16 +210,16 @@ async def test_result_for_an_order_never_seen_goes_to_review(engine: Engine) -> 
             reviewer="reviewer-2",
         ),
     )
-    await engine.wait_for_status(workflow_id(order), "result-rejected")
+    await engine.wait_for_status(workflow_id(engine, order), "result-rejected")
     assert await written(engine, order, "DiagnosticReport") == []
 
 
 async def test_stat_order_without_result_becomes_overdue_and_escalates(engine: Engine) -> None:
     order = sm.SampleOrder("E2E-1008", priority="S")
     await send(engine, sm.lab_order(order, "E2E-1008-O"))
-    await engine.wait_for_status(workflow_id(order), "overdue", timeout=20)
+    await engine.wait_for_status(workflow_id(engine, order), "overdue", timeout=20)
     overdue = await engine.client.count_workflows(
-        f"WorkflowId = '{workflow_id(order)}' AND `Status` = 'overdue'"
+        f"WorkflowId = '{workflow_id(engine, order)}' AND {exchange_status_query('overdue')}"
     )
     assert overdue.count == 1
     # The status turns overdue first; the escalation Task is the activity that follows.
@@ -227,9 +231,9 @@ async def test_stat_order_without_result_becomes_overdue_and_escalates(engine: E
 async def test_cancel_revokes_the_service_request(engine: Engine) -> None:
     order = sm.SampleOrder("E2E-1009")
     await send(engine, sm.lab_order(order, "E2E-1009-O"))
-    await engine.wait_for_status(workflow_id(order), "ordered")
+    await engine.wait_for_status(workflow_id(engine, order), "ordered")
     await send(engine, sm.lab_order(order, "E2E-1009-C", order_control="CA"))
-    await engine.wait_for_status(workflow_id(order), "cancelled")
+    await engine.wait_for_status(workflow_id(engine, order), "cancelled")
     refs = set(await written(engine, order, "ServiceRequest"))
     assert len(refs) == 1
     assert (await read(engine, refs.pop()))["status"] == "revoked"
@@ -244,8 +248,8 @@ async def test_review_validator_refuses_malformed_decisions(engine: Engine) -> N
         sm.lab_order(order, "E2E-1010-O"),
         sm.lab_result(order, "E2E-1010-R", [sm.UNMAPPED]),
     )
-    pending = await engine.wait_for_review(workflow_id(order))
-    handle = engine.handle(workflow_id(order))
+    pending = await engine.wait_for_review(workflow_id(engine, order))
+    handle = engine.handle(workflow_id(engine, order))
     for bad in (
         ReviewDecision(review_id="r99", action=ReviewAction.APPROVE, reason="x", reviewer="a"),
         ReviewDecision(
@@ -277,7 +281,7 @@ async def test_review_validator_refuses_malformed_decisions(engine: Engine) -> N
             reviewer="reviewer-3",
         ),
     )
-    await engine.wait_for_status(workflow_id(order), "result-rejected")
+    await engine.wait_for_status(workflow_id(engine, order), "result-rejected")
     try:
         await handle.execute_update(
             "decide_review",
@@ -306,6 +310,6 @@ async def test_a_result_the_full_parser_refuses_waits_for_a_reviewer(engine: Eng
         engine.mllp_port, [sm.lab_order(order, "OR-PARSE-0"), "\r".join(misordered) + "\r"]
     )
     assert all("MSA|AA" in ack for ack in acks), acks
-    pending = await engine.wait_for_review(workflow_id(order), timeout=30)
+    pending = await engine.wait_for_review(workflow_id(engine, order), timeout=30)
     assert pending["reason"] == "invalid-message"
     assert "OBX" in pending["summary"]

@@ -30,7 +30,7 @@ async def test_fixed_message_is_released_into_its_exchange(engine: Engine) -> No
     released = await release(
         engine.store, engine.intake, held.id or 0, released_by="ops1", fixed_payload=good.encode()
     )
-    assert released.workflow_id == f"order-to-result/{sm.HOSPITAL}/REL-2001"
+    assert released.workflow_id == engine.lab_workflow_id("REL-2001")
     await engine.wait_for_status(released.workflow_id, "ordered")
     row = engine.store.quarantined_message(held.id or 0)
     assert row is not None

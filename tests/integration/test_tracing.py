@@ -14,7 +14,7 @@ async def test_a_result_is_one_trace_from_mllp_to_fhir(
     engine: Engine, spans: InMemorySpanExporter
 ) -> None:
     order = sm.SampleOrder("TRACE-1")
-    workflow_id = f"order-to-result/{sm.HOSPITAL}/{order.placer_order_number}"
+    workflow_id = engine.lab_workflow_id(order.placer_order_number)
     await mllp_send(engine.mllp_port, [sm.lab_order(order, "TRACE-1-O")])
     await engine.wait_for_status(workflow_id, "ordered")
     spans.clear()

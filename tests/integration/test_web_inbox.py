@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import uuid
 from collections.abc import AsyncIterator
 
 import httpx
@@ -218,7 +219,7 @@ async def test_a_result_without_its_order_shows_the_held_result_and_open_orders(
             sm.lab_result(orphan, "WEB-6004-R", [sm.SODIUM, sm.POTASSIUM]),
         ],
     )
-    orphan_id = f"order-to-result/{sm.HOSPITAL}/WEB-6004-B"
+    orphan_id = engine.lab_workflow_id("WEB-6004-B")
     await engine.wait_for_review(orphan_id)
     async with signed_in_browser(api, "rev-orphan", Role.REVIEWER) as browser:
         inbox = await browser.get("/ui/")
@@ -232,7 +233,52 @@ async def test_a_result_without_its_order_shows_the_held_result_and_open_orders(
         same_patient_row = candidates.split("WEB-6004-A")[1].split("</tr>")[0]
         assert "<td>yes</td>" in same_patient_row
         # The candidate links to its own page by an opaque reference.
-        candidate_link = link_to(candidates, f"order-to-result/{sm.HOSPITAL}/WEB-6004-A")
+        candidate_link = link_to(candidates, engine.lab_workflow_id("WEB-6004-A"))
         assert "WEB-6004" not in candidate_link
         assert (await browser.get(candidate_link)).status_code == 200
         assert "<title>Review · Careweave</title>" in page.text
+
+
+async def test_find_a_patients_exchanges_by_mrn_and_read_one_exchange_page(
+    engine: Engine, api: RunningApi
+) -> None:
+    tag = uuid.uuid4().hex[:6].upper()
+    patient = sm.SamplePatient(mrn=f"MRN-W{tag}", family="Webfinder")
+    mine = sm.SampleOrder(f"WEBS-A{tag}", patient=patient)
+    other = sm.SampleOrder(f"WEBS-B{tag}", patient=sm.SamplePatient(mrn=f"MRN-X{tag}"))
+    await mllp_send(
+        engine.mllp_port,
+        [sm.lab_order(mine, f"WA{tag}-O"), sm.lab_order(other, f"WB{tag}-O")],
+    )
+    await engine.wait_for_status(engine.lab_workflow_id(mine.placer_order_number), "ordered")
+    await engine.wait_for_status(engine.lab_workflow_id(other.placer_order_number), "ordered")
+
+    async with signed_in_browser(api, "rev-finder", Role.REVIEWER) as browser:
+        form = await browser.get("/ui/search")
+        assert form.status_code == 200
+        token = csrf_of(form.text)
+        # A search in the address bar searches nothing: the value would be in the URL.
+        assert patient.mrn not in (await browser.get(f"/ui/search?value={patient.mrn}")).text
+
+        found = await browser.post(
+            "/ui/search", data={"kind": "mrn", "value": patient.mrn, "csrf_token": token}
+        )
+        assert found.status_code == 200, found.text
+        assert "1 exchange found" in found.text
+        links = re.findall(r'href="(/ui/exchanges/[^"]+)"', found.text)
+        assert len(links) == 1
+        assert mine.placer_order_number not in links[0]
+
+        refused = await browser.post("/ui/search", data={"kind": "mrn", "value": patient.mrn})
+        assert refused.status_code == 403  # no CSRF token: not one of our pages
+
+        exchange = await browser.get(links[0])
+        assert exchange.status_code == 200, exchange.text
+        assert "<title>Exchange · Careweave</title>" in exchange.text
+        assert "ORM^O01 received" in exchange.text
+        # Decoded for the signed-in reviewer: the message itself, patient and all.
+        assert "Webfinder" in exchange.text and other.placer_order_number not in exchange.text
+
+    searches = [e for e in api.audit if e.resource == "web-exchange-search"]
+    assert searches and searches[-1].detail == "searched by mrn: 1 exchange(s)"
+    assert all(patient.mrn not in (e.detail or "") for e in api.audit)

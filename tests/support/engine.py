@@ -24,11 +24,13 @@ from adapters.fhir import FhirClient
 from adapters.hl7v2.framing import encode_frame
 from adapters.payload_crypto import new_key_line, parse_key_ring
 from exchanges.commit import ExchangeCommitter
+from exchanges.order_to_result import lab_workflow_id
 from exchanges.registry import REGISTRY
 from models.records import AuditRecord
 from models.settings import Settings
 from workers.gateway import MllpGateway
 from workers.intake import MessageIntake
+from workers.sample_messages import HOSPITAL
 from workers.stack import temporal_binary
 from workers.temporal_client import connect_to
 from workers.worker import lab_fhir_client, open_worker
@@ -89,6 +91,12 @@ class Engine:
     @property
     def mllp_port(self) -> int:
         return self.gateway.port
+
+    def lab_workflow_id(self, placer_order_number: str, facility: str = HOSPITAL) -> str:
+        """The order-to-result exchange of a placer order number (a pseudonym, as routed)."""
+        return lab_workflow_id(
+            facility, placer_order_number, self.settings.resolved_pseudonym_key()
+        )
 
     def handle(self, workflow_id: str) -> WorkflowHandle[object, object]:
         return self.client.get_workflow_handle(workflow_id)

@@ -18,6 +18,7 @@ from exchanges.sdk import (
     ExchangeRegistry,
     MessageType,
     pseudonym,
+    search_attribute_type,
 )
 from tests.support.patient_sync import Person, person_message
 from workers import sample_messages as sm
@@ -155,9 +156,12 @@ def test_a_person_update_without_pid_3_gets_ae_101() -> None:
 
 def test_docker_compose_registers_the_registry_search_attributes() -> None:
     compose = (PROJECT / "docker-compose.yml").read_text()
-    listed = re.search(r"for attribute in ([A-Za-z ]+); do", compose)
+    listed = re.search(r"for attribute in ([A-Za-z= ]+); do", compose)
     assert listed is not None, "docker-compose.yml no longer lists search attributes"
-    assert listed.group(1).split() == [key.name for key in REGISTRY.search_attributes()], (
+    registered = [
+        f"{key.name}={search_attribute_type(key)}" for key in REGISTRY.search_attributes()
+    ]
+    assert listed.group(1).split() == registered, (
         "docker-compose.yml's search attributes differ from the registry's: "
         "update temporal-register-search-attributes"
     )

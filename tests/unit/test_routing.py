@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import pytest
 
 from adapters.hl7v2.header import DecodedMessage, MessageRejected, decode_message
+from exchanges.order_to_result import lab_workflow_id
 from exchanges.registry import REGISTRY
 from exchanges.sdk import SUPPORTED_VERSIONS, id_part
 from workers import sample_messages as sm
@@ -14,7 +16,8 @@ from workflows.order_to_result import OrderToResult
 
 SUPPORTED_TYPES = REGISTRY.supported_types
 REQUIRED_SEGMENTS = REGISTRY.required_segments
-route = REGISTRY.route
+PSEUDONYM_KEY = b"routing-test-key"
+route = functools.partial(REGISTRY.route, pseudonym_key=PSEUDONYM_KEY)
 
 CORPUS = Path(__file__).resolve().parent.parent / "fixtures" / "corpus"
 
@@ -33,7 +36,10 @@ def test_order_and_its_result_reach_the_same_exchange() -> None:
     order = sm.SampleOrder("PO-77/A")
     to_order = route(decoded(sm.lab_order(order, "C1")))
     to_result = route(decoded(sm.lab_result(order, "C2", [sm.SODIUM])))
-    assert to_order.workflow_id == to_result.workflow_id == "order-to-result/GENHOSP/PO-77_A"
+    expected = lab_workflow_id("GENHOSP", "PO-77/A", PSEUDONYM_KEY)
+    assert to_order.workflow_id == to_result.workflow_id == expected
+    assert "PO-77" not in expected  # the placer number is PHI-adjacent: never in clear
+    assert to_order.legacy_workflow_id == "order-to-result/GENHOSP/PO-77_A"
     assert (to_order.signal, to_result.signal) == (
         OrderToResult.order_message,
         OrderToResult.result_message,
@@ -102,7 +108,8 @@ def test_one_placer_rule_for_orders_and_results_whose_orc2_and_obr2_differ() -> 
         decoded(with_obr2(sm.lab_result(order, "C6", [sm.SODIUM]), "OBR-SIDE-2^GENHOSP"))
     )
     # ORC-2 wins for both: one exchange, keyed by the order's ORC-2.
-    assert to_order.workflow_id == to_result.workflow_id == "order-to-result/GENHOSP/PO-90"
+    expected = lab_workflow_id("GENHOSP", "PO-90", PSEUDONYM_KEY)
+    assert to_order.workflow_id == to_result.workflow_id == expected
     assert to_result.key.placer_order_number == "PO-90"
 
 
@@ -110,4 +117,5 @@ def test_a_result_without_orc_is_keyed_by_obr2() -> None:
     order = sm.SampleOrder("PO-91")
     to_order = route(decoded(sm.lab_order(order, "C7")))
     to_result = route(decoded(without_orc(sm.lab_result(order, "C8", [sm.SODIUM]))))
-    assert to_result.workflow_id == to_order.workflow_id == "order-to-result/GENHOSP/PO-91"
+    expected = lab_workflow_id("GENHOSP", "PO-91", PSEUDONYM_KEY)
+    assert to_result.workflow_id == to_order.workflow_id == expected

@@ -22,6 +22,7 @@ from workers.api.common import ApiRefusal, describe_errors, operation_outcome
 from workers.api.context import ApiContext, AuditRecorder
 from workers.api.refs import ExchangeRefs
 from workers.api.reviews import router as reviews_router
+from workers.api.search import router as search_router
 from workers.auth import TokenIssuer, TokenVerifier, issuer_and_verifier
 from workers.payload_codec import EncryptionCodec
 
@@ -67,6 +68,7 @@ def create_api(
     app.include_router(auth_router)
     app.add_api_route("/health", health, methods=["GET"])
     app.include_router(reviews_router)
+    app.include_router(search_router)
     app.include_router(codec_router)
     # Imported here: the pages build on this package's modules (auth, reviews), so a
     # top-level import would be circular whichever package is imported first.

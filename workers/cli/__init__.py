@@ -10,7 +10,18 @@ from __future__ import annotations
 
 import typer
 
-from workers.cli import audit, exchanges, keys, login, processes, quarantine, review, send, users
+from workers.cli import (
+    audit,
+    exchanges,
+    find,
+    keys,
+    login,
+    processes,
+    quarantine,
+    review,
+    send,
+    users,
+)
 
 app = typer.Typer(help="Careweave clinical integration engine", no_args_is_help=True)
 app.add_typer(processes.app)  # up, worker, gateway, api, demo
@@ -22,5 +33,6 @@ app.add_typer(audit.app)
 app.add_typer(keys.app)
 app.add_typer(users.app)
 app.add_typer(exchanges.app)
+app.add_typer(find.app)  # find
 
 __all__ = ["app"]

@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from workers.api.common import ApiRefusal, operation_outcome
+from workers.web.exchanges import router as exchanges_router
 from workers.web.inbox import router as inbox_router
 from workers.web.render import templates
 from workers.web.review_page import router as review_router
@@ -29,6 +30,7 @@ def mount_web(app: FastAPI) -> None:
     app.exception_handler(ApiRefusal)(refusal_for_people)
     app.include_router(inbox_router)
     app.include_router(review_router)
+    app.include_router(exchanges_router)
 
 
 # What a refusal is called on a page, by HTTP status.

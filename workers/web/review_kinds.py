@@ -17,6 +17,7 @@ from temporalio.service import RPCError
 
 from adapters.hl7v2.ack import AckExplanation, AckParseError, explain_ack
 from adapters.hl7v2.lab_messages import LabMessageInvalid, parse_lab_results
+from exchanges.sdk import id_part, search_pseudonym
 from mappings.order_to_result.concept_map import (
     LoincCandidate,
     load_lab_mapping,
@@ -30,6 +31,7 @@ from models.review import (
     UnmappedCodeContext,
     UnmappedObservation,
 )
+from models.search import BusinessKeyKind
 from workers.api.context import ApiContext
 from workers.api.reviews import TEMPORAL_RPC_TIMEOUT
 from workflows import search_attributes as sa
@@ -135,17 +137,30 @@ async def open_orders(
     context: ApiContext, workflow_id: str, facility: str, patients: set[str]
 ) -> list[OpenOrder]:
     """Running order-to-result exchanges of the same facility (the order the result may
-    belong to under another number), those for the result's patient identifier first."""
+    belong to under another number); those of the result's patient first. The patient is
+    matched in visibility by PatientKey (the keyed pseudonym of the MRN, never the MRN),
+    and for exchanges started before PatientKey existed, by the order's PID-3."""
     client = context.temporal_client
-    quoted = facility.replace("\\", "\\\\").replace("'", "\\'")
-    query = (
-        f"{sa.EXCHANGE.name} = 'order-to-result' AND {sa.FACILITY.name} = '{quoted}' "
+    base = (
+        f"{sa.EXCHANGE.name} = 'order-to-result' AND {sa.FACILITY.name} = '{id_part(facility)}' "
         "AND ExecutionStatus = 'Running'"
     )
-    executions = []
-    async for execution in client.list_workflows(query, limit=OPEN_ORDERS_SHOWN + 1):
-        if execution.id != workflow_id:
-            executions.append(execution)
+    key = context.settings.resolved_pseudonym_key()
+    patient_keys = [search_pseudonym(key, BusinessKeyKind.MRN, mrn) for mrn in sorted(patients)]
+    same_patient: set[str] = set()
+    found: dict[str, datetime | None] = {}
+    queries = []
+    if patient_keys:
+        either = " OR ".join(f"{sa.PATIENT_KEY.name} = '{k}'" for k in patient_keys)
+        queries.append((f"{base} AND ({either})", True))
+    queries.append((base, False))
+    for query, of_patient in queries:
+        async for execution in client.list_workflows(query, limit=OPEN_ORDERS_SHOWN + 1):
+            if execution.id == workflow_id or len(found) >= OPEN_ORDERS_SHOWN:
+                continue
+            found.setdefault(execution.id, execution.start_time)
+            if of_patient:
+                same_patient.add(execution.id)
 
     async def described(workflow_id: str, started_at: datetime | None) -> OpenOrder:
         handle = client.get_workflow_handle(workflow_id)
@@ -156,11 +171,11 @@ async def open_orders(
             status = await handle.query("status", rpc_timeout=TEMPORAL_RPC_TIMEOUT)
             raw = await handle.query("order", rpc_timeout=TEMPORAL_RPC_TIMEOUT)
             order = LabOrder.model_validate(raw) if raw else None
-        same = order is not None and order.patient.identifier in patients
+        same = workflow_id in same_patient or (
+            order is not None and order.patient.identifier in patients
+        )
         return OpenOrder(context.refs.ref(workflow_id), str(status), started_at, order, same)
 
-    listed = await asyncio.gather(
-        *(described(e.id, e.start_time) for e in executions[:OPEN_ORDERS_SHOWN])
-    )
+    listed = await asyncio.gather(*(described(wid, at) for wid, at in found.items()))
     never = datetime.max.replace(tzinfo=UTC)
     return sorted(listed, key=lambda o: (not o.same_patient, o.started_at or never))

@@ -68,7 +68,12 @@ def csrf_token(request: Request) -> str:
 
 
 async def check_form_origin(
-    request: Request, context: ApiContext, identity: Identity, sent_token: object
+    request: Request,
+    context: ApiContext,
+    identity: Identity,
+    sent_token: object,
+    *,
+    action: AuditAction = AuditAction.REVIEW_DECISION,
 ) -> None:
     """Refuse (403, audited) a form post whose CSRF token is not this session's, or whose
     Origin header names another origin than the API's own."""
@@ -85,7 +90,7 @@ async def check_form_origin(
     await context.audit(
         audit_entry(
             identity.subject,
-            AuditAction.REVIEW_DECISION,
+            action,
             AuditOutcome.REFUSED,
             detail="form without this session's CSRF token or from another origin",
         )
