@@ -118,6 +118,10 @@ class ReviewDecision(BaseModel):
     identity_issuer: str | None = None
     # EDIT only: the corrected HL7 v2 message to send instead (kept in the history).
     edited_message: str | None = None
+    # The API's signature over all of the above and the exchange's workflow id
+    # (adapters/decision_proof.py); the worker refuses a decision without a valid one before
+    # it enters the history. Optional only so that histories recorded before it replay.
+    proof: str | None = None
 
 
 class ReviewRecord(BaseModel):

@@ -115,6 +115,11 @@ class Settings(BaseSettings):
     # the env var named here wins; else the file; unset file means state_dir/payload.keys.
     payload_keys_env: str = "CAREWEAVE_PAYLOAD_KEYS"
     payload_keys_file: Path | None = None
+    # The worker and Careweave's Temporal clients refuse payloads that are not encrypted with
+    # the key ring (a plaintext signal, update or workflow input is refused and audited).
+    # True only for a Temporal namespace holding histories written before payload encryption
+    # existed; the UI's codec endpoint shows plaintext payloads as they are either way.
+    payload_accept_unencrypted: bool = False
 
     # The review and codec API (`careweave api`, and in-process in `careweave up`).
     api_host: str = "127.0.0.1"
@@ -137,6 +142,13 @@ class Settings(BaseSettings):
     auth_signing_key_file: Path | None = None
     auth_jwks_url: str | None = None
     auth_jwks_issuer: str | None = None
+    # Review decisions carry the API's signature (adapters/decision_proof.py), valid this
+    # long: the API signs just before it sends the update, so seconds would do.
+    review_decision_proof_ttl_seconds: int = Field(default=120, ge=5)
+    # PEM public keys whose decision proofs the worker accepts (one per API signing key in
+    # use); unset: the public key the API writes beside its signing key
+    # (auth-signing-key.pub.pem). The worker never needs the private key.
+    review_decision_public_key_files: list[Path] | None = None
     # Where `careweave login` keeps the token the other commands send (0600).
     token_file: Path | None = None
 
@@ -179,6 +191,18 @@ class Settings(BaseSettings):
     @property
     def resolved_signing_key_file(self) -> Path:
         return self.auth_signing_key_file or self.state_dir / "auth-signing-key.pem"
+
+    @property
+    def resolved_signing_public_key_file(self) -> Path:
+        """The public half of the API's signing key, written by the API beside it."""
+        private = self.resolved_signing_key_file
+        return private.with_name(private.name.removesuffix(".pem") + ".pub.pem")
+
+    @property
+    def resolved_decision_public_key_files(self) -> list[Path]:
+        if self.review_decision_public_key_files is not None:
+            return self.review_decision_public_key_files
+        return [self.resolved_signing_public_key_file]
 
     @property
     def resolved_token_file(self) -> Path:

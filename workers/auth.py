@@ -10,6 +10,7 @@ its JWKS URL and issuer are configured.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import uuid
 from collections.abc import Iterable
@@ -20,9 +21,13 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from adapters.decision_proof import sign_decision_proof, write_public_key
 from models.errors import SecurityError
 from models.identity import Identity, Role
+from models.review import ReviewDecision
 from models.settings import Settings
+
+log = logging.getLogger("careweave.auth")
 
 ALGORITHM = "ES256"
 LEEWAY = timedelta(seconds=30)
@@ -53,16 +58,53 @@ def load_or_create_signing_key(path: Path) -> ec.EllipticCurvePrivateKey:
     return loaded
 
 
+def api_signing_key(settings: Settings) -> ec.EllipticCurvePrivateKey:
+    """The API's signing key (made on first use), its public half written beside it for the
+    workers that check decision proofs (settings.resolved_signing_public_key_file)."""
+    key = load_or_create_signing_key(settings.resolved_signing_key_file)
+    try:
+        write_public_key(key, settings.resolved_signing_public_key_file)
+    except OSError as err:
+        # A key mounted read-only in production: the workers are then given the public key
+        # through CAREWEAVE_REVIEW_DECISION_PUBLIC_KEY_FILES; the API itself does not need it.
+        log.warning(
+            "cannot write the decision public key %s (%s); give workers the public key "
+            "with CAREWEAVE_REVIEW_DECISION_PUBLIC_KEY_FILES",
+            settings.resolved_signing_public_key_file,
+            err.strerror,
+        )
+    return key
+
+
 class TokenIssuer:
-    """Signs access tokens for users of Careweave's own directory."""
+    """Signs access tokens for users of Careweave's own directory, and the proofs of the
+    review decisions the API sends (another audience: neither can stand in for the other)."""
 
     def __init__(
-        self, key: ec.EllipticCurvePrivateKey, *, issuer: str, audience: str, ttl: timedelta
+        self,
+        key: ec.EllipticCurvePrivateKey,
+        *,
+        issuer: str,
+        audience: str,
+        ttl: timedelta,
+        decision_proof_ttl: timedelta = timedelta(minutes=2),
     ) -> None:
         self._key = key
         self.issuer = issuer
         self.audience = audience
         self.ttl = ttl
+        self.decision_proof_ttl = decision_proof_ttl
+
+    def prove_decision(self, decision: ReviewDecision, *, workflow_id: str) -> ReviewDecision:
+        """``decision`` with the proof the worker checks before it enters the history."""
+        proof = sign_decision_proof(
+            self._key,
+            decision,
+            workflow_id=workflow_id,
+            issuer=self.issuer,
+            ttl=self.decision_proof_ttl,
+        )
+        return decision.model_copy(update={"proof": proof})
 
     def issue(self, subject: str, roles: Iterable[Role], *, now: datetime | None = None) -> str:
         issued = now or datetime.now(UTC)
@@ -149,12 +191,13 @@ def _claimed_issuer(token: str) -> object:
 
 
 def issuer_and_verifier(settings: Settings) -> tuple[TokenIssuer, TokenVerifier]:
-    key = load_or_create_signing_key(settings.resolved_signing_key_file)
+    key = api_signing_key(settings)
     issuer = TokenIssuer(
         key,
         issuer=settings.auth_issuer,
         audience=settings.auth_audience,
         ttl=timedelta(seconds=settings.auth_token_ttl_seconds),
+        decision_proof_ttl=timedelta(seconds=settings.review_decision_proof_ttl_seconds),
     )
     verifier = TokenVerifier(
         key.public_key(),

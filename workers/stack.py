@@ -31,7 +31,7 @@ from models.settings import Settings
 from workers.api import create_api, serving_api
 from workers.gateway import MllpGateway
 from workers.intake import MessageIntake
-from workers.payload_codec import load_payload_keys
+from workers.payload_codec import display_codec, load_payload_keys
 from workers.telemetry import configure_tracing
 from workers.temporal_client import connect, ensure_search_attributes
 from workers.worker import lab_fhir_client, open_worker
@@ -287,9 +287,8 @@ async def embedded_stack(settings: Settings) -> AsyncIterator[RunningStack]:
                 gateway = MllpGateway(intake, settings)
             except ConfigurationError as err:
                 raise StackError(str(err)) from err
-            api = create_api(
-                settings, client, client.data_converter.payload_codec, store.audit_log().aappend
-            )
+            # Strict decoding is for the worker; the UI must show a forged payload as it is.
+            api = create_api(settings, client, display_codec(client), store.audit_log().aappend)
             try:
                 api_port = await serving.enter_async_context(
                     serving_api(api, settings.api_host, settings.api_port)

@@ -23,14 +23,23 @@ async def connect(settings: Settings, key_ring: KeyRing | None = None) -> Client
         settings.temporal_address,
         key_ring or load_payload_keys(settings),
         namespace=settings.temporal_namespace,
+        accept_unencrypted=settings.payload_accept_unencrypted,
     )
 
 
-async def connect_to(target: str, key_ring: KeyRing, *, namespace: str = "default") -> Client:
+async def connect_to(
+    target: str,
+    key_ring: KeyRing,
+    *,
+    namespace: str = "default",
+    accept_unencrypted: bool = False,
+) -> Client:
+    """A client whose codec refuses payloads not encrypted with ``key_ring`` (unless
+    ``accept_unencrypted``): a worker built on it never acts on one."""
     return await Client.connect(
         target,
         namespace=namespace,
-        data_converter=encrypted_data_converter(key_ring),
+        data_converter=encrypted_data_converter(key_ring, accept_unencrypted=accept_unencrypted),
         interceptors=[TracingInterceptor()],
         # Headers (the trace context each message carries) go through the codec too.
         header_codec_behavior=HeaderCodecBehavior.CODEC,

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import contextlib
+import dataclasses
 import ssl
 from collections.abc import AsyncIterator
 
@@ -12,13 +14,18 @@ from temporalio.worker import Worker
 
 from adapters.audit_log import AuditLog
 from adapters.database import open_engine
+from adapters.decision_proof import DecisionProofKeys
 from adapters.fhir import FhirClient, auth_from_config
 from adapters.tls import TlsConfigError, client_tls_context
 from exchanges.registry import REGISTRY
 from exchanges.sdk import ExchangeRegistry, WorkerDependencies
 from models.destinations import RoutingConfig, load_routing
+from models.errors import ConfigurationError
 from models.settings import Settings
 from workers.audit_interceptor import AuditInterceptor
+from workers.decision_proof_interceptor import DecisionProofInterceptor
+from workers.payload_codec import EncryptionCodec
+from workers.refusal_audit import RefusalAudit
 
 
 def lab_fhir_client(settings: Settings, *, timeout: float | None = None) -> FhirClient:
@@ -90,15 +97,24 @@ async def open_worker(
 
     Every activity execution is audited into ``audit_log`` (default: Careweave's database);
     an activity whose exchange declares no audit action for it stops the worker here
-    (ExchangeDefinitionError).
+    (ExchangeDefinitionError). So is every refusal: a payload that is not Careweave's
+    ciphertext (``client`` must be connected with Careweave's codec, else
+    ConfigurationError), and a review decision without the API's proof (checked against
+    settings.resolved_decision_public_key_files).
     ``fhir`` (the lab-result server) belongs to the caller, who closes it.
     """
     if audit_log is None:
         audit_log = AuditLog(open_engine(settings.resolved_database_url))
+    refusals = RefusalAudit(audit_log, asyncio.get_running_loop())
+    worker_client = _refusing_client(client, refusals)
+    decision_keys = DecisionProofKeys(
+        settings.resolved_decision_public_key_files, issuer=settings.auth_issuer
+    )
     # Synchronous activities (the parse + map ones) run in this pool, off the event loop.
     executor = concurrent.futures.ThreadPoolExecutor(max_workers=8)
     async with contextlib.AsyncExitStack() as on_close:
         on_close.callback(executor.shutdown, wait=False)
+        on_close.push_async_callback(refusals.drain)
         dependencies = WorkerDependencies(
             client=client,
             settings=settings,
@@ -107,10 +123,30 @@ async def open_worker(
             on_close=on_close,
         )
         yield Worker(
-            client,
+            worker_client,
             task_queue=settings.task_queue,
             workflows=registry.workflows(),
             activities=registry.activities(dependencies),
             activity_executor=executor,
-            interceptors=[AuditInterceptor(audit_log, registry.audit_actions())],
+            interceptors=[
+                AuditInterceptor(audit_log, registry.audit_actions()),
+                DecisionProofInterceptor(decision_keys, refusals.decision_refused),
+            ],
         )
+
+
+def _refusing_client(client: Client, refusals: RefusalAudit) -> Client:
+    """``client``'s connection with a codec that audits each payload it refuses (the
+    worker's own, so no other user of ``client`` writes those rows)."""
+    codec = client.data_converter.payload_codec
+    if not isinstance(codec, EncryptionCodec):
+        raise ConfigurationError(
+            "the worker's Temporal client has no Careweave payload codec: connect it with "
+            "workers.temporal_client.connect, so that unencrypted payloads are refused"
+        )
+    converter = dataclasses.replace(
+        client.data_converter, payload_codec=codec.reporting_refusals(refusals.payload_refused)
+    )
+    config = client.config()
+    config["data_converter"] = converter
+    return Client(**config)

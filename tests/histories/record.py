@@ -72,7 +72,7 @@ from tests.support.history import nested
 from tests.support.partner import Partner
 from tests.support.patient_sync import Person, person_message
 from workers import sample_messages as sm
-from workers.payload_codec import ENCODING, METADATA_ENCODING
+from workers.payload_codec import ENCODING, METADATA_ENCODING, EncryptionCodec
 from workers.telemetry import configure_tracing
 from workflows.ordered_delivery import OrderedDelivery
 
@@ -103,8 +103,10 @@ async def decoded_history(
     markers, headers, summaries, failures' encoded attributes): plain pydantic JSON."""
     history = await client.get_workflow_handle(workflow_id, run_id=run_id).fetch_history()
     codec = client.data_converter.payload_codec
-    if codec is None:
+    if not isinstance(codec, EncryptionCodec):
         raise RecordingError("the client has no payload codec: connect it as Careweave does")
+    # Search attributes and the SDK's marker bookkeeping are plaintext by design: shown as is.
+    codec = codec.for_display()
     for event in history.events:
         for _, payload in nested(event, Payload):
             [plain] = await codec.decode([payload])
@@ -233,7 +235,7 @@ def queue_idle(entries: int) -> Callable[[WorkflowHandle[Any, Any]], Awaitable[b
 
 
 async def decide(
-    client: Client,
+    engine: Engine,
     workflow_id: str,
     pending: dict[str, Any],
     action: ReviewAction,
@@ -241,8 +243,9 @@ async def decide(
     reviewer: str,
     **extra: Any,
 ) -> None:
-    await client.get_workflow_handle(workflow_id).execute_update(
-        "decide_review",
+    # Signed as the API signs it: the worker refuses a decision without its proof.
+    await engine.decide_review(
+        workflow_id,
         ReviewDecision(
             review_id=str(pending["review_id"]),
             action=action,
@@ -302,7 +305,12 @@ async def lab_unmapped_code_review_approved(s: Session) -> None:
     pending = await engine.wait_for_review(wid)
     await expect("review reason", pending["reason"], "unmapped-code")
     await decide(
-        s.client, wid, pending, ReviewAction.APPROVE, "local code checked with the lab", "rev-1"
+        s.running_engine,
+        wid,
+        pending,
+        ReviewAction.APPROVE,
+        "local code checked with the lab",
+        "rev-1",
     )
     await wait_closed(s.client, wid)
     await expect("reviews", await review_actions(s.client, wid), ["approve"])
@@ -318,7 +326,12 @@ async def lab_unknown_order_review_approved(s: Session) -> None:
     pending = await engine.wait_for_review(wid, timeout=UNKNOWN_ORDER_WAIT + 30)
     await expect("review reason", pending["reason"], "unknown-order")
     await decide(
-        s.client, wid, pending, ReviewAction.APPROVE, "order placed on paper downtime", "rev-2"
+        s.running_engine,
+        wid,
+        pending,
+        ReviewAction.APPROVE,
+        "order placed on paper downtime",
+        "rev-2",
     )
     await wait_closed(s.client, wid)
     await expect("status", await engine.handle(wid).query("status"), "completed")
@@ -435,7 +448,12 @@ async def patient_unreadable_review_rejected(s: Session) -> None:
     wid = patient_sync_id(person.mrn)
     pending = await engine.wait_for_review(wid, timeout=60)
     await decide(
-        s.client, wid, pending, ReviewAction.REJECT, "registration resends it", "reviewer-1"
+        s.running_engine,
+        wid,
+        pending,
+        ReviewAction.REJECT,
+        "registration resends it",
+        "reviewer-1",
     )
     await wait_closed(s.client, wid)
     await s.save("patient_sync/unreadable_review_rejected", wid)
@@ -453,7 +471,12 @@ async def discharge_late_a08_review_forwarded(s: Session) -> None:
     pending = await engine.wait_for_review(wid)
     await expect("review reason", pending["reason"], "update-after-close")
     await decide(
-        s.client, wid, pending, ReviewAction.APPROVE, "coder amended the final diagnosis", "him-1"
+        s.running_engine,
+        wid,
+        pending,
+        ReviewAction.APPROVE,
+        "coder amended the final diagnosis",
+        "him-1",
     )
     await wait_closed(s.client, wid, timeout=CLOSE_AFTER + 60)
     events = await engine.handle(wid).query("routed_events")
@@ -479,7 +502,7 @@ async def delivery_held_then_skipped(s: Session) -> None:
     finally:
         await billing.aset_mode("AA")
     await decide(
-        s.client,
+        s.running_engine,
         queue,
         pending,
         ReviewAction.SKIP,
@@ -513,7 +536,7 @@ async def delivery_held_then_edited(s: Session) -> None:
     finally:
         await billing.aset_mode("AA")
     await decide(
-        s.client,
+        s.running_engine,
         queue,
         pending,
         ReviewAction.EDIT,
@@ -541,7 +564,12 @@ async def delivery_unanswered_then_retried(s: Session) -> None:
     finally:
         await primary_care.aset_mode("AA")
     await decide(
-        s.client, queue, pending, ReviewAction.RETRY, "primary care interface restarted", "ops-1"
+        s.running_engine,
+        queue,
+        pending,
+        ReviewAction.RETRY,
+        "primary care interface restarted",
+        "ops-1",
     )
     log = await wait_delivery_log(engine, queue, 1)
     await expect("outcomes", [e["outcome"] for e in log], ["delivered"])

@@ -119,6 +119,8 @@ async def test_ops_cannot_decide_but_a_reviewer_can_and_is_recorded(
     assert history[-1]["decision"]["reviewer"] == "rev-bo"
     assert history[-1]["decision"]["reviewer_role"] == "reviewer"
     assert history[-1]["decision"]["identity_issuer"] == "careweave"
+    # The API's proof rode with it: the worker accepts no decision without one.
+    assert history[-1]["decision"]["proof"]
 
     answer = await http.post(
         f"/reviews/{workflow_id}/decision", json=decision(review_id), headers=reviewer
@@ -311,6 +313,22 @@ async def test_codec_decode_needs_credentials_and_round_trips(
         ("nobody-role", AuditOutcome.REFUSED),
         ("ops", AuditOutcome.SUCCESS),
     ]
+
+
+async def test_codec_decode_shows_a_forged_plaintext_payload_as_it_is(
+    api: RunningApi, http: httpx.AsyncClient
+) -> None:
+    # The worker refuses such a payload; the operator looking at the history must see it.
+    forged = pydantic_data_converter.payload_converter.to_payloads(
+        [{"review_id": "r1", "reviewer": "mallory"}]
+    )
+    [encrypted] = await api.codec.encode(forged)
+    body = json_format.MessageToJson(Payloads(payloads=[*forged, encrypted]))
+    decoded = await http.post(
+        "/codec/decode", content=body, headers=bearer(api.token("ops", Role.OPS))
+    )
+    assert decoded.status_code == 200, decoded.text
+    assert read_payloads(decoded.text) == [*forged, *forged]
 
 
 async def test_cors_preflight_answers_only_the_ui_origins(http: httpx.AsyncClient) -> None:

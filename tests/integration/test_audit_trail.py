@@ -136,8 +136,8 @@ async def test_a_refused_fhir_write_is_an_exception_row(
 
         # Closed here: a review left pending on this engine's queue, whose worker stops
         # with the test, would make `careweave review list` fail to query it later.
-        await engine.handle(workflow_id(engine, order)).execute_update(
-            "decide_review",
+        await engine.decide_review(
+            workflow_id(engine, order),
             ReviewDecision(
                 review_id=str(pending["review_id"]),
                 action=ReviewAction.REJECT,

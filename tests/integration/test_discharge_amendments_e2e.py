@@ -98,8 +98,8 @@ def late_amendment(visit: str) -> str:
 
 async def decide(engine: Engine, visit: str, action: ReviewAction) -> dict[str, object]:
     pending = await engine.wait_for_review(discharge_id(visit))
-    await engine.handle(discharge_id(visit)).execute_update(
-        "decide_review",
+    await engine.decide_review(
+        discharge_id(visit),
         ReviewDecision(
             review_id=str(pending["review_id"]),
             action=action,

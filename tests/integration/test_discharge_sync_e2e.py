@@ -187,8 +187,8 @@ async def test_destination_down_goes_to_review_and_is_delivered_once(
     # Billing is another queue: it was not held up.
     await wait_received(partners["billing"], "V-5005", 1)
 
-    await engine.handle(queue_id).execute_update(
-        "decide_review",
+    await engine.decide_review(
+        queue_id,
         ReviewDecision(
             review_id=str(pending["review_id"]),
             action=ReviewAction.RETRY,

@@ -55,8 +55,8 @@ async def test_fhir_refusal_goes_to_review_without_retrying(
         assert len(failed) == 1
         assert max(started) == 1  # the refused write ran once, no retry loop
 
-        await engine.handle(workflow_id(engine, order)).execute_update(
-            "decide_review",
+        await engine.decide_review(
+            workflow_id(engine, order),
             ReviewDecision(
                 review_id=str(pending["review_id"]),
                 action=ReviewAction.REJECT,

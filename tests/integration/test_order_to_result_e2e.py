@@ -178,8 +178,8 @@ async def test_unmapped_local_code_goes_to_review_then_publishes(engine: Engine)
     assert await written(engine, order, "DiagnosticReport") == []
 
     handle = engine.handle(workflow_id(engine, order))
-    await handle.execute_update(
-        "decide_review",
+    await engine.decide_review(
+        workflow_id(engine, order),
         ReviewDecision(
             review_id=str(pending["review_id"]),
             action=ReviewAction.APPROVE,
@@ -201,8 +201,8 @@ async def test_result_for_an_order_never_seen_goes_to_review(engine: Engine) -> 
     await send(engine, sm.lab_result(order, "E2E-1007-R", [sm.SODIUM]))
     pending = await engine.wait_for_review(workflow_id(engine, order), timeout=20)
     assert pending["reason"] == "unknown-order"
-    await engine.handle(workflow_id(engine, order)).execute_update(
-        "decide_review",
+    await engine.decide_review(
+        workflow_id(engine, order),
         ReviewDecision(
             review_id=str(pending["review_id"]),
             action=ReviewAction.REJECT,
@@ -250,30 +250,41 @@ async def test_review_validator_refuses_malformed_decisions(engine: Engine) -> N
     )
     pending = await engine.wait_for_review(workflow_id(engine, order))
     handle = engine.handle(workflow_id(engine, order))
-    for bad in (
-        ReviewDecision(review_id="r99", action=ReviewAction.APPROVE, reason="x", reviewer="a"),
-        ReviewDecision(
-            review_id=str(pending["review_id"]),
-            action=ReviewAction.APPROVE,
-            reason="  ",
-            reviewer="a",
+    # Each signed as the API signs: the proof holds, so the workflow's own validator is what
+    # refuses them, with its reason.
+    for bad, refused_because in (
+        (
+            ReviewDecision(review_id="r99", action=ReviewAction.APPROVE, reason="x", reviewer="a"),
+            "review r99 is not pending",
         ),
-        ReviewDecision(
-            review_id=str(pending["review_id"]),
-            action=ReviewAction.APPROVE,
-            reason="ok",
-            reviewer="",
+        (
+            ReviewDecision(
+                review_id=str(pending["review_id"]),
+                action=ReviewAction.APPROVE,
+                reason="  ",
+                reviewer="a",
+            ),
+            "a decision needs a reason",
+        ),
+        (
+            ReviewDecision(
+                review_id=str(pending["review_id"]),
+                action=ReviewAction.APPROVE,
+                reason="ok",
+                reviewer="",
+            ),
+            "a decision needs the reviewer's identity",
         ),
     ):
         try:
-            await handle.execute_update("decide_review", bad)
-        except WorkflowUpdateFailedError:
-            pass
+            await engine.decide_review(workflow_id(engine, order), bad)
+        except WorkflowUpdateFailedError as err:
+            assert refused_because in str(err.cause), err.cause
         else:
             raise AssertionError(f"decision accepted: {bad}")
     assert (await handle.query("pending_review")) is not None
-    await handle.execute_update(
-        "decide_review",
+    await engine.decide_review(
+        workflow_id(engine, order),
         ReviewDecision(
             review_id=str(pending["review_id"]),
             action=ReviewAction.REJECT,
@@ -283,8 +294,8 @@ async def test_review_validator_refuses_malformed_decisions(engine: Engine) -> N
     )
     await engine.wait_for_status(workflow_id(engine, order), "result-rejected")
     try:
-        await handle.execute_update(
-            "decide_review",
+        await engine.decide_review(
+            workflow_id(engine, order),
             ReviewDecision(
                 review_id=str(pending["review_id"]),
                 action=ReviewAction.APPROVE,

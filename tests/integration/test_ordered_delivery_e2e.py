@@ -50,8 +50,8 @@ async def decide(
     reason: str,
     **extra: Any,
 ) -> None:
-    await engine.handle(queue_id).execute_update(
-        "decide_review",
+    await engine.decide_review(
+        queue_id,
         ReviewDecision(
             review_id=str(review_id), action=action, reason=reason, reviewer="ops-1", **extra
         ),

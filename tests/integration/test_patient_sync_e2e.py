@@ -206,8 +206,8 @@ async def test_a_message_the_parser_refuses_waits_for_a_reviewer(engine: Engine)
     await send(engine, person_message(person.with_(name="Later^Alma"), "PS-8305-2", "A31"))
     assert await patients_with_mrn(engine.fhir, "MRN8305") == []
 
-    await engine.handle(workflow_id).execute_update(
-        "decide_review",
+    await engine.decide_review(
+        workflow_id,
         ReviewDecision(
             review_id=str(pending["review_id"]),
             action=ReviewAction.REJECT,
@@ -257,8 +257,8 @@ async def test_two_patients_with_one_mrn_go_to_a_reviewer(engine: Engine) -> Non
     pending = await engine.wait_for_review(workflow_id)
     assert pending["reason"] == "fhir-rejected"
     assert "HTTP 412" in pending["summary"]
-    await engine.handle(workflow_id).execute_update(
-        "decide_review",
+    await engine.decide_review(
+        workflow_id,
         ReviewDecision(
             review_id=str(pending["review_id"]),
             action=ReviewAction.REJECT,

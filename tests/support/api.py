@@ -38,8 +38,9 @@ async def running_api(engine: Engine, **setting_overrides: object) -> AsyncItera
     settings = engine.settings.model_copy(update=setting_overrides)
     users = UserDirectory.from_url(settings.resolved_database_url)
     issuer, verifier = issuer_and_verifier(settings)
-    # The product's codec with the session's test key: what the UI would decode.
-    codec = EncryptionCodec(TEST_KEY_RING)
+    # The product's codec with the session's test key, as the UI's endpoint uses it
+    # (plaintext payloads shown as they are).
+    codec = EncryptionCodec(TEST_KEY_RING).for_display()
     audit: list[AuditEntry] = []
     # Into the engine's real, hash-chained audit log (as `careweave up` wires it), and into
     # a list the tests can read without guessing which rows other tests wrote.

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 from temporalio.client import Client, WorkflowHandle
 from temporalio.service import RPCError
@@ -27,7 +28,9 @@ from exchanges.commit import ExchangeCommitter
 from exchanges.order_to_result import lab_workflow_id
 from exchanges.registry import REGISTRY
 from models.records import AuditRecord
+from models.review import ReviewDecision
 from models.settings import Settings
+from workers.auth import issuer_and_verifier
 from workers.gateway import MllpGateway
 from workers.intake import MessageIntake
 from workers.sample_messages import HOSPITAL
@@ -101,6 +104,18 @@ class Engine:
     def handle(self, workflow_id: str) -> WorkflowHandle[object, object]:
         return self.client.get_workflow_handle(workflow_id)
 
+    def signed(self, workflow_id: str, decision: ReviewDecision) -> ReviewDecision:
+        """``decision`` with the proof the API gives it, signed with this engine's API key
+        (the worker refuses a decision without one)."""
+        issuer, _ = issuer_and_verifier(self.settings)
+        return issuer.prove_decision(decision, workflow_id=workflow_id)
+
+    async def decide_review(self, workflow_id: str, decision: ReviewDecision) -> Any:
+        """Send ``decision`` straight to the exchange's update, signed as the API signs it."""
+        return await self.handle(workflow_id).execute_update(
+            "decide_review", self.signed(workflow_id, decision)
+        )
+
     async def wait_for_status(self, workflow_id: str, *expected: str, timeout: float = 30) -> str:
         """Poll the exchange's status query until it is one of `expected`."""
         status = ""
@@ -146,9 +161,14 @@ async def audit_rows(
 
 @contextlib.asynccontextmanager
 async def running_engine(
-    client: Client, fhir_base_url: str, **overrides: object
+    client: Client, fhir_base_url: str, *, state_dir: Path | None = None, **overrides: object
 ) -> AsyncIterator[Engine]:
-    with tempfile.TemporaryDirectory(prefix="careweave-test-") as state:
+    """An engine on ``client``'s server; ``state_dir`` (default: a temporary folder) can be
+    given to start a second engine on the state of one that stopped (a restart)."""
+    with contextlib.ExitStack() as cleanup:
+        state = state_dir or Path(
+            cleanup.enter_context(tempfile.TemporaryDirectory(prefix="careweave-test-"))
+        )
         settings = engine_settings(Path(state), fhir_base_url, **overrides)
         key_file = Path(state) / "payload.keys"
         key_file.write_text(TEST_PAYLOAD_KEYS + "\n")

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 from temporalio.api.common.v1 import Payload
+from temporalio.converter import WorkflowSerializationContext
+from temporalio.exceptions import ApplicationError
 
 from adapters.database import CareweaveStore
 from adapters.payload_crypto import (
@@ -24,7 +26,10 @@ from models.settings import Settings
 from workers.payload_codec import (
     ENCODING,
     METADATA_KEY_ID,
+    PAYLOAD_REFUSED,
+    REFUSED_ENCODING,
     EncryptionCodec,
+    encrypted_data_converter,
     load_payload_keys,
 )
 
@@ -138,8 +143,52 @@ async def test_codec_encrypts_every_payload_and_records_the_key_id() -> None:
     assert encoded.metadata[METADATA_KEY_ID] == b"k1"
     assert b"MRN100234" not in encoded.SerializeToString()
     assert await codec.decode([encoded]) == [plain]
-    # Plaintext payloads from before encryption was on decode as they are.
-    assert await codec.decode([plain]) == [plain]
+
+
+async def test_strict_codec_turns_foreign_payloads_into_refusals_without_their_data() -> None:
+    keys = ring(new_key_line("k1"))
+    refused: list[tuple[str | None, str, str]] = []
+
+    async def report(workflow_id: str | None, digest: str, why: str) -> None:
+        refused.append((workflow_id, digest, why))
+
+    codec = EncryptionCodec(keys).reporting_refusals(report)
+    for_workflow = codec.with_context(WorkflowSerializationContext("default", "exchange/1"))
+    plain = Payload(metadata={"encoding": b"json/plain"}, data=b'{"reviewer":"mallory"}')
+    [encoded] = await codec.encode([plain])
+    tampered = Payload()
+    tampered.CopyFrom(encoded)
+    tampered.data = encoded.data[:-1] + bytes([encoded.data[-1] ^ 1])
+
+    decoded = await for_workflow.decode([plain, encoded, tampered])
+    assert decoded[1] == plain
+    for marker in (decoded[0], decoded[2]):
+        assert marker.metadata["encoding"] == REFUSED_ENCODING
+        assert marker.data == b""
+    assert [(wid, why) for wid, _, why in refused] == [
+        ("exchange/1", "not encrypted with Careweave's payload key"),
+        ("exchange/1", "does not authenticate under Careweave's key"),
+    ]
+    # Where the marker becomes a value, the refusal is an error that names no content.
+    converter = encrypted_data_converter(keys).payload_converter
+    with pytest.raises(ApplicationError, match="payload refused: not encrypted") as error:
+        converter.from_payloads([decoded[0]], [dict])
+    assert error.value.type == PAYLOAD_REFUSED and error.value.non_retryable
+    assert "mallory" not in str(error.value)
+
+    # A key id the ring lacks is a missing key, not a forgery: an error, retried until fixed.
+    unknown = Payload(metadata={"encoding": ENCODING, METADATA_KEY_ID: b"gone"}, data=b"x" * 40)
+    with pytest.raises(PayloadKeyError):
+        await codec.decode([unknown])
+
+
+async def test_display_and_legacy_codecs_pass_plaintext_through() -> None:
+    keys = ring(new_key_line("k1"))
+    plain = Payload(metadata={"encoding": b"json/plain"}, data=b'{"mrn":"MRN100234"}')
+    # The UI's endpoint shows what is there, forged or from before encryption was on.
+    assert await EncryptionCodec(keys).for_display().decode([plain]) == [plain]
+    # Histories written before encryption existed (settings.payload_accept_unencrypted).
+    assert await EncryptionCodec(keys, accept_unencrypted=True).decode([plain]) == [plain]
 
 
 def test_quarantined_raw_bytes_are_sealed_at_rest(tmp_path: Path) -> None:
@@ -180,8 +229,6 @@ def test_store_refuses_a_wrong_key_and_a_dropped_key(tmp_path: Path) -> None:
 async def test_failure_message_and_stack_trace_are_encrypted() -> None:
     from temporalio.api.failure.v1 import Failure
     from temporalio.exceptions import ApplicationError
-
-    from workers.payload_codec import encrypted_data_converter
 
     converter = encrypted_data_converter(ring(new_key_line("k1")))
     failure = Failure()

@@ -177,14 +177,17 @@ async def record_decision(
             "conflict",
             f"review {body.review_id} is not pending (pending: {pending.review_id})",
         )
-    decision = ReviewDecision(
-        review_id=body.review_id,
-        action=body.action,
-        reason=body.reason,
-        reviewer=identity.subject,
-        reviewer_role=Role.REVIEWER.value,
-        identity_issuer=identity.issuer,
-        edited_message=body.edited_message,
+    decision = context.issuer.prove_decision(
+        ReviewDecision(
+            review_id=body.review_id,
+            action=body.action,
+            reason=body.reason,
+            reviewer=identity.subject,
+            reviewer_role=Role.REVIEWER.value,
+            identity_issuer=identity.issuer,
+            edited_message=body.edited_message,
+        ),
+        workflow_id=workflow_id,
     )
     try:
         result = await handle.execute_update(

@@ -221,7 +221,7 @@ class _HistoryReader:
                 self._entry(at, TimelineKind.STATUS_CHANGED, f"status {status}", event, name=name)
                 for name in (sa.EXCHANGE_STATUS.name, sa.LEGACY_STATUS.name)
                 if (payload := fields.search_attributes.indexed_fields.get(name)) is not None
-                and (status := await self._text(payload))
+                and (status := self._attribute_text(payload))
             ]
         if kind in _CLOSE_EVENTS:
             return [self._entry(at, TimelineKind.CLOSED, _CLOSE_EVENTS[kind], event)]
@@ -277,6 +277,12 @@ class _HistoryReader:
         name, summary = self._steps.get(scheduled_id, ("", "step"))
         text = f"{summary}: {why}" if why else summary
         return self._entry(at, kind, text, event, name=name)
+
+    def _attribute_text(self, payload: Payload) -> str:
+        """A search attribute's value: plain JSON by design, never through the codec
+        (whose strict decoding refuses unencrypted payloads)."""
+        value = self._converter.payload_converter.from_payload(payload, str)
+        return value if isinstance(value, str) else ""
 
     async def _text(self, payload: Payload) -> str:
         if not payload.data and not payload.metadata:

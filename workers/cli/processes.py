@@ -151,6 +151,7 @@ def gateway(verbose: Verbose = False) -> None:
 def api(verbose: Verbose = False) -> None:
     """Run only the review and codec API (production: behind TLS)."""
     from workers.api import create_api, serving_api
+    from workers.payload_codec import display_codec
 
     configure_logging(verbose)
     settings = load_settings()
@@ -162,7 +163,8 @@ def api(verbose: Verbose = False) -> None:
         api_app = create_api(
             settings,
             client,
-            client.data_converter.payload_codec,
+            # Strict decoding is for the worker; the UI must show a forged payload as it is.
+            display_codec(client),
             open_audit_log(settings).aappend,
         )
         stop = _stop_requested()
