@@ -224,25 +224,31 @@ class DeliveryActivities:
         except MllpError as err:
             # A failed TLS handshake is retried like a refused connection: certificates get
             # renewed and partners restart; the error text says which check failed.
-            raise ApplicationError(str(err), type=DESTINATION_UNAVAILABLE) from err
+            # Details: no answer, then the message as sent (for the reviewer's editor).
+            raise ApplicationError(str(err), "", message, type=DESTINATION_UNAVAILABLE) from err
         try:
             code, acked_id, error_code = parse_ack(ack)
         except AckParseError as err:
             raise ApplicationError(
-                f"unreadable ACK: {err}", ack, type=DESTINATION_UNAVAILABLE
+                f"unreadable ACK: {err}", ack, message, type=DESTINATION_UNAVAILABLE
             ) from err
         if code in ("AA", "CA") and acked_id == control_id:
             return DeliverResult(detail=f"{code} {control_id}")
         if code in ("AA", "CA"):
             # An ACK for another message means the connection is out of step: retry.
             raise ApplicationError(
-                f"ACK for {acked_id}, expected {control_id}", ack, type=DESTINATION_UNAVAILABLE
+                f"ACK for {acked_id}, expected {control_id}",
+                ack,
+                message,
+                type=DESTINATION_UNAVAILABLE,
             )
         temporary = error_code in destination.policy.temporary_error_codes
-        # The raw ACK travels as error details for the reviewer; the message names codes only.
+        # The raw ACK and the message as sent travel as error details (encrypted payloads)
+        # for the reviewer; the error message names codes only.
         raise ApplicationError(
             f"{code} {error_code or '(no ERR-3)'} from {destination.name}",
             ack,
+            message,
             type=DESTINATION_TEMPORARY if temporary else DESTINATION_REJECTED,
             non_retryable=not temporary,
         )

@@ -32,6 +32,11 @@ class UserDirectory:
     def from_url(cls, url: str) -> UserDirectory:
         return cls(open_engine(url))
 
+    @property
+    def engine(self) -> Engine:
+        """The database it keeps accounts in (Careweave's own), for the API's other tables."""
+        return self._engine
+
     def add(self, username: str, password: str, roles: Iterable[Role]) -> UserAccount:
         """Create or replace a user (a new password and roles for an existing name)."""
         role_values = sorted({Role(role).value for role in roles})

@@ -27,6 +27,7 @@ class AuditAction(StrEnum):
     RETRY = "retry"  # a repeated attempt of a step that failed before
     EXCEPTION = "exception"  # a step that failed
     REVIEW_DECISION = "review-decision"
+    REVIEW_ASSIGNMENT = "review-assignment"  # a reviewer took a pending review
     DECODE = "decode"  # payloads decoded through the codec endpoint
     RELEASE = "release"  # a quarantined message resubmitted
     LOGIN = "login"

@@ -93,3 +93,17 @@ class AuditRecord(SQLModel, table=True):
     detail: str = ""
     prev_hash: str
     hash: str
+
+
+class ReviewAssignment(SQLModel, table=True):
+    """A reviewer took a pending review ("Assign to me"). Rows are only ever added: the
+    newest row of a review says who has it now, the older ones who had it before."""
+
+    __tablename__ = "review_assignment"
+
+    id: int | None = Field(default=None, primary_key=True)
+    # The exchange's workflow id (pseudonymous by construction) and its review ("r2").
+    exchange: str = Field(index=True)
+    review_id: str
+    assignee: str
+    assigned_at: datetime = Field(sa_type=DateTime(timezone=True))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -27,8 +28,67 @@ class ReviewReason(StrEnum):
     UPDATE_AFTER_CLOSE = "update-after-close"
 
 
+class UnmappedObservation(BaseModel):
+    """One result line whose local code has no LOINC. Its value is clinical data: it
+    travels only in the workflow's state, which the payload codec encrypts."""
+
+    model_config = ConfigDict(frozen=True)
+
+    code: str
+    coding_system: str = ""
+    text: str = ""
+    value: str = ""
+    unit: str = ""
+
+
+class UnmappedCodeContext(BaseModel):
+    """Unmapped local code: what the reviewer weighs against the concept map."""
+
+    model_config = ConfigDict(frozen=True)
+
+    kind: Literal["unmapped-code"] = "unmapped-code"
+    mapping_version: str
+    observations: tuple[UnmappedObservation, ...] = ()
+
+
+class UnknownOrderContext(BaseModel):
+    """Result without an order: the held messages as received, for the page to show."""
+
+    model_config = ConfigDict(frozen=True)
+
+    kind: Literal["unknown-order"] = "unknown-order"
+    facility: str
+    mapping_version: str
+    held_messages: tuple[str, ...] = ()
+
+
+class DeliveryFailureContext(BaseModel):
+    """Failed delivery: where it went, what was sent and what the partner answered."""
+
+    model_config = ConfigDict(frozen=True)
+
+    kind: Literal["delivery-failed"] = "delivery-failed"
+    destination: str
+    destination_kind: str
+    event_id: str
+    attempts: int
+    error_type: str = ""
+    # The partner's raw ACK (MLLP), empty when it never answered or the destination is FHIR.
+    raw_answer: str = ""
+    # The message as sent (readdressed); the message received, when the activity did not say.
+    sent_message: str = ""
+
+
+# What the review page shows beside the summary; one kind per review reason that has one.
+ReviewContext = Annotated[
+    UnmappedCodeContext | UnknownOrderContext | DeliveryFailureContext,
+    Field(discriminator="kind"),
+]
+
+
 class ReviewRequest(BaseModel):
-    """What a reviewer is asked. ``summary`` names codes and fields, never patient data."""
+    """What a reviewer is asked. ``summary`` names codes and fields, never patient data;
+    ``context`` (encrypted with the workflow's state) may carry it for the review page."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -39,6 +99,8 @@ class ReviewRequest(BaseModel):
     # What each action will do for this particular request, shown in `careweave review list`.
     actions: dict[ReviewAction, str] = Field(default_factory=dict)
     requested_at: datetime
+    # None in reviews asked before contexts existed: the page shows them the generic way.
+    context: ReviewContext | None = None
 
 
 class ReviewDecision(BaseModel):

@@ -47,10 +47,16 @@ with workflow.unsafe.imports_passed_through():
         publish_service_request,
         raise_escalation_task,
     )
+    from mappings.order_to_result.concept_map import unmapped_observations
     from models.exchanges import OrderToResultInput
     from models.lab import LabOrder, LabResult
     from models.messages import InboundMessage
-    from models.review import ReviewAction, ReviewReason
+    from models.review import (
+        ReviewAction,
+        ReviewReason,
+        UnknownOrderContext,
+        UnmappedCodeContext,
+    )
 
 EXCHANGE_NAME = "order-to-result"
 
@@ -138,6 +144,11 @@ class OrderToResult(ReviewableWorkflow):
     @workflow.query
     def status(self) -> str:
         return self._status
+
+    @workflow.query
+    def order(self) -> LabOrder | None:
+        """The order this exchange holds (PHI: decoded only for signed-in reviewers)."""
+        return self._order
 
     @workflow.query
     def resources_written(self) -> list[str]:
@@ -245,6 +256,12 @@ class OrderToResult(ReviewableWorkflow):
                         ReviewAction.RETRY: "map again (after the concept map was updated)",
                         ReviewAction.REJECT: "do not publish this result",
                     },
+                    context=UnmappedCodeContext(
+                        mapping_version=interpreted.mapping_version,
+                        observations=unmapped_observations(
+                            interpreted.results, interpreted.unmapped_codes
+                        ),
+                    ),
                 )
                 if decision.action is ReviewAction.RETRY:
                     continue
@@ -325,6 +342,11 @@ class OrderToResult(ReviewableWorkflow):
                 ReviewAction.RETRY: "wait for the order again",
                 ReviewAction.REJECT: "do not publish these results",
             },
+            context=UnknownOrderContext(
+                facility=self._params.facility,
+                mapping_version=self._params.mapping_version,
+                held_messages=tuple(held.text for held in self._held_results),
+            ),
         )
         held, self._held_results = self._held_results, []
         if decision.action is ReviewAction.APPROVE:

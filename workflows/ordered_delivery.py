@@ -32,7 +32,7 @@ with workflow.unsafe.imports_passed_through():
         DeliveryRecord,
         DeliveryState,
     )
-    from models.review import ReviewAction, ReviewReason
+    from models.review import DeliveryFailureContext, ReviewAction, ReviewReason
 
 EXCHANGE_NAME = "ordered-delivery"
 RECENT_IDS_KEPT = 500
@@ -160,6 +160,15 @@ class OrderedDelivery(ReviewableWorkflow):
                     f"{attempt} attempt(s): {message}",
                     details=(f"event {item.event_id}", *([raw_answer] if raw_answer else [])),
                     actions=actions,
+                    context=DeliveryFailureContext(
+                        destination=destination,
+                        destination_kind=self._state.kind,
+                        event_id=item.event_id,
+                        attempts=attempt,
+                        error_type=error_type,
+                        raw_answer=raw_answer,
+                        sent_message=_sent_message(cause) or replacement or item.message_text,
+                    ),
                 )
                 if decision.action is ReviewAction.SKIP:
                     # The queue moves on: the destination is no longer holding anything up.
@@ -226,4 +235,12 @@ def _raw_answer(cause: BaseException | None) -> str:
     if isinstance(cause, ApplicationError) and cause.details:
         first = cause.details[0]
         return first if isinstance(first, str) else ""
+    return ""
+
+
+def _sent_message(cause: BaseException | None) -> str:
+    """The message as the activity sent it (readdressed), when it said (details[1])."""
+    if isinstance(cause, ApplicationError) and len(cause.details) > 1:
+        sent = cause.details[1]
+        return sent if isinstance(sent, str) else ""
     return ""

@@ -16,14 +16,19 @@ from typing import TypeVar
 from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError
 
-from models.review import (
-    ReviewAction,
-    ReviewDecision,
-    ReviewReason,
-    ReviewRecord,
-    ReviewRequest,
-)
 from workflows import search_attributes as sa
+
+# Passed through: the exchanges build review contexts with the same classes from mappings
+# (imported passed through too); a sandbox copy of this module would be another class.
+with workflow.unsafe.imports_passed_through():
+    from models.review import (
+        ReviewAction,
+        ReviewContext,
+        ReviewDecision,
+        ReviewReason,
+        ReviewRecord,
+        ReviewRequest,
+    )
 
 _T = TypeVar("_T")
 
@@ -81,8 +86,12 @@ class ReviewableWorkflow:
         *,
         details: tuple[str, ...] = (),
         actions: dict[ReviewAction, str] | None = None,
+        context: ReviewContext | None = None,
     ) -> ReviewDecision:
-        """Block this exchange until a reviewer decides; every decision is kept in history."""
+        """Block this exchange until a reviewer decides; every decision is kept in history.
+
+        ``context`` is what the review page shows the reviewer (data the workflow already
+        holds; part of its state, so it changes no command and old histories replay)."""
         review_id = f"r{len(self._review_history) + 1}"
         request = ReviewRequest(
             review_id=review_id,
@@ -91,6 +100,7 @@ class ReviewableWorkflow:
             details=details,
             actions=actions or {},
             requested_at=workflow.now(),
+            context=context,
         )
         self._pending_review = request
         self._decision = None

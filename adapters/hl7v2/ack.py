@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
-from adapters.hl7v2.fields import at, delimiters_from_msh, read_segments, subcomponents
+from dataclasses import dataclass
+
+from adapters.hl7v2.fields import (
+    Segment,
+    at,
+    delimiters_from_msh,
+    read_segments,
+    subcomponents,
+    unescape,
+)
 from adapters.hl7v2.header import MessageHeader, MessageRejected, error_description
 from models.errors import Hl7Error
 
@@ -147,3 +156,106 @@ def parse_ack(text: str) -> tuple[str, str, str]:
             # ERR-1 (ELD, before v2.5): its fourth component is the code, a CE.
             error_code = at(subcomponents(err.component(1, 4), delimiters), 1)
     return msa.field(1), msa.field(2), error_code
+
+
+# HL7 table 0008 (acknowledgment code), in the words a reviewer needs.
+ACK_CODE_MEANINGS = {
+    "AA": "Application accept: the partner processed the message",
+    "AE": "Application error: the partner could not process the message as sent; "
+    "correct it and send again",
+    "AR": "Application reject: the partner refused the message (message type, version or "
+    "processing id not supported, or its own system failed); sending it again unchanged "
+    "will not help",
+    "CA": "Commit accept: the partner stored the message",
+    "CE": "Commit error: the partner could not store the message as sent",
+    "CR": "Commit reject: the partner refused to store the message (type, version or "
+    "processing id not supported)",
+}
+
+# HL7 table 0516 (error severity), ERR-4.
+SEVERITY_MEANINGS = {
+    "E": "Error: the message was not processed",
+    "F": "Fatal error: the partner stopped processing",
+    "W": "Warning: processed, with a problem to look at",
+    "I": "Information",
+}
+
+
+@dataclass(frozen=True)
+class AckError:
+    """One ERR segment in words: where, which table 0357 condition, how severe."""
+
+    location: str
+    code: str
+    code_meaning: str
+    # The partner's own words for the code (ERR-3.2), often more specific than the table's.
+    partner_text: str
+    severity: str
+    severity_meaning: str
+    diagnostic: str
+    user_message: str
+
+
+@dataclass(frozen=True)
+class AckExplanation:
+    code: str
+    code_meaning: str
+    acknowledged_control_id: str
+    text: str
+    errors: tuple[AckError, ...]
+
+
+def _error_location(err: Segment) -> str:
+    """ERR-2 (ERL: segment^sequence^field^...) or ERR-1's first components, as "PID-3"
+    with the segment's sequence when given."""
+    segment_id = err.value(2, 1) or err.value(1, 1)
+    if not segment_id:
+        return ""
+    sequence = err.value(2, 2) if err.value(2, 1) else err.value(1, 2)
+    field = err.value(2, 3) if err.value(2, 1) else err.value(1, 3)
+    place = f"{segment_id}-{field}" if field else segment_id
+    return f"{place} (segment {sequence})" if sequence and sequence != "1" else place
+
+
+def explain_ack(text: str) -> AckExplanation:
+    """An ACK in words: MSA-1 (table 0008), MSA-3, and every ERR's location, table 0357
+    condition, ERR-4 severity (table 0516) and texts (ERR-7 diagnostic, ERR-8 user
+    message). ERR-1 (ELD) is read before v2.5. Raises AckParseError like parse_ack."""
+    lines = [s for s in text.replace("\n", "\r").split("\r") if s]
+    if not lines or not lines[0].startswith("MSH") or len(lines[0]) < 8:
+        raise AckParseError("acknowledgment does not start with MSH")
+    delimiters = delimiters_from_msh(lines[0])
+    if delimiters is None:
+        raise AckParseError("acknowledgment MSH-2 does not define delimiters")
+    segments = read_segments(lines, delimiters)
+    msa = next((s for s in segments if s.name == "MSA"), None)
+    if msa is None:
+        raise AckParseError("acknowledgment has no MSA segment")
+    errors: list[AckError] = []
+    for err in (s for s in segments if s.name == "ERR"):
+        if err.field(3):
+            code, code_text = err.value(3, 1), err.value(3, 2)
+        else:
+            eld_code = subcomponents(err.component(1, 4), delimiters)
+            code, code_text = at(eld_code, 1), unescape(at(eld_code, 2), delimiters)
+        severity = err.value(4)
+        errors.append(
+            AckError(
+                location=_error_location(err),
+                code=code,
+                code_meaning=error_description(code) if code else "",
+                partner_text=code_text,
+                severity=severity,
+                severity_meaning=SEVERITY_MEANINGS.get(severity, ""),
+                diagnostic=err.value(7),
+                user_message=err.value(8),
+            )
+        )
+    ack_code = msa.value(1)
+    return AckExplanation(
+        code=ack_code,
+        code_meaning=ACK_CODE_MEANINGS.get(ack_code, "not an HL7 table 0008 code"),
+        acknowledged_control_id=msa.value(2),
+        text=msa.value(3),
+        errors=tuple(errors),
+    )

@@ -84,15 +84,21 @@ _MIN_FIELDS: Mapping[str, int] = {
     "EVN": 2,
 }
 
+# HL7 table 0357 (message error condition codes), v2.5.1 and the 104 added in v2.6.
 _ERROR_TEXT = {
+    "0": "Message accepted",
     "100": "Segment sequence error",
     "101": "Required field missing",
     "102": "Data type error",
     "103": "Table value not found",
+    "104": "Value too long",
     "200": "Unsupported message type",
     "201": "Unsupported event code",
     "202": "Unsupported processing id",
     "203": "Unsupported version id",
+    "204": "Unknown key identifier",
+    "205": "Duplicate key identifier",
+    "206": "Application record locked",
     "207": "Application internal error",
 }
 

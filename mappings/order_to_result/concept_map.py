@@ -13,9 +13,20 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
-from models.lab import CodedConcept, LabResult
+from rapidfuzz import fuzz, process, utils
 
-__all__ = ["LabMapping", "LoincConcept", "load_lab_mapping", "unmapped_codes"]
+from models.lab import CodedConcept, LabObservation, LabResult
+from models.review import UnmappedObservation
+
+__all__ = [
+    "LabMapping",
+    "LoincCandidate",
+    "LoincConcept",
+    "load_lab_mapping",
+    "loinc_candidates",
+    "unmapped_codes",
+    "unmapped_observations",
+]
 
 LOINC_V2_SYSTEM = "LN"
 LOCAL_V2_SYSTEM = "L"
@@ -155,3 +166,63 @@ def unmapped_codes(result: LabResult, mapping: LabMapping) -> list[str]:
             if key not in unmapped:
                 unmapped.append(key)
     return unmapped
+
+
+def _value_text(observation: LabObservation) -> str:
+    """OBX-5 as a reviewer reads it: comparator and number, text, or the coded answer."""
+    if observation.numeric_value is not None:
+        return f"{observation.comparator or ''}{observation.numeric_value:g}"
+    if observation.coded_value is not None:
+        return observation.coded_value.text or observation.coded_value.code
+    return observation.string_value or ""
+
+
+def unmapped_observations(
+    results: list[LabResult], unmapped: list[str]
+) -> tuple[UnmappedObservation, ...]:
+    """The report and observation codes listed in ``unmapped`` (``system|code``, as
+    unmapped_codes gives them), each once: the first observation line with that code (its
+    value and unit), else the report code (OBR-4, no value)."""
+    wanted = set(unmapped)
+    found: dict[str, UnmappedObservation] = {}
+    for result in results:
+        lines: list[tuple[CodedConcept, LabObservation | None]] = [
+            (result.universal_service_id, None),
+            *((obs.code, obs) for obs in result.observations),
+        ]
+        for concept, observation in lines:
+            key = f"{concept.system or LOCAL_V2_SYSTEM}|{concept.code}"
+            if key not in wanted or (key in found and (found[key].value or observation is None)):
+                continue
+            found[key] = UnmappedObservation(
+                code=concept.code,
+                coding_system=concept.system or LOCAL_V2_SYSTEM,
+                text=concept.text,
+                value=_value_text(observation) if observation else "",
+                unit=observation.units if observation else "",
+            )
+    return tuple(found.values())
+
+
+@dataclass(frozen=True)
+class LoincCandidate:
+    concept: LoincConcept
+    # 0-100: how alike the LOINC display and the local text read (rapidfuzz
+    # token_set_ratio: shared words, in any order).
+    similarity: float
+
+
+def loinc_candidates(text: str, mapping: LabMapping, limit: int = 5) -> list[LoincCandidate]:
+    """The map's LOINC concepts whose display text reads most like ``text`` (a local
+    code's OBX-3.2), best first: what a reviewer would map the local code to."""
+    concepts = {concept.code: concept for concept in mapping.local_to_loinc.values()}
+    if not text.strip() or not concepts:
+        return []
+    ranked = process.extract(
+        text,
+        {code: concept.display for code, concept in concepts.items()},
+        scorer=fuzz.token_set_ratio,
+        processor=utils.default_process,
+        limit=limit,
+    )
+    return [LoincCandidate(concepts[code], round(score, 1)) for _display, score, code in ranked]

@@ -16,8 +16,9 @@ from models.audit import AuditAction, AuditOutcome
 from models.identity import Role
 from tests.integration.test_api import pending_exchange
 from tests.support.api import RunningApi, running_api
-from tests.support.engine import Engine, mllp_send
+from tests.support.engine import TEST_KEY_RING, Engine, mllp_send
 from workers import sample_messages as sm
+from workers.api.refs import ExchangeRefs
 
 PASSWORD = "a long web reviewer password"
 
@@ -50,6 +51,21 @@ def review_link(inbox_html: str, summary_part: str) -> str:
             assert match, row
             return match.group(1)
     raise AssertionError(f"no inbox row mentions {summary_part!r}")
+
+
+def link_to(page_html: str, workflow_id: str) -> str:
+    """The page's link to this exchange's review. References are sealed with a fresh nonce
+    each time, so a test finds its exchange by opening them with the test key ring."""
+    refs = ExchangeRefs(TEST_KEY_RING)
+    for ref in re.findall(r'href="/ui/reviews/([^"/?]+)"', page_html):
+        if refs.workflow_id(ref) == workflow_id:
+            return f"/ui/reviews/{ref}"
+    raise AssertionError(f"the page links no review of {workflow_id}")
+
+
+def row_of(page_html: str, workflow_id: str) -> str:
+    link = link_to(page_html, workflow_id)
+    return page_html.split(f'href="{link}"')[1].split("</tr>")[0]
 
 
 def csrf_of(page_html: str) -> str:
@@ -146,6 +162,81 @@ async def test_ops_may_look_but_not_decide_and_unknown_links_are_404(
         assert answer.status_code == 403
         assert (await browser.get("/ui/reviews/k1.not-a-reference")).status_code == 404
     assert (await engine.handle(workflow_id).query("pending_review"))["review_id"] == review_id
+
+
+async def test_the_unmapped_code_page_shows_the_line_and_ranked_loinc_candidates_and_assigns(
+    engine: Engine, api: RunningApi
+) -> None:
+    workflow_id, review_id = await pending_exchange(engine, "WEB-6003")
+    async with signed_in_browser(api, "rev-assign", Role.REVIEWER) as browser:
+        inbox = await browser.get("/ui/")
+        link = link_to(inbox.text, workflow_id)
+        assert "<td>nobody</td>" in row_of(inbox.text, workflow_id)
+        page = await browser.get(link)
+        # From the workflow's context, decoded: code, text, value, unit, map version.
+        for shown in ("ZZX9", "Experimental marker", ">12<", "U/L", "<strong>v1</strong>"):
+            assert shown in page.text, shown
+        assert "Candidate LOINC codes for ZZX9" in page.text
+        assert "Testpatient" not in page.text  # an unmapped code needs no patient
+
+        token = csrf_of(page.text)
+        refused = await browser.post(f"{link}/assignment", data={"review_id": review_id})
+        assert refused.status_code == 403
+        taken = await browser.post(
+            f"{link}/assignment", data={"review_id": review_id, "csrf_token": token}
+        )
+        assert taken.status_code == 303
+        page = await browser.get(taken.headers["location"])
+        assert '<dd id="assignee">rev-assign</dd>' in page.text
+        assert "Assign to me" not in page.text  # already theirs
+        rows = await browser.get("/ui/inbox/rows")
+        assert "<td>rev-assign</td>" in row_of(rows.text, workflow_id)
+        stale = await browser.post(
+            f"{link}/assignment", data={"review_id": "r99", "csrf_token": token}
+        )
+        assert stale.status_code == 409
+    assignments = [
+        (e.actor, e.outcome)
+        for e in api.audit
+        if e.action is AuditAction.REVIEW_ASSIGNMENT and e.exchange == workflow_id
+    ]
+    assert assignments == [
+        ("rev-assign", AuditOutcome.SUCCESS),
+        ("rev-assign", AuditOutcome.REFUSED),
+    ]
+
+
+async def test_a_result_without_its_order_shows_the_held_result_and_open_orders(
+    engine: Engine, api: RunningApi
+) -> None:
+    patient = sm.SamplePatient(mrn="MRN6004", family="Heldresult", given="Ida")
+    open_order = sm.SampleOrder("WEB-6004-A", patient=patient, text="Electrolytes")
+    orphan = sm.SampleOrder("WEB-6004-B", patient=patient)
+    await mllp_send(
+        engine.mllp_port,
+        [
+            sm.lab_order(open_order, "WEB-6004-O"),
+            sm.lab_result(orphan, "WEB-6004-R", [sm.SODIUM, sm.POTASSIUM]),
+        ],
+    )
+    orphan_id = engine.lab_workflow_id("WEB-6004-B")
+    await engine.wait_for_review(orphan_id)
+    async with signed_in_browser(api, "rev-orphan", Role.REVIEWER) as browser:
+        inbox = await browser.get("/ui/")
+        page = await browser.get(link_to(inbox.text, orphan_id))
+        assert page.status_code == 200
+        held = page.text.split("Candidate open orders")[0]
+        for shown in ("Heldresult, Ida", "MRN6004", "Sodium", "140", "Potassium", "4.1"):
+            assert shown in held, shown
+        candidates = page.text.split("Candidate open orders")[1]
+        assert "WEB-6004-A" in candidates and "Electrolytes" in candidates
+        same_patient_row = candidates.split("WEB-6004-A")[1].split("</tr>")[0]
+        assert "<td>yes</td>" in same_patient_row
+        # The candidate links to its own page by an opaque reference.
+        candidate_link = link_to(candidates, engine.lab_workflow_id("WEB-6004-A"))
+        assert "WEB-6004" not in candidate_link
+        assert (await browser.get(candidate_link)).status_code == 200
+        assert "<title>Review · Careweave</title>" in page.text
 
 
 async def test_find_a_patients_exchanges_by_mrn_and_read_one_exchange_page(

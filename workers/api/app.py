@@ -12,6 +12,7 @@ from temporalio.client import Client
 from temporalio.converter import PayloadCodec
 
 from adapters.payload_crypto import KeyRing
+from adapters.review_assignments import ReviewAssignments
 from adapters.users import UserDirectory
 from models.settings import Settings
 from workers.api.auth import LoginThrottle
@@ -38,17 +39,19 @@ def create_api(
 ) -> FastAPI:
     """The API app. `codec` None means payloads are not encoded: decode returns them as is."""
     issuer, verifier = tokens or issuer_and_verifier(settings)
+    users = users or UserDirectory.from_url(settings.resolved_database_url)
 
     app = FastAPI(title="Careweave review and codec API", docs_url=None, redoc_url=None)
     app.state.careweave = ApiContext(
         settings=settings,
         temporal_client=temporal_client,
         codec=codec,
-        users=users or UserDirectory.from_url(settings.resolved_database_url),
+        users=users,
         issuer=issuer,
         verifier=verifier,
         login_throttle=LoginThrottle(settings.auth_login_failures_per_minute),
         refs=ExchangeRefs(_reference_keys(codec)),
+        assignments=ReviewAssignments(users.engine),
         record=record,
     )
     app.add_middleware(

@@ -10,6 +10,7 @@ from fastapi import Depends, Request
 from temporalio.client import Client
 from temporalio.converter import PayloadCodec
 
+from adapters.review_assignments import ReviewAssignments
 from adapters.users import UserDirectory
 from models.audit import AuditEntry
 from models.settings import Settings
@@ -34,6 +35,8 @@ class ApiContext:
     login_throttle: LoginThrottle
     # Exchanges in URLs and pages: opaque references, never workflow ids.
     refs: ExchangeRefs
+    # Who took which pending review (the inbox's "Assigned to").
+    assignments: ReviewAssignments
     record: AuditRecorder | None = None
 
     async def audit(self, entry: AuditEntry) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Annotated
@@ -55,7 +56,12 @@ def sla_state(review: ReviewRequest, settings: Settings, now: datetime) -> tuple
 async def inbox_rows(context: ApiContext) -> list[InboxRow]:
     now = datetime.now(UTC)
     rows = []
-    for item in await pending_reviews(context):
+    pending = await pending_reviews(context)
+    assignees = await asyncio.to_thread(
+        context.assignments.assignees,
+        [(item.workflow_id, item.review.review_id) for item in pending],
+    )
+    for item in pending:
         sla, sla_text = sla_state(item.review, context.settings, now)
         rows.append(
             InboxRow(
@@ -64,6 +70,7 @@ async def inbox_rows(context: ApiContext) -> list[InboxRow]:
                 review=item.review,
                 sla=sla,
                 sla_text=sla_text,
+                assigned_to=assignees.get((item.workflow_id, item.review.review_id)),
             )
         )
     return rows

@@ -12,6 +12,7 @@ from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
 
 from models.identity import Identity
+from models.lab import PatientRef
 from models.review import ReviewReason
 from workers.web.session import CSRF_FIELD, csrf_token
 
@@ -40,8 +41,25 @@ def waited(since: datetime, now: datetime | None = None) -> str:
     return f"{seconds // 86400} days"
 
 
+def patient_words(patient: PatientRef) -> str:
+    """The patient as the message names them: for a signed-in reviewer's page body only,
+    never a title or a URL."""
+    name = ", ".join(part for part in (patient.family_name, patient.given_name) if part)
+    born = f"born {patient.birth_date.isoformat()}" if patient.birth_date else ""
+    parts = [name, f"{patient.identifier_type or 'id'} {patient.identifier}", born, patient.sex]
+    return " · ".join(part for part in parts if part)
+
+
+def message_lines(text: str | None) -> str:
+    """An HL7 v2 message with one segment per line (segments end in CR, which browsers
+    would not break lines on in <pre>, and would turn into LF in a <textarea> anyway)."""
+    return (text or "").replace("\r\n", "\n").replace("\r", "\n").rstrip("\n")
+
+
 templates.env.globals["review_kind"] = lambda reason: REVIEW_KINDS.get(reason, str(reason))
+templates.env.globals["patient_words"] = patient_words
 templates.env.filters["waited"] = waited
+templates.env.filters["message_lines"] = message_lines
 
 
 def page(

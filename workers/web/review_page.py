@@ -7,20 +7,26 @@ update the JSON API sends: the workflow's validator has the last word, and its r
 
 from __future__ import annotations
 
+import asyncio
+from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from pydantic import ValidationError
 
+from adapters.hl7v2.correction import check_correction, where
+from adapters.hl7v2.header import MessageRejected
+from exchanges.sdk import SUPPORTED_VERSIONS
 from models.audit import AuditAction, AuditOutcome
 from models.identity import Identity, Role
-from models.review import ReviewAction, ReviewRecord, ReviewRequest
+from models.review import DeliveryFailureContext, ReviewAction, ReviewRecord, ReviewRequest
 from workers.api.common import ApiRefusal, audit_entry, describe_errors
 from workers.api.context import ApiContext, Context
 from workers.api.refs import UnknownReference
 from workers.api.reviews import TEMPORAL_RPC_TIMEOUT, DecisionBody, current_review, record_decision
 from workers.web.render import page
+from workers.web.review_kinds import DeliveryFailureView, kind_view
 from workers.web.session import check_form_origin, signed_in
 
 router = APIRouter()
@@ -46,6 +52,13 @@ async def _last_decision(context: ApiContext, workflow_id: str) -> ReviewRecord 
     return ReviewRecord.model_validate(records[-1]) if records else None
 
 
+@dataclass(frozen=True)
+class _FormAgain:
+    chosen_action: str = ""
+    reason: str = ""
+    edited_message: str | None = None
+
+
 async def _review_page(
     request: Request,
     identity: Identity,
@@ -55,10 +68,17 @@ async def _review_page(
     notice: str = "",
     error: str = "",
     status_code: int = 200,
+    again: _FormAgain | None = None,
 ) -> HTMLResponse:
+    again = again or _FormAgain()
+    edited_message = again.edited_message
     workflow_id = await _exchange(context, ref)
     review: ReviewRequest | None = await current_review(context, workflow_id)
     last = await _last_decision(context, workflow_id)
+    view = await kind_view(context, workflow_id, review) if review else None
+    assignee = await _assignee(context, workflow_id, review)
+    if edited_message is None and isinstance(view, DeliveryFailureView) and view.editable:
+        edited_message = view.failure.sent_message
     await context.audit(
         audit_entry(
             identity.subject,
@@ -75,19 +95,40 @@ async def _review_page(
         title="Review" if review else "Review decided",
         ref=ref,
         review=review,
+        view=view,
+        assignee=assignee,
         last=last,
         notice=notice,
         error=error,
         may_decide=identity.has_any(Role.REVIEWER),
+        chosen_action=again.chosen_action,
+        edited_message=edited_message or "",
+        reason=again.reason,
         status_code=status_code,
     )
 
 
+async def _assignee(
+    context: ApiContext, workflow_id: str, review: ReviewRequest | None
+) -> str | None:
+    if review is None:
+        return None
+    key = (workflow_id, review.review_id)
+    return (await asyncio.to_thread(context.assignments.assignees, [key])).get(key)
+
+
 @router.get("/ui/reviews/{ref}", response_class=HTMLResponse)
 async def review_page(
-    ref: str, request: Request, identity: PageViewer, context: Context, decided: str = ""
+    ref: str,
+    request: Request,
+    identity: PageViewer,
+    context: Context,
+    decided: str = "",
+    assigned: bool = False,
 ) -> HTMLResponse:
     notice = f"Your decision ({decided}) was recorded." if decided in set(ReviewAction) else ""
+    if assigned:
+        notice = "The review is assigned to you."
     return await _review_page(request, identity, context, ref, notice=notice)
 
 
@@ -98,18 +139,48 @@ async def decide_from_page(
     form = await request.form()
     await check_form_origin(request, context, identity, form.get("csrf_token"))
     workflow_id = await _exchange(context, ref)
-    edited = form.get("edited_message")
+    action, reason, edited = form.get("action"), form.get("reason"), form.get("edited_message")
+    editing = action == ReviewAction.EDIT.value and isinstance(edited, str)
     fields = {
         "review_id": form.get("review_id"),
-        "action": form.get("action"),
-        "reason": form.get("reason"),
-        "edited_message": edited if isinstance(edited, str) and edited.strip() else None,
+        "action": action,
+        "reason": reason,
+        # The editor is on the page for every action; only an edit sends what it holds.
+        "edited_message": edited if editing else None,
     }
+    # A refused form comes back as the reviewer filled it in.
+    again = _FormAgain(
+        chosen_action=action if isinstance(action, str) else "",
+        reason=reason if isinstance(reason, str) else "",
+        edited_message=edited if isinstance(edited, str) else None,
+    )
     try:
         body = DecisionBody.model_validate(fields)
     except ValidationError as err:
         message = "The decision is incomplete: " + describe_errors(err.errors())
-        return await _review_page(request, identity, context, ref, error=message, status_code=422)
+        return await _review_page(
+            request, identity, context, ref, error=message, status_code=422, again=again
+        )
+    if body.action is ReviewAction.EDIT:
+        try:
+            body = await _checked_edit(context, workflow_id, body)
+        except MessageRejected as rejected:
+            await context.audit(
+                audit_entry(
+                    identity.subject,
+                    AuditAction.REVIEW_DECISION,
+                    AuditOutcome.REFUSED,
+                    workflow_id,
+                    f"edit {body.review_id}: corrected message refused at {where(rejected)}",
+                )
+            )
+            message = (
+                f"The corrected message was not sent: {where(rejected)}: {rejected.text}. "
+                "Correct it and record the decision again."
+            )
+            return await _review_page(
+                request, identity, context, ref, error=message, status_code=422, again=again
+            )
     try:
         await record_decision(context, identity, workflow_id, body)
     except ApiRefusal as refusal:
@@ -126,3 +197,59 @@ async def decide_from_page(
         )
     # Post/redirect/get: a reload shows the outcome instead of posting the decision again.
     return RedirectResponse(f"/ui/reviews/{ref}?decided={body.action.value}", status_code=303)
+
+
+async def _checked_edit(context: ApiContext, workflow_id: str, body: DecisionBody) -> DecisionBody:
+    """The edit with its message checked against the message that was sent (same type and
+    event, readable by the gateway's reader, required segments) and normalised to CR
+    separators; raises MessageRejected naming the segment/field when it is not sendable."""
+    pending = await current_review(context, workflow_id)
+    failure = pending.context if pending else None
+    corrected = body.edited_message or ""
+    original = failure.sent_message if isinstance(failure, DeliveryFailureContext) else corrected
+    decoded = check_correction(corrected, original, supported_versions=SUPPORTED_VERSIONS)
+    return body.model_copy(update={"edited_message": decoded.text + "\r"})
+
+
+@router.post("/ui/reviews/{ref}/assignment")
+async def assign_to_me(
+    ref: str, request: Request, identity: PageReviewer, context: Context
+) -> Response:
+    """ "Assign to me": the reviewer takes the pending review (an audit row and an
+    append-only assignment row; the inbox shows who has it)."""
+    form = await request.form()
+    await check_form_origin(request, context, identity, form.get("csrf_token"))
+    workflow_id = await _exchange(context, ref)
+    review_id = form.get("review_id")
+    pending = await current_review(context, workflow_id)
+    if pending is None or pending.review_id != review_id:
+        await context.audit(
+            audit_entry(
+                identity.subject,
+                AuditAction.REVIEW_ASSIGNMENT,
+                AuditOutcome.REFUSED,
+                workflow_id,
+                f"{review_id} is not pending",
+            )
+        )
+        return await _review_page(
+            request,
+            identity,
+            context,
+            ref,
+            error="That review is no longer pending: it was decided meanwhile.",
+            status_code=409,
+        )
+    await asyncio.to_thread(
+        context.assignments.assign, workflow_id, pending.review_id, identity.subject
+    )
+    await context.audit(
+        audit_entry(
+            identity.subject,
+            AuditAction.REVIEW_ASSIGNMENT,
+            AuditOutcome.SUCCESS,
+            workflow_id,
+            f"{pending.review_id} assigned to {identity.subject}",
+        )
+    )
+    return RedirectResponse(f"/ui/reviews/{ref}?assigned=true", status_code=303)
