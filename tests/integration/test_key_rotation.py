@@ -26,9 +26,13 @@ pytestmark = pytest.mark.integration
 
 # Plain by design, and free of message content: search attributes (indexed by the server;
 # codes and pseudonymous keys only) and the SDK's own local-activity marker bookkeeping
-# (sequence number, activity type, timings). Everything else must be encrypted.
+# (sequence number, activity type, timings) and patch markers (the patch's name, written by
+# the SDK's core, which has no codec). Everything else must be encrypted.
 _PLAIN_FIELDS = frozenset({"search_attributes"})
-_PLAIN_PATHS = (".marker_recorded_event_attributes.details[data].payloads",)
+_PLAIN_PATHS = (
+    ".marker_recorded_event_attributes.details[data].payloads",
+    ".marker_recorded_event_attributes.details[patch-data].payloads",
+)
 
 
 def _key_ids(history: WorkflowHistory) -> set[str]:

@@ -3,6 +3,8 @@ checked before it is sent, and the unmapped lines of a result with their values.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import pytest
 
 from adapters.hl7v2.ack import explain_ack
@@ -16,8 +18,9 @@ from mappings.order_to_result.concept_map import (
     unmapped_codes,
     unmapped_observations,
 )
-from models.review import ReviewReason, ReviewRequest
+from models.review import DeliveryFailureContext, ReviewAction, ReviewReason, ReviewRequest
 from workers import sample_messages as sm
+from workers.api.reviews import DecisionBody, checked_edit
 
 STAY = sm.SampleStay("V-9001", sm.SamplePatient(mrn="MRN9001"))
 A03 = sm.adt_event(STAY, "DS-9001-1", "A03")
@@ -116,3 +119,30 @@ def test_loinc_candidates_are_ranked_by_how_their_display_reads_like_the_local_t
     codes = [c.concept.code for c in loinc_candidates("Glucose", mapping, limit=20)]
     assert len(codes) == len(set(codes))
     assert loinc_candidates("  ", mapping) == []
+
+
+def test_every_edit_decision_is_checked_against_the_message_sent_whatever_sends_it() -> None:
+    pending = ReviewRequest(
+        review_id="r1",
+        reason=ReviewReason.DELIVERY_FAILED,
+        summary="billing did not accept the discharge",
+        requested_at=datetime(2026, 12, 3, tzinfo=UTC),
+        context=DeliveryFailureContext(
+            destination="billing",
+            destination_kind="mllp",
+            event_id="e1",
+            attempts=3,
+            sent_message=A03,
+        ),
+    )
+    wrong_type = DecisionBody(
+        review_id="r1",
+        action=ReviewAction.EDIT,
+        reason="fixed",
+        edited_message=A03.replace("ADT^A03^ADT_A03", "ADT^A08^ADT_A01"),
+    )
+    with pytest.raises(MessageRejected) as refused:
+        checked_edit(pending, wrong_type)
+    assert where(refused.value) == "MSH-9"
+    fine = wrong_type.model_copy(update={"edited_message": A03.replace("\r", "\n")})
+    assert checked_edit(pending, fine).edited_message == A03.rstrip("\r") + "\r"

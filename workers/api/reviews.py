@@ -17,9 +17,18 @@ from temporalio.client import WorkflowUpdateFailedError
 from temporalio.common import TypedSearchAttributes
 from temporalio.service import RPCError, RPCStatusCode
 
+from adapters.hl7v2.correction import check_correction, where
+from adapters.hl7v2.header import MessageRejected
+from exchanges.sdk import SUPPORTED_VERSIONS
 from models.audit import AuditAction, AuditOutcome
 from models.identity import Identity, Role
-from models.review import ReviewAction, ReviewDecision, ReviewRecord, ReviewRequest
+from models.review import (
+    DeliveryFailureContext,
+    ReviewAction,
+    ReviewDecision,
+    ReviewRecord,
+    ReviewRequest,
+)
 from workers.api.auth import authorized
 from workers.api.common import ApiRefusal, audit_entry, describe_errors
 from workers.api.context import ApiContext, Context
@@ -177,6 +186,18 @@ async def record_decision(
             "conflict",
             f"review {body.review_id} is not pending (pending: {pending.review_id})",
         )
+    if body.action is ReviewAction.EDIT:
+        try:
+            body = checked_edit(pending, body)
+        except MessageRejected as rejected:
+            # The audit row says where the edit failed; the reader's words stay in the answer.
+            at = where(rejected)
+            refused = await refuse(422, "invalid", f"corrected message refused at {at}")
+            refused.message = (
+                f"The corrected message was not sent: {where(rejected)}: {rejected.text}. "
+                "Correct it and record the decision again."
+            )
+            raise refused from rejected
     decision = context.issuer.prove_decision(
         ReviewDecision(
             review_id=body.review_id,
@@ -211,3 +232,15 @@ async def record_decision(
         )
     )
     return ReviewRecord.model_validate(result)
+
+
+def checked_edit(pending: ReviewRequest, body: DecisionBody) -> DecisionBody:
+    """The edit with its message checked against the message that was sent (same type and
+    event, readable by the gateway's reader, required segments) and normalised to CR
+    separators; raises MessageRejected naming the segment/field when it is not sendable.
+    Every edit is checked here, from the web form, the JSON API and the CLI alike."""
+    failure = pending.context
+    corrected = body.edited_message or ""
+    original = failure.sent_message if isinstance(failure, DeliveryFailureContext) else corrected
+    decoded = check_correction(corrected, original, supported_versions=SUPPORTED_VERSIONS)
+    return body.model_copy(update={"edited_message": decoded.text + "\r"})

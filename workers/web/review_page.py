@@ -15,12 +15,9 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from pydantic import ValidationError
 
-from adapters.hl7v2.correction import check_correction, where
-from adapters.hl7v2.header import MessageRejected
-from exchanges.sdk import SUPPORTED_VERSIONS
 from models.audit import AuditAction, AuditOutcome
 from models.identity import Identity, Role
-from models.review import DeliveryFailureContext, ReviewAction, ReviewRecord, ReviewRequest
+from models.review import ReviewAction, ReviewRecord, ReviewRequest
 from workers.api.common import ApiRefusal, audit_entry, describe_errors
 from workers.api.context import ApiContext, Context
 from workers.api.refs import UnknownReference
@@ -161,26 +158,6 @@ async def decide_from_page(
         return await _review_page(
             request, identity, context, ref, error=message, status_code=422, again=again
         )
-    if body.action is ReviewAction.EDIT:
-        try:
-            body = await _checked_edit(context, workflow_id, body)
-        except MessageRejected as rejected:
-            await context.audit(
-                audit_entry(
-                    identity.subject,
-                    AuditAction.REVIEW_DECISION,
-                    AuditOutcome.REFUSED,
-                    workflow_id,
-                    f"edit {body.review_id}: corrected message refused at {where(rejected)}",
-                )
-            )
-            message = (
-                f"The corrected message was not sent: {where(rejected)}: {rejected.text}. "
-                "Correct it and record the decision again."
-            )
-            return await _review_page(
-                request, identity, context, ref, error=message, status_code=422, again=again
-            )
     try:
         await record_decision(context, identity, workflow_id, body)
     except ApiRefusal as refusal:
@@ -193,22 +170,10 @@ async def decide_from_page(
                     f"({last.decision.action.value}): {last.decision.reason}"
                 )
         return await _review_page(
-            request, identity, context, ref, error=message, status_code=refusal.status
+            request, identity, context, ref, error=message, status_code=refusal.status, again=again
         )
     # Post/redirect/get: a reload shows the outcome instead of posting the decision again.
     return RedirectResponse(f"/ui/reviews/{ref}?decided={body.action.value}", status_code=303)
-
-
-async def _checked_edit(context: ApiContext, workflow_id: str, body: DecisionBody) -> DecisionBody:
-    """The edit with its message checked against the message that was sent (same type and
-    event, readable by the gateway's reader, required segments) and normalised to CR
-    separators; raises MessageRejected naming the segment/field when it is not sendable."""
-    pending = await current_review(context, workflow_id)
-    failure = pending.context if pending else None
-    corrected = body.edited_message or ""
-    original = failure.sent_message if isinstance(failure, DeliveryFailureContext) else corrected
-    decoded = check_correction(corrected, original, supported_versions=SUPPORTED_VERSIONS)
-    return body.model_copy(update={"edited_message": decoded.text + "\r"})
 
 
 @router.post("/ui/reviews/{ref}/assignment")
@@ -218,7 +183,9 @@ async def assign_to_me(
     """ "Assign to me": the reviewer takes the pending review (an audit row and an
     append-only assignment row; the inbox shows who has it)."""
     form = await request.form()
-    await check_form_origin(request, context, identity, form.get("csrf_token"))
+    await check_form_origin(
+        request, context, identity, form.get("csrf_token"), action=AuditAction.REVIEW_ASSIGNMENT
+    )
     workflow_id = await _exchange(context, ref)
     review_id = form.get("review_id")
     pending = await current_review(context, workflow_id)
