@@ -16,27 +16,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from playwright.async_api import Browser, BrowserContext, Locator, Page, async_playwright
+from playwright.async_api import Browser, BrowserContext, Locator, Page
 
 from adapters.users import UserDirectory
 from models.identity import Role
+from tests.support.browser import chromium
 from tests.support.engine import engine_settings
 from tests.support.fhir_server import free_port
 from workers.stack import RunningStack, embedded_stack
 
-CHROMIUM = Path("/usr/bin/chromium")
-# Without the background-networking switches Chromium keeps dialling Google's services,
-# and this closed network refuses them loudly; GPU and sandbox are unavailable in CI.
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
 
 
@@ -88,20 +76,10 @@ async def ui_stack() -> AsyncIterator[BrowserStack]:
 
 
 @pytest.fixture(scope="session")
-def chromium() -> Path:
-    if not CHROMIUM.exists():
-        pytest.fail(f"{CHROMIUM} is missing: `make test` installs it (apt-get install chromium)")
-    return CHROMIUM
-
-
-@pytest.fixture(scope="session")
-async def browser(chromium: Path) -> AsyncIterator[Browser]:
-    async with async_playwright() as playwright:
-        launched = await playwright.chromium.launch(
-            executable_path=str(chromium), args=CHROMIUM_FLAGS
-        )
+async def browser() -> AsyncIterator[Browser]:
+    """One Chromium for the session (tests/support/browser.py: the system browser)."""
+    async with chromium() as launched:
         yield launched
-        await launched.close()
 
 
 @pytest.fixture

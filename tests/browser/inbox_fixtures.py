@@ -20,7 +20,6 @@ from temporalio.client import Client
 
 from models.identity import Role
 from tests.support.api import RunningApi, running_api
-from tests.support.browser import chromium
 from tests.support.discharge import running_discharge_engine, running_partners
 from tests.support.engine import TEST_KEY_RING, Engine
 from tests.support.partner import Partner
@@ -62,9 +61,9 @@ async def inbox_api(inbox_engine: Engine) -> AsyncIterator[RunningApi]:
 
 
 @pytest.fixture(scope="module")
-async def inbox_browser() -> AsyncIterator[Browser]:
-    async with chromium() as browser:
-        yield browser
+def inbox_browser(browser: Browser) -> Browser:
+    """The session's Chromium (tests/browser/conftest.py)."""
+    return browser
 
 
 @contextlib.asynccontextmanager

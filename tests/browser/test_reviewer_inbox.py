@@ -32,9 +32,10 @@ from tests.browser.inbox_fixtures import (
 )
 from tests.support.api import RunningApi
 from tests.support.discharge import delivery_id, received, send, wait_received
-from tests.support.engine import Engine, mllp_send
+from tests.support.engine import TEST_KEY_RING, Engine, mllp_send
 from tests.support.partner import Partner
 from workers import sample_messages as sm
+from workers.api.refs import ExchangeRefs
 
 __all__ = ["inbox_api", "inbox_browser", "inbox_engine", "inbox_partners"]
 
@@ -333,3 +334,41 @@ async def assert_no_secrets(page: Page) -> None:
     for secret in (*PHI, "Experimental marker", "Potassium", "ZZX9", "KPL"):
         assert secret not in content, secret
     await assert_no_phi_in_address_or_title(page)
+
+
+async def test_search_by_an_mrn_finds_that_patients_exchanges_and_opens_their_timeline(
+    inbox_browser: Browser, inbox_api: RunningApi, inbox_engine: Engine, feed: Feed
+) -> None:
+    async with fresh_page(inbox_browser) as page:
+        await sign_in(page, inbox_api, "rev-search", Role.REVIEWER)
+        await page.get_by_role("link", name="Find exchanges").click()
+        await page.get_by_label("Search by").select_option("mrn")
+        await page.get_by_label("Value").fill(CLARA.mrn)
+        await page.get_by_role("button", name="Find").click()
+        # Clara's three lab exchanges (two orders and the orphan result), not Otto's.
+        await expect(page.get_by_role("heading", name="3 exchanges found")).to_be_visible()
+        await assert_no_phi_in_address_or_title(page)
+        assert CLARA.mrn not in await page.evaluate("() => document.location.href")
+
+        links = page.locator("a[href^='/ui/exchanges/']")
+        await expect(links).to_have_count(3)
+        refs = ExchangeRefs(TEST_KEY_RING)
+        found = {
+            refs.workflow_id(str(href).removeprefix("/ui/exchanges/"))
+            for href in await links.evaluate_all("ls => ls.map(l => l.getAttribute('href'))")
+        }
+        assert found == {feed.unmapped, feed.unmapped_kept, feed.orphan}
+
+        unmapped_ref = refs.ref(feed.unmapped_kept)
+        await page.goto(f"{inbox_api.base_url}/ui/exchanges/{unmapped_ref}")
+        timeline = page.locator("table tbody tr")
+        await expect(timeline.filter(has_text="ORM^O01 received")).to_have_count(1)
+        await expect(timeline.filter(has_text="ORU^R01 received")).to_have_count(1)
+        await expect(page.get_by_role("link", name="waiting for a reviewer")).to_be_visible()
+        # The messages are decoded for the signed-in reviewer, behind a disclosure.
+        result_row = timeline.filter(has_text="ORU^R01 received")
+        await result_row.locator("summary").click()
+        await expect(result_row.locator("pre")).to_be_visible()
+        await expect(result_row.locator("pre")).to_contain_text(CLARA.family)
+        await assert_no_phi_in_address_or_title(page)
+        await screenshot(page, "exchange.png")
