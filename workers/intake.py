@@ -167,7 +167,7 @@ class MessageIntake:
         if self._committer is not None:
             try:
                 workflow_id = await self._committer.commit(
-                    destination, self._inbound(message, destination)
+                    destination, inbound_message(message, destination)
                 )
             except CommitError as err:
                 # Not durable means no AA: the sender keeps the message and resends;
@@ -280,22 +280,24 @@ class MessageIntake:
             ack = None
         return IntakeResult(outcome=outcome, ack_code=ack_code, ack=ack, workflow_id=workflow_id)
 
-    @staticmethod
-    def _inbound(message: DecodedMessage, route: Route[Any]) -> InboundMessage:
-        header = message.header
-        return InboundMessage(
-            text=message.text,
-            message_type=header.message_type,
-            control_id=header.control_id,
-            sending_facility=header.sending_facility,
-            received_at=datetime.now(UTC),
-            normalizations=tuple(message.normalizations),
-            trace_context=_current_trace_context(),
-            business_keys=route.business_keys,
-        )
-
 
 def _current_trace_context() -> dict[str, str]:
     carrier: dict[str, str] = {}
     propagate.inject(carrier)
     return carrier
+
+
+def inbound_message(message: DecodedMessage, route: Route[Any]) -> InboundMessage:
+    """What travels in the exchange's signal: the decoded message, its header codes, the
+    receive span's trace context and the route's business-key pseudonyms."""
+    header = message.header
+    return InboundMessage(
+        text=message.text,
+        message_type=header.message_type,
+        control_id=header.control_id,
+        sending_facility=header.sending_facility,
+        received_at=datetime.now(UTC),
+        normalizations=tuple(message.normalizations),
+        trace_context=_current_trace_context(),
+        business_keys=route.business_keys,
+    )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from adapters.hl7v2.fields import (
+    Delimiters,
     Segment,
     at,
     delimiters_from_msh,
@@ -135,8 +136,8 @@ def ack_required(header: MessageHeader, ack_code: str) -> bool:
     return True
 
 
-def parse_ack(text: str) -> tuple[str, str, str]:
-    """(MSA-1 code, MSA-2 control id, ERR-3 code or "") of an ACK; ERR-1 is read before v2.5."""
+def _read_ack(text: str) -> tuple[list[Segment], Delimiters, Segment]:
+    """An ACK's segments, delimiters and MSA; AckParseError when it is not readable."""
     lines = [s for s in text.replace("\n", "\r").split("\r") if s]
     if not lines or not lines[0].startswith("MSH") or len(lines[0]) < 8:
         raise AckParseError("acknowledgment does not start with MSH")
@@ -147,6 +148,12 @@ def parse_ack(text: str) -> tuple[str, str, str]:
     msa = next((s for s in segments if s.name == "MSA"), None)
     if msa is None:
         raise AckParseError("acknowledgment has no MSA segment")
+    return segments, delimiters, msa
+
+
+def parse_ack(text: str) -> tuple[str, str, str]:
+    """(MSA-1 code, MSA-2 control id, ERR-3 code or "") of an ACK; ERR-1 is read before v2.5."""
+    segments, delimiters, msa = _read_ack(text)
     error_code = ""
     err = next((s for s in segments if s.name == "ERR"), None)
     if err is not None:
@@ -221,16 +228,7 @@ def explain_ack(text: str) -> AckExplanation:
     """An ACK in words: MSA-1 (table 0008), MSA-3, and every ERR's location, table 0357
     condition, ERR-4 severity (table 0516) and texts (ERR-7 diagnostic, ERR-8 user
     message). ERR-1 (ELD) is read before v2.5. Raises AckParseError like parse_ack."""
-    lines = [s for s in text.replace("\n", "\r").split("\r") if s]
-    if not lines or not lines[0].startswith("MSH") or len(lines[0]) < 8:
-        raise AckParseError("acknowledgment does not start with MSH")
-    delimiters = delimiters_from_msh(lines[0])
-    if delimiters is None:
-        raise AckParseError("acknowledgment MSH-2 does not define delimiters")
-    segments = read_segments(lines, delimiters)
-    msa = next((s for s in segments if s.name == "MSA"), None)
-    if msa is None:
-        raise AckParseError("acknowledgment has no MSA segment")
+    segments, delimiters, msa = _read_ack(text)
     errors: list[AckError] = []
     for err in (s for s in segments if s.name == "ERR"):
         if err.field(3):

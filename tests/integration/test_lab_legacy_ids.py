@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import uuid
-from datetime import UTC, datetime
 
 import pytest
 from temporalio.service import RPCError
@@ -15,11 +14,11 @@ from adapters.hl7v2.header import DecodedMessage, decode_message
 from exchanges.commit import ExchangeCommitter
 from exchanges.order_to_result import legacy_lab_workflow_id
 from exchanges.registry import REGISTRY
-from exchanges.sdk import SUPPORTED_VERSIONS, Route
-from models.messages import InboundMessage
+from exchanges.sdk import SUPPORTED_VERSIONS
 from models.search import BusinessKeys
 from tests.support.engine import Engine, mllp_send
 from workers import sample_messages as sm
+from workers.intake import inbound_message
 
 
 def decoded(text: str) -> DecodedMessage:
@@ -28,18 +27,6 @@ def decoded(text: str) -> DecodedMessage:
         supported_types=REGISTRY.supported_types,
         supported_versions=SUPPORTED_VERSIONS,
         required_segments=REGISTRY.required_segments,
-    )
-
-
-def inbound(message: DecodedMessage, route: Route[object]) -> InboundMessage:
-    header = message.header
-    return InboundMessage(
-        text=message.text,
-        message_type=header.message_type,
-        control_id=header.control_id,
-        sending_facility=header.sending_facility,
-        received_at=datetime.now(UTC),
-        business_keys=route.business_keys,
     )
 
 
@@ -53,7 +40,7 @@ async def start_as_before(engine: Engine, order: sm.SampleOrder) -> str:
         route, workflow_id=legacy_id, legacy_workflow_id=None, business_keys=BusinessKeys()
     )
     committer = ExchangeCommitter(engine.client, engine.settings)
-    assert await committer.commit(old_route, inbound(message, old_route)) == legacy_id
+    assert await committer.commit(old_route, inbound_message(message, old_route)) == legacy_id
     await engine.wait_for_status(legacy_id, "ordered")
     return legacy_id
 
@@ -87,7 +74,7 @@ async def test_with_the_legacy_lookup_off_or_the_old_run_closed_the_pseudonymous
 
     switched_off = engine.settings.model_copy(update={"legacy_lab_workflow_ids": False})
     reached = await ExchangeCommitter(engine.client, switched_off).commit(
-        route, inbound(result, route)
+        route, inbound_message(result, route)
     )
     assert reached == route.workflow_id == engine.lab_workflow_id(order.placer_order_number)
 
@@ -95,6 +82,6 @@ async def test_with_the_legacy_lookup_off_or_the_old_run_closed_the_pseudonymous
     await engine.handle(legacy_id).terminate(reason="test: the old run is over")
     again = dataclasses.replace(route)
     reached = await ExchangeCommitter(engine.client, engine.settings).commit(
-        again, inbound(result, again).model_copy(update={"control_id": "other"})
+        again, inbound_message(result, again).model_copy(update={"control_id": "other"})
     )
     assert reached == route.workflow_id
