@@ -4,6 +4,7 @@ The same flows in a real browser are in tests/browser/."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import re
 import uuid
@@ -11,6 +12,7 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest
+from temporalio.common import SearchAttributePair, TypedSearchAttributes
 
 from models.audit import AuditAction, AuditOutcome
 from models.identity import Role
@@ -19,6 +21,7 @@ from tests.support.api import RunningApi, running_api
 from tests.support.engine import TEST_KEY_RING, Engine, mllp_send
 from workers import sample_messages as sm
 from workers.api.refs import ExchangeRefs
+from workflows import search_attributes as sa
 
 PASSWORD = "a long web reviewer password"
 
@@ -43,19 +46,10 @@ async def signed_in_browser(
         yield browser
 
 
-def review_link(inbox_html: str, summary_part: str) -> str:
-    """The inbox row's link whose summary mentions `summary_part`."""
-    for row in re.findall(r"<tr>(.*?)</tr>", inbox_html, flags=re.S):
-        if summary_part in row:
-            match = re.search(r'href="(/ui/reviews/[^"]+)"', row)
-            assert match, row
-            return match.group(1)
-    raise AssertionError(f"no inbox row mentions {summary_part!r}")
-
-
 def link_to(page_html: str, workflow_id: str) -> str:
-    """The page's link to this exchange's review. References are sealed with a fresh nonce
-    each time, so a test finds its exchange by opening them with the test key ring."""
+    """The page's link to this exchange's review (the session's dev server holds other
+    tests' pending reviews too). References are sealed with a fresh nonce each time, so a
+    test finds its exchange by opening them with the test key ring."""
     refs = ExchangeRefs(TEST_KEY_RING)
     for ref in re.findall(r'href="/ui/reviews/([^"/?]+)"', page_html):
         if refs.workflow_id(ref) == workflow_id:
@@ -101,7 +95,7 @@ async def test_a_reviewer_decides_from_the_inbox_and_a_second_decision_is_told_w
         assert "Unmapped local code" in inbox.text
         # Opaque references only: neither the workflow id nor the order number is shown.
         assert "WEB-6001" not in inbox.text and workflow_id not in inbox.text
-        link = review_link(inbox.text, "no LOINC mapping")
+        link = link_to(inbox.text, workflow_id)
         assert "WEB-6001" not in link
 
         page = await browser.get(link)
@@ -151,7 +145,7 @@ async def test_ops_may_look_but_not_decide_and_unknown_links_are_404(
     workflow_id, review_id = await pending_exchange(engine, "WEB-6002")
     async with signed_in_browser(api, "ops-web", Role.OPS) as browser:
         inbox = await browser.get("/ui/")
-        link = review_link(inbox.text, "no LOINC mapping")
+        link = link_to(inbox.text, workflow_id)
         page = await browser.get(link)
         assert page.status_code == 200
         assert "Only reviewers decide" in page.text
@@ -282,3 +276,31 @@ async def test_find_a_patients_exchanges_by_mrn_and_read_one_exchange_page(
     searches = [e for e in api.audit if e.resource == "web-exchange-search"]
     assert searches and searches[-1].detail == "searched by mrn: 1 exchange(s)"
     assert all(patient.mrn not in (e.detail or "") for e in api.audit)
+
+
+async def test_an_exchange_whose_worker_does_not_answer_is_counted_not_dropped(
+    engine: Engine, api: RunningApi
+) -> None:
+    stranded_id = f"stranded/{uuid.uuid4().hex[:8]}"
+    # Marked pending, on a task queue no worker polls: its review cannot be read.
+    stranded = await engine.client.start_workflow(
+        "NoWorkerRunsThis",
+        id=stranded_id,
+        task_queue=f"nobody-polls-{uuid.uuid4().hex[:6]}",
+        search_attributes=TypedSearchAttributes([SearchAttributePair(sa.REVIEW_STATE, "pending")]),
+    )
+    try:
+        token = api.token("rev-stranded", Role.REVIEWER)
+        async with httpx.AsyncClient(base_url=api.base_url, timeout=60) as http:
+            for _ in range(50):  # visibility is eventually consistent
+                listed = await http.get("/reviews", headers={"Authorization": f"Bearer {token}"})
+                if stranded_id in listed.json()["unreadable"]:
+                    break
+                await asyncio.sleep(0.2)
+            assert stranded_id in listed.json()["unreadable"]
+            assert stranded_id not in {item["workflow_id"] for item in listed.json()["reviews"]}
+        async with signed_in_browser(api, "rev-stranded-web", Role.REVIEWER) as browser:
+            inbox = await browser.get("/ui/")
+            assert re.search(r"\d+ more exchanges?\s+waiting for a reviewer could not", inbox.text)
+    finally:
+        await stranded.terminate("test over")

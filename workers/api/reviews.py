@@ -7,7 +7,6 @@ workflow's validator refuses a stale or unoffered one before anything enters his
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from datetime import timedelta
 from typing import Annotated, Any
 
@@ -66,12 +65,22 @@ class PendingReview(BaseModel):
     review: ReviewRequest
 
 
-# Queries for the pending review of each listed exchange run this many at a time.
+# Queries for the pending review of each listed exchange run this many at a time, and
+# each waits this long: an exchange whose worker does not answer must not hold the list.
 PENDING_QUERIES_AT_ONCE = 16
+PENDING_QUERY_TIMEOUT = timedelta(seconds=5)
 
 
-async def pending_reviews(context: ApiContext) -> list[PendingReview]:
-    """Every running exchange waiting for a person, oldest request first."""
+class PendingReviews(BaseModel):
+    """Pending reviews, oldest first, and the exchanges marked pending whose review could
+    not be read (their worker did not answer in time): listed, never silently dropped."""
+
+    reviews: list[PendingReview]
+    unreadable: list[str] = Field(default_factory=list)
+
+
+async def pending_reviews(context: ApiContext) -> PendingReviews:
+    """Every running exchange waiting for a person."""
     temporal_client = context.temporal_client
     executions = [
         execution
@@ -80,18 +89,23 @@ async def pending_reviews(context: ApiContext) -> list[PendingReview]:
         )
     ]
     slots = asyncio.Semaphore(PENDING_QUERIES_AT_ONCE)
+    unreadable: list[str] = []
 
     async def pending_of(workflow_id: str, exchange: str | None) -> PendingReview | None:
         async with slots:
-            # A review decided between the listing and the query is no longer pending.
-            with contextlib.suppress(RPCError):
+            try:
                 raw = await temporal_client.get_workflow_handle(workflow_id).query(
-                    "pending_review", rpc_timeout=TEMPORAL_RPC_TIMEOUT
+                    "pending_review", rpc_timeout=PENDING_QUERY_TIMEOUT
                 )
-                if raw:
-                    review = ReviewRequest.model_validate(raw)
-                    return PendingReview(workflow_id=workflow_id, exchange=exchange, review=review)
-        return None
+            except RPCError as err:
+                # NOT_FOUND: it finished between the listing and the query.
+                if err.status is not RPCStatusCode.NOT_FOUND:
+                    unreadable.append(workflow_id)
+                return None
+            if not raw:  # decided between the listing and the query
+                return None
+            review = ReviewRequest.model_validate(raw)
+            return PendingReview(workflow_id=workflow_id, exchange=exchange, review=review)
 
     found = await asyncio.gather(
         *(
@@ -100,7 +114,10 @@ async def pending_reviews(context: ApiContext) -> list[PendingReview]:
         )
     )
     listed = [item for item in found if item is not None]
-    return sorted(listed, key=lambda item: item.review.requested_at)
+    return PendingReviews(
+        reviews=sorted(listed, key=lambda item: item.review.requested_at),
+        unreadable=sorted(unreadable),
+    )
 
 
 def _exchange_of(attributes: TypedSearchAttributes) -> str | None:
@@ -108,7 +125,7 @@ def _exchange_of(attributes: TypedSearchAttributes) -> str | None:
 
 
 @router.get("/reviews")
-async def list_reviews(identity: Viewer, context: Context) -> dict[str, list[PendingReview]]:
+async def list_reviews(identity: Viewer, context: Context) -> PendingReviews:
     pending = await pending_reviews(context)
     await context.audit(
         audit_entry(
@@ -116,10 +133,10 @@ async def list_reviews(identity: Viewer, context: Context) -> dict[str, list[Pen
             AuditAction.ACCESS,
             AuditOutcome.SUCCESS,
             resource="review-list",
-            detail=f"{len(pending)} pending",
+            detail=f"{len(pending.reviews)} pending, {len(pending.unreadable)} unreadable",
         )
     )
-    return {"reviews": pending}
+    return pending
 
 
 async def current_review(context: ApiContext, workflow_id: str) -> ReviewRequest | None:

@@ -36,6 +36,11 @@ def review_list() -> None:
             item["workflow_id"], request.review_id, request.reason.value, request.summary, actions
         )
     console.print(table)
+    if listed.get("unreadable"):
+        console.print(
+            f"{len(listed['unreadable'])} more exchange(s) marked pending could not be read "
+            "(their worker did not answer): " + ", ".join(listed["unreadable"])
+        )
 
 
 def _decide(

@@ -53,15 +53,22 @@ def sla_state(review: ReviewRequest, settings: Settings, now: datetime) -> tuple
     return "ok", f"within SLA ({minutes} min)"
 
 
-async def inbox_rows(context: ApiContext) -> list[InboxRow]:
+@dataclass(frozen=True)
+class Inbox:
+    rows: list[InboxRow]
+    # Exchanges marked pending whose worker did not answer: counted on the page.
+    unreadable: int
+
+
+async def inbox_rows(context: ApiContext) -> Inbox:
     now = datetime.now(UTC)
     rows = []
     pending = await pending_reviews(context)
     assignees = await asyncio.to_thread(
         context.assignments.assignees,
-        [(item.workflow_id, item.review.review_id) for item in pending],
+        [(item.workflow_id, item.review.review_id) for item in pending.reviews],
     )
-    for item in pending:
+    for item in pending.reviews:
         sla, sla_text = sla_state(item.review, context.settings, now)
         rows.append(
             InboxRow(
@@ -73,21 +80,21 @@ async def inbox_rows(context: ApiContext) -> list[InboxRow]:
                 assigned_to=assignees.get((item.workflow_id, item.review.review_id)),
             )
         )
-    return rows
+    return Inbox(rows=rows, unreadable=len(pending.unreadable))
 
 
-async def _audited_rows(identity: Identity, context: ApiContext) -> list[InboxRow]:
-    rows = await inbox_rows(context)
+async def _audited_rows(identity: Identity, context: ApiContext) -> Inbox:
+    inbox = await inbox_rows(context)
     await context.audit(
         audit_entry(
             identity.subject,
             AuditAction.ACCESS,
             AuditOutcome.SUCCESS,
             resource="web-inbox",
-            detail=f"{len(rows)} pending",
+            detail=f"{len(inbox.rows)} pending, {inbox.unreadable} unreadable",
         )
     )
-    return rows
+    return inbox
 
 
 @router.get("/ui/", response_class=HTMLResponse)
@@ -98,11 +105,11 @@ async def inbox_page(request: Request, identity: PageViewer, context: Context) -
         identity,
         title="Pending reviews",
         section="inbox",
-        reviews=await _audited_rows(identity, context),
+        inbox=await _audited_rows(identity, context),
         refresh_seconds=context.settings.web_refresh_seconds,
     )
 
 
 @router.get("/ui/inbox/rows", response_class=HTMLResponse)
 async def inbox_fragment(request: Request, identity: PageViewer, context: Context) -> HTMLResponse:
-    return fragment(request, "inbox_rows.html", reviews=await _audited_rows(identity, context))
+    return fragment(request, "inbox_rows.html", inbox=await _audited_rows(identity, context))
