@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import math
+import time
 from datetime import timedelta
 from typing import Any
 
@@ -18,6 +21,50 @@ from workflows import search_attributes as sa
 _RPC_TIMEOUT = timedelta(seconds=10)
 
 
+class OpenRunsSnapshot:
+    """The ids of an exchange's runs that were open when last looked at, refreshed when
+    older than `max_age`.
+
+    Runs under a legacy id are only ever started by older code, so a message needs a
+    Temporal call for its legacy id only when the snapshot holds it: with no legacy run
+    left, the ACK path pays nothing (one listing per `max_age`). The refresh covers a
+    rolling upgrade, where an older gateway may still start legacy runs for a while.
+    """
+
+    def __init__(self, client: Client, max_age: timedelta) -> None:
+        self._client = client
+        self._max_age = max_age
+        self._open: dict[str, set[str]] = {}
+        self._taken_at: dict[str, float] = {}
+        self._lock = asyncio.Lock()
+
+    async def holds(self, exchange: str, workflow_id: str) -> bool:
+        if self._stale(exchange):
+            async with self._lock:
+                if self._stale(exchange):
+                    await self._take(exchange)
+        return workflow_id in self._open[exchange]
+
+    def _stale(self, exchange: str) -> bool:
+        age = time.monotonic() - self._taken_at.get(exchange, -math.inf)
+        return age > self._max_age.total_seconds()
+
+    def closed(self, workflow_id: str) -> None:
+        for ids in self._open.values():
+            ids.discard(workflow_id)
+
+    async def _take(self, exchange: str) -> None:
+        query = f"Exchange = '{exchange}' AND ExecutionStatus = 'Running'"
+        try:
+            self._open[exchange] = {
+                execution.id
+                async for execution in self._client.list_workflows(query, rpc_timeout=_RPC_TIMEOUT)
+            }
+        except RPCError as err:
+            raise CommitError(f"Temporal visibility: {err.status.name}") from err
+        self._taken_at[exchange] = time.monotonic()
+
+
 class ExchangeCommitter:
     """Starts or signals the exchange a route names, as its spec says."""
 
@@ -27,12 +74,21 @@ class ExchangeCommitter:
         self._client = client
         self._settings = settings
         self._registry = registry
+        self._legacy_runs = OpenRunsSnapshot(
+            client, timedelta(seconds=settings.legacy_workflow_ids_refresh_seconds)
+        )
 
     async def commit(self, route: Route[Any], message: InboundMessage) -> str:
         """Returns the id of the workflow that now holds the message in its history."""
-        if route.legacy_workflow_id and self._settings.legacy_lab_workflow_ids:
-            if await self._signal_if_running(route.legacy_workflow_id, route, message):
-                return route.legacy_workflow_id
+        legacy_id = route.legacy_workflow_id
+        if (
+            legacy_id
+            and self._settings.legacy_lab_workflow_ids
+            and await self._legacy_runs.holds(route.exchange, legacy_id)
+        ):
+            if await self._signal_if_running(legacy_id, route, message):
+                return legacy_id
+            self._legacy_runs.closed(legacy_id)
         spec = self._registry.exchange(route.exchange)
         keys = route.business_keys
         try:

@@ -105,11 +105,12 @@ class Settings(BaseSettings):
     # key kept in state_dir/pseudonym.key, made on first use.
     pseudonym_key: str | None = None
     # Lab exchanges started before their ids became pseudonyms run under
-    # order-to-result/<facility>/<placer number in clear>. While on, a lab message is first
-    # signalled to such a run (one extra Temporal call per lab message, docs/benchmarks.md);
-    # turn it off once none is running (no open order-to-result run whose id ends in an
-    # order number: `careweave find` / the Temporal UI, Exchange = 'order-to-result').
+    # order-to-result/<facility>/<placer number in clear>. While on, a lab message whose
+    # legacy id is among the runs open when the gateway last listed them (every
+    # legacy_workflow_ids_refresh_seconds) is signalled to that run; other messages pay
+    # nothing (docs/benchmarks.md). Turn it off once no such run is open.
     legacy_lab_workflow_ids: bool = True
+    legacy_workflow_ids_refresh_seconds: int = Field(default=300, ge=1)
 
     # Payload encryption keys (AES-256-GCM, see adapters/payload_crypto.py for the format):
     # the env var named here wins; else the file; unset file means state_dir/payload.keys.
