@@ -40,11 +40,14 @@ from workers.api.refs import ExchangeRefs
 __all__ = ["inbox_api", "inbox_browser", "inbox_engine", "inbox_partners"]
 
 # Invented people: none of these may reach a page a signed-out browser sees, a URL or a title.
-CLARA = sm.SamplePatient(mrn="MRN7001", family="Browserpatient", given="Clara")
-OTTO = sm.SamplePatient(mrn="MRN7003", family="Deliverypatient", given="Otto", sex="M")
+# Their identifiers are this file's own: the session's dev server is shared with other
+# tests, whose exchanges (keyed by patient and visit pseudonyms) must not be these.
+CLARA = sm.SamplePatient(mrn="MRN-BRW7001", family="Browserpatient", given="Clara")
+OTTO = sm.SamplePatient(mrn="MRN-BRW7003", family="Deliverypatient", given="Otto", sex="M")
+OTTO_VISIT = "V-BRW7003"
 # A local code the concept map lacks, whose text reads like one LOINC name of the map.
 POTASSIUM_PLASMA = sm.ResultValue("KPL", "Potassium plasma", "4.3", "mmol/L", "3.5-5.1", "N")
-PHI = ("MRN7001", "MRN7003", "Browserpatient", "Clara", "Deliverypatient", "Otto", "BRW-70")
+PHI = ("MRN-BRW7001", "MRN-BRW7003", "Browserpatient", "Clara", "Deliverypatient", "Otto", "BRW-70")
 
 
 @dataclass(frozen=True)
@@ -72,18 +75,16 @@ async def feed(inbox_engine: Engine, inbox_partners: dict[str, Partner]) -> Asyn
 
     billing = inbox_partners["billing"]
     # AR 100 is not temporary: the first refusal goes to a reviewer.
-    await billing.aset_mode(
-        "AR", code="100", text="PV1 out of place", times=1, patient_id="MRN7003"
-    )
-    stay = sm.SampleStay("V-7003", patient=OTTO)
+    await billing.aset_mode("AR", code="100", text="PV1 out of place", times=1, patient_id=OTTO.mrn)
+    stay = sm.SampleStay(OTTO_VISIT, patient=OTTO)
     await send(engine, sm.adt_event(stay, "BRW-7003-1", "A03"))
 
     made = Feed(
         unmapped=engine.lab_workflow_id("BRW-7001"),
         unmapped_kept=engine.lab_workflow_id("BRW-7002"),
         orphan=engine.lab_workflow_id("BRW-7004"),
-        delivery=delivery_id("billing", "MRN7003"),
-        delivery_visit="V-7003",
+        delivery=delivery_id("billing", OTTO.mrn),
+        delivery_visit=OTTO_VISIT,
     )
     for workflow_id in (made.unmapped, made.unmapped_kept, made.orphan, made.delivery):
         await engine.wait_for_review(workflow_id, timeout=60)
