@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 from typing import Any
+from urllib.parse import quote
 
 from rapidfuzz import fuzz, process, utils
 
@@ -30,6 +31,9 @@ __all__ = [
 
 LOINC_V2_SYSTEM = "LN"
 LOCAL_V2_SYSTEM = "L"
+# What a URN's name part may hold as is (RFC 8141's pchar without "%", which starts an
+# escape): anything else in a sender's coding system name is percent-encoded.
+_URN_SAFE = "-._~!$&'()*+,;=:@/"
 
 
 @dataclass(frozen=True)
@@ -87,9 +91,14 @@ class LabMapping:
         return None
 
     def system_uri(self, v2_system: str) -> str:
-        """FHIR Coding.system for a v2 coding system; unknown ones are sender-local."""
+        """FHIR Coding.system for a v2 coding system; unknown ones are sender-local, their
+        name percent-encoded: CWE-3 is free text in real feeds ("Local Lab"), and a space
+        or a non-ASCII letter would make the system an invalid `uri`."""
         v2_system = v2_system or LOCAL_V2_SYSTEM
-        return self.coding_systems.get(v2_system) or self.local_system_prefix + v2_system
+        known = self.coding_systems.get(v2_system)
+        if known:
+            return known
+        return self.local_system_prefix + quote(v2_system, safe=_URN_SAFE)
 
     def identifier_system(self, kind: str) -> str:
         return self.identifier_systems[kind]

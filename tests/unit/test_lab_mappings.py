@@ -12,6 +12,8 @@ from urllib.parse import unquote
 import pytest
 from fhir.resources.R4B.bundle import Bundle
 from fhir.resources.R4B.servicerequest import ServiceRequest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from adapters.hl7v2.lab_messages import parse_lab_order, parse_lab_result, parse_lab_results
 from mappings.order_to_result.concept_map import load_lab_mapping, unmapped_codes
@@ -22,6 +24,7 @@ from mappings.order_to_result.fhir_builders import (
     service_request_for,
 )
 from tests.unit.test_lab_messages import REFUSED, RESULT_FILES, corpus
+from workers import sample_messages as sm
 
 MAPPING = load_lab_mapping("v1")
 
@@ -356,3 +359,40 @@ def test_escalation_task() -> None:
         "urn:careweave:placer-order:GHHPlacer|1101"
     )
     assert escalation_task_for(order, MAPPING) == bundle
+
+
+# --- every bundle valid, every URI a URI ---------------------------------------------------
+
+_URI = re.compile(r"\S+")  # FHIR `uri`: no whitespace; the R4B models check the same
+
+
+def _uris(value: Any, key: str = "") -> list[str]:
+    if isinstance(value, dict):
+        return [uri for k, v in value.items() for uri in _uris(v, k)]
+    if isinstance(value, list):
+        return [uri for item in value for uri in _uris(item, key)]
+    return [value] if key in ("system", "fullUrl", "url") and isinstance(value, str) else []
+
+
+def test_a_sender_local_coding_system_with_spaces_becomes_a_valid_uri() -> None:
+    assert MAPPING.system_uri("Local Lab") == "urn:careweave:local-code:Local%20Lab"
+    assert MAPPING.system_uri("99USI") == "urn:careweave:local-code:99USI"
+    assert MAPPING.system_uri("") == "urn:careweave:local-code:L"
+    assert unquote(MAPPING.system_uri("Läbor 100%")).endswith("Läbor 100%")
+
+
+@given(
+    system=st.text(min_size=1, max_size=20).filter(
+        lambda text: not any(c in text for c in "|^~\\&\r\n")
+    ),
+    code=st.from_regex(r"[A-Z0-9]{1,8}", fullmatch=True),
+)
+@settings(max_examples=60, deadline=None)
+def test_every_result_bundle_validates_and_holds_only_valid_uris(system: str, code: str) -> None:
+    order = sm.SampleOrder("URI-1", local_code=code, text="Some local test")
+    line = sm.ResultValue(code, "Some local test", "7", "mg/dL", "1-9", "N", coding_system=system)
+    text = sm.lab_result(order, "URI-1-R", [line, sm.SODIUM])
+    bundle = result_transaction_for(parse_lab_result(text), MAPPING)
+    Bundle.model_validate(bundle)
+    for uri in _uris(bundle):
+        assert _URI.fullmatch(uri), uri
