@@ -105,6 +105,9 @@ class LabObservation(_Frozen):
     abnormal_flags: tuple[str, ...] = ()
     result_status: str = ""
     observed_at: datetime | None = None
+    # NTE-3 comments that follow this OBX, unescaped (one note per NTE, its repetitions
+    # joined by line breaks).
+    notes: tuple[str, ...] = ()
 
 
 class LabResult(_Frozen):
@@ -124,6 +127,8 @@ class LabResult(_Frozen):
     observations: tuple[LabObservation, ...]
     patient: PatientRef
     ordering_provider: OrderingProvider | None = None
+    # NTE-3 comments on the OBR itself (before its first OBX).
+    notes: tuple[str, ...] = ()
 
     @property
     def is_correction(self) -> bool:

@@ -347,8 +347,11 @@ def _observation(
         resource["referenceRange"] = [reference_range]
     if obs.abnormal_flags:
         resource["interpretation"] = _interpretation(obs.abnormal_flags, mapping)
+    notes = [{"text": note} for note in obs.notes]
     if obs.non_numeric_in_nm:
-        resource["note"] = [{"text": "Non-numeric value received in a numeric (NM/SN) field"}]
+        notes.append({"text": "Non-numeric value received in a numeric (NM/SN) field"})
+    if notes:
+        resource["note"] = notes
     return _validated(Observation, resource)
 
 
@@ -358,6 +361,11 @@ def _put(resource_type: str, identifier: JSON, resource: JSON) -> JSON:
         "resource": resource,
         "request": {"method": "PUT", "url": conditional_url(resource_type, identifier)},
     }
+
+
+_REPORT_NOTE_EXTENSION = (
+    "http://hl7.org/fhir/5.0/StructureDefinition/extension-DiagnosticReport.note"
+)
 
 
 def result_transaction_for(
@@ -400,6 +408,12 @@ def result_transaction_for(
         "subject": _patient_reference(result.patient, mapping),
         "result": observation_refs,
     }
+    if result.notes:
+        # R4's DiagnosticReport has no note (R5 added one): the cross-version extension.
+        report["extension"] = [
+            {"url": _REPORT_NOTE_EXTENSION, "valueAnnotation": {"text": note}}
+            for note in result.notes
+        ]
     effective = _datetime(result.observed_at, mapping)
     if effective:
         report["effectiveDateTime"] = effective

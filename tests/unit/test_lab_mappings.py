@@ -23,7 +23,7 @@ from mappings.order_to_result.fhir_builders import (
     result_transaction_for,
     service_request_for,
 )
-from tests.unit.test_lab_messages import REFUSED, RESULT_FILES, corpus
+from tests.unit.test_lab_messages import REFUSED, RESULT_FILES, corpus, with_notes
 from workers import sample_messages as sm
 
 MAPPING = load_lab_mapping("v1")
@@ -396,3 +396,22 @@ def test_every_result_bundle_validates_and_holds_only_valid_uris(system: str, co
     Bundle.model_validate(bundle)
     for uri in _uris(bundle):
         assert _URI.fullmatch(uri), uri
+
+
+def test_nte_comments_become_observation_notes_and_the_reports_note_extension() -> None:
+    order = sm.SampleOrder("NTE-2")
+    text = with_notes(sm.lab_result(order, "NTE-2-R", [sm.POTASSIUM, sm.SODIUM]))
+    bundle = result_transaction_for(parse_lab_result(text), MAPPING)
+    Bundle.model_validate(bundle)
+    report = only(bundle, "DiagnosticReport")["resource"]
+    assert report["extension"] == [
+        {
+            "url": "http://hl7.org/fhir/5.0/StructureDefinition/extension-DiagnosticReport.note",
+            "valueAnnotation": {"text": "Specimen slightly hemolyzed\nRecollect if K high"},
+        }
+    ]
+    first, second = (e["resource"] for e in entries_of(bundle, "Observation"))
+    assert first["note"] == [{"text": "Verified by repeat & dilution\nCalled to ward"}]
+    assert "note" not in second
+    # The patient comment after PID is not a lab comment: it goes nowhere here.
+    assert "morning draws" not in str(bundle)
