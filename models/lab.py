@@ -110,6 +110,18 @@ class LabObservation(_Frozen):
     notes: tuple[str, ...] = ()
 
 
+class LabSpecimen(_Frozen):
+    """SPM (v2.5+) or OBR-15 (v2.3 SPS): what was collected, from which body site, when it
+    was collected (SPM-17 / OBR-7) and received (SPM-18 / OBR-14), by whom (OBR-10)."""
+
+    type: CodedConcept | None = None
+    body_site: CodedConcept | None = None
+    collected_at: datetime | None = None
+    received_at: datetime | None = None
+    # OBR-10's name as text: collectors rarely have an id a FHIR Practitioner could carry.
+    collector: str = ""
+
+
 class LabResult(_Frozen):
     """One OBR group of an ORU^R01 with its OBX observations."""
 
@@ -129,6 +141,8 @@ class LabResult(_Frozen):
     ordering_provider: OrderingProvider | None = None
     # NTE-3 comments on the OBR itself (before its first OBX).
     notes: tuple[str, ...] = ()
+    # None when the message says nothing of the specimen (no SPM, OBR-15 empty).
+    specimen: LabSpecimen | None = None
 
     @property
     def is_correction(self) -> bool:

@@ -53,6 +53,7 @@ from models.lab import (
     LabObservation,
     LabOrder,
     LabResult,
+    LabSpecimen,
     OrderingProvider,
     PatientRef,
     Priority,
@@ -71,7 +72,7 @@ __all__ = [
 ]
 
 
-_READ_SEGMENTS = frozenset({"MSH", "PID", "ORC", "TQ1", "OBR", "OBX", "NTE"})
+_READ_SEGMENTS = frozenset({"MSH", "PID", "ORC", "TQ1", "OBR", "OBX", "NTE", "SPM"})
 _ORDER_TYPES = frozenset({("ORM", "O01"), ("OML", "O21")})
 _RESULT_TYPES = frozenset({("ORU", "R01")})
 
@@ -361,6 +362,8 @@ def parse_lab_results(text: str) -> list[LabResult]:
                 raise LabMessageInvalid("OBX", None, "observation before any OBR")
             groups[-1].obxs.append(seg)
             groups[-1].obx_notes.append([])
+        elif seg.name == "SPM" and groups and groups[-1].spm is None:
+            groups[-1].spm = seg
         elif seg.name == "NTE" and groups and (note := _note(seg, d)):
             # A comment belongs to the OBX it follows, or to the OBR before any OBX.
             group = groups[-1]
@@ -387,6 +390,8 @@ class _ReportGroup:
     obxs: list[Segment] = field(default_factory=list)
     obx_notes: list[list[str]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    # The group's first SPM (v2.5+ SPECIMEN group); later ones are other containers.
+    spm: Segment | None = None
 
 
 def _note(nte: Segment, d: Delimiters) -> str:
@@ -432,7 +437,43 @@ def _result(message: _Message, patient: PatientRef, group: _ReportGroup, status:
         patient=patient,
         ordering_provider=provider,
         notes=tuple(group.notes),
+        specimen=_specimen(group.spm, obr, d),
     )
+
+
+def _specimen(spm: Segment | None, obr: Segment, d: Delimiters) -> LabSpecimen | None:
+    """SPM when there is one (v2.5+), else OBR-15 (v2.3 SPS: 1 source, 4 body site, each a
+    CE in subcomponents); times from SPM-17/18, else OBR-7/14; collector from OBR-10."""
+    collector = person(obr.raw(10), d)
+    collector_name = " ".join(p for p in (collector.given_name, collector.family_name) if p)
+    if spm is not None:
+        specimen_type = _coded(spm.raw(4), d)
+        body_site = _coded(spm.raw(8), d)
+        collected = timestamp(at(components(spm.raw(17), d), 1), d)
+        received = timestamp(spm.raw(18), d)
+    else:
+        source = components(obr.raw(15), d)
+        specimen_type = _coded_subcomponents(at(source, 1), d)
+        body_site = _coded_subcomponents(at(source, 4), d)
+        if specimen_type is None and body_site is None:
+            return None
+        collected = received = None
+    return LabSpecimen(
+        type=specimen_type,
+        body_site=body_site,
+        collected_at=collected or timestamp(obr.raw(7), d),
+        received_at=received or timestamp(obr.raw(14), d),
+        collector=collector_name,
+    )
+
+
+def _coded_subcomponents(raw: str, d: Delimiters) -> CodedConcept | None:
+    """A CE carried in one component (OBR-15's parts): code, text, system as subcomponents."""
+    parts = subcomponents(raw, d)
+    code, text = unescape_text(at(parts, 1), d), unescape_text(at(parts, 2), d)
+    if not code and not text:
+        return None
+    return CodedConcept(code=code, text=text, system=unescape_text(at(parts, 3), d))
 
 
 _NUMBER = r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)"

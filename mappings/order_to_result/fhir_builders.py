@@ -19,6 +19,7 @@ from fhir.resources.R4B.bundle import Bundle
 from fhir.resources.R4B.diagnosticreport import DiagnosticReport
 from fhir.resources.R4B.observation import Observation
 from fhir.resources.R4B.servicerequest import ServiceRequest
+from fhir.resources.R4B.specimen import Specimen
 from fhir.resources.R4B.task import Task
 from pydantic import BaseModel
 
@@ -29,6 +30,7 @@ from models.lab import (
     LabObservation,
     LabOrder,
     LabResult,
+    LabSpecimen,
     OrderingProvider,
     PatientRef,
 )
@@ -290,8 +292,46 @@ def service_request_for(order: LabOrder, mapping: LabMapping) -> JSON:
 # --- result transaction ---------------------------------------------------------------
 
 
+def _based_on(result: LabResult, mapping: LabMapping) -> list[JSON]:
+    # Logical reference by the order's identifier: the ServiceRequest was written on
+    # order, and a result may arrive for an order we never saw.
+    identifier = _without_type(order_identifiers(_key(result), mapping)[0])
+    return [{"type": "ServiceRequest", "identifier": identifier}]
+
+
+def _specimen(
+    result: LabResult, specimen: LabSpecimen, identifier: JSON, mapping: LabMapping
+) -> JSON:
+    resource: JSON = {
+        "resourceType": "Specimen",
+        "meta": _meta(mapping),
+        "identifier": [identifier],
+        "subject": _patient_reference(result.patient, mapping),
+    }
+    if specimen.type is not None:
+        resource["type"] = _codeable(specimen.type, mapping, with_loinc=False)
+    received = _datetime(specimen.received_at, mapping)
+    if received:
+        resource["receivedTime"] = received
+    collection: JSON = {}
+    collected = _datetime(specimen.collected_at, mapping)
+    if collected:
+        collection["collectedDateTime"] = collected
+    if specimen.body_site is not None:
+        collection["bodySite"] = _codeable(specimen.body_site, mapping, with_loinc=False)
+    if specimen.collector:
+        collection["collector"] = {"display": specimen.collector}
+    if collection:
+        resource["collection"] = collection
+    return _validated(Specimen, resource)
+
+
 def _observation(
-    obs: LabObservation, identifier: JSON, result: LabResult, mapping: LabMapping
+    obs: LabObservation,
+    identifier: JSON,
+    result: LabResult,
+    mapping: LabMapping,
+    specimen: JSON | None = None,
 ) -> JSON:
     resource: JSON = {
         "resourceType": "Observation",
@@ -312,7 +352,10 @@ def _observation(
         ],
         "code": _codeable(obs.code, mapping),
         "subject": _patient_reference(result.patient, mapping),
+        "basedOn": _based_on(result, mapping),
     }
+    if specimen is not None:
+        resource["specimen"] = specimen
     effective = _datetime(obs.observed_at or result.observed_at, mapping)
     if effective:
         resource["effectiveDateTime"] = effective
@@ -380,26 +423,28 @@ def result_transaction_for(
     report_id = report_identifier(result, mapping)
     report_url = _full_url(report_id)
     entries: list[JSON] = []
+    specimen_ref: JSON | None = None
+    if result.specimen is not None:
+        specimen_id = {
+            "system": mapping.identifier_system("lab_specimen"),
+            "value": report_id["value"],
+        }
+        specimen = _specimen(result, result.specimen, specimen_id, mapping)
+        entries.append(_put("Specimen", specimen_id, specimen))
+        specimen_ref = {"reference": _full_url(specimen_id)}
     observation_refs: list[JSON] = []
     for obs, obs_id in zip(
         result.observations, _observation_identifiers(result, mapping), strict=True
     ):
-        entries.append(_put("Observation", obs_id, _observation(obs, obs_id, result, mapping)))
+        observation = _observation(obs, obs_id, result, mapping, specimen_ref)
+        entries.append(_put("Observation", obs_id, observation))
         observation_refs.append({"reference": _full_url(obs_id)})
 
-    key = _key(result)
     report: JSON = {
         "resourceType": "DiagnosticReport",
         "meta": _meta(mapping),
         "identifier": [report_id],
-        # Logical reference by the order's identifier: the ServiceRequest was
-        # written on order, and a result may arrive for an order we never saw.
-        "basedOn": [
-            {
-                "type": "ServiceRequest",
-                "identifier": _without_type(order_identifiers(key, mapping)[0]),
-            }
-        ],
+        "basedOn": _based_on(result, mapping),
         "status": _report_status(result, mapping),
         "category": [
             {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0074", "code": "LAB"}]}
@@ -408,6 +453,8 @@ def result_transaction_for(
         "subject": _patient_reference(result.patient, mapping),
         "result": observation_refs,
     }
+    if specimen_ref is not None:
+        report["specimen"] = [specimen_ref]
     if result.notes:
         # R4's DiagnosticReport has no note (R5 added one): the cross-version extension.
         report["extension"] = [

@@ -23,7 +23,13 @@ from mappings.order_to_result.fhir_builders import (
     result_transaction_for,
     service_request_for,
 )
-from tests.unit.test_lab_messages import REFUSED, RESULT_FILES, corpus, with_notes
+from tests.unit.test_lab_messages import (
+    REFUSED,
+    RESULT_FILES,
+    corpus,
+    with_notes,
+    with_v23_specimen,
+)
 from workers import sample_messages as sm
 
 MAPPING = load_lab_mapping("v1")
@@ -209,7 +215,13 @@ def test_every_corpus_result_builds_a_valid_conditional_transaction(name: str) -
         Bundle.model_validate(bundle)
         assert bundle["type"] == "transaction"
         types = [e["resource"]["resourceType"] for e in bundle["entry"]]
-        assert types == ["DiagnosticReport", *["Observation"] * len(result.observations), "Task"]
+        specimen = ["Specimen"] if result.specimen else []
+        assert types == [
+            "DiagnosticReport",
+            *specimen,
+            *["Observation"] * len(result.observations),
+            "Task",
+        ]
         for entry in bundle["entry"]:
             kind = entry["resource"]["resourceType"]
             identifier = entry["resource"]["identifier"][0]
@@ -415,3 +427,47 @@ def test_nte_comments_become_observation_notes_and_the_reports_note_extension() 
     assert "note" not in second
     # The patient comment after PID is not a lab comment: it goes nowhere here.
     assert "morning draws" not in str(bundle)
+
+
+# --- specimens ----------------------------------------------------------------------------
+
+
+def test_a_v251_spm_becomes_the_specimen_of_the_report_and_its_observations() -> None:
+    result = parse_lab_result(corpus("results/oru-r01-nist-1.hl7"))
+    bundle = result_transaction_for(result, MAPPING)
+    entry = only(bundle, "Specimen")
+    specimen = entry["resource"]
+    assert specimen["type"]["coding"][0] == {
+        "system": "http://snomed.info/sct",
+        "code": "122554006",
+        "display": "Capillary blood specimen",
+    }
+    assert specimen["collection"]["collectedDateTime"] == "2008-08-15T10:30:00-07:00"
+    assert specimen["subject"] == only(bundle, "DiagnosticReport")["resource"]["subject"]
+    reference = {"reference": entry["fullUrl"]}
+    assert only(bundle, "DiagnosticReport")["resource"]["specimen"] == [reference]
+    for observation in entries_of(bundle, "Observation"):
+        assert observation["resource"]["specimen"] == reference
+        assert (
+            observation["resource"]["basedOn"]
+            == (only(bundle, "DiagnosticReport")["resource"]["basedOn"])
+        )
+
+
+def test_a_v23_obr15_gives_type_body_site_collector_and_times() -> None:
+    text = with_v23_specimen(sm.lab_result(sm.SampleOrder("SPC-23"), "SPC-23-R", [sm.SODIUM]))
+    result = parse_lab_result(text)
+    assert result.specimen is not None
+    specimen = only(result_transaction_for(result, MAPPING), "Specimen")["resource"]
+    assert specimen["type"]["coding"][0]["code"] == "BLD"
+    assert specimen["type"]["text"] == "Blood"
+    assert specimen["collection"]["bodySite"]["coding"][0]["code"] == "LACF"
+    assert specimen["collection"]["collector"] == {"display": "Cara Collector"}
+    assert specimen["collection"]["collectedDateTime"].startswith("2026-11-25")
+    assert specimen["receivedTime"].startswith("2026-11-25")
+
+
+def test_a_result_that_says_nothing_of_its_specimen_has_none() -> None:
+    result = parse_lab_result(sm.lab_result(sm.SampleOrder("SPC-0"), "SPC-0-R", [sm.SODIUM]))
+    assert result.specimen is None
+    assert entries_of(result_transaction_for(result, MAPPING), "Specimen") == []

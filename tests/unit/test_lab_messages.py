@@ -518,3 +518,21 @@ def test_an_nte_with_escapes_from_the_adversarial_corpus_is_unescaped() -> None:
     assert observation.notes == (
         "Field sep | component ^ repetition ~ escape \\ hex CR \r highlighted text",
     )
+
+
+def with_v23_specimen(message: str) -> str:
+    """The message as v2.3 with its specimen in OBR-15 (SPS: source and body site as CEs in
+    subcomponents), the collector in OBR-10 and collected/received times in OBR-7/14."""
+    lines = message.split("\r")
+    for index, line in enumerate(lines):
+        fields = line.split("|")
+        if fields[0] == "MSH":
+            fields[11] = "2.3"
+        elif fields[0] == "OBR":
+            fields += [""] * (16 - len(fields))
+            fields[7] = "202611250700"
+            fields[10] = "^Collector^Cara"
+            fields[14] = "202611250745"
+            fields[15] = "BLD&Blood&HL70070^^^LACF&Left antecubital fossa&HL70163"
+        lines[index] = "|".join(fields)
+    return "\r".join(lines)
