@@ -56,6 +56,10 @@ class PublishResultInput(BaseModel):
     result: LabResult
     mapping_version: str
     allow_unmapped: bool = False
+    # The version of this report the workflow published before (the last critical one,
+    # if any was): a critical value is never downgraded by a correction. The workflow
+    # knows what it published (deterministic state), so no FHIR read per result.
+    previous: LabResult | None = None
 
 
 class FindOrderInput(BaseModel):
@@ -74,6 +78,9 @@ class PublishOutcome(BaseModel):
     """Logical ids of what was written ("ServiceRequest/12"): no PHI."""
 
     resources: list[str]
+    # The result written carried a critical value itself. False in outcomes recorded
+    # before this field existed.
+    critical: bool = False
 
 
 def _invalid(err: LabMessageInvalid) -> ApplicationError:
@@ -152,12 +159,14 @@ class FhirActivities:
     @activity.defn(name="publish_lab_result")
     async def publish_lab_result(self, request: PublishResultInput) -> PublishOutcome:
         mapping = load_lab_mapping(request.mapping_version)
-        bundle = result_transaction_for(request.result, mapping)
+        bundle = result_transaction_for(request.result, mapping, previous=request.previous)
         try:
             response = await self._fhir.transaction(bundle)
         except FhirRejectedError as err:
             raise _rejected(err) from err
-        return PublishOutcome(resources=_locations(response))
+        return PublishOutcome(
+            resources=_locations(response), critical=is_critical(request.result, mapping)
+        )
 
     @activity.defn(name="find_service_request")
     async def find_service_request(self, request: FindOrderInput) -> bool:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 from urllib.parse import quote
@@ -34,7 +35,9 @@ from models.lab import (
 )
 
 __all__ = [
+    "CriticalFinding",
     "OrderKey",
+    "critical_findings",
     "escalation_task_for",
     "is_critical",
     "order_identifiers",
@@ -246,11 +249,90 @@ def _validated(model: type[BaseModel], resource: JSON) -> JSON:
 # --- critical results -------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class CriticalFinding:
+    """One observation that makes a result critical, as the provider's Task names it."""
+
+    code: str  # "system|code" as sent: stable across versions of the report
+    label: str  # the test's text, else its code
+    value: str  # comparator, number and unit, or the text/coded answer
+    why: str  # the OBX-8 flag, or "critical range" when the mapping's limits decided
+
+    def describe(self) -> str:
+        return f"{self.label} {self.value} ({self.why})"
+
+
+def _observation_value(obs: LabObservation) -> str:
+    if obs.numeric_value is not None:
+        text = f"{obs.comparator or ''}{obs.numeric_value:g}"
+        return f"{text} {obs.units}" if obs.units else text
+    if obs.coded_value is not None:
+        return obs.coded_value.text or obs.coded_value.code
+    return obs.string_value or ""
+
+
+def _outside_critical_range(obs: LabObservation, mapping: LabMapping) -> bool:
+    if obs.numeric_value is None or not mapping.critical_ranges:
+        return False
+    loinc = mapping.loinc_for(obs.code)
+    limits = mapping.critical_ranges.get(loinc.code) if loinc else None
+    if limits is None or mapping.ucum(obs.units) != limits.unit:
+        return False
+    value, comparator = obs.numeric_value, obs.comparator or ""
+    # "<2.0" is below a low limit of 2.5 whatever the true value; "<3.0" may not be.
+    low_certain = comparator in ("", "<", "<=")
+    high_certain = comparator in ("", ">", ">=")
+    if limits.low is not None and low_certain:
+        if value < limits.low or (comparator == "<" and value <= limits.low):
+            return True
+    if limits.high is not None and high_certain:
+        if value > limits.high or (comparator == ">" and value >= limits.high):
+            return True
+    return False
+
+
+def critical_findings(result: LabResult, mapping: LabMapping) -> tuple[CriticalFinding, ...]:
+    """The observations that make ``result`` critical: any OBX-8 repetition the mapping
+    calls critical (HH, LL, AA; case as sent does not matter), or a value outside the
+    critical range the mapping declares for its LOINC code (from v2)."""
+    findings: list[CriticalFinding] = []
+    for obs in result.observations:
+        flag = next((f for f in obs.abnormal_flags if f.upper() in mapping.critical_flags), None)
+        if flag is None and not _outside_critical_range(obs, mapping):
+            continue
+        findings.append(
+            CriticalFinding(
+                code=f"{obs.code.system or 'L'}|{obs.code.code}",
+                label=obs.code.text or obs.code.code,
+                value=_observation_value(obs),
+                why=flag.upper() if flag else "critical range",
+            )
+        )
+    return tuple(findings)
+
+
 def is_critical(result: LabResult, mapping: LabMapping) -> bool:
-    """Any OBX-8 flag the mapping calls critical (HH, LL, AA in v1)."""
-    return any(
-        flag in mapping.critical_flags for obs in result.observations for flag in obs.abnormal_flags
-    )
+    """Whether any observation of ``result`` is critical (see critical_findings)."""
+    return bool(critical_findings(result, mapping))
+
+
+def _critical_correction(
+    result: LabResult, before: tuple[CriticalFinding, ...], mapping: LabMapping
+) -> str:
+    """ "critical value corrected: K 6.9 mmol/L (HH) -> 4.1 mmol/L", or "" when the
+    report published before was not critical or its critical values did not change."""
+    if not before:
+        return ""
+    now = {
+        f"{obs.code.system or 'L'}|{obs.code.code}": _observation_value(obs)
+        for obs in result.observations
+    }
+    changes = [
+        f"{finding.describe()} -> {now.get(finding.code, 'not reported')}"
+        for finding in before
+        if now.get(finding.code) != finding.value
+    ]
+    return "critical value corrected: " + "; ".join(changes) if changes else ""
 
 
 # --- ServiceRequest ----------------------------------------------------------------------
@@ -361,14 +443,24 @@ def _put(resource_type: str, identifier: JSON, resource: JSON) -> JSON:
 
 
 def result_transaction_for(
-    result: LabResult, mapping: LabMapping, *, critical: bool | None = None
+    result: LabResult,
+    mapping: LabMapping,
+    *,
+    critical: bool | None = None,
+    previous: LabResult | None = None,
 ) -> JSON:
     """One transaction Bundle: DiagnosticReport + Observations + the review Task.
 
     ``critical`` overrides the flag-based decision (e.g. a reviewer marked it);
-    None means ``is_critical(result, mapping)``.
+    None means ``is_critical(result, mapping)``. ``previous`` is the version of this
+    report published before (the last critical one, if any was): when it was critical,
+    the Task stays stat whatever the new values are, and says what was corrected --
+    the provider may already have acted on the critical value.
     """
     critical = is_critical(result, mapping) if critical is None else critical
+    before = critical_findings(previous, mapping) if previous is not None else ()
+    corrected_critical = _critical_correction(result, before, mapping)
+    stat = critical or bool(before)
     report_id = report_identifier(result, mapping)
     report_url = _full_url(report_id)
     entries: list[JSON] = []
@@ -416,14 +508,16 @@ def result_transaction_for(
         "resourceType": "Task",
         "meta": _meta(mapping),
         "identifier": [task_id],
-        # A corrected report reopens review: the conditional PUT sets the
-        # same Task back to requested.
+        # A corrected report reopens review: the conditional PUT makes a new
+        # version of the same Task (the server keeps the earlier ones), back to
+        # requested; once critical, it stays stat.
         "status": "requested",
         "intent": "order",
-        "priority": mapping.task_texts["critical_priority" if critical else "normal_priority"],
+        "priority": mapping.task_texts["critical_priority" if stat else "normal_priority"],
         "code": {"text": "Review lab result"},
         "description": mapping.task_texts["review_description"]
         + (" (corrected)" if result.is_correction else "")
+        + (f" - {corrected_critical}" if corrected_critical else "")
         + (" - critical" if critical else ""),
         "focus": {"reference": report_url, "type": "DiagnosticReport"},
         "for": _patient_reference(result.patient, mapping),
