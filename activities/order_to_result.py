@@ -18,6 +18,7 @@ from mappings.order_to_result.fhir_builders import (
     escalation_task_for,
     is_critical,
     order_identifiers,
+    report_key,
     result_transaction_for,
     service_request_for,
 )
@@ -45,6 +46,9 @@ class InterpretedResult(BaseModel):
     unmapped_codes: list[str]
     critical: bool
     mapping_version: str
+    # Per result, which report it is (fhir_builders.report_key, by the mapping version).
+    # Empty in results recorded before it existed: LabResult.report_key then.
+    report_keys: list[str] = []
 
 
 class PublishOrderInput(BaseModel):
@@ -134,6 +138,7 @@ def interpret_lab_result(request: InterpretInput) -> InterpretedResult:
         unmapped_codes=unmapped,
         critical=any(is_critical(result, mapping) for result in results),
         mapping_version=mapping.version,
+        report_keys=[report_key(result, mapping) for result in results],
     )
 
 

@@ -100,7 +100,7 @@ class OrderToResult(ReviewableWorkflow):
         self._status = "received"
         self._written: list[str] = []
         self._closing = False
-        # Per report (LabResult.report_key): the version published last, or the last
+        # Per report (InterpretedResult.report_keys): the version published last, or the last
         # critical one if any was, and whether it was critical. A correction's Task is
         # built knowing it, so a critical value is never silently downgraded.
         self._published_reports: dict[str, tuple[LabResult, bool]] = {}
@@ -277,8 +277,9 @@ class OrderToResult(ReviewableWorkflow):
                     return
                 allow_unmapped = True
             break
-        for result in interpreted.results:
-            earlier = self._published_reports.get(result.report_key)
+        keys = interpreted.report_keys or [r.report_key for r in interpreted.results]
+        for result, key in zip(interpreted.results, keys, strict=True):
+            earlier = self._published_reports.get(key)
             outcome = await self._publish(
                 publish_lab_result,
                 PublishResultInput(
@@ -295,7 +296,7 @@ class OrderToResult(ReviewableWorkflow):
             )
             if outcome is not None:
                 if earlier is None or outcome.critical or not earlier[1]:
-                    self._published_reports[result.report_key] = (result, outcome.critical)
+                    self._published_reports[key] = (result, outcome.critical)
                 self._after_result_published(result, interpreted.critical)
 
     async def _same_patient_as_order(self, results: list[LabResult]) -> bool:

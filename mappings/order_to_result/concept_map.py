@@ -73,6 +73,8 @@ class LabMapping:
     mapping_tag_code: str
     # LOINC code -> critical limits (v2 on); empty in v1, which decided by OBX-8 flags only.
     critical_ranges: dict[str, CriticalRange]
+    # The report identifier includes OBR-4 (v2 on): one report per OBR group.
+    report_per_service: bool = False
 
     def to_loinc(self, system: str, code: str) -> LoincConcept | None:
         """LOINC for one (v2 coding system, code); an ``LN`` code is already LOINC."""
@@ -170,6 +172,7 @@ def _load(version: str) -> LabMapping:
             )
             for loinc, limits in dict(critical.get("ranges", {})).items()
         },
+        report_per_service=bool(data.get("report", {}).get("per_service", False)),
     )
 
 

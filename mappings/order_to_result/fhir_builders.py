@@ -42,6 +42,7 @@ __all__ = [
     "is_critical",
     "order_identifiers",
     "report_identifier",
+    "report_key",
     "result_transaction_for",
     "service_request_for",
 ]
@@ -104,16 +105,26 @@ def _report_value(key: OrderKey) -> str:
     raise ValueError("a result needs a placer or a filler order number")
 
 
+def report_key(result: LabResult, mapping: LabMapping) -> str:
+    """The value of DiagnosticReport.identifier: the order number, and from mapping v2 the
+    OBR-4 code (two OBR groups of one order are two reports). Carries order numbers."""
+    value = _report_value(_key(result))
+    if mapping.report_per_service:
+        service = result.universal_service_id
+        value += f"/{quote(service.system or 'L', safe='')}:{quote(service.code, safe='')}"
+    return value
+
+
 def report_identifier(result: LabResult, mapping: LabMapping) -> JSON:
     """DiagnosticReport.identifier: stable across preliminary, final and corrected reports."""
-    return {"system": mapping.identifier_system("lab_report"), "value": _report_value(_key(result))}
+    return {"system": mapping.identifier_system("lab_report"), "value": report_key(result, mapping)}
 
 
 def _observation_identifiers(result: LabResult, mapping: LabMapping) -> list[JSON]:
     # Keyed by the code as sent (not by OBX-1, which feeds often leave blank
     # or repeat, nor by the LOINC of one mapping version); the n-th repeat of
     # the same code gets its occurrence number.
-    report = _report_value(_key(result))
+    report = report_key(result, mapping)
     seen: dict[str, int] = {}
     identifiers: list[JSON] = []
     for obs in result.observations:

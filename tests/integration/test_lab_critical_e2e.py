@@ -20,8 +20,8 @@ from workers import sample_messages as sm
 
 
 def report_identifier_value(order: sm.SampleOrder) -> str:
-    # As the builders derive it from the filler number sample results carry.
-    return f"filler/{quote(sm.LAB, safe='')}/F{order.placer_order_number}"
+    # As the builders of mapping v2 derive it: the filler number, then OBR-4.
+    return f"filler/{quote(sm.LAB, safe='')}/F{order.placer_order_number}/L:{order.local_code}"
 
 
 async def test_critical_potassium_corrected_to_normal_keeps_a_stat_task(engine: Engine) -> None:
@@ -94,6 +94,7 @@ async def test_result_for_another_mrn_than_its_order_waits_for_a_reviewer(engine
     await send(engine, sm.lab_result(order, "E2E-1102-R2", [sm.SODIUM]))
     await engine.wait_for_status(wid, "final")
     report, task = await report_and_task(engine, order)
+    assert report["identifier"][0]["value"] == report_identifier_value(order)
     assert report["subject"]["identifier"]["value"] == "MRN7101"
     assert task["priority"] == "routine"
 

@@ -12,6 +12,7 @@ from mappings.order_to_result.concept_map import load_lab_mapping
 from mappings.order_to_result.fhir_builders import (
     critical_findings,
     is_critical,
+    report_key,
     result_transaction_for,
 )
 from models.lab import LabResult, PatientRef
@@ -133,3 +134,27 @@ def test_patient_mismatch_is_same_authority_other_identifier() -> None:
     assert not PatientRef(identifier="MRN1", assigning_authority="hosp").is_other_patient_than(mrn)
     # Another authority's number cannot be compared with this one.
     assert not PatientRef(identifier="X9", assigning_authority="LAB").is_other_patient_than(mrn)
+
+
+def test_critical_value_in_a_second_obr_under_the_same_orc() -> None:
+    # One ORC, two OBR groups: both carry the same order numbers.
+    sodium_order = sm.SampleOrder("CRIT-3", local_code="NA", text="Sodium")
+    text = sm.lab_result(sodium_order, "C-3", [sm.SODIUM])
+    text += (
+        f"OBR|2|CRIT-3^{sm.HOSPITAL}|FCRIT-3^{sm.LAB}|K^Potassium^L|||20261125083000"
+        "|||||||||||||||20261125083000|||F\r"
+        "OBX|1|NM|K^Potassium^L||6.9|mmol/L|3.5-5.1|HH|||F\r"
+    )
+    sodium_report, potassium_report = parse_lab_results(text)
+    assert is_critical(potassium_report, V2)
+    # v2: one report (and one Task) per OBR group, so the second cannot overwrite the first.
+    assert report_key(sodium_report, V2) != report_key(potassium_report, V2)
+    sodium_task = task_of(result_transaction_for(sodium_report, V2))
+    potassium_task = task_of(result_transaction_for(potassium_report, V2))
+    assert sodium_task["identifier"] != potassium_task["identifier"]
+    assert potassium_task["priority"] == "stat"
+    # v1 (pinned by running exchanges) keyed both groups alike: the workflow then passes the
+    # critical group as ``previous`` of the next, which keeps the shared Task stat.
+    assert report_key(sodium_report, V1) == report_key(potassium_report, V1)
+    shared = task_of(result_transaction_for(sodium_report, V1, previous=potassium_report))
+    assert shared["priority"] == "stat"
