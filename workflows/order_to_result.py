@@ -241,6 +241,7 @@ class OrderToResult(ReviewableWorkflow):
         await self._publish_result_message(message)
 
     async def _publish_result_message(self, message: InboundMessage) -> None:
+        patient_checked = False  # a reviewer is asked once per message, not per retry
         while True:
             interpreted = await self._run_activity(
                 interpret_lab_result,
@@ -249,8 +250,10 @@ class OrderToResult(ReviewableWorkflow):
             )
             if interpreted is None:
                 return
-            if not await self._same_patient_as_order(interpreted.results):
-                return
+            if not patient_checked:
+                if not await self._same_patient_as_order(interpreted.results):
+                    return
+                patient_checked = True
             allow_unmapped = False
             if interpreted.unmapped_codes:
                 decision = await self.ask_reviewer(
