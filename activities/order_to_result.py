@@ -13,13 +13,14 @@ from temporalio.exceptions import ApplicationError
 
 from adapters.fhir import FhirClient, FhirRejectedError
 from adapters.hl7v2.lab_messages import LabMessageInvalid, parse_lab_order, parse_lab_results
-from mappings.order_to_result.concept_map import load_lab_mapping, unmapped_codes
+from mappings.order_to_result.concept_map import LabMapping, load_lab_mapping, unmapped_codes
 from mappings.order_to_result.fhir_builders import (
     escalation_task_for,
     is_critical,
     order_identifiers,
     report_key,
     result_transaction_for,
+    review_task_identifier,
     service_request_for,
 )
 from models.lab import LabOrder, LabResult
@@ -164,7 +165,15 @@ class FhirActivities:
     @activity.defn(name="publish_lab_result")
     async def publish_lab_result(self, request: PublishResultInput) -> PublishOutcome:
         mapping = load_lab_mapping(request.mapping_version)
-        bundle = result_transaction_for(request.result, mapping, previous=request.previous)
+        stat_before = False
+        if request.previous is None and request.result.is_correction:
+            # A correction this run of the exchange never saw the report of (it came after
+            # the exchange closed): the Task on the server says whether it was critical.
+            # Corrections only, so results cost no extra read.
+            stat_before = await self._review_task_is_stat(request.result, mapping)
+        bundle = result_transaction_for(
+            request.result, mapping, previous=request.previous, stat_before=stat_before
+        )
         try:
             response = await self._fhir.transaction(bundle)
         except FhirRejectedError as err:
@@ -172,6 +181,17 @@ class FhirActivities:
         return PublishOutcome(
             resources=_locations(response), critical=is_critical(request.result, mapping)
         )
+
+    async def _review_task_is_stat(self, result: LabResult, mapping: LabMapping) -> bool:
+        task_id = review_task_identifier(result, mapping)
+        try:
+            found = await self._fhir.search(
+                "Task", {"identifier": f"{task_id['system']}|{task_id['value']}"}
+            )
+        except FhirRejectedError as err:
+            raise _rejected(err) from err
+        stat = mapping.task_texts["critical_priority"]
+        return any(task.get("priority") == stat for task in found)
 
     @activity.defn(name="find_service_request")
     async def find_service_request(self, request: FindOrderInput) -> bool:

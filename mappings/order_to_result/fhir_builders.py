@@ -44,6 +44,7 @@ __all__ = [
     "report_identifier",
     "report_key",
     "result_transaction_for",
+    "review_task_identifier",
     "service_request_for",
 ]
 
@@ -459,6 +460,7 @@ def result_transaction_for(
     *,
     critical: bool | None = None,
     previous: LabResult | None = None,
+    stat_before: bool = False,
 ) -> JSON:
     """One transaction Bundle: DiagnosticReport + Observations + the review Task.
 
@@ -466,12 +468,16 @@ def result_transaction_for(
     None means ``is_critical(result, mapping)``. ``previous`` is the version of this
     report published before (the last critical one, if any was): when it was critical,
     the Task stays stat whatever the new values are, and says what was corrected --
-    the provider may already have acted on the critical value.
+    the provider may already have acted on the critical value. ``stat_before``: the
+    review Task on the server is stat though ``previous`` is unknown (a correction
+    that reached a later run of the exchange): it stays stat too.
     """
     critical = is_critical(result, mapping) if critical is None else critical
     before = critical_findings(previous, mapping) if previous is not None else ()
     corrected_critical = _critical_correction(result, before, mapping)
-    stat = critical or bool(before)
+    if stat_before and not before:
+        corrected_critical = "critical value corrected: see the earlier versions of this Task"
+    stat = critical or bool(before) or stat_before
     report_id = report_identifier(result, mapping)
     report_url = _full_url(report_id)
     entries: list[JSON] = []
@@ -511,10 +517,7 @@ def result_transaction_for(
         report["issued"] = issued
     entries.insert(0, _put("DiagnosticReport", report_id, _validated(DiagnosticReport, report)))
 
-    task_id = {
-        "system": mapping.identifier_system("result_review_task"),
-        "value": report_id["value"],
-    }
+    task_id = review_task_identifier(result, mapping)
     task: JSON = {
         "resourceType": "Task",
         "meta": _meta(mapping),
@@ -539,6 +542,14 @@ def result_transaction_for(
 
     bundle: JSON = {"resourceType": "Bundle", "type": "transaction", "entry": entries}
     return _validated(Bundle, bundle)
+
+
+def review_task_identifier(result: LabResult, mapping: LabMapping) -> JSON:
+    """Task.identifier of the provider's review Task of ``result``'s report."""
+    return {
+        "system": mapping.identifier_system("result_review_task"),
+        "value": report_key(result, mapping),
+    }
 
 
 def _without_type(identifier: JSON) -> JSON:

@@ -59,6 +59,27 @@ async def test_critical_potassium_corrected_to_normal_keeps_a_stat_task(engine: 
     assert earlier["description"].endswith("critical")
 
 
+async def test_a_correction_after_the_exchange_closed_keeps_the_task_stat(engine: Engine) -> None:
+    order = sm.SampleOrder("E2E-1104", local_code="K", text="Potassium")
+    wid = workflow_id(engine, order)
+    await send(
+        engine,
+        sm.lab_order(order, "E2E-1104-O"),
+        sm.lab_result(order, "E2E-1104-R1", [sm.POTASSIUM_CRITICAL]),
+    )
+    first_run = await engine.handle(wid).result()  # closes after its correction window
+    [task_ref] = {ref for ref in first_run["resources_written"] if ref.startswith("Task/")}
+
+    # The correction starts a new run, which never saw the critical report.
+    normal = sm.ResultValue("K", "Potassium", "4.1", "mmol/L", "3.5-5.1", "N")
+    await send(engine, sm.lab_result(order, "E2E-1104-R2", [normal], result_status="C"))
+    await engine.wait_for_status(wid, "corrected")
+    task = await read(engine, task_ref)
+    assert task["priority"] == "stat"
+    assert "critical value corrected" in task["description"]
+    assert len(await engine.fhir.history("Task", task["id"])) == 2
+
+
 async def test_result_for_another_mrn_than_its_order_waits_for_a_reviewer(engine: Engine) -> None:
     order = sm.SampleOrder("E2E-1102", patient=sm.SamplePatient(mrn="MRN7101"))
     wid = workflow_id(engine, order)

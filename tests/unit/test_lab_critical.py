@@ -158,3 +158,10 @@ def test_critical_value_in_a_second_obr_under_the_same_orc() -> None:
     assert report_key(sodium_report, V1) == report_key(potassium_report, V1)
     shared = task_of(result_transaction_for(sodium_report, V1, previous=potassium_report))
     assert shared["priority"] == "stat"
+
+
+def test_stat_task_on_the_server_keeps_an_unknown_report_correction_stat() -> None:
+    corrected = result(potassium("4.1", "N"), status="C")
+    task = task_of(result_transaction_for(corrected, V2, stat_before=True))
+    assert task["priority"] == "stat"
+    assert "critical value corrected" in task["description"]
