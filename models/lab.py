@@ -49,6 +49,16 @@ class PatientRef(_Frozen):
     birth_date: date | None = None
     sex: str = ""
 
+    def is_other_patient_than(self, other: PatientRef) -> bool:
+        """Both name a patient by an identifier of the same assigning authority, and the
+        identifiers differ: a result filed against ``other``'s order would be the wrong
+        patient's. Identifiers of different authorities cannot be compared: False."""
+        if not self.identifier or not other.identifier:
+            return False
+        if self.assigning_authority.strip().upper() != other.assigning_authority.strip().upper():
+            return False
+        return self.identifier.strip() != other.identifier.strip()
+
 
 class OrderingProvider(_Frozen):
     """ORC-12 / OBR-16: the clinician whose work queue receives the result."""
@@ -143,6 +153,14 @@ class LabResult(_Frozen):
     notes: tuple[str, ...] = ()
     # None when the message says nothing of the specimen (no SPM, OBR-15 empty).
     specimen: LabSpecimen | None = None
+
+    @property
+    def report_key(self) -> str:
+        """Which report this is, across its versions: the filler number (the lab issues
+        the report), else the placer number. Carries order numbers: workflow state only."""
+        if self.filler_order_number:
+            return f"filler|{self.filler_namespace}|{self.filler_order_number}"
+        return f"placer|{self.placer_namespace}|{self.placer_order_number}"
 
     @property
     def is_correction(self) -> bool:

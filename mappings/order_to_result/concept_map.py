@@ -20,6 +20,7 @@ from models.lab import CodedConcept, LabObservation, LabResult
 from models.review import UnmappedObservation
 
 __all__ = [
+    "CriticalRange",
     "LabMapping",
     "LoincCandidate",
     "LoincConcept",
@@ -44,6 +45,15 @@ class LoincConcept:
 
 
 @dataclass(frozen=True)
+class CriticalRange:
+    """Critical (panic) limits of one LOINC code, in one UCUM unit: outside is critical."""
+
+    low: float | None
+    high: float | None
+    unit: str
+
+
+@dataclass(frozen=True)
 class LabMapping:
     """One mapping version: ``local_to_loinc.<v>.csv`` + ``v2_to_fhir.<v>.toml``."""
 
@@ -65,6 +75,10 @@ class LabMapping:
     unit_aliases: dict[str, str]
     mapping_tag_system: str
     mapping_tag_code: str
+    # LOINC code -> critical limits (v2 on); empty in v1, which decided by OBX-8 flags only.
+    critical_ranges: dict[str, CriticalRange]
+    # The report identifier includes OBR-4 (v2 on): one report per OBR group.
+    report_per_service: bool = False
 
     def to_loinc(self, system: str, code: str) -> LoincConcept | None:
         """LOINC for one (v2 coding system, code); an ``LN`` code is already LOINC."""
@@ -139,6 +153,7 @@ def _load(version: str) -> LabMapping:
     coding = dict(data["coding_systems"])
     local_prefix = str(coding.pop("local_prefix"))
     interpretation = data["interpretation"]
+    critical = data["critical"]
     return LabMapping(
         version=version,
         local_to_loinc=local_to_loinc,
@@ -150,7 +165,7 @@ def _load(version: str) -> LabMapping:
         interpretation_system=str(interpretation["system"]),
         interpretation_codes=frozenset(str(c) for c in interpretation["codes"]),
         interpretation_display=_str_dict(interpretation.get("display", {})),
-        critical_flags=frozenset(str(f) for f in data["critical"]["flags"]),
+        critical_flags=frozenset(str(f) for f in critical["flags"]),
         priority=_str_dict(data["priority"]),
         task_texts=_str_dict(data["task"]),
         naive_timestamp_offset=str(data["time"]["naive_timestamp_offset"]),
@@ -158,6 +173,15 @@ def _load(version: str) -> LabMapping:
         unit_aliases=_str_dict(data["units"]["aliases"]),
         mapping_tag_system=str(data["mapping_tag"]["system"]),
         mapping_tag_code=str(data["mapping_tag"]["code_prefix"]) + version,
+        critical_ranges={
+            str(loinc): CriticalRange(
+                low=None if "low" not in limits else float(limits["low"]),
+                high=None if "high" not in limits else float(limits["high"]),
+                unit=str(limits["unit"]),
+            )
+            for loinc, limits in dict(critical.get("ranges", {})).items()
+        },
+        report_per_service=bool(data.get("report", {}).get("per_service", False)),
     )
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 from urllib.parse import quote
@@ -36,12 +37,16 @@ from models.lab import (
 )
 
 __all__ = [
+    "CriticalFinding",
     "OrderKey",
+    "critical_findings",
     "escalation_task_for",
     "is_critical",
     "order_identifiers",
     "report_identifier",
+    "report_key",
     "result_transaction_for",
+    "review_task_identifier",
     "service_request_for",
 ]
 
@@ -103,16 +108,26 @@ def _report_value(key: OrderKey) -> str:
     raise ValueError("a result needs a placer or a filler order number")
 
 
+def report_key(result: LabResult, mapping: LabMapping) -> str:
+    """The value of DiagnosticReport.identifier: the order number, and from mapping v2 the
+    OBR-4 code (two OBR groups of one order are two reports). Carries order numbers."""
+    value = _report_value(_key(result))
+    if mapping.report_per_service:
+        service = result.universal_service_id
+        value += f"/{quote(service.system or 'L', safe='')}:{quote(service.code, safe='')}"
+    return value
+
+
 def report_identifier(result: LabResult, mapping: LabMapping) -> JSON:
     """DiagnosticReport.identifier: stable across preliminary, final and corrected reports."""
-    return {"system": mapping.identifier_system("lab_report"), "value": _report_value(_key(result))}
+    return {"system": mapping.identifier_system("lab_report"), "value": report_key(result, mapping)}
 
 
 def _observation_identifiers(result: LabResult, mapping: LabMapping) -> list[JSON]:
     # Keyed by the code as sent (not by OBX-1, which feeds often leave blank
     # or repeat, nor by the LOINC of one mapping version); the n-th repeat of
     # the same code gets its occurrence number.
-    report = _report_value(_key(result))
+    report = report_key(result, mapping)
     seen: dict[str, int] = {}
     identifiers: list[JSON] = []
     for obs in result.observations:
@@ -248,11 +263,90 @@ def _validated(model: type[BaseModel], resource: JSON) -> JSON:
 # --- critical results -------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class CriticalFinding:
+    """One observation that makes a result critical, as the provider's Task names it."""
+
+    code: str  # "system|code" as sent: stable across versions of the report
+    label: str  # the test's text, else its code
+    value: str  # comparator, number and unit, or the text/coded answer
+    why: str  # the OBX-8 flag, or "critical range" when the mapping's limits decided
+
+    def describe(self) -> str:
+        return f"{self.label} {self.value} ({self.why})"
+
+
+def _observation_value(obs: LabObservation) -> str:
+    if obs.numeric_value is not None:
+        text = f"{obs.comparator or ''}{obs.numeric_value:g}"
+        return f"{text} {obs.units}" if obs.units else text
+    if obs.coded_value is not None:
+        return obs.coded_value.text or obs.coded_value.code
+    return obs.string_value or ""
+
+
+def _outside_critical_range(obs: LabObservation, mapping: LabMapping) -> bool:
+    if obs.numeric_value is None or not mapping.critical_ranges:
+        return False
+    loinc = mapping.loinc_for(obs.code)
+    limits = mapping.critical_ranges.get(loinc.code) if loinc else None
+    if limits is None or mapping.ucum(obs.units) != limits.unit:
+        return False
+    value, comparator = obs.numeric_value, obs.comparator or ""
+    # "<2.0" is below a low limit of 2.5 whatever the true value; "<3.0" may not be.
+    low_certain = comparator in ("", "<", "<=")
+    high_certain = comparator in ("", ">", ">=")
+    if limits.low is not None and low_certain:
+        if value < limits.low or (comparator == "<" and value <= limits.low):
+            return True
+    if limits.high is not None and high_certain:
+        if value > limits.high or (comparator == ">" and value >= limits.high):
+            return True
+    return False
+
+
+def critical_findings(result: LabResult, mapping: LabMapping) -> tuple[CriticalFinding, ...]:
+    """The observations that make ``result`` critical: any OBX-8 repetition the mapping
+    calls critical (HH, LL, AA; case as sent does not matter), or a value outside the
+    critical range the mapping declares for its LOINC code (from v2)."""
+    findings: list[CriticalFinding] = []
+    for obs in result.observations:
+        flag = next((f for f in obs.abnormal_flags if f.upper() in mapping.critical_flags), None)
+        if flag is None and not _outside_critical_range(obs, mapping):
+            continue
+        findings.append(
+            CriticalFinding(
+                code=f"{obs.code.system or 'L'}|{obs.code.code}",
+                label=obs.code.text or obs.code.code,
+                value=_observation_value(obs),
+                why=flag.upper() if flag else "critical range",
+            )
+        )
+    return tuple(findings)
+
+
 def is_critical(result: LabResult, mapping: LabMapping) -> bool:
-    """Any OBX-8 flag the mapping calls critical (HH, LL, AA in v1)."""
-    return any(
-        flag in mapping.critical_flags for obs in result.observations for flag in obs.abnormal_flags
-    )
+    """Whether any observation of ``result`` is critical (see critical_findings)."""
+    return bool(critical_findings(result, mapping))
+
+
+def _critical_correction(
+    result: LabResult, before: tuple[CriticalFinding, ...], mapping: LabMapping
+) -> str:
+    """ "critical value corrected: K 6.9 mmol/L (HH) -> 4.1 mmol/L", or "" when the
+    report published before was not critical or its critical values did not change."""
+    if not before:
+        return ""
+    now = {
+        f"{obs.code.system or 'L'}|{obs.code.code}": _observation_value(obs)
+        for obs in result.observations
+    }
+    changes = [
+        f"{finding.describe()} -> {now.get(finding.code, 'not reported')}"
+        for finding in before
+        if now.get(finding.code) != finding.value
+    ]
+    return "critical value corrected: " + "; ".join(changes) if changes else ""
 
 
 # --- ServiceRequest ----------------------------------------------------------------------
@@ -412,14 +506,29 @@ _REPORT_NOTE_EXTENSION = (
 
 
 def result_transaction_for(
-    result: LabResult, mapping: LabMapping, *, critical: bool | None = None
+    result: LabResult,
+    mapping: LabMapping,
+    *,
+    critical: bool | None = None,
+    previous: LabResult | None = None,
+    stat_before: bool = False,
 ) -> JSON:
     """One transaction Bundle: DiagnosticReport + Observations + the review Task.
 
     ``critical`` overrides the flag-based decision (e.g. a reviewer marked it);
-    None means ``is_critical(result, mapping)``.
+    None means ``is_critical(result, mapping)``. ``previous`` is the version of this
+    report published before (the last critical one, if any was): when it was critical,
+    the Task stays stat whatever the new values are, and says what was corrected --
+    the provider may already have acted on the critical value. ``stat_before``: the
+    review Task on the server is stat though ``previous`` is unknown (a correction
+    that reached a later run of the exchange): it stays stat too.
     """
     critical = is_critical(result, mapping) if critical is None else critical
+    before = critical_findings(previous, mapping) if previous is not None else ()
+    corrected_critical = _critical_correction(result, before, mapping)
+    if stat_before and not before:
+        corrected_critical = "critical value corrected: see the earlier versions of this Task"
+    stat = critical or bool(before) or stat_before
     report_id = report_identifier(result, mapping)
     report_url = _full_url(report_id)
     entries: list[JSON] = []
@@ -469,22 +578,21 @@ def result_transaction_for(
         report["issued"] = issued
     entries.insert(0, _put("DiagnosticReport", report_id, _validated(DiagnosticReport, report)))
 
-    task_id = {
-        "system": mapping.identifier_system("result_review_task"),
-        "value": report_id["value"],
-    }
+    task_id = review_task_identifier(result, mapping)
     task: JSON = {
         "resourceType": "Task",
         "meta": _meta(mapping),
         "identifier": [task_id],
-        # A corrected report reopens review: the conditional PUT sets the
-        # same Task back to requested.
+        # A corrected report reopens review: the conditional PUT makes a new
+        # version of the same Task (the server keeps the earlier ones), back to
+        # requested; once critical, it stays stat.
         "status": "requested",
         "intent": "order",
-        "priority": mapping.task_texts["critical_priority" if critical else "normal_priority"],
+        "priority": mapping.task_texts["critical_priority" if stat else "normal_priority"],
         "code": {"text": "Review lab result"},
         "description": mapping.task_texts["review_description"]
         + (" (corrected)" if result.is_correction else "")
+        + (f" - {corrected_critical}" if corrected_critical else "")
         + (" - critical" if critical else ""),
         "focus": {"reference": report_url, "type": "DiagnosticReport"},
         "for": _patient_reference(result.patient, mapping),
@@ -495,6 +603,14 @@ def result_transaction_for(
 
     bundle: JSON = {"resourceType": "Bundle", "type": "transaction", "entry": entries}
     return _validated(Bundle, bundle)
+
+
+def review_task_identifier(result: LabResult, mapping: LabMapping) -> JSON:
+    """Task.identifier of the provider's review Task of ``result``'s report."""
+    return {
+        "system": mapping.identifier_system("result_review_task"),
+        "value": report_key(result, mapping),
+    }
 
 
 def _without_type(identifier: JSON) -> JSON:
