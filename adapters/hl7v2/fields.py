@@ -271,7 +271,10 @@ def timestamp(raw: str, delimiters: Delimiters) -> datetime | None:
     tz = None
     if g["tz"]:
         sign = 1 if g["tz"][0] == "+" else -1
-        tz = timezone(sign * timedelta(hours=int(g["tz"][1:3]), minutes=int(g["tz"][3:5])))
+        hours, minutes = int(g["tz"][1:3]), int(g["tz"][3:5])
+        if hours > 23 or minutes > 59:  # -9900 is no offset: an impossible value
+            return None
+        tz = timezone(sign * timedelta(hours=hours, minutes=minutes))
     try:
         return datetime(
             int(g["y"]),

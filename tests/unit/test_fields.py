@@ -126,6 +126,8 @@ def test_formatting_escapes_are_kept_or_rendered() -> None:
             datetime(2024, 2, 29, 13, 45, 12, tzinfo=timezone(timedelta(hours=2, minutes=15))),
         ),
         ("20230229", None),  # no such day
+        ("202402291345-9900", None),  # no such offset (found by the fuzzer)
+        ("202402291345+0075", None),
         ("2024-02-29", None),
         ("", None),
     ],
