@@ -11,7 +11,7 @@ from typing import Any
 from adapters.hl7v2.ack import parse_ack
 from models.review import ReviewAction, ReviewDecision
 from tests.support.engine import Engine, mllp_send
-from tests.unit.test_lab_messages import with_notes
+from tests.unit.test_lab_messages import with_notes, with_v23_specimen
 from workers import sample_messages as sm
 from workflows.search_attributes import exchange_status_query
 
@@ -338,3 +338,17 @@ async def test_nte_comments_reach_the_fhir_server_as_notes(engine: Engine) -> No
     ]
     observation = await read(engine, report["result"][0]["reference"])
     assert observation["note"] == [{"text": "Verified by repeat & dilution\nCalled to ward"}]
+
+
+async def test_the_specimen_is_written_with_its_collection_time(engine: Engine) -> None:
+    order = sm.SampleOrder("E2E-1021")
+    result = with_v23_specimen(sm.lab_result(order, "E2E-1021-R", [sm.SODIUM]))
+    assert await send(engine, sm.lab_order(order, "E2E-1021-O"), result) == ["AA", "AA"]
+    await engine.wait_for_status(workflow_id(engine, order), "final")
+    report, _ = await report_and_task(engine, order)
+    [specimen_ref] = report["specimen"]
+    specimen = await read(engine, specimen_ref["reference"])
+    assert specimen["collection"]["collectedDateTime"].startswith("2026-11-25")
+    assert specimen["type"]["coding"][0]["code"] == "BLD"
+    observation = await read(engine, report["result"][0]["reference"])
+    assert observation["specimen"] == specimen_ref
