@@ -118,6 +118,8 @@ class LabObservation(_Frozen):
     # NTE-3 comments that follow this OBX, unescaped (one note per NTE, its repetitions
     # joined by line breaks).
     notes: tuple[str, ...] = ()
+    # OBX-23 (XON name): the lab that performed this test, when not the sending one.
+    performing_organization: str = ""
 
 
 class LabSpecimen(_Frozen):
@@ -153,6 +155,8 @@ class LabResult(_Frozen):
     notes: tuple[str, ...] = ()
     # None when the message says nothing of the specimen (no SPM, OBR-15 empty).
     specimen: LabSpecimen | None = None
+    # OBR-32 (principal result interpreter) as a name, or its id when no name is sent.
+    results_interpreter: str = ""
 
     @property
     def report_key(self) -> str:

@@ -438,7 +438,16 @@ def _result(message: _Message, patient: PatientRef, group: _ReportGroup, status:
         ordering_provider=provider,
         notes=tuple(group.notes),
         specimen=_specimen(group.spm, obr, d),
+        results_interpreter=_interpreter(obr.raw(32), d),
     )
+
+
+def _interpreter(raw: str, d: Delimiters) -> str:
+    """OBR-32 (NDL): its first component is a CNN in subcomponents (1 id, 2 family name,
+    3 given name); the name as people write it, else the id."""
+    cnn = subcomponents(at(components(raw, d), 1), d)
+    identifier, family, given = (unescape_text(at(cnn, n), d).strip() for n in (1, 2, 3))
+    return " ".join(part for part in (given, family) if part) or identifier
 
 
 def _specimen(spm: Segment | None, obr: Segment, d: Delimiters) -> LabSpecimen | None:
@@ -593,4 +602,5 @@ def _observation(
         result_status=unescape_text(obx.raw(11), d).strip().upper(),
         observed_at=timestamp(obx.raw(14), d),
         notes=tuple(notes),
+        performing_organization=unescape_text(at(components(obx.raw(23), d), 1), d).strip(),
     )

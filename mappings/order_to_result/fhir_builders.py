@@ -393,6 +393,12 @@ def _based_on(result: LabResult, mapping: LabMapping) -> list[JSON]:
     return [{"type": "ServiceRequest", "identifier": identifier}]
 
 
+def _organization(name: str) -> JSON:
+    """The performing lab by name (MSH-4 / OBX-23): Careweave keeps no Organization
+    directory to resolve it against."""
+    return {"type": "Organization", "display": name}
+
+
 def _specimen(
     result: LabResult, specimen: LabSpecimen, identifier: JSON, mapping: LabMapping
 ) -> JSON:
@@ -450,6 +456,9 @@ def _observation(
     }
     if specimen is not None:
         resource["specimen"] = specimen
+    performer = obs.performing_organization or result.sending_facility
+    if performer:
+        resource["performer"] = [_organization(performer)]
     effective = _datetime(obs.observed_at or result.observed_at, mapping)
     if effective:
         resource["effectiveDateTime"] = effective
@@ -564,6 +573,12 @@ def result_transaction_for(
     }
     if specimen_ref is not None:
         report["specimen"] = [specimen_ref]
+    if result.sending_facility:
+        report["performer"] = [_organization(result.sending_facility)]
+    if result.results_interpreter:
+        report["resultsInterpreter"] = [
+            {"type": "Practitioner", "display": result.results_interpreter}
+        ]
     if result.notes:
         # R4's DiagnosticReport has no note (R5 added one): the cross-version extension.
         report["extension"] = [

@@ -471,3 +471,26 @@ def test_a_result_that_says_nothing_of_its_specimen_has_none() -> None:
     result = parse_lab_result(sm.lab_result(sm.SampleOrder("SPC-0"), "SPC-0-R", [sm.SODIUM]))
     assert result.specimen is None
     assert entries_of(result_transaction_for(result, MAPPING), "Specimen") == []
+
+
+def test_the_performing_lab_and_the_results_interpreter_are_named() -> None:
+    result = parse_lab_result(corpus("results/oru-r01-lri-cbc-msfhirconv-1.hl7"))
+    bundle = result_transaction_for(result, MAPPING)
+    report = only(bundle, "DiagnosticReport")["resource"]
+    # MSH-4 sent the report; OBX-23 names the lab that ran each test.
+    assert report["performer"] == [{"type": "Organization", "display": "NIST Lab Facility"}]
+    for observation in entries_of(bundle, "Observation"):
+        assert observation["resource"]["performer"] == [
+            {"type": "Organization", "display": "Century Hospital"}
+        ]
+
+    order = sm.SampleOrder("INT-1")
+    lines = sm.lab_result(order, "INT-1-R", [sm.SODIUM]).split("\r")
+    obr_at = next(i for i, line in enumerate(lines) if line.startswith("OBR"))
+    fields = lines[obr_at].split("|") + [""] * 33
+    fields[32] = "4411&Reader&Rhea&&&Dr"
+    lines[obr_at] = "|".join(fields[:33])
+    result = parse_lab_result("\r".join(lines))
+    assert result.results_interpreter == "Rhea Reader"
+    report = only(result_transaction_for(result, MAPPING), "DiagnosticReport")["resource"]
+    assert report["resultsInterpreter"] == [{"type": "Practitioner", "display": "Rhea Reader"}]
