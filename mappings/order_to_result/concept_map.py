@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 import tomllib
 from dataclasses import dataclass
 from functools import cache
@@ -183,6 +184,42 @@ def _load(version: str) -> LabMapping:
         },
         report_per_service=bool(data.get("report", {}).get("per_service", False)),
     )
+
+
+# What CWE-3 can never hold as read: the reader splits on these (or they are escaped).
+_HL7_DELIMITERS = frozenset("|^~\\&")
+
+
+def concept_map_problems(version: str) -> list[str]:
+    """Rows of ``local_to_loinc.<version>.csv`` that can never match or cannot be trusted,
+    one sentence each (`make test` requires none): a system the v2 reader can never deliver
+    (a delimiter in it, or spaces around it), LOINC-coded input (used as is, the row is
+    dead), a (system, code) pair given twice (the later row silently wins), a malformed
+    LOINC code, and a row that does not say where it came from."""
+    name = f"local_to_loinc.{version}.csv"
+    return concept_rows_problems(_read_text(name), name)
+
+
+def concept_rows_problems(text: str, name: str) -> list[str]:
+    """``concept_map_problems`` of a concept map's CSV text."""
+    problems: list[str] = []
+    seen: dict[tuple[str, str], int] = {}
+    for line, row in enumerate(csv.DictReader(io.StringIO(text)), start=2):
+        where = f"{name} line {line}"
+        system, code = row["local_system"], row["local_code"].strip()
+        if system != system.strip() or _HL7_DELIMITERS & set(system):
+            problems.append(f"{where}: system {system!r} can never come out of a CWE-3")
+        if (system.strip() or LOCAL_V2_SYSTEM) == "LN":
+            problems.append(f"{where}: LOINC-coded input needs no row; it can never be used")
+        key = (system.strip() or LOCAL_V2_SYSTEM, code)
+        if key in seen:
+            problems.append(f"{where}: {key} repeats line {seen[key]}, which it overrides")
+        seen.setdefault(key, line)
+        if not re.fullmatch(r"\d{1,7}-\d", row["loinc_code"].strip()):
+            problems.append(f"{where}: {row['loinc_code']!r} is not a LOINC code")
+        if not (row.get("source") or "").strip():
+            problems.append(f"{where}: no source: say where the row came from")
+    return problems
 
 
 def unmapped_codes(result: LabResult, mapping: LabMapping) -> list[str]:

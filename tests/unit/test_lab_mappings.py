@@ -16,7 +16,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from adapters.hl7v2.lab_messages import parse_lab_order, parse_lab_result, parse_lab_results
-from mappings.order_to_result.concept_map import load_lab_mapping, unmapped_codes
+from mappings.order_to_result.concept_map import (
+    concept_map_problems,
+    concept_rows_problems,
+    load_lab_mapping,
+    unmapped_codes,
+)
 from mappings.order_to_result.fhir_builders import (
     escalation_task_for,
     is_critical,
@@ -62,6 +67,7 @@ def test_csv_rows_are_well_formed_loinc() -> None:
         "loinc_code",
         "loinc_display",
         "ucum_unit",
+        "source",
     ]
     for row in rows:
         assert re.fullmatch(r"\d{1,7}-\d", row["loinc_code"]), row
@@ -494,3 +500,34 @@ def test_the_performing_lab_and_the_results_interpreter_are_named() -> None:
     assert result.results_interpreter == "Rhea Reader"
     report = only(result_transaction_for(result, MAPPING), "DiagnosticReport")["resource"]
     assert report["resultsInterpreter"] == [{"type": "Practitioner", "display": "Rhea Reader"}]
+
+
+# --- concept map hygiene -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_every_concept_map_row_can_match_and_says_where_it_came_from(version: str) -> None:
+    assert concept_map_problems(version) == []
+
+
+def test_the_hygiene_check_names_each_kind_of_dead_or_untraceable_row() -> None:
+    text = (
+        "local_system,local_code,loinc_code,loinc_display,ucum_unit,source\n"
+        "L,NA,2951-2,Sodium,mmol/L,sample feed\n"
+        "L,NA,2951-2,Sodium again,mmol/L,sample feed\n"
+        "LN,2951-2,2951-2,Sodium,mmol/L,sample feed\n"
+        "L^X,K,2823-3,Potassium,mmol/L,sample feed\n"
+        "L,GLU,2345,Glucose,mg/dL,\n"
+    )
+    problems = concept_rows_problems(text, "test.csv")
+    assert [problem.split(":")[0] for problem in problems] == [
+        "test.csv line 3",
+        "test.csv line 4",
+        "test.csv line 5",
+        "test.csv line 6",
+        "test.csv line 6",
+    ]
+    assert "repeats line 2" in problems[0]
+    assert "LOINC-coded input" in problems[1]
+    assert "can never come out of a CWE-3" in problems[2]
+    assert "not a LOINC code" in problems[3] and "no source" in problems[4]
