@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 from typing import Any
+from urllib.parse import quote
 
 from rapidfuzz import fuzz, process, utils
 
@@ -87,9 +88,15 @@ class LabMapping:
         return None
 
     def system_uri(self, v2_system: str) -> str:
-        """FHIR Coding.system for a v2 coding system; unknown ones are sender-local."""
+        """FHIR Coding.system for a v2 coding system; unknown ones are sender-local.
+
+        A sender's own system name is percent-encoded into the URI: real CWE-3s carry text
+        with spaces, which made an invalid ``uri`` (FHIR: no whitespace).
+        """
         v2_system = v2_system or LOCAL_V2_SYSTEM
-        return self.coding_systems.get(v2_system) or self.local_system_prefix + v2_system
+        return self.coding_systems.get(v2_system) or self.local_system_prefix + quote(
+            v2_system, safe=""
+        )
 
     def identifier_system(self, kind: str) -> str:
         return self.identifier_systems[kind]

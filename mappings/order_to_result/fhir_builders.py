@@ -23,6 +23,7 @@ from fhir.resources.R4B.task import Task
 from pydantic import BaseModel
 
 from mappings.fhir_identifiers import conditional_url, patient_identifier, qualified_system
+from mappings.fhir_validation import validate_resource
 from mappings.order_to_result.concept_map import LabMapping
 from models.lab import (
     CodedConcept,
@@ -239,8 +240,12 @@ def _report_status(result: LabResult, mapping: LabMapping) -> str:
 
 
 def _validated(model: type[BaseModel], resource: JSON) -> JSON:
-    dumped: JSON = model.model_validate(resource).model_dump(mode="json", exclude_none=True)
-    return dumped
+    # Checked against the model's own definition, compiled once (mappings/fhir_validation):
+    # a Bundle's check covers only its own elements, its entries' resources were checked
+    # as they were built. No dump and re-read: the JSON is returned as it was validated.
+    if resource.get("resourceType") != model.__name__:
+        raise ValueError(f"expected a {model.__name__}, got {resource.get('resourceType')}")
+    return validate_resource(resource)
 
 
 # --- critical results -------------------------------------------------------------------
