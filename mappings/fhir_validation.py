@@ -135,7 +135,7 @@ def _model_schema(
     )
     if choices:
         schema = core_schema.no_info_after_validator_function(_choice_check(choices), schema)
-    definitions[ref] = {**schema, "ref": ref}  # type: ignore[typeddict-item]
+    definitions[ref] = {**schema, "ref": ref}
     return core_schema.definition_reference_schema(ref)
 
 

@@ -1,0 +1,109 @@
+"""The compiled FHIR check (mappings/fhir_validation) agrees with fhir.resources R4B.
+
+It replaced fhir.resources on the per-message path for speed, so it must accept what the
+mappers emit and reject what fhir.resources rejects; where it is stricter (a uri with
+whitespace) the test says so.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from fhir.resources.R4B.bundle import Bundle
+from pydantic import ValidationError
+
+from adapters.hl7v2.adt_messages import parse_adt_event
+from adapters.hl7v2.lab_messages import parse_lab_results
+from mappings.discharge_sync.fhir_builders import encounter_transaction_for
+from mappings.discharge_sync.mapping import load_adt_mapping
+from mappings.fhir_validation import FhirInvalid, validate_bundle, validate_resource
+from mappings.order_to_result.concept_map import load_lab_mapping
+from mappings.order_to_result.fhir_builders import result_transaction_for
+from tests.unit.test_adt_messages import DISCHARGE_SYNC_FILES
+from tests.unit.test_adt_messages import corpus as adt_corpus
+from tests.unit.test_lab_messages import REFUSED, RESULT_FILES, corpus
+
+JSON = dict[str, Any]
+LAB = load_lab_mapping("v1")
+
+
+def _lab_bundles() -> list[JSON]:
+    return [
+        result_transaction_for(result, LAB)
+        for name in RESULT_FILES
+        if name not in REFUSED
+        for result in parse_lab_results(corpus(name))
+    ]
+
+
+def test_every_mapped_corpus_bundle_passes_both_checks() -> None:
+    bundles = _lab_bundles()
+    adt = load_adt_mapping()
+    bundles += [
+        encounter_transaction_for(parse_adt_event(adt_corpus(name)), adt)
+        for name in DISCHARGE_SYNC_FILES
+    ]
+    assert len(bundles) >= 10
+    for bundle in bundles:
+        assert validate_bundle(bundle) is bundle  # returned as is: nothing re-serialised
+        Bundle.model_validate(bundle)
+
+
+def _observation(bundle: JSON) -> JSON:
+    resource: JSON = bundle["entry"][1]["resource"]
+    assert resource["resourceType"] == "Observation"
+    return resource
+
+
+BROKEN: dict[str, Callable[[JSON], object]] = {
+    "missing required status": lambda b: _observation(b).pop("status"),
+    "missing required code": lambda b: _observation(b).pop("code"),
+    "code with leading space": lambda b: _observation(b).update(status=" final"),
+    "unknown element": lambda b: _observation(b).update(valueText="7"),
+    "impossible dateTime": lambda b: _observation(b).update(effectiveDateTime="2026-13-45"),
+    "time without offset": lambda b: _observation(b).update(effectiveDateTime="2026-11-25T08:30"),
+    "two value[x]": lambda b: _observation(b).update(valueString="7"),
+    "object where a list is": lambda b: _observation(b).update(identifier={"value": "x"}),
+    "number as text": lambda b: _observation(b)["valueQuantity"].update(value="seven"),
+    "wrong resourceType": lambda b: _observation(b).update(resourceType="Observaton"),
+    "Bundle without type": lambda b: b.pop("type"),
+    "entry request without method": lambda b: b["entry"][0]["request"].pop("method"),
+}
+
+
+@pytest.mark.parametrize("breakage", sorted(BROKEN))
+def test_an_invalid_resource_in_the_bundle_is_caught_like_fhir_resources_does(
+    breakage: str,
+) -> None:
+    bundle = copy.deepcopy(_lab_bundles()[0])
+    assert "valueQuantity" in _observation(bundle)
+    BROKEN[breakage](bundle)
+    # (fhir.resources answers an unknown resourceType with a KeyError of its own)
+    with pytest.raises((ValidationError, KeyError)):
+        Bundle.model_validate(bundle)
+    with pytest.raises(FhirInvalid):
+        validate_bundle(bundle)
+
+
+def test_a_uri_with_spaces_is_caught_though_fhir_resources_lets_it_through() -> None:
+    bundle = copy.deepcopy(_lab_bundles()[0])
+    _observation(bundle)["code"]["coding"][0]["system"] = "urn:local:Lab Result Codes"
+    Bundle.model_validate(bundle)  # fhir.resources applies FHIR's \S* unanchored
+    with pytest.raises(FhirInvalid) as caught:
+        validate_bundle(bundle)
+    assert caught.value.errors[0]["loc"] == ("entry", 1, "resource", "code", "coding", 0, "system")
+
+
+def test_a_local_coding_system_with_spaces_is_encoded_into_a_valid_uri() -> None:
+    system = LAB.system_uri("Lab Result Codes")
+    assert " " not in system and system.endswith("Lab%20Result%20Codes")
+
+
+def test_the_error_names_the_element_and_an_unknown_type_is_refused() -> None:
+    with pytest.raises(FhirInvalid, match=r"Observation\.status: Field required"):
+        validate_resource({"resourceType": "Observation", "code": {"text": "K"}})
+    with pytest.raises(FhirInvalid, match="unknown resource type"):
+        validate_resource({"resourceType": "NoSuchThing"})
