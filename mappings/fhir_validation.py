@@ -24,7 +24,7 @@ from importlib import import_module
 from typing import Any, Union
 
 from fhir_core.fhirabstractmodel import FHIRAbstractModel
-from fhir_core.types import FhirBase, Uri
+from fhir_core.types import Date, Decimal, FhirBase, Uri
 from pydantic import TypeAdapter, ValidationError
 from pydantic_core import SchemaValidator, core_schema
 
@@ -35,6 +35,16 @@ __all__ = ["FhirInvalid", "validate_bundle", "validate_resource"]
 JSON = dict[str, Any]
 _R4B = "fhir.resources.R4B"
 _URI = core_schema.str_schema(pattern=r"^\S*$")
+# A JSON number (what the builders write), checked in Rust rather than by fhir_core's
+# Python hook; date, dateTime and instant are checked against fhir_core's patterns the
+# same way, without its calendar check (a 30 February): the builders write dates from
+# Python date objects, which cannot hold one.
+_DECIMAL = core_schema.union_schema(
+    [
+        core_schema.int_schema(strict=True),
+        core_schema.float_schema(strict=True, allow_inf_nan=False),
+    ]
+)
 
 
 class FhirInvalid(ConfigurationError, ValueError):
@@ -177,9 +187,12 @@ def _field_schema(
 @cache
 def _primitive_schema(annotation: Any) -> core_schema.CoreSchema:
     if typing.get_origin(annotation) is typing.Annotated:
-        base, *metadata = typing.get_args(annotation)
-        if base is str and any(isinstance(m, type) and issubclass(m, Uri) for m in metadata):
-            return _URI
-        if any(isinstance(m, Uri) for m in metadata):
-            return _URI
+        _, *metadata = typing.get_args(annotation)
+        for kind in metadata:
+            if isinstance(kind, Uri):
+                return _URI
+            if isinstance(kind, Decimal):
+                return _DECIMAL
+            if isinstance(kind, Date):  # and DateTime, Instant: fhir_core's own patterns
+                return core_schema.str_schema(pattern=f"^(?:{kind.pattern.pattern})$")
     return TypeAdapter(annotation).core_schema

@@ -9,7 +9,7 @@ import csv
 import io
 import tomllib
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, lru_cache
 from importlib import resources
 from typing import Any
 from urllib.parse import quote
@@ -94,8 +94,8 @@ class LabMapping:
         with spaces, which made an invalid ``uri`` (FHIR: no whitespace).
         """
         v2_system = v2_system or LOCAL_V2_SYSTEM
-        return self.coding_systems.get(v2_system) or self.local_system_prefix + quote(
-            v2_system, safe=""
+        return self.coding_systems.get(v2_system) or _local_system_uri(
+            self.local_system_prefix, v2_system
         )
 
     def identifier_system(self, kind: str) -> str:
@@ -105,6 +105,11 @@ class LabMapping:
         """UCUM code for an OBX-6 unit, or None when it is not (known) UCUM."""
         normalised = self.unit_aliases.get(unit, unit)
         return normalised if normalised in self.ucum_units else None
+
+
+@lru_cache(maxsize=256)
+def _local_system_uri(prefix: str, v2_system: str) -> str:
+    return prefix + quote(v2_system, safe="")
 
 
 def _read_text(name: str) -> str:
