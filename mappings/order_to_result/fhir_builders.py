@@ -23,7 +23,12 @@ from fhir.resources.R4B.servicerequest import ServiceRequest
 from fhir.resources.R4B.task import Task
 from pydantic import BaseModel
 
-from mappings.fhir_identifiers import conditional_url, patient_identifier, qualified_system
+from mappings.fhir_identifiers import (
+    conditional_url,
+    patient_identifier,
+    qualified_system,
+    quoted_code,
+)
 from mappings.fhir_validation import validate_resource
 from mappings.order_to_result.concept_map import LabMapping
 from models.lab import (
@@ -116,7 +121,7 @@ def _observation_identifiers(result: LabResult, mapping: LabMapping) -> list[JSO
     seen: dict[str, int] = {}
     identifiers: list[JSON] = []
     for obs in result.observations:
-        code_key = f"{quote(obs.code.system or 'L', safe='')}:{quote(obs.code.code, safe='')}"
+        code_key = f"{quoted_code(obs.code.system or 'L')}:{quoted_code(obs.code.code)}"
         seen[code_key] = seen.get(code_key, 0) + 1
         identifiers.append(
             {

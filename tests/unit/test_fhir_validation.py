@@ -8,11 +8,13 @@ whitespace) the test says so.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 from fhir.resources.R4B.bundle import Bundle
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from adapters.hl7v2.adt_messages import parse_adt_event
@@ -25,6 +27,7 @@ from mappings.order_to_result.fhir_builders import result_transaction_for
 from tests.unit.test_adt_messages import DISCHARGE_SYNC_FILES
 from tests.unit.test_adt_messages import corpus as adt_corpus
 from tests.unit.test_lab_messages import REFUSED, RESULT_FILES, corpus
+from workers import sample_messages as sm
 
 JSON = dict[str, Any]
 LAB = load_lab_mapping("v1")
@@ -107,3 +110,49 @@ def test_the_error_names_the_element_and_an_unknown_type_is_refused() -> None:
         validate_resource({"resourceType": "Observation", "code": {"text": "K"}})
     with pytest.raises(FhirInvalid, match="unknown resource type"):
         validate_resource({"resourceType": "NoSuchThing"})
+
+
+# --- property: whatever a sender puts in an OBX, the mapper emits valid FHIR -----------------
+
+_TEXT = st.text(
+    alphabet=st.characters(
+        whitelist_categories=("L", "N", "Zs", "Pd", "Po"), blacklist_characters="|^~\\&"
+    ),
+    max_size=20,
+).map(str.strip)
+_VALUES = st.builds(
+    sm.ResultValue,
+    local_code=_TEXT.filter(bool),
+    text=_TEXT,
+    value=st.one_of(_TEXT, st.decimals(-1e6, 1e6, places=3).map(str)),
+    units=_TEXT,
+    reference_range=st.sampled_from(["", "3.5-5.1", "<10", "> 2", "neg"]),
+    flag=st.sampled_from(["", "N", "H", "LL", "HH", "A"]),
+    value_type=st.sampled_from(["NM", "ST", "SN", "CWE", "TX"]),
+    coding_system=st.one_of(st.sampled_from(["L", "LN", "99zzz or L", ""]), _TEXT),
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(values=st.lists(_VALUES, min_size=1, max_size=6))
+def test_every_bundle_the_mapper_emits_validates_with_only_valid_uris(
+    values: list[sm.ResultValue],
+) -> None:
+    text = sm.lab_result(sm.SampleOrder("PROP-1"), "PROP-1", values)
+    for result in parse_lab_results(text):
+        bundle = result_transaction_for(result, LAB)  # raises FhirInvalid if not valid
+        Bundle.model_validate(bundle)
+        for system in _systems(bundle):
+            assert system and not any(c.isspace() for c in system), system
+
+
+def _systems(node: object) -> Iterator[str]:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "system" and isinstance(value, str):
+                yield value
+            else:
+                yield from _systems(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from _systems(item)
