@@ -13,12 +13,14 @@ from temporalio.exceptions import ApplicationError
 
 from adapters.fhir import FhirClient, FhirRejectedError
 from adapters.hl7v2.lab_messages import LabMessageInvalid, parse_lab_order, parse_lab_results
-from mappings.order_to_result.concept_map import load_lab_mapping, unmapped_codes
+from mappings.order_to_result.concept_map import LabMapping, load_lab_mapping, unmapped_codes
 from mappings.order_to_result.fhir_builders import (
     escalation_task_for,
     is_critical,
     order_identifiers,
+    report_key,
     result_transaction_for,
+    review_task_identifier,
     service_request_for,
 )
 from models.lab import LabOrder, LabResult
@@ -45,6 +47,9 @@ class InterpretedResult(BaseModel):
     unmapped_codes: list[str]
     critical: bool
     mapping_version: str
+    # Per result, which report it is (fhir_builders.report_key, by the mapping version).
+    # Empty in results recorded before it existed: LabResult.report_key then.
+    report_keys: list[str] = []
 
 
 class PublishOrderInput(BaseModel):
@@ -56,6 +61,10 @@ class PublishResultInput(BaseModel):
     result: LabResult
     mapping_version: str
     allow_unmapped: bool = False
+    # The version of this report the workflow published before (the last critical one,
+    # if any was): a critical value is never downgraded by a correction. The workflow
+    # knows what it published (deterministic state), so no FHIR read per result.
+    previous: LabResult | None = None
 
 
 class FindOrderInput(BaseModel):
@@ -74,6 +83,9 @@ class PublishOutcome(BaseModel):
     """Logical ids of what was written ("ServiceRequest/12"): no PHI."""
 
     resources: list[str]
+    # The result written carried a critical value itself. False in outcomes recorded
+    # before this field existed.
+    critical: bool = False
 
 
 def _invalid(err: LabMessageInvalid) -> ApplicationError:
@@ -127,6 +139,7 @@ def interpret_lab_result(request: InterpretInput) -> InterpretedResult:
         unmapped_codes=unmapped,
         critical=any(is_critical(result, mapping) for result in results),
         mapping_version=mapping.version,
+        report_keys=[report_key(result, mapping) for result in results],
     )
 
 
@@ -152,12 +165,33 @@ class FhirActivities:
     @activity.defn(name="publish_lab_result")
     async def publish_lab_result(self, request: PublishResultInput) -> PublishOutcome:
         mapping = load_lab_mapping(request.mapping_version)
-        bundle = result_transaction_for(request.result, mapping)
+        stat_before = False
+        if request.previous is None and request.result.is_correction:
+            # A correction this run of the exchange never saw the report of (it came after
+            # the exchange closed): the Task on the server says whether it was critical.
+            # Corrections only, so results cost no extra read.
+            stat_before = await self._review_task_is_stat(request.result, mapping)
+        bundle = result_transaction_for(
+            request.result, mapping, previous=request.previous, stat_before=stat_before
+        )
         try:
             response = await self._fhir.transaction(bundle)
         except FhirRejectedError as err:
             raise _rejected(err) from err
-        return PublishOutcome(resources=_locations(response))
+        return PublishOutcome(
+            resources=_locations(response), critical=is_critical(request.result, mapping)
+        )
+
+    async def _review_task_is_stat(self, result: LabResult, mapping: LabMapping) -> bool:
+        task_id = review_task_identifier(result, mapping)
+        try:
+            found = await self._fhir.search(
+                "Task", {"identifier": f"{task_id['system']}|{task_id['value']}"}
+            )
+        except FhirRejectedError as err:
+            raise _rejected(err) from err
+        stat = mapping.task_texts["critical_priority"]
+        return any(task.get("priority") == stat for task in found)
 
     @activity.defn(name="find_service_request")
     async def find_service_request(self, request: FindOrderInput) -> bool:

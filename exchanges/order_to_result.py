@@ -159,5 +159,5 @@ EXCHANGE: ExchangeSpec[OrderKey] = ExchangeSpec(
     },
     summary="Lab order-to-result for an order of {facility}",
     search_attributes=(*START_SEARCH_ATTRIBUTES, sa.REVIEW_STATE),
-    mapping_version="v1",
+    mapping_version="v2",
 )

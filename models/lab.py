@@ -49,6 +49,16 @@ class PatientRef(_Frozen):
     birth_date: date | None = None
     sex: str = ""
 
+    def is_other_patient_than(self, other: PatientRef) -> bool:
+        """Both name a patient by an identifier of the same assigning authority, and the
+        identifiers differ: a result filed against ``other``'s order would be the wrong
+        patient's. Identifiers of different authorities cannot be compared: False."""
+        if not self.identifier or not other.identifier:
+            return False
+        if self.assigning_authority.strip().upper() != other.assigning_authority.strip().upper():
+            return False
+        return self.identifier.strip() != other.identifier.strip()
+
 
 class OrderingProvider(_Frozen):
     """ORC-12 / OBR-16: the clinician whose work queue receives the result."""
@@ -105,6 +115,21 @@ class LabObservation(_Frozen):
     abnormal_flags: tuple[str, ...] = ()
     result_status: str = ""
     observed_at: datetime | None = None
+    # NTE-3 comments that follow this OBX, unescaped (one note per NTE, its repetitions
+    # joined by line breaks).
+    notes: tuple[str, ...] = ()
+
+
+class LabSpecimen(_Frozen):
+    """SPM (v2.5+) or OBR-15 (v2.3 SPS): what was collected, from which body site, when it
+    was collected (SPM-17 / OBR-7) and received (SPM-18 / OBR-14), by whom (OBR-10)."""
+
+    type: CodedConcept | None = None
+    body_site: CodedConcept | None = None
+    collected_at: datetime | None = None
+    received_at: datetime | None = None
+    # OBR-10's name as text: collectors rarely have an id a FHIR Practitioner could carry.
+    collector: str = ""
 
 
 class LabResult(_Frozen):
@@ -124,6 +149,18 @@ class LabResult(_Frozen):
     observations: tuple[LabObservation, ...]
     patient: PatientRef
     ordering_provider: OrderingProvider | None = None
+    # NTE-3 comments on the OBR itself (before its first OBX).
+    notes: tuple[str, ...] = ()
+    # None when the message says nothing of the specimen (no SPM, OBR-15 empty).
+    specimen: LabSpecimen | None = None
+
+    @property
+    def report_key(self) -> str:
+        """Which report this is, across its versions: the filler number (the lab issues
+        the report), else the placer number. Carries order numbers: workflow state only."""
+        if self.filler_order_number:
+            return f"filler|{self.filler_namespace}|{self.filler_order_number}"
+        return f"placer|{self.placer_namespace}|{self.placer_order_number}"
 
     @property
     def is_correction(self) -> bool:

@@ -8,6 +8,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from models.lab import PatientRef
+
 
 class ReviewAction(StrEnum):
     APPROVE = "approve"
@@ -26,6 +28,9 @@ class ReviewReason(StrEnum):
     DELIVERY_FAILED = "delivery-failed"
     # Discharge sync: an A08 changing diagnoses after the encounter's exchange closed.
     UPDATE_AFTER_CLOSE = "update-after-close"
+    # Order-to-result: the result's PID names another patient than its order (same
+    # placer number, another MRN of the same assigning authority): never published unseen.
+    PATIENT_MISMATCH = "patient-mismatch"
 
 
 class UnmappedObservation(BaseModel):
@@ -62,6 +67,17 @@ class UnknownOrderContext(BaseModel):
     held_messages: tuple[str, ...] = ()
 
 
+class PatientMismatchContext(BaseModel):
+    """Result for another patient than its order: both patients as their messages name
+    them (PHI: encrypted with the workflow's state, shown to signed-in reviewers only)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    kind: Literal["patient-mismatch"] = "patient-mismatch"
+    order_patient: PatientRef
+    result_patient: PatientRef
+
+
 class DeliveryFailureContext(BaseModel):
     """Failed delivery: where it went, what was sent and what the partner answered."""
 
@@ -81,7 +97,7 @@ class DeliveryFailureContext(BaseModel):
 
 # What the review page shows beside the summary; one kind per review reason that has one.
 ReviewContext = Annotated[
-    UnmappedCodeContext | UnknownOrderContext | DeliveryFailureContext,
+    UnmappedCodeContext | UnknownOrderContext | DeliveryFailureContext | PatientMismatchContext,
     Field(discriminator="kind"),
 ]
 

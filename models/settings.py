@@ -163,6 +163,8 @@ class Settings(BaseSettings):
     review_sla_minutes: dict[str, int] = Field(
         default_factory=lambda: {
             "delivery-failed": 30,
+            # A result held as another patient's may be the one a clinician waits for.
+            "patient-mismatch": 30,
             "unknown-order": 60,
             "fhir-rejected": 60,
             "invalid-message": 120,

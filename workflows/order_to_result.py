@@ -52,6 +52,7 @@ with workflow.unsafe.imports_passed_through():
     from models.lab import LabOrder, LabResult
     from models.messages import InboundMessage
     from models.review import (
+        PatientMismatchContext,
         ReviewAction,
         ReviewReason,
         UnknownOrderContext,
@@ -99,6 +100,10 @@ class OrderToResult(ReviewableWorkflow):
         self._status = "received"
         self._written: list[str] = []
         self._closing = False
+        # Per report (InterpretedResult.report_keys): the version published last, or the last
+        # critical one if any was, and whether it was critical. A correction's Task is
+        # built knowing it, so a critical value is never silently downgraded.
+        self._published_reports: dict[str, tuple[LabResult, bool]] = {}
 
     @workflow.run
     async def run(self, params: OrderToResultInput) -> OrderToResultSummary:
@@ -236,6 +241,7 @@ class OrderToResult(ReviewableWorkflow):
         await self._publish_result_message(message)
 
     async def _publish_result_message(self, message: InboundMessage) -> None:
+        patient_checked = False  # a reviewer is asked once per message, not per retry
         while True:
             interpreted = await self._run_activity(
                 interpret_lab_result,
@@ -244,6 +250,10 @@ class OrderToResult(ReviewableWorkflow):
             )
             if interpreted is None:
                 return
+            if not patient_checked:
+                if not await self._same_patient_as_order(interpreted.results):
+                    return
+                patient_checked = True
             allow_unmapped = False
             if interpreted.unmapped_codes:
                 decision = await self.ask_reviewer(
@@ -270,13 +280,16 @@ class OrderToResult(ReviewableWorkflow):
                     return
                 allow_unmapped = True
             break
-        for result in interpreted.results:
+        keys = interpreted.report_keys or [r.report_key for r in interpreted.results]
+        for result, key in zip(interpreted.results, keys, strict=True):
+            earlier = self._published_reports.get(key)
             outcome = await self._publish(
                 publish_lab_result,
                 PublishResultInput(
                     result=result,
                     mapping_version=interpreted.mapping_version,
                     allow_unmapped=allow_unmapped,
+                    previous=earlier[0] if earlier else None,
                 ),
                 summary=(
                     "Write the corrected report (same resources, new version)"
@@ -285,7 +298,41 @@ class OrderToResult(ReviewableWorkflow):
                 ),
             )
             if outcome is not None:
+                if earlier is None or outcome.critical or not earlier[1]:
+                    self._published_reports[key] = (result, outcome.critical)
                 self._after_result_published(result, interpreted.critical)
+
+    async def _same_patient_as_order(self, results: list[LabResult]) -> bool:
+        """False when a result names another patient than its order and the reviewer did
+        not confirm it: nothing of the message is published then."""
+        order = self._order
+        if order is None:
+            return True
+        other = next(
+            (r.patient for r in results if r.patient.is_other_patient_than(order.patient)), None
+        )
+        # Checked before the patch call so runs without a mismatch record no marker and
+        # histories recorded before the guard (none had a mismatch) replay unchanged.
+        if other is None or not workflow.patched("lab-patient-mismatch-review"):
+            return True
+        decision = await self.ask_reviewer(
+            ReviewReason.PATIENT_MISMATCH,
+            "The result's patient identifier (PID-3) differs from its order's "
+            "for the same assigning authority",
+            actions={
+                ReviewAction.REJECT: "do not publish this result (wrong patient)",
+                ReviewAction.APPROVE: (
+                    "publish under the order: only after confirming with the lab that "
+                    "the result belongs to the order's patient"
+                ),
+            },
+            context=PatientMismatchContext(order_patient=order.patient, result_patient=other),
+        )
+        if decision.action is ReviewAction.APPROVE:
+            return True
+        # The order stays open: its own patient's result may still come (or the SLA fires).
+        self._set_status("result-rejected")
+        return False
 
     def _after_result_published(self, result: LabResult, critical: bool) -> None:
         if result.is_correction:

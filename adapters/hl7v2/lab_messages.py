@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from adapters.hl7v2.fields import (
     FILLER_ORDER_NUMBER_FIELDS,
@@ -53,6 +53,7 @@ from models.lab import (
     LabObservation,
     LabOrder,
     LabResult,
+    LabSpecimen,
     OrderingProvider,
     PatientRef,
     Priority,
@@ -71,7 +72,7 @@ __all__ = [
 ]
 
 
-_READ_SEGMENTS = frozenset({"MSH", "PID", "ORC", "TQ1", "OBR", "OBX"})
+_READ_SEGMENTS = frozenset({"MSH", "PID", "ORC", "TQ1", "OBR", "OBX", "NTE", "SPM"})
 _ORDER_TYPES = frozenset({("ORM", "O01"), ("OML", "O21")})
 _RESULT_TYPES = frozenset({("ORU", "R01")})
 
@@ -347,30 +348,56 @@ def parse_lab_results(text: str) -> list[LabResult]:
     d = message.delimiters
     if (message.message_code, message.trigger_event) not in _RESULT_TYPES:
         raise LabMessageInvalid("MSH", 9, "not a lab result message (ORU^R01)")
-    groups: list[tuple[Segment | None, Segment, list[Segment]]] = []
+    groups: list[_ReportGroup] = []
     orc: Segment | None = None
     for seg in message.segments:
         if seg.name == "ORC":
             orc = seg
         elif seg.name == "OBR":
-            groups.append((orc, seg, []))
+            groups.append(_ReportGroup(orc, seg))
         elif seg.name == "OBX":
             if not groups:
                 # An OBX outside an OBR group cannot be attributed to an
                 # order; filing it anyway would be a half-read result.
                 raise LabMessageInvalid("OBX", None, "observation before any OBR")
-            groups[-1][2].append(seg)
+            groups[-1].obxs.append(seg)
+            groups[-1].obx_notes.append([])
+        elif seg.name == "SPM" and groups and groups[-1].spm is None:
+            groups[-1].spm = seg
+        elif seg.name == "NTE" and groups and (note := _note(seg, d)):
+            # A comment belongs to the OBX it follows, or to the OBR before any OBX.
+            group = groups[-1]
+            (group.obx_notes[-1] if group.obxs else group.notes).append(note)
     if not groups:
         raise LabMessageInvalid("OBR", None, "observation request segment missing")
     patient = read_patient(message.segments, d)
     results: list[LabResult] = []
-    for group_orc, obr, obxs in groups:
-        status = unescape_text(obr.raw(25), d).strip().upper()
+    for group in groups:
+        status = unescape_text(group.obr.raw(25), d).strip().upper()
         # OBR-25 = X: the test could not be done; a report with no OBX is expected.
-        if not obxs and status != "X":
+        if not group.obxs and status != "X":
             raise LabMessageInvalid("OBX", None, "observation request without observations")
-        results.append(_result(message, patient, group_orc, obr, obxs, status))
+        results.append(_result(message, patient, group, status))
     return results
+
+
+@dataclass
+class _ReportGroup:
+    """One OBR with its OBX, and the NTE comments on each."""
+
+    orc: Segment | None
+    obr: Segment
+    obxs: list[Segment] = field(default_factory=list)
+    obx_notes: list[list[str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    # The group's first SPM (v2.5+ SPECIMEN group); later ones are other containers.
+    spm: Segment | None = None
+
+
+def _note(nte: Segment, d: Delimiters) -> str:
+    """NTE-3 (FT, repeating) as text: escapes resolved, \\.br\\ and repetitions as line
+    breaks."""
+    return "\n".join(unescape_text(line, d) for line in nte.repetitions(3)).strip()
 
 
 def parse_lab_result(text: str) -> LabResult:
@@ -383,15 +410,9 @@ def parse_lab_result(text: str) -> LabResult:
     return results[0]
 
 
-def _result(
-    message: _Message,
-    patient: PatientRef,
-    orc: Segment | None,
-    obr: Segment,
-    obxs: Sequence[Segment],
-    status: str,
-) -> LabResult:
+def _result(message: _Message, patient: PatientRef, group: _ReportGroup, status: str) -> LabResult:
     d = message.delimiters
+    orc, obr = group.orc, group.obr
     placer, placer_ns, filler, filler_ns = _order_numbers(orc, obr, d)
     service = _coded(obr.raw(4), d)
     if service is None:
@@ -409,10 +430,50 @@ def _result(
         result_status=status,
         observed_at=timestamp(obr.raw(7), d),
         reported_at=timestamp(obr.raw(22), d),
-        observations=tuple(_observation(obx, index, d) for index, obx in enumerate(obxs, 1)),
+        observations=tuple(
+            _observation(obx, index, d, notes)
+            for index, (obx, notes) in enumerate(zip(group.obxs, group.obx_notes, strict=True), 1)
+        ),
         patient=patient,
         ordering_provider=provider,
+        notes=tuple(group.notes),
+        specimen=_specimen(group.spm, obr, d),
     )
+
+
+def _specimen(spm: Segment | None, obr: Segment, d: Delimiters) -> LabSpecimen | None:
+    """SPM when there is one (v2.5+), else OBR-15 (v2.3 SPS: 1 source, 4 body site, each a
+    CE in subcomponents); times from SPM-17/18, else OBR-7/14; collector from OBR-10."""
+    collector = person(obr.raw(10), d)
+    collector_name = " ".join(p for p in (collector.given_name, collector.family_name) if p)
+    if spm is not None:
+        specimen_type = _coded(spm.raw(4), d)
+        body_site = _coded(spm.raw(8), d)
+        collected = timestamp(at(components(spm.raw(17), d), 1), d)
+        received = timestamp(spm.raw(18), d)
+    else:
+        source = components(obr.raw(15), d)
+        specimen_type = _coded_subcomponents(at(source, 1), d)
+        body_site = _coded_subcomponents(at(source, 4), d)
+        if specimen_type is None and body_site is None:
+            return None
+        collected = received = None
+    return LabSpecimen(
+        type=specimen_type,
+        body_site=body_site,
+        collected_at=collected or timestamp(obr.raw(7), d),
+        received_at=received or timestamp(obr.raw(14), d),
+        collector=collector_name,
+    )
+
+
+def _coded_subcomponents(raw: str, d: Delimiters) -> CodedConcept | None:
+    """A CE carried in one component (OBR-15's parts): code, text, system as subcomponents."""
+    parts = subcomponents(raw, d)
+    code, text = unescape_text(at(parts, 1), d), unescape_text(at(parts, 2), d)
+    if not code and not text:
+        return None
+    return CodedConcept(code=code, text=text, system=unescape_text(at(parts, 3), d))
 
 
 _NUMBER = r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)"
@@ -498,7 +559,9 @@ def _reference_range(raw: str, d: Delimiters) -> tuple[float | None, float | Non
     return None, None, visible
 
 
-def _observation(obx: Segment, index: int, d: Delimiters) -> LabObservation:
+def _observation(
+    obx: Segment, index: int, d: Delimiters, notes: Sequence[str] = ()
+) -> LabObservation:
     code = _coded(obx.raw(3), d)
     if code is None:
         raise LabMessageInvalid("OBX", 3, "observation identifier missing")
@@ -529,4 +592,5 @@ def _observation(obx: Segment, index: int, d: Delimiters) -> LabObservation:
         abnormal_flags=flags,
         result_status=unescape_text(obx.raw(11), d).strip().upper(),
         observed_at=timestamp(obx.raw(14), d),
+        notes=tuple(notes),
     )

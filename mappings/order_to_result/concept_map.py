@@ -20,6 +20,7 @@ from models.lab import CodedConcept, LabObservation, LabResult
 from models.review import UnmappedObservation
 
 __all__ = [
+    "CriticalRange",
     "LabMapping",
     "LoincCandidate",
     "LoincConcept",
@@ -31,6 +32,9 @@ __all__ = [
 
 LOINC_V2_SYSTEM = "LN"
 LOCAL_V2_SYSTEM = "L"
+# What a URN's name part may hold as is (RFC 8141's pchar without "%", which starts an
+# escape): anything else in a sender's coding system name is percent-encoded.
+_URN_SAFE = "-._~!$&'()*+,;=:@/"
 
 
 @dataclass(frozen=True)
@@ -38,6 +42,15 @@ class LoincConcept:
     code: str
     display: str
     ucum_unit: str = ""
+
+
+@dataclass(frozen=True)
+class CriticalRange:
+    """Critical (panic) limits of one LOINC code, in one UCUM unit: outside is critical."""
+
+    low: float | None
+    high: float | None
+    unit: str
 
 
 @dataclass(frozen=True)
@@ -62,6 +75,10 @@ class LabMapping:
     unit_aliases: dict[str, str]
     mapping_tag_system: str
     mapping_tag_code: str
+    # LOINC code -> critical limits (v2 on); empty in v1, which decided by OBX-8 flags only.
+    critical_ranges: dict[str, CriticalRange]
+    # The report identifier includes OBR-4 (v2 on): one report per OBR group.
+    report_per_service: bool = False
 
     def to_loinc(self, system: str, code: str) -> LoincConcept | None:
         """LOINC for one (v2 coding system, code); an ``LN`` code is already LOINC."""
@@ -88,15 +105,14 @@ class LabMapping:
         return None
 
     def system_uri(self, v2_system: str) -> str:
-        """FHIR Coding.system for a v2 coding system; unknown ones are sender-local.
-
-        A sender's own system name is percent-encoded into the URI: real CWE-3s carry text
-        with spaces, which made an invalid ``uri`` (FHIR: no whitespace).
-        """
+        """FHIR Coding.system for a v2 coding system; unknown ones are sender-local, their
+        name percent-encoded: CWE-3 is free text in real feeds ("Local Lab"), and a space
+        or a non-ASCII letter would make the system an invalid `uri`."""
         v2_system = v2_system or LOCAL_V2_SYSTEM
-        return self.coding_systems.get(v2_system) or _local_system_uri(
-            self.local_system_prefix, v2_system
-        )
+        known = self.coding_systems.get(v2_system)
+        if known:
+            return known
+        return _local_system_uri(self.local_system_prefix, v2_system)
 
     def identifier_system(self, kind: str) -> str:
         return self.identifier_systems[kind]
@@ -109,7 +125,8 @@ class LabMapping:
 
 @lru_cache(maxsize=256)
 def _local_system_uri(prefix: str, v2_system: str) -> str:
-    return prefix + quote(v2_system, safe="")
+    # Quoted once per system name, not per coding: a feed repeats the same few.
+    return prefix + quote(v2_system, safe=_URN_SAFE)
 
 
 def _read_text(name: str) -> str:
@@ -142,6 +159,7 @@ def _load(version: str) -> LabMapping:
     coding = dict(data["coding_systems"])
     local_prefix = str(coding.pop("local_prefix"))
     interpretation = data["interpretation"]
+    critical = data["critical"]
     return LabMapping(
         version=version,
         local_to_loinc=local_to_loinc,
@@ -153,7 +171,7 @@ def _load(version: str) -> LabMapping:
         interpretation_system=str(interpretation["system"]),
         interpretation_codes=frozenset(str(c) for c in interpretation["codes"]),
         interpretation_display=_str_dict(interpretation.get("display", {})),
-        critical_flags=frozenset(str(f) for f in data["critical"]["flags"]),
+        critical_flags=frozenset(str(f) for f in critical["flags"]),
         priority=_str_dict(data["priority"]),
         task_texts=_str_dict(data["task"]),
         naive_timestamp_offset=str(data["time"]["naive_timestamp_offset"]),
@@ -161,6 +179,15 @@ def _load(version: str) -> LabMapping:
         unit_aliases=_str_dict(data["units"]["aliases"]),
         mapping_tag_system=str(data["mapping_tag"]["system"]),
         mapping_tag_code=str(data["mapping_tag"]["code_prefix"]) + version,
+        critical_ranges={
+            str(loinc): CriticalRange(
+                low=None if "low" not in limits else float(limits["low"]),
+                high=None if "high" not in limits else float(limits["high"]),
+                unit=str(limits["unit"]),
+            )
+            for loinc, limits in dict(critical.get("ranges", {})).items()
+        },
+        report_per_service=bool(data.get("report", {}).get("per_service", False)),
     )
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
 from typing import Any
@@ -20,6 +21,7 @@ from fhir.resources.R4B.bundle import Bundle
 from fhir.resources.R4B.diagnosticreport import DiagnosticReport
 from fhir.resources.R4B.observation import Observation
 from fhir.resources.R4B.servicerequest import ServiceRequest
+from fhir.resources.R4B.specimen import Specimen
 from fhir.resources.R4B.task import Task
 from pydantic import BaseModel
 
@@ -36,17 +38,22 @@ from models.lab import (
     LabObservation,
     LabOrder,
     LabResult,
+    LabSpecimen,
     OrderingProvider,
     PatientRef,
 )
 
 __all__ = [
+    "CriticalFinding",
     "OrderKey",
+    "critical_findings",
     "escalation_task_for",
     "is_critical",
     "order_identifiers",
     "report_identifier",
+    "report_key",
     "result_transaction_for",
+    "review_task_identifier",
     "service_request_for",
 ]
 
@@ -108,16 +115,26 @@ def _report_value(key: OrderKey) -> str:
     raise ValueError("a result needs a placer or a filler order number")
 
 
+def report_key(result: LabResult, mapping: LabMapping) -> str:
+    """The value of DiagnosticReport.identifier: the order number, and from mapping v2 the
+    OBR-4 code (two OBR groups of one order are two reports). Carries order numbers."""
+    value = _report_value(_key(result))
+    if mapping.report_per_service:
+        service = result.universal_service_id
+        value += f"/{quote(service.system or 'L', safe='')}:{quote(service.code, safe='')}"
+    return value
+
+
 def report_identifier(result: LabResult, mapping: LabMapping) -> JSON:
     """DiagnosticReport.identifier: stable across preliminary, final and corrected reports."""
-    return {"system": mapping.identifier_system("lab_report"), "value": _report_value(_key(result))}
+    return {"system": mapping.identifier_system("lab_report"), "value": report_key(result, mapping)}
 
 
 def _observation_identifiers(result: LabResult, mapping: LabMapping) -> list[JSON]:
     # Keyed by the code as sent (not by OBX-1, which feeds often leave blank
     # or repeat, nor by the LOINC of one mapping version); the n-th repeat of
     # the same code gets its occurrence number.
-    report = _report_value(_key(result))
+    report = report_key(result, mapping)
     seen: dict[str, int] = {}
     identifiers: list[JSON] = []
     for obs in result.observations:
@@ -262,11 +279,90 @@ def _validated(model: type[BaseModel], resource: JSON) -> JSON:
 # --- critical results -------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class CriticalFinding:
+    """One observation that makes a result critical, as the provider's Task names it."""
+
+    code: str  # "system|code" as sent: stable across versions of the report
+    label: str  # the test's text, else its code
+    value: str  # comparator, number and unit, or the text/coded answer
+    why: str  # the OBX-8 flag, or "critical range" when the mapping's limits decided
+
+    def describe(self) -> str:
+        return f"{self.label} {self.value} ({self.why})"
+
+
+def _observation_value(obs: LabObservation) -> str:
+    if obs.numeric_value is not None:
+        text = f"{obs.comparator or ''}{obs.numeric_value:g}"
+        return f"{text} {obs.units}" if obs.units else text
+    if obs.coded_value is not None:
+        return obs.coded_value.text or obs.coded_value.code
+    return obs.string_value or ""
+
+
+def _outside_critical_range(obs: LabObservation, mapping: LabMapping) -> bool:
+    if obs.numeric_value is None or not mapping.critical_ranges:
+        return False
+    loinc = mapping.loinc_for(obs.code)
+    limits = mapping.critical_ranges.get(loinc.code) if loinc else None
+    if limits is None or mapping.ucum(obs.units) != limits.unit:
+        return False
+    value, comparator = obs.numeric_value, obs.comparator or ""
+    # "<2.0" is below a low limit of 2.5 whatever the true value; "<3.0" may not be.
+    low_certain = comparator in ("", "<", "<=")
+    high_certain = comparator in ("", ">", ">=")
+    if limits.low is not None and low_certain:
+        if value < limits.low or (comparator == "<" and value <= limits.low):
+            return True
+    if limits.high is not None and high_certain:
+        if value > limits.high or (comparator == ">" and value >= limits.high):
+            return True
+    return False
+
+
+def critical_findings(result: LabResult, mapping: LabMapping) -> tuple[CriticalFinding, ...]:
+    """The observations that make ``result`` critical: any OBX-8 repetition the mapping
+    calls critical (HH, LL, AA; case as sent does not matter), or a value outside the
+    critical range the mapping declares for its LOINC code (from v2)."""
+    findings: list[CriticalFinding] = []
+    for obs in result.observations:
+        flag = next((f for f in obs.abnormal_flags if f.upper() in mapping.critical_flags), None)
+        if flag is None and not _outside_critical_range(obs, mapping):
+            continue
+        findings.append(
+            CriticalFinding(
+                code=f"{obs.code.system or 'L'}|{obs.code.code}",
+                label=obs.code.text or obs.code.code,
+                value=_observation_value(obs),
+                why=flag.upper() if flag else "critical range",
+            )
+        )
+    return tuple(findings)
+
+
 def is_critical(result: LabResult, mapping: LabMapping) -> bool:
-    """Any OBX-8 flag the mapping calls critical (HH, LL, AA in v1)."""
-    return any(
-        flag in mapping.critical_flags for obs in result.observations for flag in obs.abnormal_flags
-    )
+    """Whether any observation of ``result`` is critical (see critical_findings)."""
+    return bool(critical_findings(result, mapping))
+
+
+def _critical_correction(
+    result: LabResult, before: tuple[CriticalFinding, ...], mapping: LabMapping
+) -> str:
+    """ "critical value corrected: K 6.9 mmol/L (HH) -> 4.1 mmol/L", or "" when the
+    report published before was not critical or its critical values did not change."""
+    if not before:
+        return ""
+    now = {
+        f"{obs.code.system or 'L'}|{obs.code.code}": _observation_value(obs)
+        for obs in result.observations
+    }
+    changes = [
+        f"{finding.describe()} -> {now.get(finding.code, 'not reported')}"
+        for finding in before
+        if now.get(finding.code) != finding.value
+    ]
+    return "critical value corrected: " + "; ".join(changes) if changes else ""
 
 
 # --- ServiceRequest ----------------------------------------------------------------------
@@ -306,8 +402,46 @@ def service_request_for(order: LabOrder, mapping: LabMapping) -> JSON:
 # --- result transaction ---------------------------------------------------------------
 
 
+def _based_on(result: LabResult, mapping: LabMapping) -> list[JSON]:
+    # Logical reference by the order's identifier: the ServiceRequest was written on
+    # order, and a result may arrive for an order we never saw.
+    identifier = _without_type(order_identifiers(_key(result), mapping)[0])
+    return [{"type": "ServiceRequest", "identifier": identifier}]
+
+
+def _specimen(
+    result: LabResult, specimen: LabSpecimen, identifier: JSON, mapping: LabMapping
+) -> JSON:
+    resource: JSON = {
+        "resourceType": "Specimen",
+        "meta": _meta(mapping),
+        "identifier": [identifier],
+        "subject": _patient_reference(result.patient, mapping),
+    }
+    if specimen.type is not None:
+        resource["type"] = _codeable(specimen.type, mapping, with_loinc=False)
+    received = _datetime(specimen.received_at, mapping)
+    if received:
+        resource["receivedTime"] = received
+    collection: JSON = {}
+    collected = _datetime(specimen.collected_at, mapping)
+    if collected:
+        collection["collectedDateTime"] = collected
+    if specimen.body_site is not None:
+        collection["bodySite"] = _codeable(specimen.body_site, mapping, with_loinc=False)
+    if specimen.collector:
+        collection["collector"] = {"display": specimen.collector}
+    if collection:
+        resource["collection"] = collection
+    return _validated(Specimen, resource)
+
+
 def _observation(
-    obs: LabObservation, identifier: JSON, result: LabResult, mapping: LabMapping
+    obs: LabObservation,
+    identifier: JSON,
+    result: LabResult,
+    mapping: LabMapping,
+    specimen: JSON | None = None,
 ) -> JSON:
     resource: JSON = {
         "resourceType": "Observation",
@@ -328,7 +462,10 @@ def _observation(
         ],
         "code": _codeable(obs.code, mapping),
         "subject": _patient_reference(result.patient, mapping),
+        "basedOn": _based_on(result, mapping),
     }
+    if specimen is not None:
+        resource["specimen"] = specimen
     effective = _datetime(obs.observed_at or result.observed_at, mapping)
     if effective:
         resource["effectiveDateTime"] = effective
@@ -363,8 +500,11 @@ def _observation(
         resource["referenceRange"] = [reference_range]
     if obs.abnormal_flags:
         resource["interpretation"] = _interpretation(obs.abnormal_flags, mapping)
+    notes = [{"text": note} for note in obs.notes]
     if obs.non_numeric_in_nm:
-        resource["note"] = [{"text": "Non-numeric value received in a numeric (NM/SN) field"}]
+        notes.append({"text": "Non-numeric value received in a numeric (NM/SN) field"})
+    if notes:
+        resource["note"] = notes
     return _validated(Observation, resource)
 
 
@@ -376,38 +516,60 @@ def _put(resource_type: str, identifier: JSON, resource: JSON) -> JSON:
     }
 
 
+_REPORT_NOTE_EXTENSION = (
+    "http://hl7.org/fhir/5.0/StructureDefinition/extension-DiagnosticReport.note"
+)
+
+
 def result_transaction_for(
-    result: LabResult, mapping: LabMapping, *, critical: bool | None = None
+    result: LabResult,
+    mapping: LabMapping,
+    *,
+    critical: bool | None = None,
+    previous: LabResult | None = None,
+    stat_before: bool = False,
 ) -> JSON:
     """One transaction Bundle: DiagnosticReport + Observations + the review Task.
 
     ``critical`` overrides the flag-based decision (e.g. a reviewer marked it);
-    None means ``is_critical(result, mapping)``.
+    None means ``is_critical(result, mapping)``. ``previous`` is the version of this
+    report published before (the last critical one, if any was): when it was critical,
+    the Task stays stat whatever the new values are, and says what was corrected --
+    the provider may already have acted on the critical value. ``stat_before``: the
+    review Task on the server is stat though ``previous`` is unknown (a correction
+    that reached a later run of the exchange): it stays stat too.
     """
     critical = is_critical(result, mapping) if critical is None else critical
+    before = critical_findings(previous, mapping) if previous is not None else ()
+    corrected_critical = _critical_correction(result, before, mapping)
+    if stat_before and not before:
+        corrected_critical = "critical value corrected: see the earlier versions of this Task"
+    stat = critical or bool(before) or stat_before
     report_id = report_identifier(result, mapping)
     report_url = _full_url(report_id)
     entries: list[JSON] = []
+    specimen_ref: JSON | None = None
+    if result.specimen is not None:
+        specimen_id = {
+            "system": mapping.identifier_system("lab_specimen"),
+            "value": report_id["value"],
+        }
+        specimen = _specimen(result, result.specimen, specimen_id, mapping)
+        entries.append(_put("Specimen", specimen_id, specimen))
+        specimen_ref = {"reference": _full_url(specimen_id)}
     observation_refs: list[JSON] = []
     for obs, obs_id in zip(
         result.observations, _observation_identifiers(result, mapping), strict=True
     ):
-        entries.append(_put("Observation", obs_id, _observation(obs, obs_id, result, mapping)))
+        observation = _observation(obs, obs_id, result, mapping, specimen_ref)
+        entries.append(_put("Observation", obs_id, observation))
         observation_refs.append({"reference": _full_url(obs_id)})
 
-    key = _key(result)
     report: JSON = {
         "resourceType": "DiagnosticReport",
         "meta": _meta(mapping),
         "identifier": [report_id],
-        # Logical reference by the order's identifier: the ServiceRequest was
-        # written on order, and a result may arrive for an order we never saw.
-        "basedOn": [
-            {
-                "type": "ServiceRequest",
-                "identifier": _without_type(order_identifiers(key, mapping)[0]),
-            }
-        ],
+        "basedOn": _based_on(result, mapping),
         "status": _report_status(result, mapping),
         "category": [
             {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0074", "code": "LAB"}]}
@@ -416,6 +578,14 @@ def result_transaction_for(
         "subject": _patient_reference(result.patient, mapping),
         "result": observation_refs,
     }
+    if specimen_ref is not None:
+        report["specimen"] = [specimen_ref]
+    if result.notes:
+        # R4's DiagnosticReport has no note (R5 added one): the cross-version extension.
+        report["extension"] = [
+            {"url": _REPORT_NOTE_EXTENSION, "valueAnnotation": {"text": note}}
+            for note in result.notes
+        ]
     effective = _datetime(result.observed_at, mapping)
     if effective:
         report["effectiveDateTime"] = effective
@@ -424,22 +594,21 @@ def result_transaction_for(
         report["issued"] = issued
     entries.insert(0, _put("DiagnosticReport", report_id, _validated(DiagnosticReport, report)))
 
-    task_id = {
-        "system": mapping.identifier_system("result_review_task"),
-        "value": report_id["value"],
-    }
+    task_id = review_task_identifier(result, mapping)
     task: JSON = {
         "resourceType": "Task",
         "meta": _meta(mapping),
         "identifier": [task_id],
-        # A corrected report reopens review: the conditional PUT sets the
-        # same Task back to requested.
+        # A corrected report reopens review: the conditional PUT makes a new
+        # version of the same Task (the server keeps the earlier ones), back to
+        # requested; once critical, it stays stat.
         "status": "requested",
         "intent": "order",
-        "priority": mapping.task_texts["critical_priority" if critical else "normal_priority"],
+        "priority": mapping.task_texts["critical_priority" if stat else "normal_priority"],
         "code": {"text": "Review lab result"},
         "description": mapping.task_texts["review_description"]
         + (" (corrected)" if result.is_correction else "")
+        + (f" - {corrected_critical}" if corrected_critical else "")
         + (" - critical" if critical else ""),
         "focus": {"reference": report_url, "type": "DiagnosticReport"},
         "for": _patient_reference(result.patient, mapping),
@@ -450,6 +619,14 @@ def result_transaction_for(
 
     bundle: JSON = {"resourceType": "Bundle", "type": "transaction", "entry": entries}
     return _validated(Bundle, bundle)
+
+
+def review_task_identifier(result: LabResult, mapping: LabMapping) -> JSON:
+    """Task.identifier of the provider's review Task of ``result``'s report."""
+    return {
+        "system": mapping.identifier_system("result_review_task"),
+        "value": report_key(result, mapping),
+    }
 
 
 def _without_type(identifier: JSON) -> JSON:

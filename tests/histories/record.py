@@ -317,6 +317,46 @@ async def lab_unmapped_code_review_approved(s: Session) -> None:
     await s.save("order_to_result/unmapped_code_review_approved", wid)
 
 
+async def lab_patient_mismatch_review_rejected(s: Session) -> None:
+    """A result naming another MRN than its order waits for a reviewer (patch marker
+    lab-patient-mismatch-review), who rejects it; the order's own result then publishes."""
+    engine = s.running_engine
+    order = sm.SampleOrder("HIS-1007", patient=sm.SamplePatient(mrn="MRN8107"))
+    other = sm.SampleOrder("HIS-1007", patient=sm.SamplePatient(mrn="MRN8108"))
+    wid = lab_workflow_id(s.running_engine, order)
+    await send_lab(
+        engine,
+        sm.lab_order(order, "HIS-1007-O"),
+        sm.lab_result(other, "HIS-1007-R1", [sm.SODIUM]),
+    )
+    pending = await engine.wait_for_review(wid)
+    await expect("review reason", pending["reason"], "patient-mismatch")
+    await decide(s.running_engine, wid, pending, ReviewAction.REJECT, "other patient", "rev-7")
+    await engine.wait_for_status(wid, "result-rejected")
+    await send_lab(engine, sm.lab_result(order, "HIS-1007-R2", [sm.SODIUM]))
+    await wait_closed(s.client, wid)
+    await expect("status", await engine.handle(wid).query("status"), "completed")
+    await s.save("order_to_result/patient_mismatch_review_rejected", wid)
+
+
+async def lab_critical_corrected_to_normal(s: Session) -> None:
+    """A critical potassium, then its correction to normal: the publish of the correction
+    carries the critical version published before (the Task stays stat)."""
+    engine = s.running_engine
+    order = sm.SampleOrder("HIS-1008", local_code="K", text="Potassium")
+    wid = lab_workflow_id(s.running_engine, order)
+    await send_lab(
+        engine,
+        sm.lab_order(order, "HIS-1008-O"),
+        sm.lab_result(order, "HIS-1008-R1", [sm.POTASSIUM_CRITICAL]),
+    )
+    await engine.wait_for_status(wid, "final")
+    await send_lab(engine, sm.lab_result(order, "HIS-1008-R2", [sm.POTASSIUM], result_status="C"))
+    await wait_closed(s.client, wid)
+    await expect("status", await engine.handle(wid).query("status"), "completed")
+    await s.save("order_to_result/critical_corrected_to_normal", wid)
+
+
 async def lab_unknown_order_review_approved(s: Session) -> None:
     """A result whose order never came: held, then a reviewer publishes it without it."""
     engine = s.running_engine
@@ -626,6 +666,8 @@ SCENARIOS: list[list[Scenario]] = [
     [lab_result_before_order],
     [lab_stat_overdue_then_result],
     [lab_order_cancelled],
+    [lab_patient_mismatch_review_rejected],
+    [lab_critical_corrected_to_normal],
     [discharge_a03_a08_a13],
     [discharge_late_a08_review_forwarded],
     [patient_a28_a31_a31, patient_unreadable_review_rejected],

@@ -11,6 +11,7 @@ from typing import Any
 from adapters.hl7v2.ack import parse_ack
 from models.review import ReviewAction, ReviewDecision
 from tests.support.engine import Engine, mllp_send
+from tests.unit.test_lab_messages import with_notes
 from workers import sample_messages as sm
 from workflows.search_attributes import exchange_status_query
 
@@ -324,3 +325,16 @@ async def test_a_result_the_full_parser_refuses_waits_for_a_reviewer(engine: Eng
     pending = await engine.wait_for_review(workflow_id(engine, order), timeout=30)
     assert pending["reason"] == "invalid-message"
     assert "OBX" in pending["summary"]
+
+
+async def test_nte_comments_reach_the_fhir_server_as_notes(engine: Engine) -> None:
+    order = sm.SampleOrder("E2E-1020")
+    result = with_notes(sm.lab_result(order, "E2E-1020-R", [sm.POTASSIUM, sm.SODIUM]))
+    assert await send(engine, sm.lab_order(order, "E2E-1020-O"), result) == ["AA", "AA"]
+    await engine.wait_for_status(workflow_id(engine, order), "final")
+    report, _ = await report_and_task(engine, order)
+    assert [e["valueAnnotation"]["text"] for e in report["extension"]] == [
+        "Specimen slightly hemolyzed\nRecollect if K high"
+    ]
+    observation = await read(engine, report["result"][0]["reference"])
+    assert observation["note"] == [{"text": "Verified by repeat & dilution\nCalled to ward"}]

@@ -14,6 +14,7 @@ import httpx
 import pytest
 from temporalio.common import SearchAttributePair, TypedSearchAttributes
 
+from exchanges.order_to_result import EXCHANGE as LAB_EXCHANGE
 from models.audit import AuditAction, AuditOutcome
 from models.identity import Role
 from tests.integration.test_api import pending_exchange
@@ -168,7 +169,9 @@ async def test_the_unmapped_code_page_shows_the_line_and_ranked_loinc_candidates
         assert "<td>nobody</td>" in row_of(inbox.text, workflow_id)
         page = await browser.get(link)
         # From the workflow's context, decoded: code, text, value, unit, map version.
-        for shown in ("ZZX9", "Experimental marker", ">12<", "U/L", "<strong>v1</strong>"):
+        # The mapping version new lab exchanges start on.
+        version = f"<strong>{LAB_EXCHANGE.mapping_version}</strong>"
+        for shown in ("ZZX9", "Experimental marker", ">12<", "U/L", version):
             assert shown in page.text, shown
         assert "Candidate LOINC codes for ZZX9" in page.text
         assert "Testpatient" not in page.text  # an unmapped code needs no patient

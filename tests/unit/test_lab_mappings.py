@@ -12,6 +12,8 @@ from urllib.parse import unquote
 import pytest
 from fhir.resources.R4B.bundle import Bundle
 from fhir.resources.R4B.servicerequest import ServiceRequest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from adapters.hl7v2.lab_messages import parse_lab_order, parse_lab_result, parse_lab_results
 from mappings.order_to_result.concept_map import load_lab_mapping, unmapped_codes
@@ -21,7 +23,14 @@ from mappings.order_to_result.fhir_builders import (
     result_transaction_for,
     service_request_for,
 )
-from tests.unit.test_lab_messages import REFUSED, RESULT_FILES, corpus
+from tests.unit.test_lab_messages import (
+    REFUSED,
+    RESULT_FILES,
+    corpus,
+    with_notes,
+    with_v23_specimen,
+)
+from workers import sample_messages as sm
 
 MAPPING = load_lab_mapping("v1")
 
@@ -206,7 +215,13 @@ def test_every_corpus_result_builds_a_valid_conditional_transaction(name: str) -
         Bundle.model_validate(bundle)
         assert bundle["type"] == "transaction"
         types = [e["resource"]["resourceType"] for e in bundle["entry"]]
-        assert types == ["DiagnosticReport", *["Observation"] * len(result.observations), "Task"]
+        specimen = ["Specimen"] if result.specimen else []
+        assert types == [
+            "DiagnosticReport",
+            *specimen,
+            *["Observation"] * len(result.observations),
+            "Task",
+        ]
         for entry in bundle["entry"]:
             kind = entry["resource"]["resourceType"]
             identifier = entry["resource"]["identifier"][0]
@@ -356,3 +371,103 @@ def test_escalation_task() -> None:
         "urn:careweave:placer-order:GHHPlacer|1101"
     )
     assert escalation_task_for(order, MAPPING) == bundle
+
+
+# --- every bundle valid, every URI a URI ---------------------------------------------------
+
+_URI = re.compile(r"\S+")  # FHIR `uri`: no whitespace; the R4B models check the same
+
+
+def _uris(value: Any, key: str = "") -> list[str]:
+    if isinstance(value, dict):
+        return [uri for k, v in value.items() for uri in _uris(v, k)]
+    if isinstance(value, list):
+        return [uri for item in value for uri in _uris(item, key)]
+    return [value] if key in ("system", "fullUrl", "url") and isinstance(value, str) else []
+
+
+def test_a_sender_local_coding_system_with_spaces_becomes_a_valid_uri() -> None:
+    assert MAPPING.system_uri("Local Lab") == "urn:careweave:local-code:Local%20Lab"
+    assert MAPPING.system_uri("99USI") == "urn:careweave:local-code:99USI"
+    assert MAPPING.system_uri("") == "urn:careweave:local-code:L"
+    assert unquote(MAPPING.system_uri("Läbor 100%")).endswith("Läbor 100%")
+
+
+@given(
+    system=st.text(min_size=1, max_size=20).filter(
+        lambda text: not any(c in text for c in "|^~\\&\r\n")
+    ),
+    code=st.from_regex(r"[A-Z0-9]{1,8}", fullmatch=True),
+)
+@settings(max_examples=60, deadline=None)
+def test_every_result_bundle_validates_and_holds_only_valid_uris(system: str, code: str) -> None:
+    order = sm.SampleOrder("URI-1", local_code=code, text="Some local test")
+    line = sm.ResultValue(code, "Some local test", "7", "mg/dL", "1-9", "N", coding_system=system)
+    text = sm.lab_result(order, "URI-1-R", [line, sm.SODIUM])
+    bundle = result_transaction_for(parse_lab_result(text), MAPPING)
+    Bundle.model_validate(bundle)
+    for uri in _uris(bundle):
+        assert _URI.fullmatch(uri), uri
+
+
+def test_nte_comments_become_observation_notes_and_the_reports_note_extension() -> None:
+    order = sm.SampleOrder("NTE-2")
+    text = with_notes(sm.lab_result(order, "NTE-2-R", [sm.POTASSIUM, sm.SODIUM]))
+    bundle = result_transaction_for(parse_lab_result(text), MAPPING)
+    Bundle.model_validate(bundle)
+    report = only(bundle, "DiagnosticReport")["resource"]
+    assert report["extension"] == [
+        {
+            "url": "http://hl7.org/fhir/5.0/StructureDefinition/extension-DiagnosticReport.note",
+            "valueAnnotation": {"text": "Specimen slightly hemolyzed\nRecollect if K high"},
+        }
+    ]
+    first, second = (e["resource"] for e in entries_of(bundle, "Observation"))
+    assert first["note"] == [{"text": "Verified by repeat & dilution\nCalled to ward"}]
+    assert "note" not in second
+    # The patient comment after PID is not a lab comment: it goes nowhere here.
+    assert "morning draws" not in str(bundle)
+
+
+# --- specimens ----------------------------------------------------------------------------
+
+
+def test_a_v251_spm_becomes_the_specimen_of_the_report_and_its_observations() -> None:
+    result = parse_lab_result(corpus("results/oru-r01-nist-1.hl7"))
+    bundle = result_transaction_for(result, MAPPING)
+    entry = only(bundle, "Specimen")
+    specimen = entry["resource"]
+    assert specimen["type"]["coding"][0] == {
+        "system": "http://snomed.info/sct",
+        "code": "122554006",
+        "display": "Capillary blood specimen",
+    }
+    assert specimen["collection"]["collectedDateTime"] == "2008-08-15T10:30:00-07:00"
+    assert specimen["subject"] == only(bundle, "DiagnosticReport")["resource"]["subject"]
+    reference = {"reference": entry["fullUrl"]}
+    assert only(bundle, "DiagnosticReport")["resource"]["specimen"] == [reference]
+    for observation in entries_of(bundle, "Observation"):
+        assert observation["resource"]["specimen"] == reference
+        assert (
+            observation["resource"]["basedOn"]
+            == (only(bundle, "DiagnosticReport")["resource"]["basedOn"])
+        )
+
+
+def test_a_v23_obr15_gives_type_body_site_collector_and_times() -> None:
+    text = with_v23_specimen(sm.lab_result(sm.SampleOrder("SPC-23"), "SPC-23-R", [sm.SODIUM]))
+    result = parse_lab_result(text)
+    assert result.specimen is not None
+    specimen = only(result_transaction_for(result, MAPPING), "Specimen")["resource"]
+    assert specimen["type"]["coding"][0]["code"] == "BLD"
+    assert specimen["type"]["text"] == "Blood"
+    assert specimen["collection"]["bodySite"]["coding"][0]["code"] == "LACF"
+    assert specimen["collection"]["collector"] == {"display": "Cara Collector"}
+    assert specimen["collection"]["collectedDateTime"].startswith("2026-11-25")
+    assert specimen["receivedTime"].startswith("2026-11-25")
+
+
+def test_a_result_that_says_nothing_of_its_specimen_has_none() -> None:
+    result = parse_lab_result(sm.lab_result(sm.SampleOrder("SPC-0"), "SPC-0-R", [sm.SODIUM]))
+    assert result.specimen is None
+    assert entries_of(result_transaction_for(result, MAPPING), "Specimen") == []

@@ -16,6 +16,7 @@ from adapters.hl7v2.lab_messages import (
     parse_patient,
 )
 from models.lab import LabResult
+from workers import sample_messages as sm
 
 CORPUS = Path(__file__).resolve().parents[1] / "fixtures" / "corpus"
 
@@ -477,3 +478,61 @@ def test_corpus_order_whose_orc2_and_obr2_differ_takes_orc2() -> None:
     order = parse_lab_order(corpus("adversarial/orm-o01-nodehl7complete-wrapped-1.hl7"))
     assert (order.placer_order_number, order.placer_namespace) == ("987654", "EPIC")
     assert (order.filler_order_number, order.filler_namespace) == ("76543", "EPC")
+
+
+# --- NTE comments ----------------------------------------------------------------------
+
+
+def with_notes(message: str) -> str:
+    """A two-report ORU with comments: after PID (not a lab comment), on the first OBR,
+    on its first OBX (two repetitions, a line break escape), and on the second report's OBX."""
+    lines = message.split("\r")
+    out: list[str] = []
+    obx_seen = 0
+    for line in lines:
+        out.append(line)
+        if line.startswith("PID"):
+            out.append("NTE|1||Patient prefers morning draws")
+        elif line.startswith("OBR"):
+            out.append("NTE|1||Specimen slightly hemolyzed\\.br\\Recollect if K high")
+        elif line.startswith("OBX"):
+            obx_seen += 1
+            if obx_seen == 1:
+                out.append("NTE|1||Verified by repeat \\T\\ dilution~Called to ward")
+    return "\r".join(out)
+
+
+def test_nte_comments_belong_to_the_obx_they_follow_or_to_their_obr() -> None:
+    order = sm.SampleOrder("NTE-1")
+    text = with_notes(sm.lab_result(order, "NTE-1-R", [sm.POTASSIUM, sm.SODIUM]))
+    result = parse_lab_result(text)
+    assert result.notes == ("Specimen slightly hemolyzed\nRecollect if K high",)
+    first, second = result.observations
+    assert first.notes == ("Verified by repeat & dilution\nCalled to ward",)
+    assert second.notes == ()
+
+
+def test_an_nte_with_escapes_from_the_adversarial_corpus_is_unescaped() -> None:
+    [result] = parse_lab_results(corpus("adversarial/escape-sequences.hl7"))
+    [observation] = result.observations
+    assert observation.notes == (
+        "Field sep | component ^ repetition ~ escape \\ hex CR \r highlighted text",
+    )
+
+
+def with_v23_specimen(message: str) -> str:
+    """The message as v2.3 with its specimen in OBR-15 (SPS: source and body site as CEs in
+    subcomponents), the collector in OBR-10 and collected/received times in OBR-7/14."""
+    lines = message.split("\r")
+    for index, line in enumerate(lines):
+        fields = line.split("|")
+        if fields[0] == "MSH":
+            fields[11] = "2.3"
+        elif fields[0] == "OBR":
+            fields += [""] * (16 - len(fields))
+            fields[7] = "202611250700"
+            fields[10] = "^Collector^Cara"
+            fields[14] = "202611250745"
+            fields[15] = "BLD&Blood&HL70070^^^LACF&Left antecubital fossa&HL70163"
+        lines[index] = "|".join(fields)
+    return "\r".join(lines)

@@ -18,9 +18,18 @@ from mappings.order_to_result.concept_map import (
     unmapped_codes,
     unmapped_observations,
 )
-from models.review import DeliveryFailureContext, ReviewAction, ReviewReason, ReviewRequest
+from models.lab import PatientRef
+from models.review import (
+    DeliveryFailureContext,
+    PatientMismatchContext,
+    ReviewAction,
+    ReviewReason,
+    ReviewRequest,
+)
 from workers import sample_messages as sm
 from workers.api.reviews import DecisionBody, checked_edit
+from workers.web.render import REVIEW_KINDS, templates
+from workers.web.review_kinds import PatientMismatchView
 
 STAY = sm.SampleStay("V-9001", sm.SamplePatient(mrn="MRN9001"))
 A03 = sm.adt_event(STAY, "DS-9001-1", "A03")
@@ -146,3 +155,17 @@ def test_every_edit_decision_is_checked_against_the_message_sent_whatever_sends_
     assert where(refused.value) == "MSH-9"
     fine = wrong_type.model_copy(update={"edited_message": A03.replace("\r", "\n")})
     assert checked_edit(pending, fine).edited_message == A03.rstrip("\r") + "\r"
+
+
+def test_a_patient_mismatch_review_shows_both_patients() -> None:
+    context = PatientMismatchContext(
+        order_patient=PatientRef(identifier="MRN9101", assigning_authority="GENHOSP"),
+        result_patient=PatientRef(
+            identifier="MRN9102", assigning_authority="GENHOSP", family_name="Other"
+        ),
+    )
+    page = templates.env.get_template("kinds/patient-mismatch.html").render(
+        view=PatientMismatchView(context)
+    )
+    assert "MRN9101" in page and "MRN9102" in page and "Other" in page
+    assert REVIEW_KINDS[ReviewReason.PATIENT_MISMATCH].startswith("Result for another patient")

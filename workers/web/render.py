@@ -26,6 +26,7 @@ REVIEW_KINDS: dict[ReviewReason, str] = {
     ReviewReason.INVALID_MESSAGE: "Message failed validation",
     ReviewReason.DELIVERY_FAILED: "Failed delivery",
     ReviewReason.UPDATE_AFTER_CLOSE: "Update after the encounter closed",
+    ReviewReason.PATIENT_MISMATCH: "Result for another patient than its order",
 }
 
 

@@ -26,6 +26,7 @@ from mappings.order_to_result.concept_map import (
 from models.lab import LabOrder, LabResult
 from models.review import (
     DeliveryFailureContext,
+    PatientMismatchContext,
     ReviewRequest,
     UnknownOrderContext,
     UnmappedCodeContext,
@@ -81,7 +82,13 @@ class DeliveryFailureView:
     editable: bool
 
 
-KindView = UnmappedCodeView | UnknownOrderView | DeliveryFailureView
+@dataclass(frozen=True)
+class PatientMismatchView:
+    kind = "patient-mismatch"
+    context: PatientMismatchContext
+
+
+KindView = UnmappedCodeView | UnknownOrderView | DeliveryFailureView | PatientMismatchView
 
 
 async def kind_view(
@@ -94,6 +101,8 @@ async def kind_view(
         return await unknown_order_view(context, workflow_id, found)
     if isinstance(found, DeliveryFailureContext):
         return delivery_failure_view(found, editable="edit" in review.actions)
+    if isinstance(found, PatientMismatchContext):
+        return PatientMismatchView(found)
     return None
 
 
