@@ -44,12 +44,11 @@ from adapters.hl7v2.adt_messages import parse_adt_event
 from adapters.hl7v2.lab_messages import parse_lab_results
 from mappings.discharge_sync.mapping import load_adt_mapping
 from mappings.fhir_validation import validate_bundle, validate_resource
-from mappings.order_to_result.concept_map import load_lab_mapping
+from mappings.order_to_result.concept_map import LabMapping, load_lab_mapping
 from workers import sample_messages as sm
 
 JSON = dict[str, Any]
 RESULTS = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "corpus" / "results"
-LAB = load_lab_mapping("v1")
 ADT = load_adt_mapping()
 TEN_VALUES = [
     sm.SODIUM,
@@ -138,7 +137,9 @@ def _baseline_validate(bundle: JSON) -> None:
     _fhir_resources_validated(Bundle, {**bundle, "entry": entries})
 
 
-def measure(texts: list[str], kind: str, budget: float) -> dict[str, float]:
+def measure(
+    texts: list[str], kind: str, budget: float, lab_mapping: LabMapping
+) -> dict[str, float]:
     """Every call takes the next of ``texts`` (distinct order numbers), as a feed would."""
     if kind == "lab":
 
@@ -146,7 +147,7 @@ def measure(texts: list[str], kind: str, budget: float) -> dict[str, float]:
             return parse_lab_results(text)[0]
 
         def build(event: Any) -> JSON:
-            return lab_builders.result_transaction_for(event, LAB)
+            return lab_builders.result_transaction_for(event, lab_mapping)
     else:
 
         def parse(text: str) -> Any:
@@ -232,10 +233,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--budget", type=float, default=1.0, help="CPU seconds per figure")
+    parser.add_argument(
+        "--lab-mapping",
+        default="v1",
+        help="lab mapping version (v2: what new lab exchanges start on)",
+    )
     parser.add_argument("--messages", type=int, default=300, help="distinct messages per shape")
     args = parser.parse_args()
     for name, (kind, texts) in shapes(args.messages).items():
-        rounds = [measure(texts, kind, args.budget) for _ in range(args.rounds)]
+        lab_mapping = load_lab_mapping(args.lab_mapping)
+        rounds = [measure(texts, kind, args.budget, lab_mapping) for _ in range(args.rounds)]
         print(f"\n### {name}\n")
         print("| stage | messages/s per core, median | best |")
         print("|---|---|---|")
