@@ -35,6 +35,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from fhir.resources.R4B import get_fhir_model_class
 from fhir.resources.R4B.bundle import Bundle
 from pydantic import BaseModel
 
@@ -95,31 +96,9 @@ def per_second(function: Callable[[], object], budget: float) -> float:
     return calls / spent
 
 
-def _models() -> dict[str, type[BaseModel]]:
-    from fhir.resources.R4B.condition import Condition
-    from fhir.resources.R4B.diagnosticreport import DiagnosticReport
-    from fhir.resources.R4B.encounter import Encounter
-    from fhir.resources.R4B.observation import Observation
-    from fhir.resources.R4B.patient import Patient
-    from fhir.resources.R4B.task import Task
-
-    models: list[type[BaseModel]] = [
-        Condition,
-        DiagnosticReport,
-        Encounter,
-        Observation,
-        Patient,
-        Task,
-    ]
-    return {model.__name__: model for model in models}
-
-
-_MODELS = _models()
-
-
 def _fhir_resources_each(bundle: JSON) -> None:
     for entry in bundle["entry"]:
-        _MODELS[entry["resource"]["resourceType"]].model_validate(entry["resource"])
+        get_fhir_model_class(entry["resource"]["resourceType"]).model_validate(entry["resource"])
 
 
 def _compiled_each(bundle: JSON) -> None:
@@ -130,7 +109,7 @@ def _compiled_each(bundle: JSON) -> None:
 
 def _baseline_validate(bundle: JSON) -> None:
     entries = [
-        {**entry, "resource": _fhir_resources_validated(_MODELS[r["resourceType"]], r)}
+        {**entry, "resource": _fhir_resources_validated(get_fhir_model_class(r["resourceType"]), r)}
         for entry in bundle["entry"]
         if (r := entry["resource"])
     ]
