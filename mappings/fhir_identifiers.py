@@ -10,6 +10,7 @@ identifier system, URL-quoted. Pure functions; the systems themselves are mappin
 from __future__ import annotations
 
 from collections.abc import Mapping
+from functools import lru_cache
 from typing import Any
 from urllib.parse import quote
 
@@ -20,6 +21,7 @@ __all__ = [
     "identifier_query",
     "patient_identifier",
     "qualified_system",
+    "quoted_code",
 ]
 
 JSON = dict[str, Any]
@@ -30,7 +32,14 @@ def qualified_system(system: str, issuer: str) -> str:
 
     The issuer is quoted so any character a sender uses stays a valid URI.
     """
-    return f"{system}:{quote(issuer, safe='')}" if issuer else system
+    return f"{system}:{quoted_code(issuer)}" if issuer else system
+
+
+@lru_cache(maxsize=4096)
+def quoted_code(text: str) -> str:
+    """``text`` URL-quoted with nothing kept: for values a feed repeats on every message
+    (issuers, coding systems, test codes), so each is quoted once, not per resource."""
+    return quote(text, safe="")
 
 
 def patient_identifier(patient: PatientRef, system: str) -> JSON:

@@ -26,6 +26,7 @@ from pydantic import BaseModel
 from mappings.discharge_sync.mapping import PATIENT_CREATE_IF_ABSENT, AdtMapping, CodedValue
 from mappings.fhir_identifiers import conditional_url, identifier_query, qualified_system
 from mappings.fhir_identifiers import patient_identifier as _patient_identifier
+from mappings.fhir_validation import validate_resource
 from models.discharge import AdtEvent, AdtTrigger, Diagnosis, DischargeOnRecord, Practitioner
 
 __all__ = [
@@ -162,8 +163,12 @@ def _meta(mapping: AdtMapping) -> JSON:
 
 
 def _validated(model: type[BaseModel], resource: JSON) -> JSON:
-    dumped: JSON = model.model_validate(resource).model_dump(mode="json", exclude_none=True)
-    return dumped
+    # Checked against the model's own definition, compiled once (mappings/fhir_validation):
+    # a Bundle's check covers only its own elements, its entries' resources were checked
+    # as they were built. No dump and re-read: the JSON is returned as it was validated.
+    if resource.get("resourceType") != model.__name__:
+        raise ValueError(f"expected a {model.__name__}, got {resource.get('resourceType')}")
+    return validate_resource(resource)
 
 
 def _person_name(family: str, given: str) -> JSON | None:

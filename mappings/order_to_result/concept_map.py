@@ -10,7 +10,7 @@ import io
 import re
 import tomllib
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, lru_cache
 from importlib import resources
 from typing import Any
 from urllib.parse import quote
@@ -113,7 +113,7 @@ class LabMapping:
         known = self.coding_systems.get(v2_system)
         if known:
             return known
-        return self.local_system_prefix + quote(v2_system, safe=_URN_SAFE)
+        return _local_system_uri(self.local_system_prefix, v2_system)
 
     def identifier_system(self, kind: str) -> str:
         return self.identifier_systems[kind]
@@ -122,6 +122,12 @@ class LabMapping:
         """UCUM code for an OBX-6 unit, or None when it is not (known) UCUM."""
         normalised = self.unit_aliases.get(unit, unit)
         return normalised if normalised in self.ucum_units else None
+
+
+@lru_cache(maxsize=256)
+def _local_system_uri(prefix: str, v2_system: str) -> str:
+    # Quoted once per system name, not per coding: a feed repeats the same few.
+    return prefix + quote(v2_system, safe=_URN_SAFE)
 
 
 def _read_text(name: str) -> str:

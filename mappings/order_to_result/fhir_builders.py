@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from functools import lru_cache
 from typing import Any
 from urllib.parse import quote
 
@@ -24,7 +25,13 @@ from fhir.resources.R4B.specimen import Specimen
 from fhir.resources.R4B.task import Task
 from pydantic import BaseModel
 
-from mappings.fhir_identifiers import conditional_url, patient_identifier, qualified_system
+from mappings.fhir_identifiers import (
+    conditional_url,
+    patient_identifier,
+    qualified_system,
+    quoted_code,
+)
+from mappings.fhir_validation import validate_resource
 from mappings.order_to_result.concept_map import LabMapping
 from models.lab import (
     CodedConcept,
@@ -131,7 +138,7 @@ def _observation_identifiers(result: LabResult, mapping: LabMapping) -> list[JSO
     seen: dict[str, int] = {}
     identifiers: list[JSON] = []
     for obs in result.observations:
-        code_key = f"{quote(obs.code.system or 'L', safe='')}:{quote(obs.code.code, safe='')}"
+        code_key = f"{quoted_code(obs.code.system or 'L')}:{quoted_code(obs.code.code)}"
         seen[code_key] = seen.get(code_key, 0) + 1
         identifiers.append(
             {
@@ -143,9 +150,14 @@ def _observation_identifiers(result: LabResult, mapping: LabMapping) -> list[JSO
 
 
 def _full_url(identifier: Mapping[str, Any]) -> str:
-    return "urn:uuid:" + str(
-        uuid.uuid5(_UUID_NAMESPACE, f"{identifier['system']}|{identifier['value']}")
-    )
+    return _uuid_url(identifier["system"], identifier["value"])
+
+
+@lru_cache(maxsize=1024)
+def _uuid_url(system: str, value: str) -> str:
+    # Each entry's url is asked for twice (its fullUrl and the reference to it): a uuid5
+    # (SHA-1) per ask was a tenth of the mapping's cost.
+    return "urn:uuid:" + str(uuid.uuid5(_UUID_NAMESPACE, f"{system}|{value}"))
 
 
 def _patient_reference(patient: PatientRef, mapping: LabMapping) -> JSON:
@@ -256,8 +268,12 @@ def _report_status(result: LabResult, mapping: LabMapping) -> str:
 
 
 def _validated(model: type[BaseModel], resource: JSON) -> JSON:
-    dumped: JSON = model.model_validate(resource).model_dump(mode="json", exclude_none=True)
-    return dumped
+    # Checked against the model's own definition, compiled once (mappings/fhir_validation):
+    # a Bundle's check covers only its own elements, its entries' resources were checked
+    # as they were built. No dump and re-read: the JSON is returned as it was validated.
+    if resource.get("resourceType") != model.__name__:
+        raise ValueError(f"expected a {model.__name__}, got {resource.get('resourceType')}")
+    return validate_resource(resource)
 
 
 # --- critical results -------------------------------------------------------------------

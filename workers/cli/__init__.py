@@ -21,6 +21,7 @@ from workers.cli import (
     review,
     send,
     users,
+    validate,
 )
 
 app = typer.Typer(help="Careweave clinical integration engine", no_args_is_help=True)
@@ -34,5 +35,6 @@ app.add_typer(keys.app)
 app.add_typer(users.app)
 app.add_typer(exchanges.app)
 app.add_typer(find.app)  # find
+app.add_typer(validate.app)  # validate
 
 __all__ = ["app"]
