@@ -13,11 +13,17 @@ from temporalio.exceptions import ApplicationError
 
 from adapters.fhir import FhirClient, FhirRejectedError
 from adapters.hl7v2.lab_messages import LabMessageInvalid, parse_lab_order, parse_lab_results
-from mappings.order_to_result.concept_map import LabMapping, load_lab_mapping, unmapped_codes
+from mappings.order_to_result.concept_map import (
+    PATIENT_CREATE_IF_ABSENT,
+    LabMapping,
+    load_lab_mapping,
+    unmapped_codes,
+)
 from mappings.order_to_result.fhir_builders import (
     escalation_task_for,
     is_critical,
     order_identifiers,
+    order_transaction_for,
     report_key,
     result_transaction_for,
     review_task_identifier,
@@ -152,6 +158,16 @@ class FhirActivities:
     @activity.defn(name="publish_service_request")
     async def publish_service_request(self, request: PublishOrderInput) -> PublishOutcome:
         mapping = load_lab_mapping(request.mapping_version)
+        if mapping.patient_write == PATIENT_CREATE_IF_ABSENT:
+            # The order's Patient is made sure of in the same transaction: its subject is
+            # the literal reference the server resolves.
+            try:
+                response = await self._fhir.transaction(
+                    order_transaction_for(request.order, mapping)
+                )
+            except FhirRejectedError as err:
+                raise _rejected(err) from err
+            return PublishOutcome(resources=_locations(response))
         resource = service_request_for(request.order, mapping)
         try:
             # Keyed on the placer identifier: a retry or a cancel updates the same resource.

@@ -9,10 +9,14 @@ verbatim otherwise: nothing here is interpreted as markup or code.
 
 from __future__ import annotations
 
-from datetime import date, datetime
+from datetime import datetime
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
+
+# PatientRef lives with the other PID models; every lab reader imports it from here.
+from models.demographics import PatientRef as PatientRef
+from models.demographics import PersonDemographics
 
 Priority = Literal["stat", "asap", "routine"]
 Comparator = Literal["<", ">", "<=", ">="]
@@ -38,30 +42,9 @@ class CodedConcept(_Frozen):
     alternate_system: str = ""
 
 
-class PatientRef(_Frozen):
-    """The patient as PID names them; PHI, so it never goes into ids or logs."""
-
-    identifier: str
-    assigning_authority: str = ""
-    identifier_type: str = ""
-    family_name: str = ""
-    given_name: str = ""
-    birth_date: date | None = None
-    sex: str = ""
-
-    def is_other_patient_than(self, other: PatientRef) -> bool:
-        """Both name a patient by an identifier of the same assigning authority, and the
-        identifiers differ: a result filed against ``other``'s order would be the wrong
-        patient's. Identifiers of different authorities cannot be compared: False."""
-        if not self.identifier or not other.identifier:
-            return False
-        if self.assigning_authority.strip().upper() != other.assigning_authority.strip().upper():
-            return False
-        return self.identifier.strip() != other.identifier.strip()
-
-
 class OrderingProvider(_Frozen):
-    """ORC-12 / OBR-16: the clinician whose work queue receives the result."""
+    """ORC-12 / OBR-16: the clinician who asked for the test. With an id, the work queue
+    that receives the result; ``id`` is "" for a requester known by name only."""
 
     id: str
     family_name: str = ""
@@ -83,6 +66,9 @@ class LabOrder(_Frozen):
     requested_test: CodedConcept
     ordered_at: datetime | None = None
     patient: PatientRef
+    # Everything the PID says, for a Patient the order may have to create (None in runs
+    # recorded before it was read, or when a PID date could not be read).
+    person: PersonDemographics | None = None
     ordering_provider: OrderingProvider | None = None
 
     @property
@@ -150,6 +136,7 @@ class LabResult(_Frozen):
     reported_at: datetime | None = None
     observations: tuple[LabObservation, ...]
     patient: PatientRef
+    person: PersonDemographics | None = None
     ordering_provider: OrderingProvider | None = None
     # NTE-3 comments on the OBR itself (before its first OBX).
     notes: tuple[str, ...] = ()

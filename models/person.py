@@ -17,7 +17,25 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from models.lab import PatientRef
+from models.demographics import (
+    ContactNumber,
+    PersonAddress,
+    PersonDemographics,
+    PersonIdentifier,
+    PersonName,
+)
+
+__all__ = [
+    "AppliedMessage",
+    "ContactNumber",
+    "PatientSyncSummary",
+    "PersonAddress",
+    "PersonDemographics",
+    "PersonIdentifier",
+    "PersonName",
+    "PersonTrigger",
+    "PersonUpdate",
+]
 
 
 class _Frozen(BaseModel):
@@ -29,63 +47,12 @@ class PersonTrigger(StrEnum):
     UPDATE = "A31"
 
 
-class PersonIdentifier(_Frozen):
-    """One PID-3 repetition (CX): id number, assigning authority (CX-4), type (CX-5)."""
-
-    value: str
-    assigning_authority: str = ""
-    identifier_type: str = ""
-
-
-class PersonName(_Frozen):
-    """One PID-5 repetition (XPN); ``name_type`` is XPN-7 as sent (table 0200)."""
-
-    family: str = ""
-    given: tuple[str, ...] = ()  # XPN-2, then XPN-3 (second and further given names)
-    prefix: str = ""  # XPN-5
-    suffix: tuple[str, ...] = ()  # XPN-4, then XPN-6 (degree)
-    name_type: str = ""
-
-
-class PersonAddress(_Frozen):
-    """One PID-11 repetition (XAD); ``address_type`` is XAD-7 as sent (table 0190)."""
-
-    lines: tuple[str, ...] = ()  # XAD-1.1 street, XAD-2 other designation
-    city: str = ""  # XAD-3
-    state: str = ""  # XAD-4
-    postal_code: str = ""  # XAD-5
-    country: str = ""  # XAD-6
-    district: str = ""  # XAD-9 county/parish
-    address_type: str = ""
-
-
-class ContactNumber(_Frozen):
-    """One PID-13 / PID-14 repetition (XTN); codes as sent (tables 0201, 0202)."""
-
-    use_code: str = ""  # XTN-2: PRN, WPN, NET, ...
-    equipment_type: str = ""  # XTN-3: PH, CP, FX, Internet, ...
-    email: str = ""  # XTN-4
-    number: str = ""  # XTN-12, else XTN-5..8 (country, area, local, extension), else XTN-1
-
-
-class PersonUpdate(_Frozen):
+class PersonUpdate(PersonDemographics):
     """What one A28/A31 says about a person, field by field."""
 
     trigger: PersonTrigger
     control_id: str  # MSH-10
     sending_facility: str  # MSH-4
-    # The PID-3 identifier the Patient is found by (MR preferred), read exactly as the lab
-    # and discharge exchanges read it, so all three reach one Patient.
-    patient: PatientRef
-    identifiers: tuple[PersonIdentifier, ...]  # every PID-3 repetition
-    names: tuple[PersonName, ...] = ()  # PID-5, in message order
-    birth_date: str = ""  # PID-7 to its precision: "YYYY", "YYYY-MM" or "YYYY-MM-DD"
-    sex: str = ""  # PID-8 (table 0001)
-    addresses: tuple[PersonAddress, ...] = ()  # PID-11
-    home_contacts: tuple[ContactNumber, ...] = ()  # PID-13
-    business_contacts: tuple[ContactNumber, ...] = ()  # PID-14
-    # PID fields sent as "" ("PID-7", "PID-11", ...): the sender asks to delete the value.
-    explicit_nulls: tuple[str, ...] = ()
 
 
 # --- what a patient-sync exchange did (its result; no PHI) --------------------------------

@@ -46,6 +46,8 @@ from adapters.hl7v2.fields import (
     timestamp,
     unescape_text,
 )
+from adapters.hl7v2.person_fields import PidFieldInvalid, read_person
+from models.demographics import PersonDemographics
 from models.errors import Hl7Error
 from models.lab import (
     CodedConcept,
@@ -197,11 +199,17 @@ def read_patient(segments: Iterable[Segment], delimiters: Delimiters) -> Patient
     )
 
 
+def _ordering_provider(*fields: str, d: Delimiters) -> OrderingProvider | None:
+    """The first XCN of ``fields`` (ORC-12, OBR-16) that carries an id -- only an id names a
+    work queue -- else the first that carries a name (a requester known by name only)."""
+    providers = [p for raw in fields if raw and (p := _provider(raw, d)) is not None]
+    return next((p for p in providers if p.id), providers[0] if providers else None)
+
+
 def _provider(raw: str, d: Delimiters) -> OrderingProvider | None:
-    """XCN (ORC-12, OBR-16). Without an id there is no work queue to address."""
     xcn = person(raw, d)
     provider_id = xcn.identifier.strip()
-    if not provider_id:
+    if not provider_id and not (xcn.family_name or xcn.given_name):
         return None
     return OrderingProvider(
         id=provider_id,
@@ -209,6 +217,20 @@ def _provider(raw: str, d: Delimiters) -> OrderingProvider | None:
         given_name=xcn.given_name,
         assigning_authority=xcn.assigning_authority,
     )
+
+
+def read_person_of(
+    segments: Iterable[Segment], d: Delimiters, patient: PatientRef
+) -> PersonDemographics | None:
+    """Everything the first PID says about the person, for the Patient a result may have to
+    create; None when a birth or death date cannot be read: the result is still filed, and
+    a Patient it has to create holds only what PatientRef read (a refused date is not
+    guessed at)."""
+    pid = next(s for s in segments if s.name == "PID")
+    try:
+        return read_person(pid, d, patient)
+    except PidFieldInvalid:
+        return None
 
 
 def parse_patient(text: str) -> PatientRef:
@@ -248,6 +270,7 @@ def parse_lab_orders(text: str) -> list[LabOrder]:
     if (message.message_code, message.trigger_event) not in _ORDER_TYPES:
         raise LabMessageInvalid("MSH", 9, "not a lab order message (ORM^O01 or OML^O21)")
     patient = read_patient(message.segments, d)
+    demographics = read_person_of(message.segments, d, patient)
     orders: list[LabOrder] = []
     orc: Segment | None = None
     tq1: Segment | None = None
@@ -259,7 +282,7 @@ def parse_lab_orders(text: str) -> list[LabOrder]:
         elif seg.name == "OBR":
             if orc is None:
                 raise LabMessageInvalid("ORC", None, "OBR without a common order segment")
-            orders.append(_order(message, patient, orc, seg, tq1))
+            orders.append(_order(message, patient, demographics, orc, seg, tq1))
     if orc is None:
         raise LabMessageInvalid("ORC", None, "common order segment missing")
     if not orders:
@@ -315,14 +338,19 @@ def _order_number(
 
 
 def _order(
-    message: _Message, patient: PatientRef, orc: Segment, obr: Segment, tq1: Segment | None
+    message: _Message,
+    patient: PatientRef,
+    demographics: PersonDemographics | None,
+    orc: Segment,
+    obr: Segment,
+    tq1: Segment | None,
 ) -> LabOrder:
     d = message.delimiters
     placer, placer_ns, filler, filler_ns = _order_numbers(orc, obr, d)
     test = _coded(obr.raw(4), d)
     if test is None:
         raise LabMessageInvalid("OBR", 4, "universal service identifier missing")
-    provider = _provider(orc.raw(12), d) or _provider(obr.raw(16), d)
+    provider = _ordering_provider(orc.raw(12), obr.raw(16), d=d)
     return LabOrder(
         control_id=message.control_id,
         sending_facility=message.sending_facility,
@@ -335,6 +363,7 @@ def _order(
         requested_test=test,
         ordered_at=timestamp(orc.raw(9), d) or timestamp(obr.raw(6), d),
         patient=patient,
+        person=demographics,
         ordering_provider=provider,
     )
 
@@ -371,13 +400,14 @@ def parse_lab_results(text: str) -> list[LabResult]:
     if not groups:
         raise LabMessageInvalid("OBR", None, "observation request segment missing")
     patient = read_patient(message.segments, d)
+    demographics = read_person_of(message.segments, d, patient)
     results: list[LabResult] = []
     for group in groups:
         status = unescape_text(group.obr.raw(25), d).strip().upper()
         # OBR-25 = X: the test could not be done; a report with no OBX is expected.
         if not group.obxs and status != "X":
             raise LabMessageInvalid("OBX", None, "observation request without observations")
-        results.append(_result(message, patient, group, status))
+        results.append(_result(message, patient, demographics, group, status))
     return results
 
 
@@ -410,14 +440,20 @@ def parse_lab_result(text: str) -> LabResult:
     return results[0]
 
 
-def _result(message: _Message, patient: PatientRef, group: _ReportGroup, status: str) -> LabResult:
+def _result(
+    message: _Message,
+    patient: PatientRef,
+    demographics: PersonDemographics | None,
+    group: _ReportGroup,
+    status: str,
+) -> LabResult:
     d = message.delimiters
     orc, obr = group.orc, group.obr
     placer, placer_ns, filler, filler_ns = _order_numbers(orc, obr, d)
     service = _coded(obr.raw(4), d)
     if service is None:
         raise LabMessageInvalid("OBR", 4, "universal service identifier missing")
-    provider = (_provider(orc.raw(12), d) if orc else None) or _provider(obr.raw(16), d)
+    provider = _ordering_provider(orc.raw(12) if orc else "", obr.raw(16), d=d)
     return LabResult(
         control_id=message.control_id,
         sending_facility=message.sending_facility,
@@ -435,6 +471,7 @@ def _result(message: _Message, patient: PatientRef, group: _ReportGroup, status:
             for index, (obx, notes) in enumerate(zip(group.obxs, group.obx_notes, strict=True), 1)
         ),
         patient=patient,
+        person=demographics,
         ordering_provider=provider,
         notes=tuple(group.notes),
         specimen=_specimen(group.spm, obr, d),

@@ -54,6 +54,10 @@ class CriticalRange:
     unit: str
 
 
+PATIENT_BY_IDENTIFIER = "reference-by-identifier"
+PATIENT_CREATE_IF_ABSENT = "create-if-absent"
+
+
 @dataclass(frozen=True)
 class LabMapping:
     """One mapping version: ``local_to_loinc.<v>.csv`` + ``v2_to_fhir.<v>.toml``."""
@@ -80,6 +84,12 @@ class LabMapping:
     critical_ranges: dict[str, CriticalRange]
     # The report identifier includes OBR-4 (v2 on): one report per OBR group.
     report_per_service: bool = False
+    # How results and orders name their patient (v2 on: "create-if-absent", a conditional
+    # create from the whole PID and literal references); v1 refers by identifier only.
+    patient_write: str = PATIENT_BY_IDENTIFIER
+    # The patient-sync mapping version that builds that Patient, so a lab-created Patient
+    # is the one an A28 would create.
+    patient_mapping_version: str = "v1"
 
     def to_loinc(self, system: str, code: str) -> LoincConcept | None:
         """LOINC for one (v2 coding system, code); an ``LN`` code is already LOINC."""
@@ -157,6 +167,9 @@ def _load(version: str) -> LabMapping:
     data = tomllib.loads(_read_text(f"v2_to_fhir.{version}.toml"))
     if data.get("version") != version:
         raise ValueError(f"v2_to_fhir.{version}.toml declares version {data.get('version')!r}")
+    patient_write = str(data.get("patient", {}).get("write", PATIENT_BY_IDENTIFIER))
+    if patient_write not in (PATIENT_BY_IDENTIFIER, PATIENT_CREATE_IF_ABSENT):
+        raise ValueError(f"v2_to_fhir.{version}.toml: unknown patient.write {patient_write!r}")
     coding = dict(data["coding_systems"])
     local_prefix = str(coding.pop("local_prefix"))
     interpretation = data["interpretation"]
@@ -189,6 +202,8 @@ def _load(version: str) -> LabMapping:
             for loinc, limits in dict(critical.get("ranges", {})).items()
         },
         report_per_service=bool(data.get("report", {}).get("per_service", False)),
+        patient_write=patient_write,
+        patient_mapping_version=str(data.get("patient", {}).get("mapping", "v1")),
     )
 
 

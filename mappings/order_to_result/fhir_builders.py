@@ -27,12 +27,16 @@ from pydantic import BaseModel
 
 from mappings.fhir_identifiers import (
     conditional_url,
+    identifier_query,
     patient_identifier,
     qualified_system,
     quoted_code,
 )
 from mappings.fhir_validation import validate_resource
-from mappings.order_to_result.concept_map import LabMapping
+from mappings.order_to_result.concept_map import PATIENT_CREATE_IF_ABSENT, LabMapping
+from mappings.patient_sync.fhir_patient import new_patient, patient_changes
+from mappings.patient_sync.mapping import load_patient_mapping
+from models.demographics import PersonDemographics, PersonIdentifier, PersonName
 from models.lab import (
     CodedConcept,
     LabObservation,
@@ -50,6 +54,8 @@ __all__ = [
     "escalation_task_for",
     "is_critical",
     "order_identifiers",
+    "order_transaction_for",
+    "patient_entry",
     "report_identifier",
     "report_key",
     "result_transaction_for",
@@ -161,13 +167,67 @@ def _uuid_url(system: str, value: str) -> str:
 
 
 def _patient_reference(patient: PatientRef, mapping: LabMapping) -> JSON:
-    # Logical reference: the Patient resource is owned by the ADT exchanges;
-    # the server resolves the identifier, we never create a patient here.
-    return {"identifier": patient_identifier(patient, mapping.identifier_system("patient"))}
+    """Subject of every resource built from ``patient``'s order or result.
+
+    v2 on: the fullUrl of the entry ``patient_entry`` adds to the same transaction, which
+    the server turns into the literal Patient/<id> it found or created. v1: a logical
+    reference by identifier (no Patient is written)."""
+    identifier = patient_identifier(patient, mapping.identifier_system("patient"))
+    if mapping.patient_write == PATIENT_CREATE_IF_ABSENT:
+        return {"reference": _full_url(identifier), "type": "Patient"}
+    return {"identifier": identifier}
+
+
+def patient_entry(
+    patient: PatientRef, person: PersonDemographics | None, mapping: LabMapping
+) -> JSON | None:
+    """The transaction entry that makes sure ``patient``'s Patient exists (v2 on): a
+    conditional create from the whole PID, so a Patient other sources wrote (registration,
+    patient-sync) is referenced and never overwritten. Without the PID's demographics
+    (a run recorded before they were read) the Patient is created from the key identifier
+    and what PatientRef holds. None in v1."""
+    if mapping.patient_write != PATIENT_CREATE_IF_ABSENT:
+        return None
+    identifier = patient_identifier(patient, mapping.identifier_system("patient"))
+    person = person or _person_of(patient)
+    changes = patient_changes(person, load_patient_mapping(mapping.patient_mapping_version))
+    return {
+        "fullUrl": _full_url(identifier),
+        "resource": new_patient(changes),
+        "request": {
+            "method": "POST",
+            "url": "Patient",
+            "ifNoneExist": identifier_query(identifier),
+        },
+    }
+
+
+def _person_of(patient: PatientRef) -> PersonDemographics:
+    return PersonDemographics(
+        patient=patient,
+        identifiers=(
+            PersonIdentifier(
+                value=patient.identifier,
+                assigning_authority=patient.assigning_authority,
+                identifier_type=patient.identifier_type,
+            ),
+        ),
+        names=(
+            (PersonName(family=patient.family_name, given=(patient.given_name,)),)
+            if patient.family_name or patient.given_name
+            else ()
+        ),
+        birth_date=patient.birth_date.isoformat() if patient.birth_date else "",
+        sex=patient.sex,
+    )
 
 
 def _practitioner_reference(provider: OrderingProvider, mapping: LabMapping) -> JSON:
+    """By identifier when the XCN has an id; a requester known by name only is named by
+    display (there is no identifier to find a Practitioner by)."""
     display = " ".join(p for p in (provider.given_name, provider.family_name) if p)
+    if not provider.id:
+        return {"type": "Practitioner", "display": display}
     reference: JSON = {
         "type": "Practitioner",
         "identifier": {
@@ -212,6 +272,9 @@ def _codeable(concept: CodedConcept, mapping: LabMapping, *, with_loinc: bool = 
         (concept.code, concept.text, concept.system),
         (concept.alternate_code, concept.alternate_text, concept.alternate_system),
     ):
+        # FHIR's code type allows single inner spaces only; a sender's "0  0" is the same
+        # code to any reader, and the unnormalised one would fail the whole bundle.
+        code = " ".join(code.split())
         if not code:
             continue
         coding = {"system": mapping.system_uri(system), "code": code}
@@ -366,6 +429,19 @@ def _critical_correction(
 
 
 # --- ServiceRequest ----------------------------------------------------------------------
+
+
+def order_transaction_for(order: LabOrder, mapping: LabMapping) -> JSON:
+    """v2 on: the ServiceRequest's conditional PUT after the entry that makes sure its
+    Patient exists, in one transaction (the subject is the Patient's literal reference)."""
+    request = service_request_for(order, mapping)
+    entries = [
+        _put("ServiceRequest", _without_type(request["identifier"][0]), request),
+    ]
+    if (patient := patient_entry(order.patient, order.person, mapping)) is not None:
+        entries.insert(0, patient)
+    bundle: JSON = {"resourceType": "Bundle", "type": "transaction", "entry": entries}
+    return _validated(Bundle, bundle)
 
 
 def service_request_for(order: LabOrder, mapping: LabMapping) -> JSON:
@@ -628,9 +704,12 @@ def result_transaction_for(
         "focus": {"reference": report_url, "type": "DiagnosticReport"},
         "for": _patient_reference(result.patient, mapping),
     }
-    if result.ordering_provider is not None:
+    if result.ordering_provider is not None and result.ordering_provider.id:
+        # Only an id names a work queue to own the Task.
         task["owner"] = _practitioner_reference(result.ordering_provider, mapping)
     entries.append(_put("Task", task_id, _validated(Task, task)))
+    if (patient := patient_entry(result.patient, result.person, mapping)) is not None:
+        entries.insert(0, patient)
 
     bundle: JSON = {"resourceType": "Bundle", "type": "transaction", "entry": entries}
     return _validated(Bundle, bundle)
@@ -676,11 +755,10 @@ def escalation_task_for(order: LabOrder, mapping: LabMapping, *, reason: str | N
         "focus": {"type": "ServiceRequest", "identifier": primary},
         "for": _patient_reference(order.patient, mapping),
     }
-    if order.ordering_provider is not None:
+    if order.ordering_provider is not None and order.ordering_provider.id:
         task["owner"] = _practitioner_reference(order.ordering_provider, mapping)
-    bundle: JSON = {
-        "resourceType": "Bundle",
-        "type": "transaction",
-        "entry": [_put("Task", task_id, _validated(Task, task))],
-    }
+    entries = [_put("Task", task_id, _validated(Task, task))]
+    if (patient := patient_entry(order.patient, order.person, mapping)) is not None:
+        entries.insert(0, patient)
+    bundle: JSON = {"resourceType": "Bundle", "type": "transaction", "entry": entries}
     return _validated(Bundle, bundle)

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from mappings.fhir_identifiers import identifier_query, patient_identifier, qualified_system
 from mappings.patient_sync.mapping import PatientMapping
 from models.errors import Hl7Error
-from models.person import ContactNumber, PersonAddress, PersonName, PersonUpdate
+from models.person import ContactNumber, PersonAddress, PersonDemographics, PersonName
 
 __all__ = [
     "PatientChanges",
@@ -56,6 +56,10 @@ class PatientChanges(BaseModel):
     remove_gender: bool = False
     remove_address_uses: list[str] = []
     remove_telecom_uses: list[str] = []
+    # PID-29 as a FHIR date, PID-30 Y/N (None: not sent); an explicit null removes both.
+    deceased_date: str = ""
+    deceased: bool | None = None
+    remove_deceased: bool = False
     # How the merge counts a name without use (mapping data, carried for a pure merge).
     name_without_use: str = "official"
     tag: dict[str, str]
@@ -69,8 +73,9 @@ class PatientChanges(BaseModel):
 # --- the message's fields as FHIR elements -------------------------------------------------
 
 
-def patient_changes(update: PersonUpdate, mapping: PatientMapping) -> PatientChanges:
-    """Map one person update with one mapping version. Pure; never reads the server."""
+def patient_changes(update: PersonDemographics, mapping: PatientMapping) -> PatientChanges:
+    """Map what one PID says (a person update, or the PID of a lab order or result) with
+    one mapping version. Pure; never reads the server."""
     key = patient_identifier(update.patient, mapping.patient_system)
     identifiers = _unique(
         [
@@ -105,6 +110,9 @@ def patient_changes(update: PersonUpdate, mapping: PatientMapping) -> PatientCha
                 for use in removes.get(field, ())
             }
         ),
+        deceased_date=update.deceased_at,
+        deceased=update.deceased,
+        remove_deceased="PID-29" in nulls and "PID-30" in nulls,
         name_without_use=mapping.server_name_without_use,
         tag={"system": mapping.mapping_tag_system, "code": mapping.mapping_tag_code},
     )
@@ -221,6 +229,8 @@ def merge_patient(current: JSON, changes: PatientChanges) -> JSON:
     elif changes.gender:
         patient["gender"] = changes.gender
 
+    _merge_deceased(patient, changes)
+
     def address_use(address: JSON) -> str:
         return str(address.get("use") or "")
 
@@ -245,6 +255,23 @@ def merge_patient(current: JSON, changes: PatientChanges) -> JSON:
         meta["tag"] = [*tags, dict(changes.tag)]
     _validate(patient)
     return patient
+
+
+def _merge_deceased(patient: JSON, changes: PatientChanges) -> None:
+    # Patient.deceased[x] is a choice: exactly one of the two elements may be present.
+    if changes.remove_deceased:
+        patient.pop("deceasedBoolean", None)
+        patient.pop("deceasedDateTime", None)
+    elif changes.deceased_date and changes.deceased is not False:
+        patient.pop("deceasedBoolean", None)
+        patient["deceasedDateTime"] = changes.deceased_date
+    elif changes.deceased is True:
+        # A date another source recorded says more than "yes": it stays.
+        if "deceasedDateTime" not in patient:
+            patient["deceasedBoolean"] = True
+    elif changes.deceased is False:
+        patient.pop("deceasedDateTime", None)
+        patient["deceasedBoolean"] = False
 
 
 def _same_identifier(a: JSON, b: JSON) -> bool:

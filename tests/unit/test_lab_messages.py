@@ -103,7 +103,13 @@ def test_orm_lab_order_reads_placer_filler_and_loinc() -> None:
     assert order.patient.family_name == "DUCK"
     assert order.patient.birth_date == date(1924, 10, 10)
     assert order.ordered_at == datetime(2014, 10, 6, 9, 29)
-    assert order.ordering_provider is None  # ORC-12 and OBR-16 carry no id
+    # ORC-12 is empty and OBR-16 names the requester without an id: known by name only.
+    assert order.ordering_provider is not None
+    assert (order.ordering_provider.id, order.ordering_provider.family_name) == ("", "URO")
+    # The whole PID travels with the order, for the Patient it may have to create.
+    assert order.person is not None
+    assert order.person.patient == order.patient
+    assert order.person.birth_date == "1924-10-10"
 
 
 def test_orm_with_namespaced_numbers_provider_and_offset() -> None:
