@@ -116,7 +116,8 @@ async def test_result_for_another_mrn_than_its_order_waits_for_a_reviewer(engine
     await engine.wait_for_status(wid, "final")
     report, task = await report_and_task(engine, order)
     assert report["identifier"][0]["value"] == report_identifier_value(order)
-    assert report["subject"]["identifier"]["value"] == "MRN7101"
+    patient = await read(engine, report["subject"]["reference"])
+    assert [i["value"] for i in patient["identifier"]] == ["MRN7101"]
     assert task["priority"] == "routine"
 
 
