@@ -51,13 +51,10 @@ def patient_identifier(patient: PatientRef, system: str) -> JSON:
     }
 
 
-def _token(identifier: Mapping[str, Any]) -> str:
-    return f"{identifier['system']}|{identifier['value']}"
-
-
 def identifier_query(identifier: Mapping[str, Any]) -> str:
     """``identifier=<system>|<value>``, URL-quoted: an If-None-Exist header or ``ifNoneExist``."""
-    return f"identifier={quote(_token(identifier), safe='')}"
+    # The system is one of a few per feed (quoted once); the value is new on every message.
+    return f"identifier={quoted_code(identifier['system'])}%7C{quote(identifier['value'], safe='')}"
 
 
 def conditional_url(resource_type: str, identifier: Mapping[str, Any]) -> str:

@@ -518,12 +518,21 @@ def _specimen(
     return _validated(Specimen, resource)
 
 
+@dataclass(frozen=True)
+class _ReportContext:
+    """What every Observation of one report refers to alike, built once per report."""
+
+    subject: JSON
+    based_on: list[JSON]
+    specimen: JSON | None
+
+
 def _observation(
     obs: LabObservation,
     identifier: JSON,
     result: LabResult,
     mapping: LabMapping,
-    specimen: JSON | None = None,
+    shared: _ReportContext,
 ) -> JSON:
     resource: JSON = {
         "resourceType": "Observation",
@@ -543,11 +552,11 @@ def _observation(
             }
         ],
         "code": _codeable(obs.code, mapping),
-        "subject": _patient_reference(result.patient, mapping),
-        "basedOn": _based_on(result, mapping),
+        "subject": shared.subject,
+        "basedOn": shared.based_on,
     }
-    if specimen is not None:
-        resource["specimen"] = specimen
+    if shared.specimen is not None:
+        resource["specimen"] = shared.specimen
     performer = obs.performing_organization or result.sending_facility
     if performer:
         resource["performer"] = [_organization(performer)]
@@ -643,10 +652,15 @@ def result_transaction_for(
         entries.append(_put("Specimen", specimen_id, specimen))
         specimen_ref = {"reference": _full_url(specimen_id)}
     observation_refs: list[JSON] = []
+    shared = _ReportContext(
+        subject=_patient_reference(result.patient, mapping),
+        based_on=_based_on(result, mapping),
+        specimen=specimen_ref,
+    )
     for obs, obs_id in zip(
         result.observations, _observation_identifiers(result, mapping), strict=True
     ):
-        observation = _observation(obs, obs_id, result, mapping, specimen_ref)
+        observation = _observation(obs, obs_id, result, mapping, shared)
         entries.append(_put("Observation", obs_id, observation))
         observation_refs.append({"reference": _full_url(obs_id)})
 
@@ -654,13 +668,13 @@ def result_transaction_for(
         "resourceType": "DiagnosticReport",
         "meta": _meta(mapping),
         "identifier": [report_id],
-        "basedOn": _based_on(result, mapping),
+        "basedOn": shared.based_on,
         "status": _report_status(result, mapping),
         "category": [
             {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0074", "code": "LAB"}]}
         ],
         "code": _codeable(result.universal_service_id, mapping),
-        "subject": _patient_reference(result.patient, mapping),
+        "subject": shared.subject,
         "result": observation_refs,
     }
     if specimen_ref is not None:
