@@ -298,7 +298,7 @@ def _names(
 
 
 _OTHER_FIELDS: tuple[tuple[str, Callable[[Demographics], str], Callable[[str], str]], ...] = (
-    ("birth_date", lambda d: d.birth_date, lambda value: value),
+    ("birth_date", lambda d: d.birth_date, lambda value: _NOT_DIGITS.sub("", value)[:8]),
     ("sex", lambda d: d.sex, _sex),
     ("address_line", lambda d: d.address_line, _folded),
     ("city", lambda d: d.city, _folded),

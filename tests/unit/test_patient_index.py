@@ -84,7 +84,9 @@ def test_merge_moves_the_retired_identifier_and_its_links_to_the_survivor(
     assert not merged.already_recorded
     assert merged.changed_links == 2
     assert index.resolve(RETIRED) == index.resolve(LAB_ID) == survivor_enterprise
-    linked = {item.identifier: item.status for item in index.linked_identifiers(survivor_enterprise)}
+    linked = {
+        item.identifier: item.status for item in index.linked_identifiers(survivor_enterprise)
+    }
     assert linked == {
         SURVIVOR: IdentifierStatus.ACTIVE,
         RETIRED: IdentifierStatus.RETIRED,
@@ -213,9 +215,7 @@ def test_identifiers_reasons_and_message_ids_are_not_stored_in_clear(
     index: PatientIndex, database: Path
 ) -> None:
     enrolled(index, SURVIVOR)
-    index.record_merge(
-        SURVIVOR, RETIRED, actor=ROBOT, reason="duplicate of Jane Roe", message=A40
-    )
+    index.record_merge(SURVIVOR, RETIRED, actor=ROBOT, reason="duplicate of Jane Roe", message=A40)
     stored = database.read_bytes() + Path(f"{database}-wal").read_bytes()
     for clear in (b"MRN-1001", b"MRN-2002", b"MSG-0001", b"Jane Roe"):
         assert clear not in stored
