@@ -67,6 +67,7 @@ bench: setup
 	@$(BIN)/python bench/parse.py
 	@$(BIN)/python bench/ingest.py
 	@$(BIN)/python bench/discharge.py
+	@$(BIN)/python bench/identity.py
 
 clean:
 	rm -rf $(VENV) fhir-server/node_modules partners/node_modules .state

@@ -72,6 +72,39 @@ def install_append_only_guard(connection: Connection) -> None:
         connection.exec_driver_sql(statement)
 
 
+def install_keep_rows_guard(
+    connection: Connection, table: str, *, frozen_columns: Sequence[str] | None = None
+) -> None:
+    """The same guard for another table whose rows are never deleted: DELETE refused, and
+    UPDATE refused on ``frozen_columns`` (every column when None; a column left out of the
+    list is state that may change, its history kept elsewhere). Same timing as
+    ``install_append_only_guard``: every time the database opens, after ``lock_chain``."""
+    dialect = connection.dialect.name
+    update_of = f"UPDATE OF {', '.join(frozen_columns)}" if frozen_columns else "UPDATE"
+    if dialect == "sqlite":
+        statements = [
+            f"""CREATE TRIGGER IF NOT EXISTS {table}_no_{name}
+            BEFORE {verb} ON {table}
+            BEGIN SELECT RAISE(ABORT, '{table} keeps every row: {name.upper()} refused'); END"""
+            for name, verb in (("delete", "DELETE"), ("update", update_of))
+        ]
+    elif dialect == "postgresql":
+        statements = [
+            f"""CREATE OR REPLACE FUNCTION {table}_keep_rows() RETURNS trigger
+            LANGUAGE plpgsql AS $$
+            BEGIN
+                RAISE EXCEPTION USING MESSAGE = '{table} keeps every row: ' || TG_OP || ' refused';
+            END $$""",
+            f"DROP TRIGGER IF EXISTS {table}_keep_rows ON {table}",
+            f"""CREATE TRIGGER {table}_keep_rows BEFORE {update_of} OR DELETE ON {table}
+            FOR EACH ROW EXECUTE FUNCTION {table}_keep_rows()""",
+        ]
+    else:
+        statements = []
+    for statement in statements:
+        connection.exec_driver_sql(statement)
+
+
 def _utc_text(moment: datetime) -> str:
     # SQLite hands back naive datetimes; every time Careweave records is UTC.
     aware = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)

@@ -16,11 +16,8 @@ by hand, so a message type nobody registered is refused instead of falling throu
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import dataclasses
-import hashlib
-import hmac
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -35,6 +32,9 @@ from temporalio.common import SearchAttributeKey
 from adapters.fhir import FhirClient
 from adapters.hl7v2.fields import Segment
 from adapters.hl7v2.header import DecodedMessage, MessageHeader, MessageRejected
+
+# Re-exported: workflow ids, tests and the CLI take it from here.
+from adapters.pseudonyms import pseudonym as pseudonym
 from models.audit import AuditAction
 from models.destinations import RoutingConfig
 from models.errors import ConfigurationError, EngineError
@@ -217,17 +217,6 @@ def id_part(value: str) -> str:
     """A workflow-id segment: order numbers and facility codes contain '/', '^' or spaces."""
     cleaned = _UNSAFE_ID_CHARS.sub("_", value.strip()).strip("_")
     return cleaned[:64] or "unknown"
-
-
-def pseudonym(key: bytes, *parts: str) -> str:
-    """A stable, PHI-free stand-in for an identifier (visit number, MRN) in workflow ids.
-
-    Keyed, because a plain hash of a medical record number is reversed by trying them all.
-    """
-    if not key:
-        raise ValueError("a pseudonym key is required (Settings.resolved_pseudonym_key)")
-    digest = hmac.new(key, "|".join(parts).encode(), hashlib.sha256).digest()
-    return base64.b32encode(digest).decode()[:20].lower()
 
 
 def search_pseudonym(key: bytes, kind: BusinessKeyKind, value: str) -> str:
