@@ -197,13 +197,12 @@ def ingest_batch(
     per_second = _rate(rate, settings)
 
     if check:
-        plans = [_plan(path, settings, zone) for path in files or []]
-        for plan in plans:
+        troubled = False
+        for path in files or []:
+            plan = _plan(path, settings, zone)
             if plan is not None:
                 _print_validation(plan)
-        troubled = any(
-            plan is None or plan.batch.bad_messages or plan.batch.trailer_problems for plan in plans
-        )
+            troubled |= plan is None or bool(plan.batch.bad_messages or plan.held)
         raise typer.Exit(1 if troubled else 0)
 
     async def open_ingest() -> BatchIngest:
