@@ -63,25 +63,30 @@ def _local_zone(settings: Settings) -> ZoneInfo:
         ) from err
 
 
+def _report(text: str) -> None:
+    # One finding per line, never wrapped: operators grep these FILE:LINE lines.
+    console.print(text, soft_wrap=True)
+
+
 def _print_validation(plan: BatchPlan) -> None:
     """Every bad message and trailer problem as FILE:LINE, and how MSH-7 was read."""
     batch = plan.batch
     where = escape(str(plan.path))
     envelope = f" in {batch.batch_count} batch(es)" if batch.batch_count else ""
-    console.print(
+    _report(
         f"[bold]{where}[/bold]: {len(batch.messages)} good message(s){envelope}, "
         f"{len(batch.bad_messages)} bad, {len(batch.trailer_problems)} trailer problem(s)"
     )
     if batch.local_times:
-        console.print(
+        _report(
             f"  MSH-7 without offset read as {batch.local_zone} for {batch.local_times} "
             "message(s) (CAREWEAVE_BATCH_LOCAL_TIMEZONE)"
         )
     for bad in batch.bad_messages:
         kind = f" {bad.message_type}" if bad.message_type else ""
-        console.print(f"  {where}:{bad.line}{escape(kind)} [red]{escape(bad.reason)}[/red]")
+        _report(f"  {where}:{bad.line}{escape(kind)} [red]{escape(bad.reason)}[/red]")
     for problem in batch.trailer_problems:
-        console.print(
+        _report(
             f"  {where}:{problem.line} [red]trailer {problem.segment}: {escape(problem.text)}[/red]"
         )
 
@@ -98,7 +103,7 @@ def _print_summary(report: BatchReport) -> None:
 
 
 def _held_advice(plan: BatchPlan) -> None:
-    console.print(
+    _report(
         f"[yellow]held:[/yellow] {escape(str(plan.path))}: its trailer counts do not match "
         "what it holds, so nothing was applied. Check the file with its sender (a message "
         "may be missing); to apply the messages it holds as they are, run\n"
