@@ -20,6 +20,7 @@ from adapters.audit_log import (
     install_append_only_guard,
     lock_chain,
 )
+from adapters.batch_ledger import BatchLedger
 from adapters.payload_crypto import KeyRing, PayloadDecryptError, PayloadKeyError
 from models.audit import AuditEntry
 from models.records import (
@@ -202,6 +203,9 @@ class CareweaveStore:
 
     def receipt_book(self) -> ReceiptBook:
         return ReceiptBook(self._engine)
+
+    def batch_ledger(self) -> BatchLedger:
+        return BatchLedger(self._engine)
 
 
 class ReceiptBook:

@@ -107,3 +107,33 @@ class ReviewAssignment(SQLModel, table=True):
     review_id: str
     assignee: str
     assigned_at: datetime = Field(sa_type=DateTime(timezone=True))
+
+
+class BatchStatus(StrEnum):
+    HELD = "held"  # a trailer count does not add up: nothing applied, an operator decides
+    APPLYING = "applying"  # started; `applied` says how far
+    DONE = "done"
+
+
+class BatchIngestion(SQLModel, table=True):
+    """One upstream batch file and how far its ingestion went, keyed by the file's digest,
+    so `careweave ingest-batch` run again on the same bytes continues where it stopped.
+
+    ``steps`` are the file's bad messages (quarantined) then its good ones in clinical
+    order; ``applied`` of them are done. ``order_digest`` fingerprints that order: a run
+    that would order the file differently (another local zone, other supported types)
+    does not trust ``applied`` and relies on the receipts alone. No message content.
+    """
+
+    __tablename__ = "batch_ingestion"
+
+    digest: str = Field(primary_key=True)  # SHA-256 of the file's bytes
+    file_name: str
+    status: str = Field(index=True)
+    steps: int
+    applied: int = 0
+    order_digest: str
+    first_seen_at: datetime = Field(sa_type=DateTime(timezone=True))
+    applying_since: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+    updated_at: datetime = Field(sa_type=DateTime(timezone=True))
+    trailer_mismatch_accepted_by: str | None = None

@@ -99,6 +99,17 @@ class Settings(BaseSettings):
     # A destination's per-patient queue that stays empty this long completes (a new event
     # starts it again).
     delivery_idle_close_seconds: float = 24 * 3600
+    # Upstream downtime batches (`careweave ingest-batch`): the watched inbox (processed
+    # files go to its processed/, held/ or failed/ folder, never deleted), how fast its
+    # messages are committed so a recovering engine is not flooded, and the zone an MSH-7
+    # without offset is read in (the sending EHR's local time, an IANA name).
+    batch_inbox: Path | None = None
+    batch_rate_per_second: float = Field(default=20.0, gt=0)
+    batch_local_timezone: str = "UTC"
+    batch_inbox_poll_seconds: float = Field(default=2.0, gt=0)
+    # A file is picked up once its size and modification time stayed the same this long
+    # (a sender still copying it changes both).
+    batch_inbox_settle_seconds: float = Field(default=2.0, ge=0)
     # `careweave up` runs the demo's two MLLP partner systems (primary care, billing).
     partners_embedded: bool = True
     # Key for the pseudonyms in workflow ids (encounter and patient keys); unset: a random

@@ -200,6 +200,13 @@ class MessageIntake:
             return self._answer(header, "AA", Outcome.ACCEPTED, workflow_id)
         return self._answer(header, "AA", Outcome.ACCEPTED, destination.workflow_id)
 
+    async def refuse(
+        self, payload: bytes, rejection: MessageRejected, *, peer: str
+    ) -> IntakeResult:
+        """Keep a message another reader refused (a batch file's bad message) the way the
+        gateway keeps its own refusals: quarantined with the reason and a RECEIVE row."""
+        return await self._reject(payload, rejection, peer=peer)
+
     async def reject_frame(self, raw: bytes, reason: str, *, peer: str) -> IntakeResult:
         """A frame the MLLP decoder refused (too large, embedded start byte, stray bytes)."""
         rejection = MessageRejected(

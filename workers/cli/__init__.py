@@ -14,6 +14,7 @@ from workers.cli import (
     audit,
     exchanges,
     find,
+    ingest_batch,
     keys,
     login,
     processes,
@@ -36,5 +37,6 @@ app.add_typer(users.app)
 app.add_typer(exchanges.app)
 app.add_typer(find.app)  # find
 app.add_typer(validate.app)  # validate
+app.add_typer(ingest_batch.app)  # ingest-batch
 
 __all__ = ["app"]

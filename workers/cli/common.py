@@ -3,8 +3,10 @@ the engine's parts (payload keys, Temporal, the database, the audit trail, the A
 
 from __future__ import annotations
 
+import asyncio
 import getpass
 import logging
+import signal
 import sys
 from typing import Any
 
@@ -30,6 +32,15 @@ def fail(message: str) -> typer.Exit:
     """Print the reason and return the exit (code 1) for the caller to raise."""
     console.print(f"[red]error:[/red] {message}")
     return typer.Exit(code=1)
+
+
+def stop_requested() -> asyncio.Event:
+    """Set by Ctrl-C or a service manager's SIGTERM: both mean stop every part, in order."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    return stop
 
 
 def configure_logging(verbose: bool) -> None:

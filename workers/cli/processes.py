@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import signal
 import sys
 from typing import TYPE_CHECKING, Annotated
 
@@ -22,6 +21,7 @@ from workers.cli.common import (
     fail,
     open_audit_log,
     open_store,
+    stop_requested,
 )
 from workers.intake import MessageIntake
 
@@ -33,15 +33,6 @@ app = typer.Typer()
 Verbose = Annotated[bool, typer.Option("--verbose", "-v")]
 
 
-def _stop_requested() -> asyncio.Event:
-    """Set by Ctrl-C or a service manager's SIGTERM: both mean stop every part, in order."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
-    return stop
-
-
 @app.command()
 def up(verbose: Verbose = False) -> None:
     """Start the embedded stack on loopback and run until Ctrl-C."""
@@ -51,7 +42,7 @@ def up(verbose: Verbose = False) -> None:
     settings = load_settings()
 
     async def run() -> None:
-        stop = _stop_requested()
+        stop = stop_requested()
         async with embedded_stack(settings) as stack:
             _print_stack(stack)
             console.print("Press Ctrl-C to stop.")
@@ -92,7 +83,7 @@ def worker(verbose: Verbose = False) -> None:
             )
             # The worker stops gracefully first, and only then does the scope close its
             # destination connections.
-            stop = _stop_requested()
+            stop = stop_requested()
             running = asyncio.create_task(worker.run())
             stopping = asyncio.create_task(stop.wait())
             await asyncio.wait({running, stopping}, return_when=asyncio.FIRST_COMPLETED)
@@ -138,7 +129,7 @@ def gateway(verbose: Verbose = False) -> None:
             server = MllpGateway(intake, settings)
         except TlsConfigError as err:
             raise fail(f"MLLP gateway TLS: {err}") from err
-        stop = _stop_requested()
+        stop = stop_requested()
         await server.start()
         console.print(f"MLLP gateway listening on {settings.mllp_host}:{server.port}")
         await stop.wait()
@@ -167,7 +158,7 @@ def api(verbose: Verbose = False) -> None:
             display_codec(client),
             open_audit_log(settings).aappend,
         )
-        stop = _stop_requested()
+        stop = stop_requested()
         try:
             async with serving_api(api_app, settings.api_host, settings.api_port) as port:
                 console.print(f"API listening on http://{settings.api_host}:{port}")
