@@ -68,12 +68,11 @@ class ContactNumber(_Frozen):
     number: str = ""  # XTN-12, else XTN-5..8 (country, area, local, extension), else XTN-1
 
 
-class PersonUpdate(_Frozen):
-    """What one A28/A31 says about a person, field by field."""
+class PersonDemographics(_Frozen):
+    """What one PID says about a person, field by field: the part of a person update that
+    other events carrying a PID (a merge's survivor, a link's two records) read the same way
+    (adapters/hl7v2/person_messages.read_person_demographics)."""
 
-    trigger: PersonTrigger
-    control_id: str  # MSH-10
-    sending_facility: str  # MSH-4
     # The PID-3 identifier the Patient is found by (MR preferred), read exactly as the lab
     # and discharge exchanges read it, so all three reach one Patient.
     patient: PatientRef
@@ -86,6 +85,14 @@ class PersonUpdate(_Frozen):
     business_contacts: tuple[ContactNumber, ...] = ()  # PID-14
     # PID fields sent as "" ("PID-7", "PID-11", ...): the sender asks to delete the value.
     explicit_nulls: tuple[str, ...] = ()
+
+
+class PersonUpdate(PersonDemographics):
+    """What one A28/A31 says about a person: the PID's demographics and the message's header."""
+
+    trigger: PersonTrigger
+    control_id: str  # MSH-10
+    sending_facility: str  # MSH-4
 
 
 # --- what a patient-sync exchange did (its result; no PHI) --------------------------------

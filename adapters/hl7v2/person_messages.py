@@ -36,13 +36,19 @@ from models.errors import Hl7Error
 from models.person import (
     ContactNumber,
     PersonAddress,
+    PersonDemographics,
     PersonIdentifier,
     PersonName,
     PersonTrigger,
     PersonUpdate,
 )
 
-__all__ = ["PersonMessageInvalid", "parse_person_update"]
+__all__ = [
+    "PersonMessageInvalid",
+    "parse_person_update",
+    "read_person_demographics",
+    "read_person_name",
+]
 
 # HL7's explicit null: "delete the value you have" (v2.5 section 2.5.3).
 EXPLICIT_NULL = '""'
@@ -83,17 +89,30 @@ def parse_person_update(text: str) -> PersonUpdate:
     pid = next((s for s in segments if s.name == "PID"), None)
     if pid is None:
         raise PersonMessageInvalid("PID", None, "PID segment missing")
-    try:
-        patient = read_patient([pid], d)
-    except LabMessageInvalid as err:
-        raise PersonMessageInvalid(err.segment_id, err.field_position, err.text) from err
+    demographics = read_person_demographics(pid, d)
     return PersonUpdate(
         trigger=trigger,
         control_id=unescape_text(msh.raw(10), d).strip(),
         sending_facility=hd_name(msh.raw(4), d).strip(),
+        # Shallow: the field values, already validated, are taken over as they are.
+        **dict(demographics),
+    )
+
+
+def read_person_demographics(pid: Segment, d: Delimiters) -> PersonDemographics:
+    """What one PID says about a person; every event carrying a PID reads it here (person
+    updates, a merge's survivor, a link's two records), so a field reads the same in all.
+
+    Raises PersonMessageInvalid naming the PID field that cannot be read.
+    """
+    try:
+        patient = read_patient([pid], d)
+    except LabMessageInvalid as err:
+        raise PersonMessageInvalid(err.segment_id, err.field_position, err.text) from err
+    return PersonDemographics(
         patient=patient,
         identifiers=_identifiers(pid, d),
-        names=tuple(name for rep in _values(pid, 5) if (name := _name(rep, d))),
+        names=tuple(name for rep in _values(pid, 5) if (name := read_person_name(rep, d))),
         birth_date=_birth_date(pid, d),
         sex="" if _is_null(pid, 8) else _leaf(at(components(pid.raw(8), d), 1), d),
         addresses=tuple(a for rep in _values(pid, 11) if (a := _address(rep, d))),
@@ -151,7 +170,8 @@ def _identifiers(pid: Segment, d: Delimiters) -> tuple[PersonIdentifier, ...]:
     return tuple(found)
 
 
-def _name(rep: str, d: Delimiters) -> PersonName | None:
+def read_person_name(rep: str, d: Delimiters) -> PersonName | None:
+    """One XPN repetition (PID-5, MRG-7 prior name); None when it names nobody."""
     parts = components(rep, d)
     family = _leaf(at(subcomponents(at(parts, 1), d), 1), d)
     given = tuple(g for g in (_leaf(at(parts, 2), d), _leaf(at(parts, 3), d)) if g)
