@@ -3,7 +3,8 @@ HL7 fast path (header decode + routing, then the lab and ADT parsers the activit
 
 Each parser may refuse input only with its declared error (MessageRejected,
 LabMessageInvalid, AdtMessageInvalid, PersonMessageInvalid, MergeMessageInvalid); anything
-else escaping is a crash the gateway or a worker would turn into a stuck connection or a failed activity.
+else escaping is a crash the gateway or a worker would turn into a stuck connection or a
+failed activity.
 Inputs are arbitrary bytes and text plus mutations of the real messages in
 tests/fixtures/corpus. Example counts are bounded so this file runs in well under half
 a minute.
