@@ -28,7 +28,7 @@ from adapters.hl7v2.header import decode_message
 from exchanges.registry import REGISTRY
 from exchanges.sdk import SUPPORTED_VERSIONS, ExchangeRegistry
 from models.audit import ActorKind, AuditAction, AuditEntry, AuditOutcome
-from models.errors import CareweaveError
+from models.errors import EngineError
 from models.records import BatchIngestion, BatchStatus
 from workers.intake import MessageIntake, Outcome
 
@@ -43,7 +43,7 @@ class StepOutcome(StrEnum):
     ALREADY_QUARANTINED = "already quarantined"  # by an earlier run of this same file
 
 
-class EngineUnavailable(CareweaveError):
+class EngineUnavailable(EngineError):
     """Temporal could not take a message: the run stops there, and continues when run again."""
 
 

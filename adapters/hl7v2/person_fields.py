@@ -31,7 +31,7 @@ from models.demographics import (
 )
 from models.errors import Hl7Error
 
-__all__ = ["EXPLICIT_NULL", "PidFieldInvalid", "read_person"]
+__all__ = ["EXPLICIT_NULL", "PidFieldInvalid", "read_person", "read_person_name"]
 
 # HL7's explicit null: "delete the value you have" (v2.5 section 2.5.3).
 EXPLICIT_NULL = '""'
@@ -64,7 +64,7 @@ def read_person(pid: Segment, d: Delimiters, patient: PatientRef) -> PersonDemog
     return PersonDemographics(
         patient=patient,
         identifiers=_identifiers(pid, d),
-        names=tuple(name for rep in _values(pid, 5) if (name := _name(rep, d))),
+        names=tuple(name for rep in _values(pid, 5) if (name := read_person_name(rep, d))),
         birth_date=_date(pid, 7, d),
         sex="" if _is_null(pid, 8) else _leaf(at(components(pid.raw(8), d), 1), d),
         addresses=tuple(a for rep in _values(pid, 11) if (a := _address(rep, d))),
@@ -113,7 +113,8 @@ def _identifiers(pid: Segment, d: Delimiters) -> tuple[PersonIdentifier, ...]:
     return tuple(found)
 
 
-def _name(rep: str, d: Delimiters) -> PersonName | None:
+def read_person_name(rep: str, d: Delimiters) -> PersonName | None:
+    """One XPN repetition (PID-5, MRG-7); None when it names nobody."""
     parts = components(rep, d)
     family = _leaf(at(subcomponents(at(parts, 1), d), 1), d)
     given = tuple(g for g in (_leaf(at(parts, 2), d), _leaf(at(parts, 3), d)) if g)

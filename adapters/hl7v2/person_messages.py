@@ -29,9 +29,9 @@ from adapters.hl7v2.fields import (
 from adapters.hl7v2.lab_messages import LabMessageInvalid, read_patient
 from adapters.hl7v2.person_fields import PidFieldInvalid, read_person
 from models.errors import Hl7Error
-from models.person import PersonTrigger, PersonUpdate
+from models.person import PersonDemographics, PersonTrigger, PersonUpdate
 
-__all__ = ["PersonMessageInvalid", "parse_person_update"]
+__all__ = ["PersonMessageInvalid", "parse_person_update", "read_person_demographics"]
 
 
 class PersonMessageInvalid(Hl7Error, ValueError):
@@ -62,16 +62,25 @@ def parse_person_update(text: str) -> PersonUpdate:
     pid = next((s for s in segments if s.name == "PID"), None)
     if pid is None:
         raise PersonMessageInvalid("PID", None, "PID segment missing")
-    try:
-        person = read_person(pid, d, read_patient([pid], d))
-    except (LabMessageInvalid, PidFieldInvalid) as err:
-        raise PersonMessageInvalid(err.segment_id, err.field_position, err.text) from err
+    person = read_person_demographics(pid, d)
     return PersonUpdate(
         trigger=trigger,
         control_id=unescape_text(msh.raw(10), d).strip(),
         sending_facility=hd_name(msh.raw(4), d).strip(),
         **dict(person),
     )
+
+
+def read_person_demographics(pid: Segment, d: Delimiters) -> PersonDemographics:
+    """What one PID says about a person, keyed as every exchange keys it; every event that
+    carries a PID reads it here (person updates, a merge's survivor, a link's two records).
+
+    Raises PersonMessageInvalid naming the PID field that cannot be read.
+    """
+    try:
+        return read_person(pid, d, read_patient([pid], d))
+    except (LabMessageInvalid, PidFieldInvalid) as err:
+        raise PersonMessageInvalid(err.segment_id, err.field_position, err.text) from err
 
 
 def _trigger(msh: Segment, d: Delimiters) -> PersonTrigger:

@@ -2,8 +2,9 @@
 HL7 fast path (header decode + routing, then the lab and ADT parsers the activities run).
 
 Each parser may refuse input only with its declared error (MessageRejected,
-LabMessageInvalid, AdtMessageInvalid, PersonMessageInvalid); anything else escaping is a
-crash the gateway or a worker would turn into a stuck connection or a failed activity.
+LabMessageInvalid, AdtMessageInvalid, PersonMessageInvalid, MergeMessageInvalid); anything
+else escaping is a crash the gateway or a worker would turn into a stuck connection or a
+failed activity.
 Inputs are arbitrary bytes and text plus mutations of the real messages in
 tests/fixtures/corpus. Example counts are bounded so this file runs in well under half
 a minute.
@@ -26,6 +27,7 @@ from adapters.hl7v2.lab_messages import (
     parse_lab_results,
     parse_patient,
 )
+from adapters.hl7v2.merge_messages import MergeMessageInvalid, parse_identity_message
 from adapters.hl7v2.person_messages import PersonMessageInvalid, parse_person_update
 from exchanges.registry import REGISTRY
 from exchanges.sdk import SUPPORTED_VERSIONS
@@ -124,15 +126,22 @@ def _through_the_parsers(text: str, message_code: str | None = None) -> None:
         "ORU": [parse_lab_results],
         "ORM": [parse_lab_orders],
         "OML": [parse_lab_orders],
-        "ADT": [parse_adt_event, parse_person_update],
+        "ADT": [parse_adt_event, parse_person_update, parse_identity_message],
     }.get(
         message_code or "",
-        [parse_lab_results, parse_lab_orders, parse_patient, parse_adt_event, parse_person_update],
+        [
+            parse_lab_results,
+            parse_lab_orders,
+            parse_patient,
+            parse_adt_event,
+            parse_person_update,
+            parse_identity_message,
+        ],
     )
     for parse in parsers:
         try:
             parse(text)
-        except (LabMessageInvalid, AdtMessageInvalid, PersonMessageInvalid):
+        except (LabMessageInvalid, AdtMessageInvalid, PersonMessageInvalid, MergeMessageInvalid):
             pass
 
 
