@@ -3,7 +3,13 @@ worker, audit trail, search attributes and `careweave exchanges` all know the ex
 
 from __future__ import annotations
 
-from exchanges import discharge_sync, order_to_result, ordered_delivery, patient_sync
+from exchanges import (
+    discharge_sync,
+    order_to_result,
+    ordered_delivery,
+    patient_merge,
+    patient_sync,
+)
 from exchanges.sdk import ExchangeRegistry
 
 REGISTRY = ExchangeRegistry(
@@ -11,6 +17,7 @@ REGISTRY = ExchangeRegistry(
         order_to_result.EXCHANGE,
         discharge_sync.EXCHANGE,
         patient_sync.EXCHANGE,
+        patient_merge.EXCHANGE,
     ],
     shared_steps=[ordered_delivery.STEP],
 )

@@ -49,3 +49,15 @@ class PatientSyncInput(BaseModel):
     mapping_version: str
     # After the last message, the exchange stays open this long, then completes.
     close_after_seconds: float
+
+
+class PatientMergeInput(BaseModel):
+    """One surviving patient's merge exchange; the key is a pseudonym (no MRN)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    facility: str
+    patient_key: str
+    mapping_version: str
+    # After the last message, the exchange stays open this long, then completes.
+    close_after_seconds: float

@@ -100,3 +100,15 @@ class LinkMessage(_Frozen):
 
 # Discriminated by ``kind``: an activity result decodes to the right model.
 IdentityMessage = Annotated[MergeMessage | LinkMessage, Field(discriminator="kind")]
+
+
+class MergeOutcome(_Frozen):
+    """What became of one merge (or link) of a message: no PHI."""
+
+    control_id: str  # MSH-10
+    message_type: str
+    merge_index: int  # its MRG's place in the message
+    # merged | rejected | already-merged | recorded | linked | unlinked | dismissed |
+    # not-applicable
+    outcome: str
+    note: str = ""

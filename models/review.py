@@ -8,7 +8,9 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from models.demographics import PersonIdentifier
 from models.lab import PatientRef
+from models.patient_match import MatchScore
 
 
 class ReviewAction(StrEnum):
@@ -31,6 +33,9 @@ class ReviewReason(StrEnum):
     # Order-to-result: the result's PID names another patient than its order (same
     # placer number, another MRN of the same assigning authority): never published unseen.
     PATIENT_MISMATCH = "patient-mismatch"
+    # Patient merge: the two records may not be one person (score, a birth date or sex
+    # conflict, a record never seen); nothing is merged until a person decides.
+    UNCERTAIN_MERGE = "uncertain-merge"
 
 
 class UnmappedObservation(BaseModel):
@@ -95,9 +100,30 @@ class DeliveryFailureContext(BaseModel):
     sent_message: str = ""
 
 
+class MergeReviewContext(BaseModel):
+    """An uncertain merge: the two records field by field and why a person must decide
+    (PHI: encrypted with the workflow's state, shown to signed-in reviewers only)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    kind: Literal["uncertain-merge"] = "uncertain-merge"
+    trigger: str
+    survivor: PersonIdentifier
+    retired: PersonIdentifier | None
+    survivor_patient: str
+    retired_patient: str = ""
+    score: MatchScore | None = None
+    # Why it was not merged without a person (no PHI: field names and thresholds).
+    doubts: tuple[str, ...] = ()
+
+
 # What the review page shows beside the summary; one kind per review reason that has one.
 ReviewContext = Annotated[
-    UnmappedCodeContext | UnknownOrderContext | DeliveryFailureContext | PatientMismatchContext,
+    UnmappedCodeContext
+    | UnknownOrderContext
+    | DeliveryFailureContext
+    | PatientMismatchContext
+    | MergeReviewContext,
     Field(discriminator="kind"),
 ]
 

@@ -96,6 +96,8 @@ class Settings(BaseSettings):
     # A patient-sync exchange (one patient's A28/A31) completes after this long without a
     # message; the next message starts a new run. Order holds either way.
     patient_sync_close_after_seconds: float = 600
+    # A patient-merge exchange stays open this long after its last merge message.
+    patient_merge_close_after_seconds: float = 600
     # A destination's per-patient queue that stays empty this long completes (a new event
     # starts it again).
     delivery_idle_close_seconds: float = 24 * 3600

@@ -25,6 +25,9 @@ class MergeMapping:
     target_link_type: str
     copied_identifier_use: str
     never_repointed: frozenset[str]
+    searched_types: tuple[str, ...]
+    page_size: int
+    match_weights_version: str
     activity_system: str
     activity_code: str
     activity_display: str
@@ -57,6 +60,9 @@ def _load(version: str) -> MergeMapping:
         target_link_type=str(data["link"]["target"]),
         copied_identifier_use=str(data["identifier"]["copied_use"]),
         never_repointed=frozenset(str(t) for t in data["repoint"]["never"]),
+        searched_types=tuple(str(t) for t in data["repoint"]["search"]),
+        page_size=int(data["repoint"]["page_size"]),
+        match_weights_version=str(data["score"]["weights"]),
         activity_system=str(provenance["activity_system"]),
         activity_code=str(provenance["activity_code"]),
         activity_display=str(provenance["activity_display"]),

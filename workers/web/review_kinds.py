@@ -26,6 +26,7 @@ from mappings.order_to_result.concept_map import (
 from models.lab import LabOrder, LabResult
 from models.review import (
     DeliveryFailureContext,
+    MergeReviewContext,
     PatientMismatchContext,
     ReviewRequest,
     UnknownOrderContext,
@@ -88,7 +89,19 @@ class PatientMismatchView:
     context: PatientMismatchContext
 
 
-KindView = UnmappedCodeView | UnknownOrderView | DeliveryFailureView | PatientMismatchView
+@dataclass(frozen=True)
+class MergeReviewView:
+    kind = "uncertain-merge"
+    context: MergeReviewContext
+
+
+KindView = (
+    UnmappedCodeView
+    | UnknownOrderView
+    | DeliveryFailureView
+    | PatientMismatchView
+    | MergeReviewView
+)
 
 
 async def kind_view(
@@ -103,6 +116,8 @@ async def kind_view(
         return delivery_failure_view(found, editable="edit" in review.actions)
     if isinstance(found, PatientMismatchContext):
         return PatientMismatchView(found)
+    if isinstance(found, MergeReviewContext):
+        return MergeReviewView(found)
     return None
 
 
