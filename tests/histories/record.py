@@ -46,6 +46,7 @@ from exchanges.sdk import pseudonym
 from models.delivery import DeliveryState
 from models.review import ReviewAction, ReviewDecision
 from models.settings import Settings
+from tests.integration import test_patient_merge_e2e as merge_e2e
 from tests.integration.test_discharge_amendments_e2e import AMENDED_DIAGNOSES, late_amendment
 from tests.integration.test_order_to_result_e2e import workflow_id as lab_workflow_id
 from tests.support.discharge import (
@@ -499,6 +500,41 @@ async def patient_unreadable_review_rejected(s: Session) -> None:
     await s.save("patient_sync/unreadable_review_rejected", wid)
 
 
+def patient_merge_id(mrn: str) -> str:
+    """The patient-merge exchange of a surviving MRN on this engine."""
+    key = pseudonym(PSEUDONYM_KEY.encode(), "patient", sm.HOSPITAL, mrn)
+    return f"patient-merge/{sm.HOSPITAL}/{key}"
+
+
+async def patient_merge_certain(s: Session) -> None:
+    """A40 of two records that agree on every field: merged without a reviewer (index,
+    both Patients, an Observation re-pointed); the exchange completes after its quiet period."""
+    engine = s.running_engine
+    survivor = await merge_e2e.registered(engine, "MRN8201", "1958-07-21")
+    retired = await merge_e2e.registered(engine, "MRN8202", "1958-07-21")
+    del survivor
+    await merge_e2e.observation_of(engine, retired["id"], "history-8202")
+    await send(engine, merge_e2e.a40("MRG-8201-1", "MRN8201", "MRN8202", "19580721"))
+    wid = patient_merge_id("MRN8201")
+    await wait_closed(s.client, wid)
+    await s.save("patient_merge/a40_certain_merge", wid)
+
+
+async def patient_merge_review_rejected(s: Session) -> None:
+    """A40 of two records with different birth dates waits for a reviewer, who rejects it:
+    nothing written; the exchange completes after its quiet period."""
+    engine = s.running_engine
+    await merge_e2e.registered(engine, "MRN8203", "1958-07-21")
+    await merge_e2e.registered(engine, "MRN8204", "1971-03-02")
+    await send(engine, merge_e2e.a40("MRG-8203-1", "MRN8203", "MRN8204", "19580721"))
+    wid = patient_merge_id("MRN8203")
+    pending = await engine.wait_for_review(wid, timeout=60)
+    await expect("review reason", pending["reason"], "uncertain-merge")
+    await decide(engine, wid, pending, ReviewAction.REJECT, "two people", "reviewer-1")
+    await wait_closed(s.client, wid)
+    await s.save("patient_merge/a40_conflict_review_rejected", wid)
+
+
 async def discharge_late_a08_review_forwarded(s: Session) -> None:
     """The exchange closes after its quiet period; a late A08 starts a new run, which recalls
     the closed run's discharge (the patched path) and asks a reviewer, who forwards it."""
@@ -671,6 +707,7 @@ SCENARIOS: list[list[Scenario]] = [
     [discharge_a03_a08_a13],
     [discharge_late_a08_review_forwarded],
     [patient_a28_a31_a31, patient_unreadable_review_rejected],
+    [patient_merge_certain, patient_merge_review_rejected],
     [delivery_continued_as_new],
     [delivery_held_then_skipped, delivery_held_then_edited, delivery_unanswered_then_retried],
 ]
@@ -703,6 +740,7 @@ async def record_today(out: Path, only: set[str]) -> tuple[list[Path], list[str]
                 task_queue=TASK_QUEUE,
                 discharge_close_after_seconds=CLOSE_AFTER,
                 patient_sync_close_after_seconds=CLOSE_AFTER,
+                patient_merge_close_after_seconds=CLOSE_AFTER,
                 delivery_idle_close_seconds=IDLE_CLOSE,
                 unknown_order_wait_seconds=UNKNOWN_ORDER_WAIT,
             ) as engine:
