@@ -24,7 +24,7 @@ from temporalio.exceptions import ApplicationError
 from adapters.fhir import FhirClient, FhirPreconditionFailed, FhirRejectedError
 from adapters.hl7v2.merge_messages import MergeMessageInvalid, parse_identity_message
 from adapters.patient_index import IdentityChangeRefused, PatientIndex
-from mappings.fhir_identifiers import identifier_query, qualified_system
+from mappings.fhir_identifiers import patient_query, qualified_system
 from mappings.identity.match import load_match_weights, score_match
 from mappings.patient_merge.demographics import demographics_of_patient, demographics_of_person
 from mappings.patient_merge.fhir_merge import (
@@ -225,9 +225,7 @@ class MergeActivities:
         changes = patient_changes(merge.demographics, load_patient_mapping("v1"))
         key = patient_identifier_of(merge.survivor)
         try:
-            found = await self._fhir.create_unless_found(
-                new_patient(changes), identifier_query(key)
-            )
+            found = await self._fhir.create_unless_found(new_patient(changes), patient_query(key))
         except FhirRejectedError as err:
             raise _rejected(err) from err
         if found.resource.get("id"):

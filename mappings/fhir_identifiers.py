@@ -57,6 +57,14 @@ def identifier_query(identifier: Mapping[str, Any]) -> str:
     return f"identifier={quoted_code(identifier['system'])}%7C{quote(identifier['value'], safe='')}"
 
 
+def patient_query(identifier: Mapping[str, Any]) -> str:
+    """The If-None-Exist query that finds the Patient an identifier names today: a Patient
+    retired by a merge (active=false) still carries its identifier, and so does the
+    survivor (as an old one), so only the one not retired matches -- a result or update for
+    a merged-away number lands on the survivor instead of matching two Patients (412)."""
+    return f"{identifier_query(identifier)}&active:not=false"
+
+
 def conditional_url(resource_type: str, identifier: Mapping[str, Any]) -> str:
     """``<Type>?identifier=<system>|<value>``, URL-quoted: a conditional PUT's URL."""
     return f"{resource_type}?{identifier_query(identifier)}"

@@ -27,8 +27,8 @@ from pydantic import BaseModel
 
 from mappings.fhir_identifiers import (
     conditional_url,
-    identifier_query,
     patient_identifier,
+    patient_query,
     qualified_system,
     quoted_code,
 )
@@ -197,7 +197,7 @@ def patient_entry(
         "request": {
             "method": "POST",
             "url": "Patient",
-            "ifNoneExist": identifier_query(identifier),
+            "ifNoneExist": patient_query(identifier),
         },
     }
 

@@ -17,7 +17,11 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from mappings.fhir_identifiers import identifier_query, patient_identifier, qualified_system
+from mappings.fhir_identifiers import (
+    patient_identifier,
+    patient_query,
+    qualified_system,
+)
 from mappings.fhir_validation import FhirInvalid, validate_resource
 from mappings.patient_sync.mapping import PatientMapping
 from models.errors import Hl7Error
@@ -67,7 +71,7 @@ class PatientChanges(BaseModel):
     @property
     def search(self) -> str:
         """The If-None-Exist query that finds the Patient: ``identifier=<system>|<value>``."""
-        return identifier_query(self.key_identifier)
+        return patient_query(self.key_identifier)
 
 
 # --- the message's fields as FHIR elements -------------------------------------------------

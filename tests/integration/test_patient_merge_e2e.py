@@ -121,6 +121,17 @@ async def test_a_certain_merge_flows_through_and_a_resend_changes_nothing(engine
     )
     assert len(provenances) <= 1  # one per step, however often an activity ran
 
+    # A result that arrives later for the merged-away number lands on the survivor.
+    order = sm.SampleOrder("MRG-01-LAB", patient=sm.SamplePatient(mrn="MRN-MRG-01B"))
+    await send(
+        engine, sm.lab_order(order, "MRG-01-O"), sm.lab_result(order, "MRG-01-R", [sm.SODIUM])
+    )
+    await engine.wait_for_status(engine.lab_workflow_id(order.placer_order_number), "final")
+    [report] = await engine.fhir.search(
+        "DiagnosticReport", {"patient": f"Patient/{survivor['id']}"}
+    )
+    assert report["status"] == "final"
+
     # The same merge again (a resend with a new MSH-10, as a downtime replay would send):
     # nothing is written a second time.
     await send(engine, a40("MRG-01-2", "MRN-MRG-01A", "MRN-MRG-01B", "19580721"))

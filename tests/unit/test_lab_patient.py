@@ -31,7 +31,8 @@ def test_v2_result_creates_its_patient_if_absent_and_refers_to_it_literally() ->
     assert patient["request"] == {
         "method": "POST",
         "url": "Patient",
-        "ifNoneExist": "identifier=urn%3Acareweave%3Apatient-id%3AGENHOSP%7CMRN-U3001",
+        "ifNoneExist": "identifier=urn%3Acareweave%3Apatient-id%3AGENHOSP%7CMRN-U3001"
+        "&active:not=false",
     }
     assert len(patient["resource"]["identifier"]) == 2  # MR and SS
     assert patient["resource"]["name"][0]["given"] == ["Ada", "Maria"]
