@@ -60,6 +60,11 @@ class OrthancClient:
 
     async def study_instance_uid(self, orthanc_study_id: str) -> str:
         """The StudyInstanceUID of an Orthanc study id; StudyGone when it was deleted."""
+        return (await self.study_keys(orthanc_study_id))[0]
+
+    async def study_keys(self, orthanc_study_id: str) -> tuple[str, str]:
+        """(StudyInstanceUID, AccessionNumber) of an Orthanc study id; StudyGone when it
+        was deleted before it was read."""
         try:
             response = await self._http.get(f"/studies/{orthanc_study_id}")
         except httpx.TransportError as err:
@@ -67,5 +72,5 @@ class OrthancClient:
         if response.status_code == 404:
             raise StudyGone(orthanc_study_id)
         raise_for_pacs_status(response, "a study request")
-        uid: str = response.json()["MainDicomTags"]["StudyInstanceUID"]
-        return uid
+        tags = response.json()["MainDicomTags"]
+        return str(tags["StudyInstanceUID"]), str(tags.get("AccessionNumber", "")).strip()
