@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test lint unit bench clean openssl-cli histories
+.PHONY: setup demo test lint unit bench clean openssl-cli histories chromium pacs
 
 $(BIN)/.installed: pyproject.toml
 	@echo "==> Python: creating $(VENV) and installing Careweave with its test tools (pip)"
@@ -39,9 +39,18 @@ chromium:
 	@test -x /usr/bin/chromium || { echo "==> installing Debian's chromium for the browser tests (apt-get)"; \
 		apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
 
+# Imaging order-to-result: Debian's Orthanc (the PACS, with its worklist and DICOMweb
+# plugins) runs under the state dir as the current user; dcmtk is the modality in tests.
+pacs:
+	@{ command -v Orthanc || test -x /usr/sbin/Orthanc; } >/dev/null && \
+		test -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so && command -v storescu >/dev/null || \
+		{ echo "==> installing Debian's orthanc, orthanc-dicomweb and dcmtk for imaging (apt-get)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+			orthanc orthanc-dicomweb dcmtk >/dev/null; }
+
 setup: $(BIN)/.installed fhir-server/node_modules/.installed partners/node_modules/.installed
 
-demo: setup
+demo: setup pacs
 	@echo "==> Starting the embedded stack and sending the sample feed through the gateway"
 	@$(BIN)/careweave demo
 
@@ -51,7 +60,7 @@ lint: setup
 	@$(BIN)/ruff format --check .
 	@$(BIN)/mypy
 
-test: lint openssl-cli chromium
+test: lint openssl-cli chromium pacs
 	@echo "==> pytest: unit, workflow (real Temporal dev server) and end-to-end (real FHIR server, MLLP peers)"
 	@$(BIN)/pytest -q
 

@@ -170,6 +170,10 @@ class ExchangeSpec(Generic[Key]):
     mapping_version: str
     updates: tuple[Callable[..., Any], ...] = ()
     extra_workflows: tuple[type, ...] = field(default=())
+    # For a message type another exchange accepts too: this exchange takes the messages
+    # this says are its own (imaging orders among ORM^O01), the exchange without ``claims``
+    # the rest. A pure function of the message (no I/O: the gateway calls it per message).
+    claims: Callable[[DecodedMessage], bool] | None = None
 
     @property
     def home(self) -> str:
@@ -341,7 +345,9 @@ class ExchangeRegistry:
         self.exchanges: tuple[ExchangeSpec[Any], ...] = tuple(exchanges)
         self.shared_steps: tuple[StepSpec, ...] = tuple(shared_steps)
         self._by_name: dict[str, ExchangeSpec[Any]] = {}
+        # Per message type: the exchange taking what no claim takes, and the claiming ones.
         self._by_message: dict[tuple[str, str], ExchangeSpec[Any]] = {}
+        self._claims: dict[tuple[str, str], list[ExchangeSpec[Any]]] = {}
         names = [spec.name for spec in self.exchanges] + [s.name for s in self.shared_steps]
         repeated = sorted({n for n in names if names.count(n) > 1})
         if repeated:
@@ -351,6 +357,9 @@ class ExchangeRegistry:
             self._check_handlers(spec)
             for message_type in spec.accepts:
                 for event in message_type.events:
+                    if spec.claims is not None:
+                        self._claims.setdefault((message_type.code, event), []).append(spec)
+                        continue
                     claimed = self._by_message.get((message_type.code, event))
                     if claimed is not None:
                         raise ExchangeDefinitionError(
@@ -365,19 +374,20 @@ class ExchangeRegistry:
                 )
 
         events: dict[str, set[str]] = {}
-        for code, event in self._by_message:
+        for code, event in [*self._by_message, *self._claims]:
             events.setdefault(code, set()).add(event)
         # MSH-9.1 -> accepted MSH-9.2 events, for the gateway's AR 200/201 answers.
         self.supported_types: dict[str, frozenset[str]] = {
             code: frozenset(found) for code, found in events.items()
         }
-        # "CODE^EVENT" -> segments without which the exchange cannot take the message.
-        self.required_segments: dict[str, tuple[str, ...]] = {
-            name: message_type.required_segments
-            for spec in self.exchanges
-            for message_type in spec.accepts
-            for name in message_type.names()
-        }
+        # "CODE^EVENT" -> segments without which the exchange cannot take the message (the
+        # gateway checks them before routing: a shared type's claiming exchanges need what
+        # the default one needs, or more only when the message type is theirs alone).
+        self.required_segments: dict[str, tuple[str, ...]] = {}
+        for spec in sorted(self.exchanges, key=lambda s: s.claims is None):
+            for message_type in spec.accepts:
+                for name in message_type.names():
+                    self.required_segments[name] = message_type.required_segments
 
     @staticmethod
     def _check_handlers(spec: ExchangeSpec[Any]) -> None:
@@ -404,18 +414,31 @@ class ExchangeRegistry:
         return self._by_name[name]
 
     def exchange_for(self, header: MessageHeader) -> ExchangeSpec[Any]:
-        """The exchange of MSH-9; AR 200 (type) or 201 (event) when none is registered."""
-        spec = self._by_message.get((header.message_code, header.trigger_event))
+        """The exchange of MSH-9 (the one without a claim when several share it); AR 200
+        (type) or 201 (event) when none is registered."""
+        key = (header.message_code, header.trigger_event)
+        spec = self._by_message.get(key) or next(iter(self._claims.get(key, [])), None)
         if spec is not None:
             return spec
         if header.message_code in self.supported_types:
             raise _unsupported(header, "201", "trigger event")
         raise _unsupported(header, "200", "message type")
 
+    def exchange_of(self, message: DecodedMessage) -> ExchangeSpec[Any]:
+        """The exchange of this message: the first (in registration order) whose ``claims``
+        takes it, else the one of its MSH-9 without a claim."""
+        header = message.header
+        for spec in self._claims.get((header.message_code, header.trigger_event), []):
+            assert spec.claims is not None
+            if spec.claims(message):
+                return spec
+        default = self._by_message.get((header.message_code, header.trigger_event))
+        return default if default is not None else self.exchange_for(header)
+
     def route(self, message: DecodedMessage, *, pseudonym_key: bytes = b"") -> Route[Any]:
         """Raises MessageRejected: AR 200/201 for an unregistered message, AE for a message
         its exchange cannot key (no order number, no patient identifier, ...)."""
-        spec = self.exchange_for(message.header)
+        spec = self.exchange_of(message)
         found = spec.route(message, RoutingContext(pseudonym_key=pseudonym_key))
         if found.exchange != spec.name or found.signal not in spec.signals:
             raise ExchangeDefinitionError(

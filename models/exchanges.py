@@ -61,3 +61,29 @@ class PatientMergeInput(BaseModel):
     mapping_version: str
     # After the last message, the exchange stays open this long, then completes.
     close_after_seconds: float
+
+
+class ImagingOrderInput(BaseModel):
+    """Start input of one imaging exchange (one accession number). ``accession_key`` is a
+    pseudonym; the accession itself arrives in the order or the study's signal."""
+
+    model_config = ConfigDict(frozen=True)
+
+    facility: str
+    accession_key: str
+    mapping_version: str
+    # The lab map the order's ServiceRequest and the report are built with (reused).
+    lab_mapping_version: str
+    unknown_order_wait_seconds: float
+
+
+class PacsPollerInput(BaseModel):
+    """Start input of the PACS change-feed poller; ``position`` carries across
+    continue-as-new, so a restart neither misses nor repeats a change."""
+
+    model_config = ConfigDict(frozen=True)
+
+    position: int = 0
+    poll_seconds: float
+    # Polls per run before continue-as-new bounds the history.
+    polls_per_run: int = 500

@@ -75,6 +75,29 @@ class Settings(BaseSettings):
     fhir_tls_cert_file: Path | None = None
     fhir_tls_key_file: Path | None = None
 
+    # Orthanc, the PACS of imaging order-to-result (config/orthanc.json, workers/orthanc.py).
+    # `careweave up` runs it on loopback unless pointed at another one (orthanc_url).
+    orthanc_embedded: bool = True
+    orthanc_url: str | None = None
+    orthanc_http_port: int = 8042
+    orthanc_dicom_port: int = 4242
+    orthanc_aet: str = "CAREWEAVE_PACS"
+    # HTTP basic credentials Careweave uses (and the embedded Orthanc accepts); unset
+    # password: a random one kept in state_dir/orthanc.password, made on first use.
+    orthanc_username: str = "careweave"
+    orthanc_password: str | None = None
+    # A study is "stable" (complete enough to publish) this long after its last instance.
+    orthanc_stable_age_seconds: int = Field(default=60, ge=1)
+    # Modalities allowed to query the worklist and store images: AE title -> host.
+    orthanc_modalities: dict[str, str] = Field(default_factory=lambda: {"MODALITY": "127.0.0.1"})
+    # Folder of .wl worklist files Orthanc's worklist plugin answers C-FIND from; default
+    # state_dir/worklists (Orthanc's storage is state_dir/orthanc).
+    worklist_dir: Path | None = None
+    # Imaging timing: how often the change-feed poller asks Orthanc, how long a study with
+    # no order waits for one before a reviewer decides.
+    imaging_poll_seconds: float = Field(default=5.0, gt=0)
+    imaging_unknown_order_wait_seconds: float = 4 * 3600
+
     database_url: str | None = Field(
         default=None,
         description="SQLAlchemy URL for Careweave's tables; default SQLite in state_dir",
@@ -266,6 +289,24 @@ class Settings(BaseSettings):
         if refusal:
             raise FhirAuthConfigError(f"{where}: {refusal}")
         return auth
+
+    @property
+    def resolved_orthanc_url(self) -> str:
+        return (self.orthanc_url or f"http://127.0.0.1:{self.orthanc_http_port}").rstrip("/")
+
+    @property
+    def resolved_worklist_dir(self) -> Path:
+        return self.worklist_dir or self.state_dir / "worklists"
+
+    def resolved_orthanc_password(self) -> str:
+        if self.orthanc_password:
+            return self.orthanc_password
+        password_file = self.state_dir / "orthanc.password"
+        if not password_file.exists():
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+            password_file.write_text(secrets.token_urlsafe(24))
+            password_file.chmod(0o600)
+        return password_file.read_text().strip()
 
     def resolved_pseudonym_key(self) -> bytes:
         if self.pseudonym_key:

@@ -16,6 +16,7 @@ from temporalio.client import Client
 from tests.support.certs import Pki, make_test_pki
 from tests.support.engine import Engine, careweave_client, running_engine, start_temporal
 from tests.support.fhir_server import running_fhir_server
+from tests.support.orthanc import RunningOrthanc, running_orthanc
 
 # Every span of the session is kept in memory so tests can follow one message's trace.
 SPANS = InMemorySpanExporter()
@@ -61,3 +62,10 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     # integration tests the session's worker still has exchanges to drive (timers), which
     # a blocked loop would hold up.
     items.sort(key=lambda item: "integration" in item.nodeid.split("::")[0])
+
+
+@pytest.fixture(scope="session")
+def orthanc() -> Iterator[RunningOrthanc]:
+    """Debian's Orthanc on the project's configuration (`make test` installs it)."""
+    with running_orthanc() as running:
+        yield running

@@ -1,6 +1,6 @@
 """The embedded stack `careweave up` runs on loopback: Temporal dev server (SQLite
-file, so a restart loses nothing), the demo FHIR R4 server, the worker, the
-MLLP gateway and the review/codec API (the UI decodes payloads through it).
+file, so a restart loses nothing), the demo FHIR R4 server, Orthanc (the PACS), the
+worker, the MLLP gateway and the review/codec API (the UI decodes payloads through it).
 Stopping it stops every part, children included.
 """
 
@@ -32,6 +32,7 @@ from workers.api import create_api, serving_api
 from workers.api.temporal_ui import TEMPORAL_UI_PATH
 from workers.gateway import MllpGateway
 from workers.intake import MessageIntake
+from workers.orthanc import orthanc_command, wait_for_orthanc, write_orthanc_config
 from workers.payload_codec import display_codec, load_payload_keys
 from workers.telemetry import configure_tracing
 from workers.temporal_client import connect, ensure_search_attributes
@@ -150,6 +151,25 @@ async def _wait_for_fhir(base_url: str, process: subprocess.Popen[bytes], log_pa
     raise StackError(f"the FHIR server did not answer in 60 s; see {log_path}")
 
 
+async def _start_orthanc(
+    settings: Settings, logs: Path, children: list[tuple[str, subprocess.Popen[bytes]]]
+) -> None:
+    try:
+        command = orthanc_command(write_orthanc_config(settings))
+    except ConfigurationError as err:
+        raise StackError(str(err)) from err
+    orthanc_log = logs / "orthanc.log"
+    process = _spawn(command, orthanc_log)
+    children.append(("Orthanc", process))
+    credentials = (settings.orthanc_username, settings.resolved_orthanc_password())
+    try:
+        await wait_for_orthanc(
+            settings.resolved_orthanc_url, credentials, alive=lambda: process.poll() is None
+        )
+    except RuntimeError as err:
+        raise StackError(f"{err}; see {orthanc_log}") from err
+
+
 @dataclass
 class DemoPartner:
     """A partner system of the demo (partners/partner.js) standing in for a destination."""
@@ -264,6 +284,8 @@ async def embedded_stack(settings: Settings) -> AsyncIterator[RunningStack]:
             )
             children.append(("FHIR server", fhir))
             await _wait_for_fhir(settings.fhir_base_url, fhir, fhir_log)
+        if settings.orthanc_embedded:
+            await _start_orthanc(settings, logs, children)
         partners: list[DemoPartner] = []
         if settings.partners_embedded:
             for destination in demo_partner_destinations(routing):

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from adapters.dicom.errors import PacsError
 from adapters.fhir.errors import FhirError, FhirRejectedError, FhirRetryableError
 from adapters.hl7v2.ack import AckParseError
 from adapters.hl7v2.adt_messages import AdtMessageInvalid
@@ -40,6 +41,7 @@ FAMILIES = (
     Hl7Error,
     FhirError,
     MllpError,
+    PacsError,
     EngineError,
     SecurityError,
     RequestRefused,

@@ -1,0 +1,327 @@
+"""Imaging order-to-result: one workflow per accession number, and the PACS poller.
+
+The story: an imaging order (ORM^O01 / OMI^O23) writes the ServiceRequest and a worklist
+entry; the modality reads it and sends the images to the PACS; when the study is stable
+its headers are checked against the order's patient (PatientID, name, birth date: any
+doubt waits for a reviewer, nothing is published before) and the ImagingStudy is written
+with its DICOMweb Endpoint; a late series updates it. The report (ORU^R01 with the same
+accession) gets DiagnosticReport.imagingStudy and completes the exchange. A cancel removes
+the worklist entry and revokes the ServiceRequest. A study no order claims waits
+``unknown_order_wait_seconds`` for one, then goes to a reviewer.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from datetime import timedelta
+
+from pydantic import BaseModel
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+
+from workflows import search_attributes as sa
+from workflows.exchange_search import add_business_keys, upsert_exchange_status
+from workflows.review import ReviewableWorkflow
+
+with workflow.unsafe.imports_passed_through():
+    from activities.imaging_order import (
+        PACS_REJECTED,
+        FollowFeedInput,
+        ImagingActivities,
+        PacsFeedActivities,
+        PublishReportInput,
+        PublishStudyInput,
+        ReadStudyInput,
+        Scheduled,
+        ScheduleInput,
+        interpret_imaging_order,
+    )
+    from activities.order_to_result import (
+        FHIR_REJECTED,
+        LAB_MESSAGE_INVALID,
+        InterpretInput,
+        interpret_lab_result,
+    )
+    from adapters.hl7v2.imaging_messages import ImagingFields
+    from mappings.imaging_order.fhir_imaging import context_mismatches
+    from models.demographics import PatientRef
+    from models.exchanges import ImagingOrderInput, PacsPollerInput
+    from models.imaging import StudyHeader
+    from models.imaging_events import StudyStable
+    from models.lab import LabOrder
+    from models.messages import InboundMessage
+    from models.review import (
+        PatientMismatchContext,
+        ReviewAction,
+        ReviewReason,
+        UnknownOrderContext,
+    )
+
+EXCHANGE_NAME = "imaging-order"
+_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(minutes=1),
+    non_retryable_error_types=[FHIR_REJECTED, LAB_MESSAGE_INVALID, PACS_REJECTED],
+)
+_TIMEOUT = timedelta(seconds=60)
+
+
+class ImagingOrderSummary(BaseModel):
+    status: str
+    resources_written: list[str]
+    studies_published: int
+
+
+@workflow.defn
+class ImagingOrder(ReviewableWorkflow):
+    @workflow.init
+    def __init__(self, params: ImagingOrderInput) -> None:
+        super().__init__()
+        self._params = params
+        self._messages: deque[InboundMessage] = deque()
+        self._studies: deque[StudyStable] = deque()
+        self._seen: set[str] = set()
+        self._order: LabOrder | None = None
+        self._imaging: ImagingFields | None = None
+        self._scheduled: Scheduled | None = None
+        self._study_reference: str | None = None
+        self._written: list[str] = []
+        self._studies_published = 0
+        self._status = "received"
+
+    @workflow.run
+    async def run(self, params: ImagingOrderInput) -> ImagingOrderSummary:
+        workflow.upsert_search_attributes(
+            [sa.EXCHANGE.value_set(EXCHANGE_NAME), sa.FACILITY.value_set(params.facility)]
+        )
+        while self._status not in ("completed", "cancelled", "rejected"):
+            if self._order is None and self._studies and not self._messages:
+                # A study came first: wait for its order, then a reviewer decides.
+                if not await self._wait_for_order():
+                    continue
+            await workflow.wait_condition(lambda: bool(self._messages or self._studies))
+            if self._messages:
+                message = self._messages.popleft()
+                add_business_keys(message.business_keys)
+                workflow.upsert_search_attributes([sa.MESSAGE_TYPE.value_set(message.message_type)])
+                if message.message_type.startswith("ORU"):
+                    await self._handle_report(message)
+                else:
+                    await self._handle_order(message)
+            elif self._order is not None:
+                await self._handle_study(self._studies.popleft())
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        return ImagingOrderSummary(
+            status=self._status,
+            resources_written=self._written,
+            studies_published=self._studies_published,
+        )
+
+    # -- signals ---------------------------------------------------------------
+
+    @workflow.signal
+    def order_message(self, message: InboundMessage) -> None:
+        self._accept(message)
+
+    @workflow.signal
+    def report_message(self, message: InboundMessage) -> None:
+        self._accept(message)
+
+    @workflow.signal
+    def study_stable(self, change: StudyStable) -> None:
+        key = f"pacs|{change.change_seq}"
+        if key not in self._seen:
+            self._seen.add(key)
+            self._studies.append(change)
+
+    @workflow.query
+    def status(self) -> str:
+        return self._status
+
+    @workflow.query
+    def resources_written(self) -> list[str]:
+        return list(self._written)
+
+    def _accept(self, message: InboundMessage) -> None:
+        if message.dedup_key not in self._seen:
+            self._seen.add(message.dedup_key)
+            self._messages.append(message)
+
+    def _set_status(self, status: str) -> None:
+        self._status = status
+        upsert_exchange_status(status)
+
+    # -- the story -------------------------------------------------------------
+
+    async def _wait_for_order(self) -> bool:
+        """True when an order (or a message) came in time; else a reviewer decided."""
+        self._set_status("awaiting-order")
+        try:
+            await workflow.wait_condition(
+                lambda: bool(self._messages),
+                timeout=timedelta(seconds=self._params.unknown_order_wait_seconds),
+            )
+            return True
+        except TimeoutError:
+            pass
+        decision = await self.ask_reviewer(
+            ReviewReason.UNKNOWN_ORDER,
+            "A study arrived in the PACS for an accession number no order has",
+            actions={ReviewAction.REJECT: "Leave the study unpublished and close"},
+            context=UnknownOrderContext(
+                facility=self._params.facility, mapping_version=self._params.mapping_version
+            ),
+        )
+        if decision.action is ReviewAction.REJECT:
+            self._studies.clear()
+            self._set_status("rejected")
+        return False
+
+    async def _handle_order(self, message: InboundMessage) -> None:
+        interpreted = await workflow.execute_local_activity(
+            interpret_imaging_order,
+            InterpretInput(message=message, mapping_version=self._params.mapping_version),
+            start_to_close_timeout=_TIMEOUT,
+            retry_policy=_RETRY,
+            summary="Parse the imaging order",
+        )
+        order = interpreted.order
+        scheduled = await workflow.execute_activity_method(
+            ImagingActivities.schedule_imaging_order,
+            ScheduleInput(
+                order=order,
+                imaging=interpreted.imaging,
+                mapping_version=self._params.mapping_version,
+                lab_mapping_version=self._params.lab_mapping_version,
+                worklist_name=self._params.accession_key,
+            ),
+            start_to_close_timeout=_TIMEOUT,
+            retry_policy=_RETRY,
+            summary="Revoke the order and remove its worklist entry"
+            if order.is_cancel
+            else "Write the ServiceRequest and the worklist entry",
+        )
+        self._written += [r for r in scheduled.resources if r not in self._written]
+        self._order, self._imaging = order, interpreted.imaging
+        if order.is_cancel:
+            self._set_status("cancelled")
+            return
+        self._scheduled = scheduled
+        self._set_status("scheduled")
+
+    async def _handle_study(self, change: StudyStable) -> None:
+        assert self._order is not None and self._imaging is not None
+        header = await workflow.execute_activity_method(
+            ImagingActivities.read_imaging_study,
+            ReadStudyInput(study_instance_uid=change.study_instance_uid),
+            start_to_close_timeout=_TIMEOUT,
+            retry_policy=_RETRY,
+            summary="Read the study's headers (WADO-RS metadata)",
+        )
+        mismatches = context_mismatches(header, self._order.patient)
+        if mismatches:
+            decision = await self.ask_reviewer(
+                ReviewReason.PATIENT_MISMATCH,
+                "The study's DICOM headers name another patient than its order: "
+                + ", ".join(mismatches),
+                actions={
+                    ReviewAction.APPROVE: "Publish the study for the order's patient",
+                    ReviewAction.REJECT: "Do not publish this study",
+                },
+                context=PatientMismatchContext(
+                    order_patient=self._order.patient, result_patient=_header_patient(header)
+                ),
+            )
+            if decision.action is not ReviewAction.APPROVE:
+                return
+        await self._publish_study(header)
+
+    async def _publish_study(self, header: StudyHeader) -> None:
+        assert self._scheduled is not None and self._order is not None
+        assert self._imaging is not None
+        published = await workflow.execute_activity_method(
+            ImagingActivities.publish_imaging_study,
+            PublishStudyInput(
+                header=header,
+                accession_number=self._imaging.accession_number,
+                accession_issuer=self._order.placer_namespace,
+                subject_reference=self._scheduled.subject_reference,
+                service_request_reference=self._scheduled.service_request_reference or None,
+                mapping_version=self._params.mapping_version,
+            ),
+            start_to_close_timeout=_TIMEOUT,
+            retry_policy=_RETRY,
+            summary="Write the ImagingStudy and its DICOMweb Endpoint",
+        )
+        self._written += [r for r in published.resources if r not in self._written]
+        self._study_reference = next(
+            (r for r in published.resources if r.startswith("ImagingStudy/")), None
+        )
+        self._studies_published += 1
+        self._set_status("imaged")
+
+    async def _handle_report(self, message: InboundMessage) -> None:
+        interpreted = await workflow.execute_local_activity(
+            interpret_lab_result,
+            InterpretInput(message=message, mapping_version=self._params.lab_mapping_version),
+            start_to_close_timeout=_TIMEOUT,
+            retry_policy=_RETRY,
+            summary="Parse the imaging report",
+        )
+        if self._study_reference is None:
+            # The report came before the study was published: hold it until then.
+            await workflow.wait_condition(
+                lambda: bool(self._studies) or self._study_reference is not None
+            )
+            while self._studies and self._study_reference is None and self._order is not None:
+                await self._handle_study(self._studies.popleft())
+        for result in interpreted.results:
+            published = await workflow.execute_activity_method(
+                ImagingActivities.publish_imaging_report,
+                PublishReportInput(
+                    result=result,
+                    lab_mapping_version=self._params.lab_mapping_version,
+                    imaging_study_reference=self._study_reference,
+                ),
+                start_to_close_timeout=_TIMEOUT,
+                retry_policy=_RETRY,
+                summary="Write the report, linked to its ImagingStudy",
+            )
+            self._written += [r for r in published.resources if r not in self._written]
+        self._set_status("completed")
+
+
+def _header_patient(header: StudyHeader) -> PatientRef:
+    return PatientRef(
+        identifier=header.patient_id,
+        assigning_authority=header.patient_id_issuer,
+        family_name=header.patient_family_name,
+        given_name=header.patient_given_name,
+        birth_date=header.patient_birth_date,
+        sex=header.patient_sex,
+    )
+
+
+@workflow.defn
+class PacsChangePoller:
+    """Follows Orthanc's change feed for ever: each StableStudy is announced to its imaging
+    exchange (signal-with-start). Its position is its state and goes across
+    continue-as-new, so a restart of Careweave or Orthanc neither misses nor repeats."""
+
+    @workflow.run
+    async def run(self, params: PacsPollerInput) -> None:
+        position = params.position
+        for _ in range(params.polls_per_run):
+            followed = await workflow.execute_activity_method(
+                PacsFeedActivities.follow_pacs_changes,
+                FollowFeedInput(position=position),
+                start_to_close_timeout=_TIMEOUT,
+                retry_policy=RetryPolicy(maximum_interval=timedelta(seconds=30)),
+                summary="Read the PACS change feed",
+            )
+            if followed.position != position:
+                position = followed.position
+                continue
+            await workflow.sleep(timedelta(seconds=params.poll_seconds))
+        workflow.continue_as_new(params.model_copy(update={"position": position}))
