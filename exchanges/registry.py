@@ -3,7 +3,13 @@ worker, audit trail, search attributes and `careweave exchanges` all know the ex
 
 from __future__ import annotations
 
-from exchanges import discharge_sync, order_to_result, ordered_delivery, patient_sync
+from exchanges import (
+    destination_health,
+    discharge_sync,
+    order_to_result,
+    ordered_delivery,
+    patient_sync,
+)
 from exchanges.sdk import ExchangeRegistry
 
 REGISTRY = ExchangeRegistry(
@@ -12,5 +18,5 @@ REGISTRY = ExchangeRegistry(
         discharge_sync.EXCHANGE,
         patient_sync.EXCHANGE,
     ],
-    shared_steps=[ordered_delivery.STEP],
+    shared_steps=[ordered_delivery.STEP, destination_health.STEP],
 )
