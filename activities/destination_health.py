@@ -14,9 +14,15 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from typing import Any
 
 from temporalio import activity
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowHandle
+from temporalio.common import (
+    SearchAttributePair,
+    TypedSearchAttributes,
+    WorkflowIDConflictPolicy,
+)
 from temporalio.exceptions import ApplicationError
 
 from activities.ordered_delivery import (
@@ -27,8 +33,41 @@ from activities.ordered_delivery import (
 from adapters.fhir import FhirClient, FhirRejectedError, FhirRetryableError
 from adapters.hl7v2.ack import AckParseError, parse_ack
 from adapters.hl7v2.mllp_client import MllpClient, MllpError
-from models.destination_health import HealthChange, ProbeRequest, ProbeResult
+from models.destination_health import (
+    DestinationHealthState,
+    HealthChange,
+    HealthPolicy,
+    ProbeRequest,
+    ProbeResult,
+    health_workflow_id,
+)
 from models.destinations import Destination, RoutingConfig
+from workflows import search_attributes as sa
+
+
+async def ensure_health_workflow(
+    client: Client, destination: str, kind: str, policy: HealthPolicy, task_queue: str
+) -> WorkflowHandle[Any, None]:
+    """The destination's health workflow, started unless it runs (the delivery activities
+    and `careweave destination` both make sure of it this way)."""
+    # Imported here: the workflow module imports this one for its activities.
+    from workflows.destination_health import DestinationHealth
+
+    return await client.start_workflow(
+        DestinationHealth.run,
+        DestinationHealthState(destination=destination, kind=kind, policy=policy),
+        id=health_workflow_id(destination),
+        task_queue=task_queue,
+        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+        search_attributes=TypedSearchAttributes(
+            [
+                SearchAttributePair(sa.EXCHANGE, "destination-health"),
+                SearchAttributePair(sa.DESTINATION, destination),
+                SearchAttributePair(sa.DELIVERY_ALERT, "up"),
+            ]
+        ),
+        static_summary=f"Health of destination {destination}",
+    )
 
 
 def probe_message(destination: Destination, sending_facility: str, control_id: str) -> str:

@@ -15,11 +15,7 @@ import ssl
 from pydantic import BaseModel, ConfigDict
 from temporalio import activity
 from temporalio.client import Client
-from temporalio.common import (
-    SearchAttributePair,
-    TypedSearchAttributes,
-    WorkflowIDConflictPolicy,
-)
+from temporalio.common import SearchAttributePair, TypedSearchAttributes
 from temporalio.exceptions import ApplicationError
 
 from adapters.fhir import FhirClient, FhirRejectedError, FhirRetryableError, auth_from_config
@@ -32,7 +28,7 @@ from exchanges.sdk import signal_name
 from mappings.discharge_sync.fhir_builders import encounter_transaction_for
 from mappings.discharge_sync.mapping import load_adt_mapping
 from models.delivery import DeliverRequest, DeliverResult, DeliveryItem, DeliveryState
-from models.destination_health import DestinationHealthState, HealthPolicy, health_workflow_id
+from models.destination_health import HealthPolicy
 from models.destinations import (
     DeliveryPolicy,
     Destination,
@@ -192,22 +188,11 @@ class DeliveryActivities:
         queue asks it before sending, and a queue without one sends as before."""
         if destination in self._health_running:
             return
-        from workflows.destination_health import DestinationHealth
+        # Imported here: that module imports this one.
+        from activities.destination_health import ensure_health_workflow
 
-        await self._client.start_workflow(
-            DestinationHealth.run,
-            DestinationHealthState(destination=destination, kind=kind, policy=self._health_policy),
-            id=health_workflow_id(destination),
-            task_queue=self._task_queue,
-            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-            search_attributes=TypedSearchAttributes(
-                [
-                    SearchAttributePair(sa.EXCHANGE, "destination-health"),
-                    SearchAttributePair(sa.DESTINATION, destination),
-                    SearchAttributePair(sa.DELIVERY_ALERT, "up"),
-                ]
-            ),
-            static_summary=f"Health of destination {destination}",
+        await ensure_health_workflow(
+            self._client, destination, kind, self._health_policy, self._task_queue
         )
         self._health_running.add(destination)
 
