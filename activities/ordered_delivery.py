@@ -28,6 +28,7 @@ from exchanges.sdk import signal_name
 from mappings.discharge_sync.fhir_builders import encounter_transaction_for
 from mappings.discharge_sync.mapping import load_adt_mapping
 from models.delivery import DeliverRequest, DeliverResult, DeliveryItem, DeliveryState
+from models.destination_health import HealthPolicy
 from models.destinations import (
     DeliveryPolicy,
     Destination,
@@ -115,17 +116,21 @@ class DeliveryActivities:
         task_queue: str,
         sending_facility: str = "CAREWEAVE",
         idle_close_seconds: float = 3600.0,
+        health_policy: HealthPolicy | None = None,
     ) -> None:
         self._client = client
         self._routing = routing
         self._task_queue = task_queue
         self._sending_facility = sending_facility
         self._idle_close_seconds = idle_close_seconds
+        self._health_policy = health_policy or HealthPolicy()
+        # Destinations whose health workflow this process has made sure of.
+        self._health_running: set[str] = set()
         # One client, and so one cached access token, per FHIR destination for the
         # worker's life; made now so that a missing credential or an unusable TLS file
         # stops the worker at start.
         self._fhir = {
-            destination.name: _fhir_client(routing, destination)
+            destination.name: destination_fhir_client(routing, destination)
             for destination in routing.destinations
             if destination.kind == "fhir"
         }
@@ -154,6 +159,7 @@ class DeliveryActivities:
         # Imported here: the queue's workflow module imports this one for its activities.
         from workflows.ordered_delivery import OrderedDelivery
 
+        await self._ensure_health(request.destination, request.kind)
         await self._client.start_workflow(
             OrderedDelivery.run,
             DeliveryState(
@@ -176,6 +182,19 @@ class DeliveryActivities:
             static_summary=f"Ordered delivery to {request.destination} for one patient",
         )
         return workflow_id
+
+    async def _ensure_health(self, destination: str, kind: str) -> None:
+        """Start the destination's health workflow unless it runs (once per process): the
+        queue asks it before sending, and a queue without one sends as before."""
+        if destination in self._health_running:
+            return
+        # Imported here: that module imports this one.
+        from activities.destination_health import ensure_health_workflow
+
+        await ensure_health_workflow(
+            self._client, destination, kind, self._health_policy, self._task_queue
+        )
+        self._health_running.add(destination)
 
     @activity.defn(name="deliver_to_fhir")
     async def deliver_to_fhir(self, request: DeliverRequest) -> DeliverResult:
@@ -264,7 +283,7 @@ class DeliveryActivities:
             ) from None
 
 
-def _fhir_client(routing: RoutingConfig, destination: Destination) -> FhirClient:
+def destination_fhir_client(routing: RoutingConfig, destination: Destination) -> FhirClient:
     """Raises FhirAuthConfigError naming the destination when its credential is missing, and
     RoutingConfigError when a file of its `tls` table cannot be used."""
     endpoint = destination.fhir

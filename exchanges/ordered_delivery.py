@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from activities.ordered_delivery import DeliveryActivities
+from exchanges.destination_health import health_policy
 from exchanges.sdk import StepSpec, WorkerDependencies
 from models.audit import AuditAction
 from workflows import search_attributes as sa
@@ -23,6 +24,7 @@ def activities(dependencies: WorkerDependencies) -> Sequence[Callable[..., Any]]
         dependencies.routing,
         task_queue=settings.task_queue,
         idle_close_seconds=settings.delivery_idle_close_seconds,
+        health_policy=health_policy(settings),
     )
     dependencies.on_close.push_async_callback(delivery.aclose)
     return [

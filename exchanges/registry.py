@@ -4,6 +4,7 @@ worker, audit trail, search attributes and `careweave exchanges` all know the ex
 from __future__ import annotations
 
 from exchanges import (
+    destination_health,
     discharge_sync,
     order_to_result,
     ordered_delivery,
@@ -19,5 +20,5 @@ REGISTRY = ExchangeRegistry(
         patient_sync.EXCHANGE,
         patient_merge.EXCHANGE,
     ],
-    shared_steps=[ordered_delivery.STEP],
+    shared_steps=[ordered_delivery.STEP, destination_health.STEP],
 )

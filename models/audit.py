@@ -35,6 +35,9 @@ class AuditAction(StrEnum):
     # A command on a workflow, schedule, batch or namespace asked through the Temporal UI
     # behind the API (terminate, signal, reset, ...): refused, the UI there is read-only.
     WORKFLOW_COMMAND = "workflow-command"
+    # A destination's health changed (up / degraded / down), by its queues' failures, a
+    # probe or an operator's command (`careweave destination down|up`).
+    DESTINATION_STATE = "destination-state"
 
 
 class AuditOutcome(StrEnum):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from pydantic import BaseModel, ConfigDict
 
 from models.destinations import DeliveryPolicy, Subscription
@@ -53,6 +55,12 @@ class DeliveryState(BaseModel):
     # The last deliveries (bounded like recent_event_ids), so the log survives continue-as-new.
     delivery_log: list[DeliveryRecord] = []
     continue_as_new_after_events: int = CONTINUE_AS_NEW_AFTER_EVENTS
+    # When each queued event arrived (event id -> time), for the destination's oldest held
+    # event while it is down.
+    arrived_at: dict[str, datetime] = {}
+    # How long a queue waits for its destination health workflow's answer (send or hold)
+    # before sending anyway (no health workflow answering must not stop deliveries).
+    health_answer_timeout_seconds: float = 30.0
 
 
 class DeliverRequest(BaseModel):

@@ -124,6 +124,18 @@ class Settings(BaseSettings):
     # A destination's per-patient queue that stays empty this long completes (a new event
     # starts it again).
     delivery_idle_close_seconds: float = 24 * 3600
+    # Destination health (one workflow per destination, `careweave destination`): this many
+    # deliveries in a row finding a destination unavailable (across its patients' queues)
+    # trip it down and hold its queues; keep it below the destinations' max_attempts.
+    # While down it is probed after destination_first_probe_seconds, doubling up to
+    # destination_max_probe_seconds. On recovery the held queues drain at most
+    # replay_parallel_patients at a time, together at most replay_events_per_second.
+    destination_failures_to_trip: int = Field(default=5, ge=2)
+    destination_first_probe_seconds: float = Field(default=5.0, gt=0)
+    destination_max_probe_seconds: float = Field(default=300.0, gt=0)
+    destination_probe_timeout_seconds: float = Field(default=15.0, gt=0)
+    replay_parallel_patients: int = Field(default=20, ge=1)
+    replay_events_per_second: float = Field(default=20.0, gt=0)
     # Upstream downtime batches (`careweave ingest-batch`): the watched inbox (processed
     # files go to its processed/, held/ or failed/ folder, never deleted), how fast its
     # messages are committed so a recovering engine is not flooded, and the zone an MSH-7

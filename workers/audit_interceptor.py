@@ -53,6 +53,15 @@ def _attempt(temporal_attempt: int, args: Any) -> int:
     return temporal_attempt
 
 
+def _success_detail(attempt: int, args: Any) -> str:
+    # An input that describes what it records (a destination's change of state) says so;
+    # it is Careweave's own text (models/destination_health.py HealthChange), no PHI.
+    described = getattr(args[0], "audit_detail", None) if args else None
+    if isinstance(described, str) and described:
+        return f"{described}, attempt {attempt}"
+    return f"attempt {attempt}"
+
+
 class _AuditedActivity(ActivityInboundInterceptor):
     def __init__(
         self,
@@ -96,7 +105,7 @@ class _AuditedActivity(ActivityInboundInterceptor):
             # Written even while cancelled: the row is what says the step stopped.
             await asyncio.shield(self._audit_log.aappend_many(rows(failed)))
             raise
-        done = row(action, AuditOutcome.SUCCESS, f"attempt {attempt}")
+        done = row(action, AuditOutcome.SUCCESS, _success_detail(attempt, input.args))
         # No step counts as done without its row: if the row cannot be written the
         # activity fails and is retried (every activity is idempotent).
         await self._audit_log.aappend_many(rows(done))

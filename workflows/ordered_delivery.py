@@ -7,23 +7,32 @@ temporary failures are retried per the destination's policy, and when the budget
 spent a reviewer decides: retry, skip with a reason, or send an edited message. Other
 patients and other destinations are other workflows, so they never wait on this one.
 While the head is failing, the DeliveryAlert search attribute is ``failing``.
+
+Runs that carry the ``destination-health`` patch marker also answer to their destination's
+health workflow (workflows/destination_health.py): before the first event of a burst they
+ask it whether to send; they report attempts that found the destination unavailable; and
+while it says hold they wait (DeliveryAlert ``held``) without attempting, so an outage
+spends no retry budget and sends nothing to review. Released after the outage, they drain
+their backlog in its original order at the pace the health workflow gives.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, FailureError
 
 from workflows import search_attributes as sa
+from workflows.destination_health import DestinationHealth
 from workflows.review import ReviewableWorkflow
 
 with workflow.unsafe.imports_passed_through():
     from activities.ordered_delivery import (
         DESTINATION_REJECTED,
+        DESTINATION_UNAVAILABLE,
         DeliveryActivities,
     )
     from models.delivery import (
@@ -32,10 +41,23 @@ with workflow.unsafe.imports_passed_through():
         DeliveryRecord,
         DeliveryState,
     )
+    from models.destination_health import (
+        QUEUE_NOTICE_SIGNAL,
+        DestinationNotice,
+        NoticeState,
+        QueueReport,
+        QueueReportKind,
+        health_workflow_id,
+    )
     from models.review import DeliveryFailureContext, ReviewAction, ReviewReason
 
 EXCHANGE_NAME = "ordered-delivery"
 RECENT_IDS_KEPT = 500
+# Running queues started before destination health replay without it (they never asked it).
+DESTINATION_HEALTH_PATCH = "destination-health"
+# Failures that say the destination, not this event, is the problem ("Timeout": the
+# activity's own start-to-close timeout).
+_OUTAGE_ERRORS = frozenset({DESTINATION_UNAVAILABLE, "Timeout"})
 _ONE_ATTEMPT = RetryPolicy(maximum_attempts=1)
 
 
@@ -50,6 +72,17 @@ class OrderedDelivery(ReviewableWorkflow):
         # Carried across continue-as-new, bounded like the event ids it describes.
         self._log: list[DeliveryRecord] = list(state.delivery_log)
         self._duplicates = 0
+        self._arrived: dict[str, datetime] = dict(state.arrived_at)
+        # Destination health (patched runs only): the last notice, whether this burst was
+        # cleared to send, whether this queue is holding or draining a replay.
+        self._with_health = False
+        self._notice: DestinationNotice | None = None
+        self._cleared = False
+        self._held = False
+        self._replaying = False
+        self._pace_seconds = 0.0
+        self._replayed = 0
+        self._reported_failing = False
 
     @workflow.run
     async def run(self, state: DeliveryState) -> int:
@@ -60,6 +93,7 @@ class OrderedDelivery(ReviewableWorkflow):
                 sa.DELIVERY_ALERT.value_set("failing" if state.failing else "ok"),
             ]
         )
+        self._with_health = workflow.patched(DESTINATION_HEALTH_PATCH)
         while True:
             if not self._queue:
                 workflow.set_current_details(
@@ -80,10 +114,17 @@ class OrderedDelivery(ReviewableWorkflow):
             if self._history_is_long():
                 await workflow.wait_condition(workflow.all_handlers_finished)
                 workflow.continue_as_new(self._carry_over())
+            if self._with_health and not self._cleared:
+                await self._ask_health()
             item = self._queue[0]
             await self._deliver(item)
             self._queue.popleft()
+            self._arrived.pop(item.event_id, None)
             self._recent.append(item.event_id)
+            if self._with_health and not self._queue:
+                # The next burst asks again: the destination may have gone down meanwhile.
+                self._cleared = False
+                await self._end_replay()
 
     @workflow.signal
     def enqueue(self, item: DeliveryItem) -> None:
@@ -91,6 +132,18 @@ class OrderedDelivery(ReviewableWorkflow):
             self._duplicates += 1
             return
         self._queue.append(item)
+        self._arrived[item.event_id] = workflow.now()
+
+    @workflow.signal(name=QUEUE_NOTICE_SIGNAL)
+    def destination_notice(self, notice: DestinationNotice) -> None:
+        """From the destination's health workflow: send (at a pace, in a replay) or hold."""
+        self._notice = notice
+        self._held = notice.state is NoticeState.HOLD
+        if notice.state is NoticeState.SEND and notice.pace_seconds > 0:
+            if not self._replaying:
+                self._replayed = 0
+            self._replaying = True
+            self._pace_seconds = notice.pace_seconds
 
     @workflow.query
     def queue_length(self) -> int:
@@ -107,6 +160,10 @@ class OrderedDelivery(ReviewableWorkflow):
         attempt = 0
         total_attempts = 0
         while True:
+            if self._with_health:
+                await self._wait_while_held()
+                if self._replaying and self._replayed and attempt == 0 and not revision:
+                    await workflow.sleep(timedelta(seconds=self._pace_seconds))
             attempt += 1
             total_attempts += 1
             request = DeliverRequest(
@@ -137,6 +194,12 @@ class OrderedDelivery(ReviewableWorkflow):
                 message = cause.message if isinstance(cause, FailureError) else str(err)
                 self._set_failing(True, error_type)
                 policy = item.policy
+                if self._with_health and error_type in _OUTAGE_ERRORS:
+                    if await self._report_outage(last_attempt=attempt >= policy.max_attempts):
+                        # Held (the destination is down): this attempt is not held against
+                        # the event; the budget resumes after the outage.
+                        attempt -= 1
+                        continue
                 if error_type != DESTINATION_REJECTED and attempt < policy.max_attempts:
                     delay = min(
                         policy.first_retry_seconds * 2 ** (attempt - 1), policy.max_retry_seconds
@@ -145,7 +208,16 @@ class OrderedDelivery(ReviewableWorkflow):
                         f"{destination} failing ({message}); next attempt in {delay:.0f} s, "
                         f"{policy.max_attempts - attempt} left before review"
                     )
-                    await workflow.sleep(timedelta(seconds=delay))
+                    if self._with_health:
+                        # A hold from the health workflow ends the wait early.
+                        try:
+                            await workflow.wait_condition(
+                                lambda: self._held, timeout=timedelta(seconds=delay)
+                            )
+                        except TimeoutError:
+                            pass
+                    else:
+                        await workflow.sleep(timedelta(seconds=delay))
                     continue
                 raw_answer = _raw_answer(cause)
                 actions = {
@@ -154,6 +226,9 @@ class OrderedDelivery(ReviewableWorkflow):
                 }
                 if self._state.kind == "mllp":
                     actions[ReviewAction.EDIT] = "send this corrected message instead"
+                if self._with_health:
+                    # This event is in a reviewer's hands: the replay moves on to others.
+                    await self._end_replay()
                 decision = await self.ask_reviewer(
                     ReviewReason.DELIVERY_FAILED,
                     f"{destination} did not accept the {item.subscription.value} event after "
@@ -182,9 +257,92 @@ class OrderedDelivery(ReviewableWorkflow):
                 attempt = 0
                 continue
             self._set_failing(False, "")
+            if self._with_health:
+                self._replayed += 1
+                if self._reported_failing:
+                    self._reported_failing = False
+                    await self._report(QueueReportKind.RECOVERED)
             self._state.delivered += 1
             self._record(item, "edited" if revision else "delivered", total_attempts, result.detail)
             return
+
+    # -- destination health (patched runs) ---------------------------------------------
+
+    async def _ask_health(self) -> None:
+        """Register with the destination's health workflow and wait for its answer; without
+        a health workflow (or its answer in time) the queue sends as it always did."""
+        self._notice = None
+        if await self._report(QueueReportKind.REGISTER):
+            try:
+                await workflow.wait_condition(
+                    lambda: self._notice is not None,
+                    timeout=timedelta(seconds=self._state.health_answer_timeout_seconds),
+                )
+            except TimeoutError:
+                pass
+        await self._wait_while_held()
+        self._cleared = True
+
+    async def _report_outage(self, *, last_attempt: bool) -> bool:
+        """Tell the health workflow an attempt found the destination unavailable; True when
+        the queue is (now) told to hold. On the budget's last attempt the answer is awaited:
+        an outage, not the event, must not send it to review."""
+        self._notice = None
+        self._reported_failing = True
+        sent = await self._report(QueueReportKind.FAILED)
+        if sent and last_attempt:
+            try:
+                await workflow.wait_condition(
+                    lambda: self._notice is not None,
+                    timeout=timedelta(seconds=self._state.health_answer_timeout_seconds),
+                )
+            except TimeoutError:
+                pass
+        return self._held
+
+    async def _wait_while_held(self) -> None:
+        if not self._held:
+            return
+        workflow.upsert_search_attributes([sa.DELIVERY_ALERT.value_set("held")])
+        reported = -1
+        while self._held:
+            if len(self._queue) != reported:
+                reported = len(self._queue)
+                workflow.set_current_details(
+                    f"Held: {self._state.destination} is down; {reported} event(s) waiting"
+                )
+                await self._report(QueueReportKind.HELD)
+            await workflow.wait_condition(
+                lambda waiting=reported: not self._held or len(self._queue) != waiting  # type: ignore[misc]
+            )
+        workflow.upsert_search_attributes(
+            [sa.DELIVERY_ALERT.value_set("failing" if self._state.failing else "ok")]
+        )
+
+    async def _end_replay(self) -> None:
+        if not self._replaying:
+            return
+        self._replaying = False
+        await self._report(QueueReportKind.DRAINED, delivered=self._replayed)
+
+    async def _report(self, kind: QueueReportKind, *, delivered: int = 0) -> bool:
+        """Signal the health workflow; False when there is none (not started, ended)."""
+        arrivals = [self._arrived[q.event_id] for q in self._queue if q.event_id in self._arrived]
+        oldest = min(arrivals, default=None)
+        report = QueueReport(
+            queue_id=workflow.info().workflow_id,
+            kind=kind,
+            held_events=len(self._queue),
+            oldest_held_at=oldest,
+            delivered=delivered,
+        )
+        try:
+            await workflow.get_external_workflow_handle(
+                health_workflow_id(self._state.destination)
+            ).signal(DestinationHealth.report, report)
+        except FailureError:
+            return False
+        return True
 
     def _record(self, item: DeliveryItem, outcome: str, attempts: int, detail: str) -> None:
         self._log.append(
@@ -226,6 +384,7 @@ class OrderedDelivery(ReviewableWorkflow):
                 "queue": list(self._queue),
                 "recent_event_ids": list(self._recent),
                 "delivery_log": list(self._log),
+                "arrived_at": dict(self._arrived),
             }
         )
 

@@ -29,6 +29,11 @@ REVIEW_STATE = SearchAttributeKey.for_keyword("ReviewState")
 # ("failing" from the first failed attempt until the next success: what ops alert on).
 DESTINATION = SearchAttributeKey.for_keyword("Destination")
 DELIVERY_ALERT = SearchAttributeKey.for_keyword("DeliveryAlert")
+# Destination health (workflows/destination_health.py, id destination-health/<name>): its
+# state is in DELIVERY_ALERT ("up", "degraded", "down"); these say how much waits while
+# it is down: events held across its queues and when the oldest of them arrived.
+HELD_EVENTS = SearchAttributeKey.for_int("HeldEvents")
+OLDEST_HELD_AT = SearchAttributeKey.for_datetime("OldestHeldAt")
 # Business keys, as keyed pseudonyms only (models/search.py BusinessKeys says which
 # identifiers): the patient (PID-3), the order and the visit (placer/filler order numbers,
 # accession, PV1-19) and the messages received (MSH-10). Lists: an exchange meets several

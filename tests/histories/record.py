@@ -42,8 +42,11 @@ from temporalio.api.common.v1 import Payload
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle, WorkflowHistory
 
+from activities.destination_health import ensure_health_workflow
+from exchanges.destination_health import health_policy
 from exchanges.sdk import pseudonym
 from models.delivery import DeliveryState
+from models.destination_health import HealthState, OperatorCommand
 from models.review import ReviewAction, ReviewDecision
 from models.settings import Settings
 from tests.integration import test_patient_merge_e2e as merge_e2e
@@ -75,6 +78,7 @@ from tests.support.patient_sync import Person, person_message
 from workers import sample_messages as sm
 from workers.payload_codec import ENCODING, METADATA_ENCODING, EncryptionCodec
 from workers.telemetry import configure_tracing
+from workflows.destination_health import DestinationHealth
 from workflows.ordered_delivery import OrderedDelivery
 
 HISTORIES = Path(__file__).resolve().parent
@@ -691,6 +695,52 @@ async def delivery_continued_as_new(s: Session) -> None:
     await s.save("ordered_delivery/continued_as_new_last_run", queue, run_id=last_run)
 
 
+async def delivery_held_while_down_then_replayed(s: Session) -> None:
+    """An operator takes billing down; a patient's A03 and A13 are held by its queue without
+    an attempt (registered, told to hold, held count reported); billing is brought up and
+    the queue, released by the health workflow, drains both in order at the replay pace."""
+    engine = s.running_engine
+    visit, mrn = "V-8006", "MRN8006"
+    queue = delivery_id("billing", mrn)
+    health = await ensure_health_workflow(
+        s.client, "billing", "mllp", health_policy(engine.settings), engine.settings.task_queue
+    )
+    await health.execute_update(
+        DestinationHealth.command,
+        OperatorCommand(state=HealthState.DOWN, reason="vendor upgrade", operator="ops-1"),
+    )
+    await send(
+        engine,
+        sm.adt_event(stay(visit, mrn), "HIS-8006-1", "A03"),
+        sm.adt_event(stay(visit, mrn), "HIS-8006-2", "A13"),
+    )
+
+    async def held() -> bool:
+        status = await health.query(DestinationHealth.status)
+        return status.held_events >= 2
+
+    await _poll("billing holding two events", held, 60)
+    await health.execute_update(
+        DestinationHealth.command,
+        OperatorCommand(state=HealthState.UP, reason="upgrade done", operator="ops-1"),
+    )
+    log = await wait_delivery_log(engine, queue, 2)
+    await expect("outcomes", [e["outcome"] for e in log], ["delivered", "delivered"])
+    await wait_settled(s.client, queue, queue_idle(2))
+    await s.save("ordered_delivery/held_while_down_then_replayed", queue)
+
+    async def replayed(handle: WorkflowHandle[Any, Any]) -> bool:
+        status = await handle.query(DestinationHealth.status)
+        return (
+            status.state is HealthState.UP
+            and status.replay is not None
+            and status.replay.queues_done == status.replay.queues_total
+        )
+
+    await wait_settled(s.client, health.id, replayed)
+    await s.save("destination_health/operator_down_then_up", health.id)
+
+
 Scenario = Callable[[Session], Awaitable[None]]
 
 # Scenarios in one inner list run one after the other (they steer the same partner, whose
@@ -710,6 +760,8 @@ SCENARIOS: list[list[Scenario]] = [
     [patient_merge_certain, patient_merge_review_rejected],
     [delivery_continued_as_new],
     [delivery_held_then_skipped, delivery_held_then_edited, delivery_unanswered_then_retried],
+    # Holds every billing queue for a moment: other scenarios' billing deliveries wait.
+    [delivery_held_while_down_then_replayed],
 ]
 
 

@@ -52,6 +52,10 @@ def engine_settings(state_dir: Path, fhir_base_url: str, **overrides: object) ->
         "sla_asap_seconds": 600.0,
         "sla_routine_seconds": 600.0,
         "task_queue": "careweave-test",
+        # A destination that trips down is probed soon and often: recovery within seconds.
+        "destination_first_probe_seconds": 0.5,
+        "destination_max_probe_seconds": 2.0,
+        "destination_probe_timeout_seconds": 3.0,
     }
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]
@@ -190,6 +194,20 @@ async def running_engine(
                     yield Engine(client, settings, gateway, store, fhir, intake)
                 finally:
                     await gateway.close()
+                    await _end_destination_health(client, settings.task_queue)
+
+
+async def _end_destination_health(client: Client, task_queue: str) -> None:
+    """Destination health workflows have ids per destination name, not per task queue: one
+    left running on this engine's task queue (nobody works it after the engine stops) would
+    be found by the next engine's queues, which would wait for its answers in vain."""
+    query = (
+        f"TaskQueue = '{task_queue}' AND Exchange = 'destination-health' "
+        "AND ExecutionStatus = 'Running'"
+    )
+    async for execution in client.list_workflows(query):
+        with contextlib.suppress(RPCError):
+            await client.get_workflow_handle(execution.id).terminate("test engine stopped")
 
 
 async def wait_for_finished_encounter(fhir: FhirClient, visit: str) -> dict[str, object]:

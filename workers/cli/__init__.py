@@ -12,6 +12,7 @@ import typer
 
 from workers.cli import (
     audit,
+    destination,
     exchanges,
     find,
     ingest_batch,
@@ -38,5 +39,6 @@ app.add_typer(exchanges.app)
 app.add_typer(find.app)  # find
 app.add_typer(validate.app)  # validate
 app.add_typer(ingest_batch.app)  # ingest-batch
+app.add_typer(destination.app)
 
 __all__ = ["app"]

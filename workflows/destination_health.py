@@ -1,0 +1,387 @@
+"""Destination health: one long-lived workflow per destination (id
+``destination-health/<name>``), up / degraded / down.
+
+The destination's per-patient delivery queues (workflows/ordered_delivery.py) report to it:
+before the first event of a burst they register and wait for its answer (send, or hold);
+they report each attempt that found the destination unavailable (no answer, refused
+connection, 5xx — not a refusal of the message itself) and their first success after one.
+A run of ``failures_to_trip`` such failures in a row, across queues, trips it down; so does
+an operator (`careweave destination down`). While down, every queue that asks is told to
+hold: it waits without attempting, so neither its retry budget nor a reviewer is spent on
+the outage. A failure trip is probed with backoff (activities/destination_health.py) and
+lifted by the first successful probe; an operator's down only by an operator's up.
+
+On the way up the held queues are released in the order they were held, at most
+``replay_parallel_patients`` at a time, each pacing its sends so that together they stay
+under ``replay_events_per_second``. A queue drains its own backlog in its original order
+(nothing is rotated) and says when it is done, which releases the next; a queue whose head
+fails for its own reasons goes to review and counts as done, so it holds nobody else.
+Every change of state is an activity (audited by the worker's interceptor) and a log line.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, FailureError
+
+from workflows import search_attributes as sa
+
+with workflow.unsafe.imports_passed_through():
+    from activities.destination_health import HealthActivities
+    from models.destination_health import (
+        QUEUE_NOTICE_SIGNAL,
+        DestinationHealthState,
+        DestinationNotice,
+        DestinationStatus,
+        HealthChange,
+        HealthState,
+        HeldQueue,
+        NoticeState,
+        OperatorCommand,
+        ProbeRequest,
+        ProbeResult,
+        QueueReport,
+        QueueReportKind,
+        ReplayProgress,
+    )
+
+EXCHANGE_NAME = "destination-health"
+_ONE_ATTEMPT = RetryPolicy(maximum_attempts=1)
+# The audit row of a change is worth retrying until it is written.
+_AUDIT_RETRY = RetryPolicy(maximum_interval=timedelta(seconds=30))
+
+
+@workflow.defn
+class DestinationHealth:
+    @workflow.init
+    def __init__(self, state: DestinationHealthState) -> None:
+        self._s = state
+        # Notices to queues and audit rows, sent by the main loop (handlers cannot await
+        # in order with each other; the loop sends them in the order they were decided).
+        self._outbox: list[tuple[str, DestinationNotice]] = []
+        self._changes: list[HealthChange] = []
+        self._visible_dirty = True
+        self._next_probe_at: datetime | None = None
+
+    @workflow.run
+    async def run(self, state: DestinationHealthState) -> None:
+        if self._s.since is None:
+            self._s.since = workflow.now()
+        if self._probing():
+            self._next_probe_at = workflow.now() + timedelta(seconds=self._s.probe_delay_seconds)
+        workflow.upsert_search_attributes(
+            [sa.EXCHANGE.value_set(EXCHANGE_NAME), sa.DESTINATION.value_set(state.destination)]
+        )
+        while True:
+            self._release_next()
+            await self._flush()
+            if self._history_is_long():
+                await workflow.wait_condition(workflow.all_handlers_finished)
+                self._release_next()
+                await self._flush()
+                workflow.continue_as_new(self._s)
+            if self._probing():
+                assert self._next_probe_at is not None
+                wait = max((self._next_probe_at - workflow.now()).total_seconds(), 0.0)
+                try:
+                    await workflow.wait_condition(self._has_work, timeout=timedelta(seconds=wait))
+                except TimeoutError:
+                    await self._probe()
+            else:
+                await workflow.wait_condition(self._has_work)
+
+    # -- what the queues and operators say -----------------------------------------------
+
+    @workflow.signal
+    def report(self, report: QueueReport) -> None:
+        queue = report.queue_id
+        if report.kind is QueueReportKind.REGISTER:
+            self._answer(queue)
+        elif report.kind is QueueReportKind.FAILED:
+            self._failed(queue)
+            self._note_held(report)
+            self._answer(queue)
+        elif report.kind is QueueReportKind.HELD:
+            self._note_held(report)
+        elif report.kind is QueueReportKind.RECOVERED:
+            if queue in self._s.failing:
+                self._s.failing.remove(queue)
+            self._s.failure_run = 0
+            if self._s.state is HealthState.DEGRADED:
+                self._change(HealthState.UP, "deliveries", "a delivery succeeded")
+        elif report.kind is QueueReportKind.DRAINED:
+            draining = self._find(self._s.replaying, queue)
+            if draining is not None:
+                self._s.replaying.remove(draining)
+                if self._s.replay is not None:
+                    self._s.replay.queues_done += 1
+                    self._s.replay.events_done += report.delivered
+            self._visible_dirty = True
+
+    @workflow.update
+    def command(self, command: OperatorCommand) -> DestinationStatus:
+        by = f"operator {command.operator}"
+        if command.state is HealthState.DOWN:
+            if self._s.state is HealthState.DOWN:
+                # Already down by failures: now an operator's hold, no probe lifts it.
+                self._s.down_by = "operator"
+                self._s.reason = command.reason
+                self._changes.append(
+                    HealthChange(
+                        destination=self._s.destination,
+                        previous=HealthState.DOWN,
+                        state=HealthState.DOWN,
+                        by=by,
+                        detail="kept down by operator command",
+                    )
+                )
+            else:
+                self._change(HealthState.DOWN, by, "operator command", reason=command.reason)
+        else:
+            self._change(HealthState.UP, by, "operator command", reason=command.reason)
+        return self.status()
+
+    @command.validator
+    def _validate_command(self, command: OperatorCommand) -> None:
+        if command.state is HealthState.DEGRADED:
+            raise ValueError("an operator sets a destination up or down, not degraded")
+        if not command.reason.strip():
+            raise ValueError("a reason is required")
+
+    @workflow.query
+    def status(self) -> DestinationStatus:
+        held = [*self._s.held, *self._s.replaying]
+        oldest = [q.oldest_held_at for q in held if q.oldest_held_at is not None]
+        return DestinationStatus(
+            destination=self._s.destination,
+            kind=self._s.kind,
+            state=self._s.state,
+            since=self._s.since,
+            reason=self._s.reason,
+            down_by=self._s.down_by,
+            held_queues=len(self._s.held),
+            held_events=sum(q.held_events for q in self._s.held),
+            oldest_held_at=min(oldest) if oldest else None,
+            last_probe_at=self._s.last_probe_at,
+            last_probe=self._s.last_probe,
+            replay=self._s.replay,
+        )
+
+    # -- the state machine -------------------------------------------------------------
+
+    def _answer(self, queue: str) -> None:
+        """Send or hold: hold while down, and while earlier-held queues wait their turn."""
+        draining = self._find(self._s.replaying, queue)
+        if draining is not None and self._s.state is not HealthState.DOWN:
+            self._outbox.append(
+                (queue, DestinationNotice(state=NoticeState.SEND, pace_seconds=self._pace()))
+            )
+            return
+        if self._s.state is HealthState.DOWN or self._s.held:
+            if self._find(self._s.held, queue) is None:
+                self._s.held.append(HeldQueue(queue_id=queue))
+                self._visible_dirty = True
+            self._outbox.append((queue, DestinationNotice(state=NoticeState.HOLD)))
+            return
+        self._outbox.append((queue, DestinationNotice(state=NoticeState.SEND)))
+
+    def _failed(self, queue: str) -> None:
+        if self._s.state is HealthState.DOWN:
+            return
+        if queue not in self._s.failing:
+            self._s.failing.append(queue)
+        self._s.failure_run += 1
+        if self._s.failure_run >= self._s.policy.failures_to_trip:
+            self._change(
+                HealthState.DOWN, "failures", f"{self._s.failure_run} failed deliveries in a row"
+            )
+        elif self._s.state is HealthState.UP:
+            self._change(HealthState.DEGRADED, "failures", "a delivery found it unavailable")
+
+    def _note_held(self, report: QueueReport) -> None:
+        found = self._find(self._s.held, report.queue_id) or self._find(
+            self._s.replaying, report.queue_id
+        )
+        if found is not None:
+            found.held_events = report.held_events
+            found.oldest_held_at = report.oldest_held_at
+            self._visible_dirty = True
+
+    def _change(self, state: HealthState, by: str, detail: str, *, reason: str = "") -> None:
+        previous = self._s.state
+        if previous is state:
+            return
+        now = workflow.now()
+        self._s.state = state
+        self._s.since = now
+        self._s.reason = reason or detail
+        if state is HealthState.DOWN:
+            self._s.down_by = "failures" if by == "failures" else "operator"
+            self._s.probe_delay_seconds = self._s.policy.first_probe_seconds
+            self._next_probe_at = now + timedelta(seconds=self._s.probe_delay_seconds)
+            self._s.replay = None
+            # Queues that were draining a replay, then those that reported failures: hold.
+            for queue in [q.queue_id for q in self._s.replaying] + list(self._s.failing):
+                self._answer_hold(queue)
+            self._s.replaying.clear()
+            workflow.logger.warning(
+                "destination %s down (%s): deliveries held", self._s.destination, detail
+            )
+        else:
+            if previous is HealthState.DOWN:
+                self._s.replay = ReplayProgress(
+                    queues_total=len(self._s.held),
+                    events_total=sum(q.held_events for q in self._s.held),
+                )
+                workflow.logger.info(
+                    "destination %s up (%s): replaying %d held queue(s)",
+                    self._s.destination,
+                    detail,
+                    len(self._s.held),
+                )
+            self._s.down_by = ""
+            self._s.failure_run = 0
+            self._s.failing.clear()
+        self._changes.append(
+            HealthChange(
+                destination=self._s.destination,
+                previous=previous,
+                state=state,
+                by=by,
+                detail=detail,
+            )
+        )
+        self._visible_dirty = True
+
+    def _answer_hold(self, queue: str) -> None:
+        if self._find(self._s.held, queue) is None:
+            self._s.held.append(HeldQueue(queue_id=queue))
+        self._outbox.append((queue, DestinationNotice(state=NoticeState.HOLD)))
+
+    def _release_next(self) -> None:
+        if self._s.state is HealthState.DOWN:
+            return
+        while self._s.held and len(self._s.replaying) < self._s.policy.replay_parallel_patients:
+            queue = self._s.held.pop(0)
+            self._s.replaying.append(queue)
+            if self._s.replay is None:
+                self._s.replay = ReplayProgress()
+            self._outbox.append(
+                (
+                    queue.queue_id,
+                    DestinationNotice(state=NoticeState.SEND, pace_seconds=self._pace()),
+                )
+            )
+            self._visible_dirty = True
+
+    def _pace(self) -> float:
+        """Seconds between one queue's sends in a replay: the queues released together share
+        the destination's rate."""
+        sharing = max(1, min(self._s.policy.replay_parallel_patients, len(self._s.replaying)))
+        return sharing / self._s.policy.replay_events_per_second
+
+    def _probing(self) -> bool:
+        return self._s.state is HealthState.DOWN and self._s.down_by == "failures"
+
+    async def _probe(self) -> None:
+        policy = self._s.policy
+        workflow.set_current_details(f"{self._s.destination} down; probing")
+        try:
+            result = await workflow.execute_activity_method(
+                HealthActivities.probe_destination,
+                ProbeRequest(
+                    destination=self._s.destination, timeout_seconds=policy.probe_timeout_seconds
+                ),
+                start_to_close_timeout=timedelta(seconds=policy.probe_timeout_seconds + 10),
+                retry_policy=_ONE_ATTEMPT,
+                summary=f"Probe {self._s.destination}",
+            )
+        except ActivityError as err:
+            cause = err.cause
+            text = cause.message if isinstance(cause, FailureError) else str(err)
+            result = ProbeResult(ok=False, detail=f"probe failed: {text}"[:200])
+        self._s.last_probe_at = workflow.now()
+        self._s.last_probe = f"{'ok' if result.ok else 'failed'}: {result.detail}"
+        self._visible_dirty = True
+        if result.ok and self._probing():
+            self._change(HealthState.UP, "probe", result.detail)
+            return
+        self._s.probe_delay_seconds = min(self._s.probe_delay_seconds * 2, policy.max_probe_seconds)
+        self._next_probe_at = workflow.now() + timedelta(seconds=self._s.probe_delay_seconds)
+
+    # -- the main loop's sends -------------------------------------------------------------
+
+    def _has_work(self) -> bool:
+        return bool(self._outbox or self._changes or self._visible_dirty) or (
+            self._s.state is not HealthState.DOWN
+            and bool(self._s.held)
+            and len(self._s.replaying) < self._s.policy.replay_parallel_patients
+        )
+
+    async def _flush(self) -> None:
+        while self._changes:
+            change = self._changes.pop(0)
+            await workflow.execute_activity_method(
+                HealthActivities.record_destination_state,
+                change,
+                start_to_close_timeout=timedelta(seconds=30),
+                retry_policy=_AUDIT_RETRY,
+                summary=f"{change.destination}: {change.previous.value} -> {change.state.value}",
+            )
+        while self._outbox:
+            queue, notice = self._outbox.pop(0)
+            try:
+                await workflow.get_external_workflow_handle(queue).signal(
+                    QUEUE_NOTICE_SIGNAL, notice
+                )
+            except FailureError:
+                # The queue run ended (idle close) or was terminated: nothing holds there.
+                self._forget(queue)
+        if self._visible_dirty:
+            self._visible_dirty = False
+            self._show()
+
+    def _forget(self, queue: str) -> None:
+        for listed in (self._s.held, self._s.replaying):
+            found = self._find(listed, queue)
+            if found is not None:
+                listed.remove(found)
+        if queue in self._s.failing:
+            self._s.failing.remove(queue)
+
+    def _show(self) -> None:
+        status = self.status()
+        workflow.upsert_search_attributes(
+            [
+                sa.DELIVERY_ALERT.value_set(status.state.value),
+                sa.HELD_EVENTS.value_set(status.held_events),
+                sa.OLDEST_HELD_AT.value_set(status.oldest_held_at)
+                if status.oldest_held_at is not None
+                else sa.OLDEST_HELD_AT.value_unset(),
+            ]
+        )
+        text = f"{self._s.destination} {status.state.value}"
+        if status.held_queues:
+            text += f"; {status.held_events} event(s) held in {status.held_queues} queue(s)"
+        replay = self._s.replay
+        if replay is not None and self._s.state is not HealthState.DOWN:
+            done = "done" if not (self._s.held or self._s.replaying) else "replaying"
+            text += (
+                f"; replay {done}: {replay.queues_done} of {replay.queues_total} patients, "
+                f"{replay.events_done} of {replay.events_total} events"
+            )
+        workflow.set_current_details(text)
+
+    def _history_is_long(self) -> bool:
+        info = workflow.info()
+        return (
+            info.is_continue_as_new_suggested()
+            or info.get_current_history_length() > self._s.policy.continue_as_new_after_events
+        )
+
+    @staticmethod
+    def _find(queues: list[HeldQueue], queue_id: str) -> HeldQueue | None:
+        return next((q for q in queues if q.queue_id == queue_id), None)
