@@ -112,3 +112,7 @@ class MergeOutcome(_Frozen):
     # not-applicable
     outcome: str
     note: str = ""
+    # What an undo needs (no PHI): the Provenance of each FHIR step, in the order written
+    # (the Patients, then each page of re-pointed resources), and the identity index event.
+    provenances: tuple[str, ...] = ()
+    index_event: int | None = None

@@ -204,23 +204,29 @@ class PatientMergeExchange(ReviewableWorkflow):
                 self._set_status("merge-rejected")
                 return
             actor, reason = decision.reviewer, decision.reason
-        await self._record_identity(
+        event = await self._record_identity(
             message, read.trigger.value, merge.survivor, merge.retired, actor, reason
         )
         if not assessment.retired_patient:
             # The index knows both now; the FHIR server never had the retired record.
-            self._record(message, index, "recorded", "no FHIR record of the retired patient")
+            self._record(
+                message,
+                index,
+                "recorded",
+                "no FHIR record of the retired patient",
+                index_event=event,
+            )
             self._set_status("merged")
             return
-        await self._merge_in_fhir(message, index, assessment, reason)
-        self._record(message, index, "merged")
+        provenances = await self._merge_in_fhir(message, index, assessment, reason)
+        self._record(message, index, "merged", provenances=provenances, index_event=event)
         self._set_status("merged")
 
     async def _merge_in_fhir(
         self, message: InboundMessage, index: int, assessment: MergeAssessment, reason: str
-    ) -> None:
+    ) -> tuple[str, ...]:
         step = _StepTags(workflow.info().workflow_id, message, index)
-        await workflow.execute_activity_method(
+        patients = await workflow.execute_activity_method(
             merge_patient_records,
             MergeRecordsInput(
                 survivor_patient=assessment.survivor_patient,
@@ -233,6 +239,7 @@ class PatientMergeExchange(ReviewableWorkflow):
             retry_policy=_RETRY,
             summary="Merge the two Patients ($merge) with their Provenance",
         )
+        provenances = [patients.provenance]
         for resource_type in assessment.searched_types:
             for page in range(MAX_PAGES_PER_TYPE):
                 workflow.set_current_details(f"Re-pointing {resource_type}, page {page + 1}")
@@ -251,9 +258,12 @@ class PatientMergeExchange(ReviewableWorkflow):
                     retry_policy=_RETRY,
                     summary=f"Re-point {resource_type} references to the survivor",
                 )
+                if done.provenance:
+                    provenances.append(done.provenance)
                 if not done.more:
                     break
         workflow.set_current_details("")
+        return tuple(provenances)
 
     async def _record_identity(
         self,
@@ -263,8 +273,8 @@ class PatientMergeExchange(ReviewableWorkflow):
         second: object,
         actor: str,
         reason: str,
-    ) -> None:
-        await workflow.execute_activity_method(
+    ) -> int:
+        recorded = await workflow.execute_activity_method(
             record_identity_change,
             RecordIdentityInput.model_validate(
                 {
@@ -282,8 +292,18 @@ class PatientMergeExchange(ReviewableWorkflow):
             retry_policy=_RETRY,
             summary="Record the change in the identity index",
         )
+        return recorded.event_id
 
-    def _record(self, message: InboundMessage, index: int, outcome: str, note: str = "") -> None:
+    def _record(
+        self,
+        message: InboundMessage,
+        index: int,
+        outcome: str,
+        note: str = "",
+        *,
+        provenances: tuple[str, ...] = (),
+        index_event: int | None = None,
+    ) -> None:
         self._outcomes.append(
             MergeOutcome(
                 control_id=message.control_id,
@@ -291,6 +311,8 @@ class PatientMergeExchange(ReviewableWorkflow):
                 merge_index=index,
                 outcome=outcome,
                 note=note,
+                provenances=provenances,
+                index_event=index_event,
             )
         )
         if outcome not in ("merged", "rejected"):
