@@ -32,7 +32,11 @@ from mappings.patient_merge.fhir_merge import (
     WrittenVersion,
     merge_patients,
     merge_provenance,
+    read_merge_provenance,
     repoint_references,
+    restore_references,
+    unmerge_patients,
+    value_at,
 )
 from mappings.patient_merge.mapping import load_merge_mapping
 from mappings.patient_sync.fhir_patient import new_patient, patient_changes
@@ -54,10 +58,13 @@ __all__ = [
     "MergeActivities",
     "MergeAssessment",
     "MergeRecordsInput",
+    "MergeUndone",
     "PatientsMerged",
     "RecordIdentityInput",
     "RepointPageInput",
     "RepointedPage",
+    "UndoIdentityInput",
+    "UndoMergeInput",
     "interpret_identity_message",
 ]
 
@@ -150,6 +157,30 @@ class RepointedPage(BaseModel):
     # More resources of this type may still refer to the retired Patient.
     more: bool
     provenance: str = ""
+
+
+class UndoMergeInput(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    provenances: tuple[str, ...]  # as the merge wrote them, in order
+    mapping_version: str
+
+
+class MergeUndone(BaseModel):
+    """What the undo put back on the FHIR server (counts only: no PHI)."""
+
+    model_config = ConfigDict(frozen=True)
+    patients_restored: bool
+    references_restored: int
+    # References changed again since the merge (or gone): left for a person, never guessed.
+    references_not_restored: int
+
+
+class UndoIdentityInput(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    merge_event: int
+    actor: str
+    reason: str
+    exchange: str
 
 
 @activity.defn
@@ -365,6 +396,72 @@ class MergeActivities:
             repointed=len(written), more=len(page) >= mapping.page_size, provenance=reference
         )
 
+    # -- undo --------------------------------------------------------------------------
+
+    @activity.defn(name="undo_merge_in_fhir")
+    async def undo_merge_in_fhir(self, request: UndoMergeInput) -> MergeUndone:
+        """Every step of one merge undone from its Provenance, the last step first: each
+        re-pointed reference that still points at the survivor points at the retired
+        Patient again, then both Patients lose what the merge gave them. A retry finds the
+        work done and writes nothing twice."""
+        mapping = load_merge_mapping(request.mapping_version)
+        restored = not_restored = 0
+        patients = False
+        try:
+            for reference in reversed(request.provenances):
+                resource_type, resource_id = reference.split("/", 1)
+                record = read_merge_provenance(
+                    await self._fhir.read(resource_type, resource_id), mapping
+                )
+                for write in record.repointed:
+                    current = await self._fhir.read(write.written.resource_type, write.written.id)
+                    back, refused = restore_references(
+                        current, record.source_id, record.target_id, write.paths
+                    )
+                    already = [p for p in refused if _points_at(current, p, record.source_id)]
+                    restored += len(write.paths) - len(refused) + len(already)
+                    not_restored += len(refused) - len(already)
+                    if back != current:
+                        await self._write(back, current)
+                if record.source is not None and record.target is not None:
+                    source = await self._fhir.read("Patient", record.source_id)
+                    target = await self._fhir.read("Patient", record.target_id)
+                    new_source, new_target = unmerge_patients(source, target, record, mapping)
+                    if new_source != source:
+                        await self._write(new_source, source)
+                    if new_target != target:
+                        await self._write(new_target, target)
+                    patients = True
+        except FhirPreconditionFailed as err:
+            raise ApplicationError(f"HTTP 412: {err.diagnostics}", type="MergeRaced") from err
+        except FhirRejectedError as err:
+            raise _rejected(err) from err
+        except ValueError as err:
+            raise ApplicationError(
+                f"not a merge Provenance: {err}", type=MERGE_WRITE_REJECTED, non_retryable=True
+            ) from err
+        return MergeUndone(
+            patients_restored=patients,
+            references_restored=restored,
+            references_not_restored=not_restored,
+        )
+
+    @activity.defn(name="undo_identity_change")
+    async def undo_identity_change(self, request: UndoIdentityInput) -> int:
+        try:
+            undone = await asyncio.to_thread(
+                self._index.undo_merge,
+                request.merge_event,
+                actor=request.actor,
+                reason=request.reason,
+                exchange=request.exchange,
+            )
+        except IdentityChangeRefused as err:
+            raise ApplicationError(
+                str(err), type=IDENTITY_CHANGE_REFUSED, non_retryable=True
+            ) from err
+        return undone.event_id
+
     async def _write(self, resource: dict[str, Any], read: dict[str, Any]) -> WrittenVersion:
         previous = str((read.get("meta") or {}).get("versionId") or "")
         saved = await self._fhir.update(resource, version_id=previous or None)
@@ -400,6 +497,13 @@ class MergeActivities:
         return f"Provenance/{created.get('id', '')}"
 
 
+def _points_at(resource: dict[str, Any], pointer: str, patient_id: str) -> bool:
+    """Whether the reference at ``pointer`` already names Patient/<patient_id> (restored by
+    an earlier attempt)."""
+    value = value_at(resource, pointer)
+    return isinstance(value, str) and value.endswith(f"Patient/{patient_id}")
+
+
 def _links_to(patient: dict[str, Any], other_id: str, link_type: str) -> bool:
     return any(
         link.get("type") == link_type
@@ -432,3 +536,5 @@ assess_merge = MergeActivities.assess_merge
 record_identity_change = MergeActivities.record_identity_change
 merge_patient_records = MergeActivities.merge_patient_records
 repoint_references_page = MergeActivities.repoint_references_page
+undo_merge_in_fhir = MergeActivities.undo_merge_in_fhir
+undo_identity_change = MergeActivities.undo_identity_change

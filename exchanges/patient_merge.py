@@ -40,6 +40,7 @@ from models.settings import Settings
 from workers.payload_codec import load_payload_keys
 from workflows import search_attributes as sa
 from workflows.patient_merge import PatientMergeExchange
+from workflows.patient_unmerge import PatientUnmerge
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,8 @@ def activities(dependencies: WorkerDependencies) -> Sequence[Callable[..., Any]]
         merge.record_identity_change,
         merge.merge_patient_records,
         merge.repoint_references_page,
+        merge.undo_merge_in_fhir,
+        merge.undo_identity_change,
     ]
 
 
@@ -104,6 +107,8 @@ EXCHANGE: ExchangeSpec[SurvivorKey] = ExchangeSpec(
     workflow=PatientMergeExchange,
     signals=(PatientMergeExchange.identity_message,),
     updates=(PatientMergeExchange.decide_review,),
+    # `careweave merge undo` starts one per merge it undoes.
+    extra_workflows=(PatientUnmerge,),
     start_input=start_input,
     activities=activities,
     audit_actions={
@@ -112,6 +117,8 @@ EXCHANGE: ExchangeSpec[SurvivorKey] = ExchangeSpec(
         MergeActivities.record_identity_change: AuditAction.PUSH,
         MergeActivities.merge_patient_records: AuditAction.PUSH,
         MergeActivities.repoint_references_page: AuditAction.PUSH,
+        MergeActivities.undo_merge_in_fhir: AuditAction.PUSH,
+        MergeActivities.undo_identity_change: AuditAction.PUSH,
     },
     summary="Patient merge for a patient of {facility}",
     search_attributes=(*START_SEARCH_ATTRIBUTES, sa.REVIEW_STATE),

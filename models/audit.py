@@ -38,6 +38,7 @@ class AuditAction(StrEnum):
     # A destination's health changed (up / degraded / down), by its queues' failures, a
     # probe or an operator's command (`careweave destination down|up`).
     DESTINATION_STATE = "destination-state"
+    MERGE_UNDO = "merge-undo"  # an operator asked to undo a patient merge
 
 
 class AuditOutcome(StrEnum):

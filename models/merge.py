@@ -116,3 +116,22 @@ class MergeOutcome(_Frozen):
     # (the Patients, then each page of re-pointed resources), and the identity index event.
     provenances: tuple[str, ...] = ()
     index_event: int | None = None
+    # The merge rules' version that wrote those Provenances (an undo reads them with it).
+    mapping_version: str = "v1"
+
+
+class UnmergeInput(_Frozen):
+    """Undo one merge of a patient-merge exchange (no PHI: ids, counts, a reason)."""
+
+    merge_exchange: str  # the patient-merge workflow id
+    merge: MergeOutcome
+    actor: str  # who asked (an operator or reviewer)
+    reason: str
+    mapping_version: str
+
+
+class UnmergeSummary(_Frozen):
+    patients_restored: bool
+    references_restored: int
+    references_not_restored: int
+    index_event: int | None = None

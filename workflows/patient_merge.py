@@ -313,6 +313,7 @@ class PatientMergeExchange(ReviewableWorkflow):
                 note=note,
                 provenances=provenances,
                 index_event=index_event,
+                mapping_version=self._params.mapping_version,
             )
         )
         if outcome not in ("merged", "rejected"):

@@ -35,6 +35,7 @@ __all__ = [
     "repoint_references",
     "restore_references",
     "unmerge_patients",
+    "value_at",
 ]
 
 JSON = dict[str, Any]
@@ -245,6 +246,11 @@ def _walk(node: Any, path: str, source_id: str, target_id: str, paths: list[str]
             _walk(item, f"{path}/{i}", source_id, target_id, paths) for i, item in enumerate(node)
         ]
     return node
+
+
+def value_at(resource: JSON, pointer: str) -> Any:
+    """The value at a JSON Pointer (RFC 6901) of ``resource``; None when the path is gone."""
+    return _get(resource, _pointer_parts(pointer))
 
 
 def _escape(key: str) -> str:

@@ -16,6 +16,7 @@ from adapters.pseudonyms import pseudonym
 from models.review import ReviewAction, ReviewDecision
 from tests.support.engine import Engine, mllp_send, running_engine
 from workers import sample_messages as sm
+from workers.cli.merge import undo_merge
 
 PSEUDONYM_KEY = "test-merge-pseudonym-key"
 PATIENT_SYSTEM = f"urn:careweave:patient-id:{sm.HOSPITAL}"
@@ -205,3 +206,38 @@ async def _outcome_of(engine: Engine, wid: str, control_id: str) -> str:
             return str(found[-1])
         await asyncio.sleep(0.2)
     raise AssertionError(f"no outcome for {control_id}")
+
+
+async def test_undo_restores_both_records_and_every_reference(engine: Engine) -> None:
+    survivor = await registered(engine, "MRN-MRG-05A", "1958-07-21")
+    retired = await registered(engine, "MRN-MRG-05B", "1958-07-21")
+    observation = await observation_of(engine, retired["id"], "mrg-05")
+    before_survivor = await engine.fhir.read("Patient", survivor["id"])
+    await send(engine, a40("MRG-05-1", "MRN-MRG-05A", "MRN-MRG-05B", "19580721"))
+    wid = merge_id("MRN-MRG-05A")
+    await engine.wait_for_status(wid, "merged")
+
+    summary = await undo_merge(
+        engine.client,
+        wid,
+        reason="registration merged the wrong twin",
+        actor="ops-1",
+        task_queue=engine.settings.task_queue,
+    )
+    assert summary.patients_restored
+    assert (summary.references_restored, summary.references_not_restored) == (1, 0)
+    restored = await engine.fhir.read("Patient", retired["id"])
+    assert "link" not in restored and "active" not in restored
+    survivor_now = await engine.fhir.read("Patient", survivor["id"])
+    assert survivor_now.get("link") is None
+    assert survivor_now["identifier"] == before_survivor["identifier"]
+    moved_back = await engine.fhir.read("Observation", observation["id"])
+    assert moved_back["subject"]["reference"] == f"Patient/{retired['id']}"
+    # Both the merge and its undo stay in the version history.
+    assert len(await engine.fhir.history("Patient", retired["id"])) == 3
+    # Asking again changes nothing: the same undo answers.
+    again = await undo_merge(
+        engine.client, wid, reason="again", actor="ops-1", task_queue=engine.settings.task_queue
+    )
+    assert again == summary
+    assert len(await engine.fhir.history("Patient", retired["id"])) == 3

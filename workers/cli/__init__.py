@@ -18,6 +18,7 @@ from workers.cli import (
     ingest_batch,
     keys,
     login,
+    merge,
     processes,
     quarantine,
     review,
@@ -40,5 +41,6 @@ app.add_typer(find.app)  # find
 app.add_typer(validate.app)  # validate
 app.add_typer(ingest_batch.app)  # ingest-batch
 app.add_typer(destination.app)
+app.add_typer(merge.app)
 
 __all__ = ["app"]
