@@ -76,6 +76,7 @@ from tests.support.history import nested
 from tests.support.partner import Partner
 from tests.support.patient_sync import Person, person_message
 from workers import sample_messages as sm
+from workers.cli.merge import undo_merge
 from workers.payload_codec import ENCODING, METADATA_ENCODING, EncryptionCodec
 from workers.telemetry import configure_tracing
 from workflows.destination_health import DestinationHealth
@@ -539,6 +540,24 @@ async def patient_merge_review_rejected(s: Session) -> None:
     await s.save("patient_merge/a40_conflict_review_rejected", wid)
 
 
+async def patient_merge_undone(s: Session) -> None:
+    """A certain merge, then `careweave merge undo`: the patient-unmerge run that restores
+    both Patients, the re-pointed Observation and the index."""
+    engine = s.running_engine
+    await merge_e2e.registered(engine, "MRN8205", "1958-07-21")
+    retired = await merge_e2e.registered(engine, "MRN8206", "1958-07-21")
+    await merge_e2e.observation_of(engine, retired["id"], "history-8206")
+    await send(engine, merge_e2e.a40("MRG-8205-1", "MRN8205", "MRN8206", "19580721"))
+    wid = patient_merge_id("MRN8205")
+    await engine.wait_for_status(wid, "merged")
+    await undo_merge(
+        s.client, wid, reason="wrong twin", actor="ops-1", task_queue=engine.settings.task_queue
+    )
+    [undo] = [w async for w in s.client.list_workflows("WorkflowType = 'PatientUnmerge'")]
+    await wait_closed(s.client, undo.id)
+    await s.save("patient_merge/unmerge_of_a_certain_merge", undo.id)
+
+
 async def discharge_late_a08_review_forwarded(s: Session) -> None:
     """The exchange closes after its quiet period; a late A08 starts a new run, which recalls
     the closed run's discharge (the patched path) and asks a reviewer, who forwards it."""
@@ -757,7 +776,7 @@ SCENARIOS: list[list[Scenario]] = [
     [discharge_a03_a08_a13],
     [discharge_late_a08_review_forwarded],
     [patient_a28_a31_a31, patient_unreadable_review_rejected],
-    [patient_merge_certain, patient_merge_review_rejected],
+    [patient_merge_certain, patient_merge_review_rejected, patient_merge_undone],
     [delivery_continued_as_new],
     [delivery_held_then_skipped, delivery_held_then_edited, delivery_unanswered_then_retried],
     # Holds every billing queue for a moment: other scenarios' billing deliveries wait.
