@@ -80,6 +80,11 @@ class CareweaveStore:
     def from_url(cls, url: str, key_ring: KeyRing) -> CareweaveStore:
         return cls(open_engine(url), key_ring)
 
+    @property
+    def engine(self) -> Engine:
+        """The database it keeps its tables in (readiness probes check it answers)."""
+        return self._engine
+
     # -- payload keys --------------------------------------------------------
 
     def verify_payload_keys(self) -> list[str]:
