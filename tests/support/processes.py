@@ -8,6 +8,7 @@ import contextlib
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -158,3 +159,75 @@ async def careweave_process(
             except TimeoutError:
                 process.kill()
                 await process.wait()
+
+
+def free_port_pair() -> int:
+    """A port p with p + 10 also free (demo partners serve their control API there)."""
+    for _ in range(50):
+        port = free_port()
+        if port + 10 > 65535:
+            continue
+        with socket.socket() as second:
+            try:
+                second.bind(("127.0.0.1", port + 10))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no free port pair")
+
+
+def demo_routing(fhir_port: int, primary_care: int, billing: int) -> str:
+    """The demo's routing file (config/destinations.toml) with the tests' ports."""
+    config = (PROJECT_ROOT / "config" / "destinations.toml").read_text()
+    return (
+        config.replace("127.0.0.1:8080", f"127.0.0.1:{fhir_port}")
+        .replace("port = 2576", f"port = {primary_care}")
+        .replace("port = 2577", f"port = {billing}")
+    )
+
+
+def embedded_stack_env(state_dir: Path) -> dict[str, str]:
+    """The environment of `careweave up` / `careweave demo` on free ports and its own state
+    folder: every part of the stack a child process of its own."""
+    fhir_port = free_port()
+    routing = state_dir / "destinations.toml"
+    state_dir.mkdir(parents=True, exist_ok=True)
+    routing.write_text(demo_routing(fhir_port, free_port_pair(), free_port_pair()))
+    env = careweave_env(
+        state_dir,
+        f"127.0.0.1:{free_port()}",
+        temporal_ui_port=str(free_port()),
+        mllp_port=str(free_port()),
+        api_port=str(free_port()),
+        fhir_server_port=str(fhir_port),
+        fhir_base_url=f"http://127.0.0.1:{fhir_port}/fhir",
+        destinations_file=str(routing),
+    )
+    # The stack makes its own key file in its new state folder, as on a fresh machine.
+    del env["CAREWEAVE_PAYLOAD_KEYS"]
+    return env
+
+
+def child_pids(parent: int) -> list[int]:
+    """The processes whose parent is ``parent`` (from /proc: Linux)."""
+    children = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:  # gone meanwhile
+            continue
+        # Fields after the command name, which is in parentheses and may hold spaces.
+        fields = stat.rsplit(")", 1)[1].split()
+        if int(fields[1]) == parent:
+            children.append(int(entry.name))
+    return children
+
+
+def process_group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
