@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-from sqlalchemy import bindparam, event
+from sqlalchemy import bindparam, event, func
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine
@@ -154,6 +154,12 @@ class CareweaveStore:
             if status:
                 query = query.where(QuarantinedMessage.status == status)
             return [self._opened(row) for row in session.exec(query.limit(limit)).all()]
+
+    def quarantine_count(self, status: str) -> int:
+        """How many quarantined messages have ``status`` (held: waiting for an operator)."""
+        with Session(self._engine) as session:
+            query = select(func.count()).where(QuarantinedMessage.status == status)
+            return session.exec(query).one()
 
     def quarantined_message(self, message_id: int) -> QuarantinedMessage | None:
         with Session(self._engine) as session:

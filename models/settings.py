@@ -193,6 +193,11 @@ class Settings(BaseSettings):
     gateway_health_port: int | None = Field(default=None, ge=0, le=65535)
     worker_health_port: int | None = Field(default=None, ge=0, le=65535)
 
+    # Metrics (workers/metrics.py): Careweave's at /metrics beside the probes (and on the
+    # API), the Temporal SDK's on temporal_metrics_port (bound on health_host) when set.
+    metrics_exporter: Literal["none", "prometheus"] = "prometheus"
+    temporal_metrics_port: int | None = Field(default=None, ge=1, le=65535)
+
     otel_exporter: str = Field(default="none", description="none | console | otlp")
     otel_otlp_endpoint: str | None = None
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from datetime import timedelta
 
 from fastapi import APIRouter, FastAPI
@@ -124,14 +124,22 @@ def health_router(checks: Mapping[str, ReadinessCheck]) -> APIRouter:
 
 @contextlib.asynccontextmanager
 async def serving_health(
-    checks: Mapping[str, ReadinessCheck], host: str, port: int, *, name: str
+    checks: Mapping[str, ReadinessCheck],
+    host: str,
+    port: int,
+    *,
+    name: str,
+    routers: Sequence[APIRouter] = (),
 ) -> AsyncIterator[int]:
-    """Serve ``/healthz`` and ``/readyz`` on host:port (0: a free one) until the block
-    ends; yields the port. Raises OSError naming the address when it cannot listen."""
+    """Serve ``/healthz`` and ``/readyz`` (and ``routers``: the metrics) on host:port (0: a
+    free one) until the block ends; yields the port. Raises OSError naming the address
+    when it cannot listen."""
     # Imported here: the API package is heavy and only this function needs its server.
     from workers.api.server import serving_api
 
     app = FastAPI(title="Careweave health", docs_url=None, redoc_url=None, openapi_url=None)
     app.include_router(health_router(checks))
+    for router in routers:
+        app.include_router(router)
     async with serving_api(app, host, port, name=f"the {name}'s health listener") as bound_port:
         yield bound_port

@@ -26,6 +26,8 @@ from workers.cli.common import (
 from workers.intake import MessageIntake
 
 if TYPE_CHECKING:
+    from fastapi import APIRouter
+
     from workers.health import ReadinessCheck
     from workers.stack import RunningStack
 
@@ -64,12 +66,15 @@ def worker(verbose: Verbose = False) -> None:
     """Run only the Temporal worker (production: as many as load needs)."""
     from models.destinations import RoutingConfigError, load_routing
     from workers.health import worker_polling
+    from workers.metrics import configure_metrics, configure_temporal_metrics, metrics_router
     from workers.telemetry import configure_tracing
     from workers.worker import lab_fhir_client, open_worker
 
     configure_logging(verbose)
     settings = load_settings()
     configure_tracing(settings, "careweave-worker")
+    configure_temporal_metrics(settings)
+    routers = [metrics_router()] if configure_metrics(settings, "careweave-worker") else []
     try:
         routing = load_routing(settings.destinations_file)
     except RoutingConfigError as err:
@@ -92,6 +97,7 @@ def worker(verbose: Verbose = False) -> None:
                     settings.health_host,
                     settings.worker_health_port,
                     {"polling": worker_polling(worker)},
+                    routers,
                 )
             # The worker stops gracefully first, and only then does the scope close its
             # destination connections.
@@ -119,11 +125,19 @@ def gateway(verbose: Verbose = False) -> None:
     from adapters.tls import TlsConfigError
     from workers.gateway import MllpGateway
     from workers.health import database_reachable, temporal_reachable
+    from workers.metrics import (
+        GatewayMetrics,
+        configure_metrics,
+        configure_temporal_metrics,
+        metrics_router,
+    )
     from workers.telemetry import configure_tracing
 
     configure_logging(verbose)
     settings = load_settings()
     configure_tracing(settings, "careweave-gateway")
+    configure_temporal_metrics(settings)
+    with_metrics = configure_metrics(settings, "careweave-gateway")
 
     async def run() -> None:
         # Commit off (benchmark floor only) needs no Temporal at all.
@@ -136,8 +150,9 @@ def gateway(verbose: Verbose = False) -> None:
             fallback_charset=settings.fallback_charset,
             pseudonym_key=settings.resolved_pseudonym_key(),
         )
+        metrics = GatewayMetrics(store) if with_metrics else None
         try:
-            server = MllpGateway(intake, settings)
+            server = MllpGateway(intake, settings, metrics=metrics)
         except TlsConfigError as err:
             raise fail(f"MLLP gateway TLS: {err}") from err
         stop = stop_requested()
@@ -150,7 +165,12 @@ def gateway(verbose: Verbose = False) -> None:
                 if client is not None:
                     checks["temporal"] = temporal_reachable(client)
                 await _serve_health(
-                    scope, "gateway", settings.health_host, settings.gateway_health_port, checks
+                    scope,
+                    "gateway",
+                    settings.health_host,
+                    settings.gateway_health_port,
+                    checks,
+                    [metrics_router()] if with_metrics else [],
                 )
             await stop.wait()
         await server.close()
@@ -215,13 +235,16 @@ async def _serve_health(
     host: str,
     port: int,
     checks: dict[str, ReadinessCheck],
+    routers: list[APIRouter],
 ) -> None:
-    """Serve the process's /healthz and /readyz until ``scope`` closes; a port that cannot
-    be bound stops the process with the reason."""
+    """Serve the process's /healthz and /readyz (and /metrics, in ``routers``) until
+    ``scope`` closes; a port that cannot be bound stops the process with the reason."""
     from workers.health import serving_health
 
     try:
-        bound = await scope.enter_async_context(serving_health(checks, host, port, name=process))
+        bound = await scope.enter_async_context(
+            serving_health(checks, host, port, name=process, routers=routers)
+        )
     except OSError as err:
         raise fail(str(err)) from err
     console.print(f"{process} health probes on http://{host}:{bound}/readyz")
