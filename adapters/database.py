@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-from sqlalchemy import bindparam, event
+from sqlalchemy import bindparam, event, func
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine
@@ -80,6 +80,11 @@ class CareweaveStore:
     def from_url(cls, url: str, key_ring: KeyRing) -> CareweaveStore:
         return cls(open_engine(url), key_ring)
 
+    @property
+    def engine(self) -> Engine:
+        """The database it keeps its tables in (readiness probes check it answers)."""
+        return self._engine
+
     # -- payload keys --------------------------------------------------------
 
     def verify_payload_keys(self) -> list[str]:
@@ -149,6 +154,12 @@ class CareweaveStore:
             if status:
                 query = query.where(QuarantinedMessage.status == status)
             return [self._opened(row) for row in session.exec(query.limit(limit)).all()]
+
+    def quarantine_count(self, status: str) -> int:
+        """How many quarantined messages have ``status`` (held: waiting for an operator)."""
+        with Session(self._engine) as session:
+            query = select(func.count()).where(QuarantinedMessage.status == status)
+            return session.exec(query).one()
 
     def quarantined_message(self, message_id: int) -> QuarantinedMessage | None:
         with Session(self._engine) as session:

@@ -28,6 +28,12 @@ const BASE_PATH = '/fhir';
 const FHIR_JSON = 'application/fhir+json; charset=utf-8';
 const JSON_TYPE = 'application/json; charset=utf-8';
 const TOKEN_PATH = '/auth/token';
+// Page sizes as Medplum's and HAPI's servers default them: a client that reads only the first
+// page of a larger result misses resources, as it would against a production server.
+const DEFAULT_PAGE_SIZE = 20;
+const MAX_PAGE_SIZE = 1000;
+// A type-level search: GET [base]/[type]?params (compartment and system searches are not paged here).
+const TYPE_SEARCH_PATH = /^[A-Z][A-Za-z]+$/;
 const SMART_CONFIGURATION = '.well-known/smart-configuration';
 
 function indexR4Definitions() {
@@ -118,6 +124,57 @@ function identifierSearchKey(searchRequest) {
   const bar = value.indexOf('|');
   if (bar <= 0 || bar === value.length - 1 || value.includes(',')) return undefined;
   return `${searchRequest.resourceType} ${value}`;
+}
+
+// The page a search asks for: `_count` (clamped to the maximum, as FHIR lets a server do) and
+// `_offset`; anything but a whole number is a 400, not a silently different page.
+function requestedPage(searchParams, paging) {
+  const count = wholeNumber(searchParams, '_count', paging.pageSize);
+  const offset = wholeNumber(searchParams, '_offset', 0);
+  return { count: Math.min(count, paging.maxPageSize), offset };
+}
+
+function wholeNumber(searchParams, name, fallback) {
+  const values = searchParams.getAll(name);
+  if (values.length === 0) return fallback;
+  if (values.length > 1) {
+    throw new OperationOutcomeError(badRequest(`${name} given ${values.length} times`, name));
+  }
+  if (!/^\d{1,9}$/.test(values[0])) {
+    throw new OperationOutcomeError(badRequest(`${name} must be a whole number >= 0`, name));
+  }
+  return Number(values[0]);
+}
+
+// The search's own parameters with this page's `_count` and `_offset`, so that every link
+// repeats the same search and differs only in where the page starts.
+function pageQuery(searchParams, page) {
+  const query = new URLSearchParams();
+  for (const [key, value] of searchParams) {
+    if (key !== '_count' && key !== '_offset') query.append(key, value);
+  }
+  query.set('_count', String(page.count));
+  query.set('_offset', String(page.offset));
+  return query;
+}
+
+// Bundle.link self/first/previous/next (FHIR R4 3.1.1.5 Paging) and `total`, in the order
+// FHIR's JSON lists the elements.
+function pagedBundle(bundle, searchUrl, searchParams, page) {
+  const total = bundle.total ?? 0;
+  const linkTo = (offset) => `${searchUrl}?${pageQuery(searchParams, { count: page.count, offset })}`;
+  const link = [
+    { relation: 'self', url: linkTo(page.offset) },
+    { relation: 'first', url: linkTo(0) },
+  ];
+  if (page.offset > 0) {
+    link.push({ relation: 'previous', url: linkTo(Math.max(0, page.offset - Math.max(page.count, 1))) });
+  }
+  if (page.count > 0 && page.offset + page.count < total) {
+    link.push({ relation: 'next', url: linkTo(page.offset + page.count) });
+  }
+  const { resourceType, type, entry, total: _counted, ...rest } = bundle;
+  return { resourceType, type, ...rest, total, link, ...(entry ? { entry } : {}) };
 }
 
 function capabilityStatement(baseUrl, auth) {
@@ -259,7 +316,7 @@ async function handleAuthRequest(req, res, url, auth, maxBodyBytes) {
   return true;
 }
 
-function createHandler({ router, repo, baseUrl, maxBodyBytes, auth }) {
+function createHandler({ router, repo, site, maxBodyBytes, auth, paging }) {
   return async (req, res) => {
     const url = new URL(req.url, 'http://localhost');
     if (auth && (await handleAuthRequest(req, res, url, auth, maxBodyBytes))) {
@@ -271,7 +328,7 @@ function createHandler({ router, repo, baseUrl, maxBodyBytes, auth }) {
     }
     const path = url.pathname.slice(BASE_PATH.length).replace(/^\/+/, '');
     if (req.method === 'GET' && path === 'metadata') {
-      send(res, 200, capabilityStatement(baseUrl, auth));
+      send(res, 200, capabilityStatement(site.baseUrl, auth));
       return;
     }
     const refusal = auth?.refusal(req.headers.authorization);
@@ -295,22 +352,33 @@ function createHandler({ router, repo, baseUrl, maxBodyBytes, auth }) {
     }
 
     try {
-      const [outcome, resource] = await router.handleRequest(
+      let searchParams = url.searchParams;
+      let page;
+      if (req.method === 'GET' && TYPE_SEARCH_PATH.test(path)) {
+        page = requestedPage(searchParams, paging);
+        searchParams = pageQuery(searchParams, page);
+      }
+      const search = searchParams.toString();
+      const [outcome, answer] = await router.handleRequest(
         {
           method: req.method,
-          url: path + url.search,
+          url: search ? `${path}?${search}` : path,
           pathname: '',
           body,
           params: {},
-          query: queryObject(url.searchParams),
+          query: queryObject(searchParams),
           headers: req.headers,
           config: { transactions: true },
         },
         repo
       );
       const status = getStatus(outcome);
+      const resource =
+        page && answer?.type === 'searchset'
+          ? pagedBundle(answer, `${site.baseUrl}/${path}`, url.searchParams, page)
+          : answer;
       if (resource) {
-        send(res, status, resource, resourceHeaders(resource, baseUrl));
+        send(res, status, resource, resourceHeaders(resource, site.baseUrl));
       } else {
         sendOutcome(res, status, outcome);
       }
@@ -346,12 +414,23 @@ function tlsOptions(values) {
   return options;
 }
 
+function positiveInteger(text, option) {
+  const value = Number(text);
+  if (!Number.isInteger(value) || value <= 0) {
+    throw new Error(`${option} ${text}: expected a whole number > 0`);
+  }
+  return value;
+}
+
 async function main() {
   const { values } = parseArgs({
     options: {
       port: { type: 'string', default: process.env.PORT ?? '8080' },
       host: { type: 'string', default: '127.0.0.1' },
       'max-body-bytes': { type: 'string', default: String(8 * 1024 * 1024) },
+      // Searches answer this many resources per page unless _count asks for fewer or more.
+      'page-size': { type: 'string', default: String(DEFAULT_PAGE_SIZE) },
+      'max-page-size': { type: 'string', default: String(MAX_PAGE_SIZE) },
       // Authorization, off unless one of these is given (the demo runs without it).
       'smart-client': { type: 'string', multiple: true, default: [] },
       'static-token': { type: 'string' },
@@ -383,12 +462,22 @@ async function main() {
         tokenUrl: `${scheme}://${host}:${port}${TOKEN_PATH}`,
       })
     : undefined;
+  const paging = {
+    pageSize: positiveInteger(values['page-size'], '--page-size'),
+    maxPageSize: positiveInteger(values['max-page-size'], '--max-page-size'),
+  };
+  if (paging.pageSize > paging.maxPageSize) {
+    throw new Error(`--page-size ${paging.pageSize} is larger than --max-page-size ${paging.maxPageSize}`);
+  }
   const router = new FhirRouter();
   const repo = new ValidatingRepository();
-  const handler = createHandler({ router, repo, baseUrl, maxBodyBytes: Number(values['max-body-bytes']), auth });
+  // Links and Location headers name the port actually bound (--port 0 picks a free one).
+  const site = { baseUrl };
+  const handler = createHandler({ router, repo, site, maxBodyBytes: Number(values['max-body-bytes']), auth, paging });
   const server = tls ? https.createServer(tls, handler) : http.createServer(handler);
   server.listen(port, host, () => {
     const address = server.address();
+    site.baseUrl = `${scheme}://${host}:${address.port}${BASE_PATH}`;
     // Careweave's launcher waits for this line (and for /fhir/metadata) before using the server.
     console.log(`FHIR R4 server listening on ${scheme}://${host}:${address.port}${BASE_PATH}`);
     if (tls?.requestCert) {

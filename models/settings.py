@@ -223,6 +223,18 @@ class Settings(BaseSettings):
     review_sla_default_minutes: int = Field(default=120, ge=1)
     web_refresh_seconds: int = Field(default=15, ge=2)
 
+    # Probes (workers/health.py): /healthz and /readyz of `careweave gateway` and `careweave
+    # worker` on a listener of their own, off unless its port is set (0: a free port, logged);
+    # the API serves them on api_port. In a container, set health_host to 0.0.0.0.
+    health_host: str = "127.0.0.1"
+    gateway_health_port: int | None = Field(default=None, ge=0, le=65535)
+    worker_health_port: int | None = Field(default=None, ge=0, le=65535)
+
+    # Metrics (workers/metrics.py): Careweave's at /metrics beside the probes (and on the
+    # API), the Temporal SDK's on temporal_metrics_port (bound on health_host) when set.
+    metrics_exporter: Literal["none", "prometheus"] = "prometheus"
+    temporal_metrics_port: int | None = Field(default=None, ge=1, le=65535)
+
     otel_exporter: str = Field(default="none", description="none | console | otlp")
     otel_otlp_endpoint: str | None = None
 

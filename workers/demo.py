@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass
 
 import httpx
@@ -17,6 +19,7 @@ from exchanges.order_to_result import lab_workflow_id
 from exchanges.sdk import pseudonym
 from models.settings import Settings
 from workers import sample_messages as sm
+from workers.cli.common import stop_requested
 from workers.stack import RunningStack, StackError, embedded_stack
 
 
@@ -222,21 +225,38 @@ def run_demo(settings: Settings, console: Console, *, keep_running: bool) -> Non
     run_tag = time.strftime("%H%M%S")
 
     async def main() -> None:
+        # SIGTERM as well as Ctrl-C: a supervisor's stop must reach the finally below, which
+        # stops the children (each in its own process group, so no signal reaches them).
+        stop = stop_requested()
         with console.status("starting Temporal, the FHIR server, the worker and the gateway..."):
             context = embedded_stack(settings)
             stack = await context.__aenter__()
         try:
-            await _run(stack, console, run_tag)
-            if keep_running:
+            fed = await _unless_stopped(_run(stack, console, run_tag), stop)
+            if fed and keep_running:
                 console.print("The stack keeps running; press Ctrl-C to stop it.")
-                await asyncio.Event().wait()
+                await stop.wait()
         finally:
             await context.__aexit__(None, None, None)
+        console.print("Stopped.")
 
     try:
         asyncio.run(main())
-    except KeyboardInterrupt:
-        console.print("Stopped.")
     except StackError as err:
         console.print(f"[red]error:[/red] {err}")
         raise SystemExit(1) from err
+
+
+async def _unless_stopped(work: Coroutine[object, object, None], stop: asyncio.Event) -> bool:
+    """Run ``work`` to its end, or cancel it when a stop comes first; True if it ended."""
+    working = asyncio.create_task(work)
+    stopping = asyncio.create_task(stop.wait())
+    await asyncio.wait({working, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    stopping.cancel()
+    if not working.done():
+        working.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await working
+        return False
+    working.result()
+    return True

@@ -14,11 +14,16 @@ import asyncio
 import contextlib
 import logging
 import ssl
+import time
+from typing import TYPE_CHECKING
 
 from adapters.hl7v2.framing import BadFrame, Frame, MllpDecoder, encode_frame
 from adapters.tls import TlsConfigError, server_tls_context
 from models.settings import Settings
 from workers.intake import MessageIntake
+
+if TYPE_CHECKING:
+    from workers.metrics import GatewayMetrics
 
 log = logging.getLogger("careweave.gateway")
 _READ_SIZE = 65536
@@ -74,9 +79,15 @@ class MllpGateway:
     """Raises ``TlsConfigError`` at construction when the TLS settings cannot be used."""
 
     def __init__(
-        self, intake: MessageIntake, settings: Settings, *, port: int | None = None
+        self,
+        intake: MessageIntake,
+        settings: Settings,
+        *,
+        port: int | None = None,
+        metrics: GatewayMetrics | None = None,
     ) -> None:
         self._intake = intake
+        self._metrics = metrics
         self._settings = settings
         self._port = settings.mllp_port if port is None else port
         self._ssl = gateway_tls_context(settings)
@@ -206,6 +217,7 @@ class MllpGateway:
         self, items: list[Frame | BadFrame], writer: asyncio.StreamWriter, peer: str
     ) -> None:
         for item in items:
+            started = time.perf_counter()
             if isinstance(item, BadFrame):
                 result = await self._intake.reject_frame(item.raw, item.reason, peer=peer)
             else:
@@ -214,3 +226,5 @@ class MllpGateway:
             if result.ack is not None:
                 writer.write(encode_frame(result.ack.encode("utf-8")))
                 await writer.drain()
+            if self._metrics is not None:
+                self._metrics.answered(result, time.perf_counter() - started)

@@ -44,6 +44,9 @@ class IntakeResult:
     workflow_id: str | None = None
     quarantine_id: int | None = None
     reason: str = ""
+    # MSH-9 as the sender wrote it ("" when there was no readable header): for metrics,
+    # which label only the types the registry accepts.
+    message_type: str = ""
 
 
 class Committer(Protocol):
@@ -230,9 +233,14 @@ class MessageIntake:
         outcome: Outcome = Outcome.REJECTED,
     ) -> IntakeResult:
         header = rejection.header
+        message_type = header.message_type if header else ""
         if not quarantine:
             return IntakeResult(
-                outcome=outcome, ack_code=rejection.ack_code, ack=None, reason=rejection.text
+                outcome=outcome,
+                ack_code=rejection.ack_code,
+                ack=None,
+                reason=rejection.text,
+                message_type=message_type,
             )
         quarantine_id = await asyncio.to_thread(
             self._store.quarantine,
@@ -275,6 +283,7 @@ class MessageIntake:
             ack=ack,
             quarantine_id=quarantine_id,
             reason=rejection.text,
+            message_type=message_type,
         )
 
     def _answer(
@@ -285,7 +294,13 @@ class MessageIntake:
         )
         if not ack_required(header, ack_code):
             ack = None
-        return IntakeResult(outcome=outcome, ack_code=ack_code, ack=ack, workflow_id=workflow_id)
+        return IntakeResult(
+            outcome=outcome,
+            ack_code=ack_code,
+            ack=ack,
+            workflow_id=workflow_id,
+            message_type=header.message_type,
+        )
 
 
 def _current_trace_context() -> dict[str, str]:

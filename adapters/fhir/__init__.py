@@ -4,6 +4,7 @@ from adapters.fhir.auth import BearerToken, SmartBackendServices, auth_from_conf
 from adapters.fhir.client import ConditionalCreate, FhirClient
 from adapters.fhir.errors import (
     FhirError,
+    FhirPagingError,
     FhirPreconditionFailed,
     FhirRejectedError,
     FhirRetryableError,
@@ -15,6 +16,7 @@ __all__ = [
     "ConditionalCreate",
     "FhirClient",
     "FhirError",
+    "FhirPagingError",
     "FhirPreconditionFailed",
     "FhirRejectedError",
     "FhirRetryableError",

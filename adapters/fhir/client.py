@@ -19,6 +19,7 @@ from opentelemetry import trace
 
 from adapters.fhir.errors import (
     TRANSPORT_ERRORS,
+    FhirPagingError,
     FhirPreconditionFailed,
     FhirRejectedError,
     FhirRetryableError,
@@ -28,6 +29,9 @@ from adapters.tls import client_tls_context
 
 FHIR_JSON = "application/fhir+json"
 RETRYABLE_STATUS = frozenset({408, 425, 429})
+# Careweave's searches are by business identifier and find a handful of resources; a
+# thousand pages (20,000 resources at the usual page size) means a search gone wrong.
+MAX_SEARCH_PAGES = 1000
 
 _tracer = trace.get_tracer("careweave.adapters.fhir")
 
@@ -91,9 +95,40 @@ class FhirClient:
     async def read(self, resource_type: str, resource_id: str) -> dict[str, Any]:
         return await self._request("read", "GET", f"{resource_type}/{resource_id}")
 
-    async def search(self, resource_type: str, params: dict[str, str]) -> list[dict[str, Any]]:
+    async def search(
+        self, resource_type: str, params: dict[str, str], *, max_pages: int = MAX_SEARCH_PAGES
+    ) -> list[dict[str, Any]]:
+        """Every match of the search: the server's pages read in turn through their ``next``
+        links (``_count`` in ``params`` sets the page size, not the number of results).
+
+        FhirPagingError when a ``next`` link repeats a page already read, leads off this
+        server's base URL (our credentials would go with it), or the pages exceed
+        ``max_pages``.
+        """
         bundle = await self._request("search", "GET", resource_type, params=params)
-        return _entries(bundle)
+        resources = _entries(bundle)
+        pages = 1
+        # A next link back to the first page is a loop too, caught by the first page's self
+        # link (ignored if it names another host: only next links are followed).
+        self_link = _link(bundle, "self")
+        first_page = self._relative_to_base(self_link) if self_link else None
+        pages_read = {first_page} if first_page is not None else set()
+        while (next_url := _link(bundle, "next")) is not None:
+            page = self._path_on_this_server(resource_type, next_url)
+            if page in pages_read:
+                raise FhirPagingError(
+                    f"search {resource_type}: the server's next link after page {pages} "
+                    "leads back to a page already read"
+                )
+            if pages >= max_pages:
+                raise FhirPagingError(
+                    f"search {resource_type}: more than {max_pages} pages; narrow the search"
+                )
+            pages_read.add(page)
+            bundle = await self._request("search", "GET", page)
+            resources.extend(_entries(bundle))
+            pages += 1
+        return resources
 
     async def history(self, resource_type: str, resource_id: str) -> list[dict[str, Any]]:
         bundle = await self._request("history", "GET", f"{resource_type}/{resource_id}/_history")
@@ -153,6 +188,25 @@ class FhirClient:
         if bundle.get("type") != "transaction":
             raise ValueError("transaction() takes a Bundle of type 'transaction'")
         return await self._request("transaction", "POST", "", json=bundle)
+
+    def _path_on_this_server(self, resource_type: str, url: str) -> str:
+        """``url`` relative to the base URL; a link elsewhere is refused, not followed."""
+        path = self._relative_to_base(url)
+        if path is None:
+            # The link itself stays out of the message: its query can carry identifiers.
+            raise FhirPagingError(
+                f"search {resource_type}: the server's next link leads off its base URL "
+                f"{self.base_url}"
+            )
+        return path
+
+    def _relative_to_base(self, url: str) -> str | None:
+        base = httpx.URL(self.base_url + "/")
+        link = base.join(url)
+        same_origin = (link.scheme, link.host, link.port) == (base.scheme, base.host, base.port)
+        if not same_origin or not link.raw_path.startswith(base.raw_path):
+            return None
+        return link.raw_path[len(base.raw_path) :].decode("ascii")
 
     async def _request(
         self,
@@ -218,6 +272,14 @@ def _json_or_none(response: httpx.Response) -> dict[str, Any] | None:
 
 def _entries(bundle: dict[str, Any]) -> list[dict[str, Any]]:
     return [entry["resource"] for entry in bundle.get("entry") or [] if "resource" in entry]
+
+
+def _link(bundle: dict[str, Any], relation: str) -> str | None:
+    for link in bundle.get("link") or []:
+        if link.get("relation") == relation and link.get("url"):
+            url: str = link["url"]
+            return url
+    return None
 
 
 def _encode_query(query: str) -> str:

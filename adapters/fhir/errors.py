@@ -51,6 +51,13 @@ class FhirPreconditionFailed(FhirRejectedError):
     another try; the second is not, which only the caller knows (it knows what it sent)."""
 
 
+class FhirPagingError(FhirError):
+    """A search's ``next`` links never ended (a page repeated, or more pages than the
+    caller allows) or pointed away from the server's base URL. Neither retryable nor a
+    refusal of what we sent: the server's paging is at fault, and reading on would loop or
+    hand our credentials to another host."""
+
+
 def summarize_outcome(outcome: dict[str, Any] | None) -> str:
     """Issue codes, texts and element paths from an OperationOutcome.
 

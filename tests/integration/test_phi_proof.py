@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -19,45 +18,14 @@ from temporalio.api.failure.v1 import Failure
 
 from adapters.payload_crypto import parse_key_ring
 from tests.support.engine import start_temporal
+from tests.support.fhir_server import free_port
 from tests.support.history import nested
+from tests.support.processes import demo_routing, free_port_pair
 from workers import sample_messages as sm
 from workers.demo import demo_feed
 from workers.temporal_client import connect_to
 
 pytestmark = pytest.mark.integration
-
-
-def _free_port_pair() -> int:
-    """A port p with p + 10 also free (demo partners serve their control API there)."""
-    for _ in range(50):
-        with socket.socket() as first:
-            first.bind(("127.0.0.1", 0))
-            port: int = first.getsockname()[1]
-        if port + 10 > 65535:
-            continue
-        with socket.socket() as second:
-            try:
-                second.bind(("127.0.0.1", port + 10))
-            except OSError:
-                continue
-        return port
-    raise RuntimeError("no free port pair")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _routing(fhir_port: int, primary_care: int, billing: int) -> str:
-    config = (Path(__file__).resolve().parents[2] / "config" / "destinations.toml").read_text()
-    return (
-        config.replace("127.0.0.1:8080", f"127.0.0.1:{fhir_port}")
-        .replace("port = 2576", f"port = {primary_care}")
-        .replace("port = 2577", f"port = {billing}")
-    )
 
 
 def _phi_of_the_feed() -> set[bytes]:
@@ -122,16 +90,16 @@ def test_no_patient_data_in_temporal_careweave_db_or_logs(tmp_path: Path) -> Non
     # The discharge patient's MRN carries the run tag, so match it by shape as well.
     mrn_with_run_tag = re.compile(rb"MRN\d{6}")
 
-    fhir_port, primary_care, billing = _free_port(), _free_port_pair(), _free_port_pair()
+    fhir_port, primary_care, billing = free_port(), free_port_pair(), free_port_pair()
     routing = tmp_path / "destinations.toml"
-    routing.write_text(_routing(fhir_port, primary_care, billing))
+    routing.write_text(demo_routing(fhir_port, primary_care, billing))
     state = tmp_path / "state"
     env = {
         **os.environ,
         "CAREWEAVE_STATE_DIR": str(state),
-        "CAREWEAVE_TEMPORAL_ADDRESS": f"127.0.0.1:{_free_port()}",
-        "CAREWEAVE_TEMPORAL_UI_PORT": str(_free_port()),
-        "CAREWEAVE_MLLP_PORT": str(_free_port()),
+        "CAREWEAVE_TEMPORAL_ADDRESS": f"127.0.0.1:{free_port()}",
+        "CAREWEAVE_TEMPORAL_UI_PORT": str(free_port()),
+        "CAREWEAVE_MLLP_PORT": str(free_port()),
         "CAREWEAVE_FHIR_SERVER_PORT": str(fhir_port),
         "CAREWEAVE_FHIR_BASE_URL": f"http://127.0.0.1:{fhir_port}/fhir",
         "CAREWEAVE_DESTINATIONS_FILE": str(routing),

@@ -25,6 +25,7 @@ from workers.api.reviews import router as reviews_router
 from workers.api.search import router as search_router
 from workers.api.temporal_ui import router as temporal_ui_router
 from workers.auth import TokenIssuer, TokenVerifier, issuer_and_verifier
+from workers.health import database_reachable, health_router, temporal_reachable
 from workers.payload_codec import EncryptionCodec
 
 
@@ -68,6 +69,15 @@ def create_api(
 
     app.include_router(auth_router)
     app.add_api_route("/health", health, methods=["GET"])
+    # Probes need no token: they say only whether Temporal and the database answer.
+    app.include_router(
+        health_router(
+            {
+                "temporal": temporal_reachable(temporal_client),
+                "database": database_reachable(users.engine),
+            }
+        )
+    )
     app.include_router(reviews_router)
     app.include_router(search_router)
     app.include_router(codec_router)

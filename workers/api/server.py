@@ -20,8 +20,11 @@ class _EmbeddedServer(uvicorn.Server):
 
 
 @contextlib.asynccontextmanager
-async def serving_api(app: FastAPI, host: str, port: int) -> AsyncIterator[int]:
-    """Serve `app` on host:port (0: a free port) until the block ends; yields the port."""
+async def serving_api(
+    app: FastAPI, host: str, port: int, *, name: str = "the API"
+) -> AsyncIterator[int]:
+    """Serve `app` on host:port (0: a free port) until the block ends; yields the port.
+    `name` says in errors what could not listen."""
     # Bound here rather than by uvicorn, whose bind failure is a sys.exit inside a task.
     listener = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -29,7 +32,7 @@ async def serving_api(app: FastAPI, host: str, port: int) -> AsyncIterator[int]:
         listener.bind((host, port))
     except OSError as err:
         listener.close()
-        raise OSError(f"the API cannot listen on {host}:{port}: {err.strerror}") from err
+        raise OSError(f"{name} cannot listen on {host}:{port}: {err.strerror}") from err
     bound_port = int(listener.getsockname()[1])
     # lifespan on: the app opens its connection pool to the Temporal UI there.
     server = _EmbeddedServer(
@@ -40,7 +43,7 @@ async def serving_api(app: FastAPI, host: str, port: int) -> AsyncIterator[int]:
         while not server.started:
             if task.done():
                 task.result()
-                raise OSError(f"the API on {host}:{bound_port} stopped while starting")
+                raise OSError(f"{name} on {host}:{bound_port} stopped while starting")
             await asyncio.sleep(0.02)
         yield bound_port
     finally:

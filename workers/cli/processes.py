@@ -26,6 +26,9 @@ from workers.cli.common import (
 from workers.intake import MessageIntake
 
 if TYPE_CHECKING:
+    from fastapi import APIRouter
+
+    from workers.health import ReadinessCheck
     from workers.stack import RunningStack
 
 app = typer.Typer()
@@ -62,12 +65,16 @@ def up(verbose: Verbose = False) -> None:
 def worker(verbose: Verbose = False) -> None:
     """Run only the Temporal worker (production: as many as load needs)."""
     from models.destinations import RoutingConfigError, load_routing
+    from workers.health import worker_polling
+    from workers.metrics import configure_metrics, configure_temporal_metrics, metrics_router
     from workers.telemetry import configure_tracing
     from workers.worker import lab_fhir_client, open_worker
 
     configure_logging(verbose)
     settings = load_settings()
     configure_tracing(settings, "careweave-worker")
+    configure_temporal_metrics(settings)
+    routers = [metrics_router()] if configure_metrics(settings, "careweave-worker") else []
     try:
         routing = load_routing(settings.destinations_file)
     except RoutingConfigError as err:
@@ -81,6 +88,17 @@ def worker(verbose: Verbose = False) -> None:
             worker = await scope.enter_async_context(
                 open_worker(client, settings, fhir, routing=routing)
             )
+            if settings.worker_health_port is not None:
+                # Listening before the worker runs: a port that cannot be bound stops the
+                # process before it takes work, and the probe says "not running" until then.
+                await _serve_health(
+                    scope,
+                    "worker",
+                    settings.health_host,
+                    settings.worker_health_port,
+                    {"polling": worker_polling(worker)},
+                    routers,
+                )
             # The worker stops gracefully first, and only then does the scope close its
             # destination connections.
             stop = stop_requested()
@@ -106,33 +124,55 @@ def gateway(verbose: Verbose = False) -> None:
     """Run only the MLLP gateway against an existing Temporal cluster."""
     from adapters.tls import TlsConfigError
     from workers.gateway import MllpGateway
+    from workers.health import database_reachable, temporal_reachable
+    from workers.metrics import (
+        GatewayMetrics,
+        configure_metrics,
+        configure_temporal_metrics,
+        metrics_router,
+    )
     from workers.telemetry import configure_tracing
 
     configure_logging(verbose)
     settings = load_settings()
     configure_tracing(settings, "careweave-gateway")
+    configure_temporal_metrics(settings)
+    with_metrics = configure_metrics(settings, "careweave-gateway")
 
     async def run() -> None:
         # Commit off (benchmark floor only) needs no Temporal at all.
-        committer = (
-            ExchangeCommitter(await connect_temporal(settings), settings)
-            if settings.mllp_commit
-            else None
-        )
+        client = await connect_temporal(settings) if settings.mllp_commit else None
+        committer = ExchangeCommitter(client, settings) if client is not None else None
+        store = open_store(settings, verify_keys=True)
         intake = MessageIntake(
-            open_store(settings, verify_keys=True),
+            store,
             committer,
             fallback_charset=settings.fallback_charset,
             pseudonym_key=settings.resolved_pseudonym_key(),
         )
+        metrics = GatewayMetrics(store) if with_metrics else None
         try:
-            server = MllpGateway(intake, settings)
+            server = MllpGateway(intake, settings, metrics=metrics)
         except TlsConfigError as err:
             raise fail(f"MLLP gateway TLS: {err}") from err
         stop = stop_requested()
         await server.start()
         console.print(f"MLLP gateway listening on {settings.mllp_host}:{server.port}")
-        await stop.wait()
+        async with contextlib.AsyncExitStack() as scope:
+            if settings.gateway_health_port is not None:
+                # Not ready while a message could not be committed: it would get AE, not AA.
+                checks = {"database": database_reachable(store.engine)}
+                if client is not None:
+                    checks["temporal"] = temporal_reachable(client)
+                await _serve_health(
+                    scope,
+                    "gateway",
+                    settings.health_host,
+                    settings.gateway_health_port,
+                    checks,
+                    [metrics_router()] if with_metrics else [],
+                )
+            await stop.wait()
         await server.close()
 
     asyncio.run(run())
@@ -187,6 +227,27 @@ def demo(
     if keep_running is None:
         keep_running = sys.stdin.isatty()
     run_demo(load_settings(), console, keep_running=keep_running)
+
+
+async def _serve_health(
+    scope: contextlib.AsyncExitStack,
+    process: str,
+    host: str,
+    port: int,
+    checks: dict[str, ReadinessCheck],
+    routers: list[APIRouter],
+) -> None:
+    """Serve the process's /healthz and /readyz (and /metrics, in ``routers``) until
+    ``scope`` closes; a port that cannot be bound stops the process with the reason."""
+    from workers.health import serving_health
+
+    try:
+        bound = await scope.enter_async_context(
+            serving_health(checks, host, port, name=process, routers=routers)
+        )
+    except OSError as err:
+        raise fail(str(err)) from err
+    console.print(f"{process} health probes on http://{host}:{bound}/readyz")
 
 
 def _print_stack(stack: RunningStack) -> None:
