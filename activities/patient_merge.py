@@ -14,6 +14,7 @@ Nothing is deleted: the retired Patient's earlier versions stay readable (vread)
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -211,9 +212,16 @@ def source_identifier_of(identifier: PersonIdentifier) -> SourceIdentifier:
 class MergeActivities:
     """The FHIR server (WorkerDependencies.fhir) and the identity index."""
 
-    def __init__(self, fhir: FhirClient, index: PatientIndex) -> None:
+    def __init__(self, fhir: FhirClient, open_index: Callable[[], PatientIndex]) -> None:
         self._fhir = fhir
-        self._index = index
+        self._open_index = open_index
+        self._opened: PatientIndex | None = None
+
+    @property
+    def _index(self) -> PatientIndex:
+        if self._opened is None:
+            self._opened = self._open_index()
+        return self._opened
 
     # -- weigh ---------------------------------------------------------------------------
 

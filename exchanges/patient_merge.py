@@ -77,10 +77,21 @@ def start_input(route: Route[SurvivorKey], settings: Settings) -> PatientMergeIn
 
 def activities(dependencies: WorkerDependencies) -> Sequence[Callable[..., Any]]:
     settings = dependencies.settings
-    engine: Engine = open_engine(settings.resolved_database_url)
-    dependencies.on_close.callback(engine.dispose)
-    index = PatientIndex(engine, load_payload_keys(settings), settings.resolved_pseudonym_key())
-    merge = MergeActivities(dependencies.fhir, index)
+    engines: list[Engine] = []
+
+    def open_index() -> PatientIndex:
+        # Opened on the first merge, not at worker start: a worker that never merges needs
+        # no database connection or payload key file for it.
+        engine = open_engine(settings.resolved_database_url)
+        engines.append(engine)
+        return PatientIndex(engine, load_payload_keys(settings), settings.resolved_pseudonym_key())
+
+    def close() -> None:
+        for engine in engines:
+            engine.dispose()
+
+    dependencies.on_close.callback(close)
+    merge = MergeActivities(dependencies.fhir, open_index)
     return [
         interpret_identity_message,
         merge.assess_merge,
