@@ -4,9 +4,14 @@ time in arrival order, each sender + MSH-10 once, the exchange closing after a q
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 
 from temporalio import workflow
+
+from workflows import search_attributes as sa
+from workflows.exchange_search import add_business_keys
+from workflows.message_trace import follow_message_trace, trace_base
 
 with workflow.unsafe.imports_passed_through():
     from models.messages import InboundMessage
@@ -44,3 +49,25 @@ class MessageInbox:
                 if not self._queue:
                     return None
         return self._queue.popleft()
+
+    async def serve(
+        self,
+        quiet_seconds: float,
+        handle: Callable[[InboundMessage], Awaitable[None]],
+        idle_details: Callable[[], str],
+    ) -> None:
+        """Handle every message in arrival order until ``quiet_seconds`` pass without one:
+        each under its sender's trace, with its type and business keys on the exchange's
+        search attributes; ``idle_details`` is what the Temporal UI shows while waiting."""
+        own_trace = trace_base()
+        while True:
+            follow_message_trace({}, own_trace)
+            if not self._queue:
+                workflow.set_current_details(idle_details())
+            message = await self.next_or_quiet(quiet_seconds)
+            if message is None:
+                return
+            follow_message_trace(message.trace_context, own_trace)
+            workflow.upsert_search_attributes([sa.MESSAGE_TYPE.value_set(message.message_type)])
+            add_business_keys(message.business_keys)
+            await handle(message)

@@ -19,10 +19,8 @@ from datetime import timedelta
 from temporalio import workflow
 from temporalio.common import RetryPolicy
 
-from workflows import search_attributes as sa
-from workflows.exchange_search import add_business_keys, upsert_exchange_status
+from workflows.exchange_search import upsert_exchange_status
 from workflows.inbox import MessageInbox
-from workflows.message_trace import follow_message_trace, trace_base
 from workflows.review import ReviewableWorkflow
 
 with workflow.unsafe.imports_passed_through():
@@ -65,20 +63,11 @@ class PatientSync(ReviewableWorkflow):
 
     @workflow.run
     async def run(self, params: PatientSyncInput) -> PatientSyncSummary:
-        own_trace = trace_base()
-        while True:
-            follow_message_trace({}, own_trace)
-            if not self._inbox:
-                workflow.set_current_details(
-                    f"Status {self._status}; open {params.close_after_seconds:.0f} s for more"
-                )
-            message = await self._inbox.next_or_quiet(params.close_after_seconds)
-            if message is None:
-                break
-            follow_message_trace(message.trace_context, own_trace)
-            workflow.upsert_search_attributes([sa.MESSAGE_TYPE.value_set(message.message_type)])
-            add_business_keys(message.business_keys)
-            await self._apply(message)
+        await self._inbox.serve(
+            params.close_after_seconds,
+            self._apply,
+            lambda: f"Status {self._status}; open {params.close_after_seconds:.0f} s for more",
+        )
         return PatientSyncSummary(status=self._status, applied=list(self._applied))
 
     @workflow.signal
