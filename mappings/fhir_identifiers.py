@@ -54,7 +54,10 @@ def patient_identifier(patient: PatientRef, system: str) -> JSON:
 def identifier_query(identifier: Mapping[str, Any]) -> str:
     """``identifier=<system>|<value>``, URL-quoted: an If-None-Exist header or ``ifNoneExist``."""
     # The system is one of a few per feed (quoted once); the value is new on every message.
-    return f"identifier={quoted_code(identifier['system'])}%7C{quote(identifier['value'], safe='')}"
+    # "/" and ":" may stand in a query as they are (RFC 3986 section 3.4), and identifier
+    # values built here are made of them: kept, the value's quoting takes the fast path.
+    value = quote(identifier["value"], safe="/:")
+    return f"identifier={quoted_code(identifier['system'])}%7C{value}"
 
 
 def patient_query(identifier: Mapping[str, Any]) -> str:

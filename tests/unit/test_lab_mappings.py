@@ -247,7 +247,7 @@ def test_nist_lead_transaction_shape() -> None:
     report_entry = only(bundle, "DiagnosticReport")
     report = report_entry["resource"]
     assert report_entry["request"]["url"] == (
-        "DiagnosticReport?identifier=urn%3Acareweave%3Alab-report%7Cfiller%2FLab%2F9700123"
+        "DiagnosticReport?identifier=urn%3Acareweave%3Alab-report%7Cfiller/Lab/9700123"
     )
     assert report["status"] == "final"
     assert report["basedOn"] == [
