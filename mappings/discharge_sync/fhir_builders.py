@@ -24,7 +24,12 @@ from fhir.resources.R4B.patient import Patient
 from pydantic import BaseModel
 
 from mappings.discharge_sync.mapping import PATIENT_CREATE_IF_ABSENT, AdtMapping, CodedValue
-from mappings.fhir_identifiers import conditional_url, identifier_query, qualified_system
+from mappings.fhir_identifiers import (
+    conditional_url,
+    identifier_query,
+    patient_query,
+    qualified_system,
+)
 from mappings.fhir_identifiers import patient_identifier as _patient_identifier
 from mappings.fhir_validation import validate_resource
 from models.discharge import AdtEvent, AdtTrigger, Diagnosis, DischargeOnRecord, Practitioner
@@ -99,15 +104,13 @@ def _put(resource_type: str, identifier: JSON, resource: JSON) -> JSON:
 
 def _create_if_absent(resource_type: str, identifier: JSON, resource: JSON) -> JSON:
     # The server resolves the fullUrl to the resource it finds or creates, so entries that
-    # reference it reach an existing resource without writing it.
+    # reference it reach an existing resource without writing it. A Patient retired by a
+    # merge is not the one found (fhir_identifiers.patient_query).
+    query = patient_query if resource_type == "Patient" else identifier_query
     return {
         "fullUrl": _full_url(identifier),
         "resource": resource,
-        "request": {
-            "method": "POST",
-            "url": resource_type,
-            "ifNoneExist": identifier_query(identifier),
-        },
+        "request": {"method": "POST", "url": resource_type, "ifNoneExist": query(identifier)},
     }
 
 
