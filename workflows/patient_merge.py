@@ -31,6 +31,7 @@ from workflows.merge_announcements import MERGE_DELIVERY_PATCH, announce, merge_
 from workflows.review import ReviewableWorkflow
 
 with workflow.unsafe.imports_passed_through():
+    from activities.merge_announcements import AnnouncementActivities, SurvivorQueueKeyInput
     from activities.patient_merge import (
         IDENTITY_CHANGE_REFUSED,
         IDENTITY_MESSAGE_INVALID,
@@ -236,14 +237,24 @@ class PatientMergeExchange(ReviewableWorkflow):
     async def _announce(
         self, message: InboundMessage, read: MergeMessage, index: int, merge: PatientMerge
     ) -> None:
-        """Queue the A40 for its subscribers on the survivor's queues (the exchange's own
-        patient key: the pseudonym discharge sync keys that patient's queues on)."""
+        """Queue the A40 for its subscribers on the survivor's queues: the exchange's own
+        patient key (the pseudonym discharge sync keys that patient's queues on) for the
+        PATIENT group the exchange was keyed on, that survivor's own for any other group."""
         if not workflow.patched(MERGE_DELIVERY_PATCH):
             return
+        patient_key = self._params.patient_key
+        if index > 0:
+            patient_key = await workflow.execute_activity_method(
+                AnnouncementActivities.survivor_queue_key,
+                SurvivorQueueKeyInput(merge=merge, sending_facility=message.sending_facility),
+                start_to_close_timeout=timedelta(seconds=30),
+                retry_policy=_RETRY,
+                summary="The survivor's per-patient delivery key",
+            )
         announced = AnnouncedMerge(
-            patient_key=self._params.patient_key,
+            patient_key=patient_key,
             event_id=merge_event_id(
-                self._params.patient_key, message.sending_facility, message.control_id, index
+                patient_key, message.sending_facility, message.control_id, index
             ),
             announcement=MergeAnnouncement(
                 trigger="A40",

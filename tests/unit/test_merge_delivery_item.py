@@ -1,6 +1,7 @@
 """A merge announcement as a delivery item: what an MLLP destination is sent for it (the
-hl7apy-built A40 / A37, read back by our own reader), and that an item carries exactly one
-payload while the items recorded before announcements still read."""
+hl7apy-built A40 / A37, read back by our own reader), that an item carries exactly one
+payload while a discharge item is sent as before, and which per-patient queue each
+survivor's announcement joins."""
 
 from __future__ import annotations
 
@@ -9,9 +10,12 @@ from datetime import UTC, datetime
 import pytest
 from pydantic import ValidationError
 
+from activities.merge_announcements import SurvivorQueueKeyInput, survivor_queue_key
 from activities.ordered_delivery import outbound_message
 from adapters.hl7v2.adt_messages import parse_adt_event
+from adapters.hl7v2.header import decode_message
 from adapters.hl7v2.merge_messages import parse_identity_message
+from exchanges.sdk import RoutingContext, patient_pseudonym
 from models.delivery import DeliveryItem
 from models.destinations import DeliveryPolicy, Subscription
 from models.merge import LinkMessage, MergeAnnouncement, MergeMessage
@@ -80,3 +84,36 @@ def test_an_item_carries_an_event_or_an_announcement_not_both_nor_neither() -> N
 def test_a_discharge_item_is_sent_as_received() -> None:
     discharge = item(event=parse_adt_event(DISCHARGE), message_text=DISCHARGE)
     assert outbound_message(discharge) == DISCHARGE
+
+
+TWO_PATIENTS = (
+    A40 + f"PID|1||MRN-T^^^{sm.HOSPITAL}^MR~999^^^SSA^SS||Other^Olga||19700101|F\r" + "MRG|MRN-U\r"
+)
+
+
+def test_each_survivor_queues_on_the_key_its_own_messages_get() -> None:
+    key = b"test-key"
+    read = parse_identity_message(TWO_PATIENTS)
+    assert isinstance(read, MergeMessage)
+    first, second = (
+        survivor_queue_key(key, SurvivorQueueKeyInput(merge=merge, sending_facility="MSH4"))
+        for merge in read.merges
+    )
+    decoded = decode_message(
+        TWO_PATIENTS.encode(),
+        supported_types={"ADT": frozenset({"A40"})},
+        supported_versions=frozenset({"2.5"}),
+    )
+    # The first group keys the exchange (and so that patient's A03/A08 queues).
+    assert first == patient_pseudonym(decoded, RoutingContext(pseudonym_key=key))
+    # The second group's survivor queues where a message about MRN-T alone would.
+    alone = A40.replace("MRN-S^", "MRN-T^")
+    assert second == patient_pseudonym(
+        decode_message(
+            alone.encode(),
+            supported_types={"ADT": frozenset({"A40"})},
+            supported_versions=frozenset({"2.5"}),
+        ),
+        RoutingContext(pseudonym_key=key),
+    )
+    assert first != second
