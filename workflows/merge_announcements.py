@@ -3,8 +3,9 @@ it, through ordered delivery: on the survivor's per-patient queue of each destin
 queue that patient's other events (discharge sync's A03, A08, A13) go through, so a
 destination receives the merge after every earlier event of that patient, never before.
 
-Called from workflow code (patient-merge, patient-unmerge): routing and enqueueing are
-activities of the ordered-delivery step, as for discharge sync.
+One A40 per merge applied (an MRG whose merge a reviewer rejected is not announced), each on
+its own survivor's queue. Called from workflow code (patient-merge, patient-unmerge):
+routing and enqueueing are activities of the ordered-delivery step, as for discharge sync.
 """
 
 from __future__ import annotations
