@@ -20,6 +20,7 @@ from temporalio.exceptions import ApplicationError
 
 from adapters.fhir import FhirClient, FhirRejectedError, FhirRetryableError, auth_from_config
 from adapters.hl7v2.ack import AckParseError, parse_ack
+from adapters.hl7v2.merge_outbound import build_merge_message, build_unlink_message
 from adapters.hl7v2.mllp_client import MllpError
 from adapters.hl7v2.mllp_pool import MllpPool
 from adapters.hl7v2.readdress import readdress
@@ -45,6 +46,8 @@ DESTINATION_TEMPORARY = "DestinationTemporary"  # AE/AR with a "try later" ERR-3
 DESTINATION_REJECTED = "DestinationRejected"  # AE/AR otherwise, FHIR 4xx: a person decides
 
 SENDING_APPLICATION = "CAREWEAVE"
+# The delivery log's detail for a merge announcement queued for a FHIR destination.
+NOTHING_TO_SEND_TO_FHIR = "merge applied on the FHIR server by patient-merge: nothing to send"
 
 
 class RoutedDestination(BaseModel):
@@ -76,6 +79,28 @@ def outbound_control_id(event_id: str, destination: str, revision: int) -> str:
     """Same delivery, same MSH-10 (a resend is recognisably one); an edit gets a new one."""
     digest = hashlib.sha256(f"{event_id}|{destination}|{revision}".encode()).hexdigest()
     return f"CW{digest[:18].upper()}"
+
+
+def outbound_message(item: DeliveryItem) -> str:
+    """What an MLLP destination is sent, before it is readdressed: the ADT message as
+    received, or for a merge announcement the A40 (or the A37 of its undo) built with hl7apy
+    from the merge as decided. Built from the item alone, so every attempt sends the same."""
+    announcement = item.announcement
+    if announcement is None:
+        return item.message_text
+    if announcement.trigger == "A40":
+        return build_merge_message(
+            [announcement.merge],
+            message_time=announcement.message_time,
+            event_reason=announcement.event_reason,
+            operator_id=announcement.operator_id,
+        )
+    return build_unlink_message(
+        announcement.merge,
+        message_time=announcement.message_time,
+        event_reason=announcement.event_reason,
+        operator_id=announcement.operator_id,
+    )
 
 
 def mllp_tls_contexts(routing: RoutingConfig) -> dict[str, ssl.SSLContext]:
@@ -198,7 +223,12 @@ class DeliveryActivities:
 
     @activity.defn(name="deliver_to_fhir")
     async def deliver_to_fhir(self, request: DeliverRequest) -> DeliverResult:
+        """The discharge event as a FHIR transaction. A merge announcement (A40 / A37) sends
+        nothing: patient-merge applied the merge (or its undo) on the FHIR server itself, with
+        its Provenance; the queue logs the item as delivered with that said."""
         destination = self._destination(request.destination)
+        if request.item.event is None:
+            return DeliverResult(detail=NOTHING_TO_SEND_TO_FHIR)
         mapping = load_adt_mapping(request.item.mapping_version)
         bundle = encounter_transaction_for(request.item.event, mapping)
         try:
@@ -224,7 +254,7 @@ class DeliveryActivities:
         assert endpoint is not None
         control_id = outbound_control_id(request.item.event_id, destination.name, request.revision)
         message = readdress(
-            request.replacement_message or request.item.message_text,
+            request.replacement_message or outbound_message(request.item),
             sending_application=SENDING_APPLICATION,
             sending_facility=self._sending_facility,
             receiving_application=endpoint.receiving_application,

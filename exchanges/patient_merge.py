@@ -18,6 +18,7 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 
+from activities.merge_announcements import AnnouncementActivities
 from activities.patient_merge import MergeActivities, interpret_identity_message
 from adapters.database import open_engine
 from adapters.hl7v2.header import DecodedMessage
@@ -92,7 +93,9 @@ def activities(dependencies: WorkerDependencies) -> Sequence[Callable[..., Any]]
 
     dependencies.on_close.callback(close)
     merge = MergeActivities(dependencies.fhir, open_index)
+    announcements = AnnouncementActivities(settings.resolved_pseudonym_key())
     return [
+        announcements.survivor_queue_key,
         interpret_identity_message,
         merge.assess_merge,
         merge.record_identity_change,
@@ -130,6 +133,7 @@ EXCHANGE: ExchangeSpec[SurvivorKey] = ExchangeSpec(
         MergeActivities.repoint_references_page: AuditAction.PUSH,
         MergeActivities.undo_merge_in_fhir: AuditAction.PUSH,
         MergeActivities.undo_identity_change: AuditAction.PUSH,
+        AnnouncementActivities.survivor_queue_key: AuditAction.TRANSFORM,
     },
     summary="Patient merge for a patient of {facility}",
     search_attributes=(*START_SEARCH_ATTRIBUTES, sa.REVIEW_STATE),

@@ -3,30 +3,44 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Self
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, model_validator
 
 from models.destinations import DeliveryPolicy, Subscription
 from models.discharge import AdtEvent
+from models.merge import MergeAnnouncement
 
 # History events after which the delivery workflow continues as new (before its next send).
 CONTINUE_AS_NEW_AFTER_EVENTS = 2_000
 
 
 class DeliveryItem(BaseModel):
-    """One event for one destination. ``event_id`` has no PHI: exchange key + MSH-10."""
+    """One event for one destination. ``event_id`` has no PHI: exchange key + MSH-10.
+
+    Either a discharge-sync ADT ``event`` with the message as received, or a patient-merge
+    ``announcement`` (A40 / A37), whose message is built when it is delivered.
+    """
 
     model_config = ConfigDict(frozen=True)
 
     event_id: str
     subscription: Subscription
     exchange_id: str
-    event: AdtEvent
+    event: AdtEvent | None = None
+    announcement: MergeAnnouncement | None = None
     # The HL7 v2 message as received; MLLP destinations get it readdressed, unchanged.
-    message_text: str
+    # Empty for an announcement.
+    message_text: str = ""
     mapping_version: str
     routing_version: str
     policy: DeliveryPolicy
+
+    @model_validator(mode="after")
+    def _one_payload(self) -> Self:
+        if (self.event is None) == (self.announcement is None):
+            raise ValueError("a delivery item carries an ADT event or a merge announcement")
+        return self
 
 
 class DeliveryRecord(BaseModel):

@@ -1,4 +1,4 @@
-"""Where discharge events go: the routing file, validated.
+"""Where discharge events and patient merges go: the routing file, validated.
 
 Routing is configuration, not code. The file (TOML) names each destination, what it
 subscribes to and how to reach it; the worker reads it at start, and every
@@ -32,6 +32,14 @@ class Subscription(StrEnum):
     DISCHARGE = "A03"
     CANCEL_DISCHARGE = "A13"
     DIAGNOSIS_UPDATE = "A08-diagnosis"
+    # Patient-merge announcements: the merge as decided (ADT^A40) and its undo (ADT^A37).
+    PATIENT_MERGE = "A40"
+    PATIENT_UNMERGE = "A37"
+
+
+# A destination told of a merge must be told of its undo, and an undo means nothing to one
+# that never heard of the merge: these are subscribed to together.
+_MERGE_ANNOUNCEMENTS = frozenset({Subscription.PATIENT_MERGE, Subscription.PATIENT_UNMERGE})
 
 
 class _Strict(BaseModel):
@@ -145,6 +153,12 @@ class Destination(_Strict):
             raise ValueError("kind 'mllp' needs a [destination.mllp] table and no fhir table")
         if len(set(self.subscribes)) != len(self.subscribes):
             raise ValueError("subscribes lists an event twice")
+        merge_subscriptions = _MERGE_ANNOUNCEMENTS & set(self.subscribes)
+        if merge_subscriptions and merge_subscriptions != _MERGE_ANNOUNCEMENTS:
+            raise ValueError(
+                "subscribes A40 and A37 together: a destination told of a merge must be told "
+                "of its undo"
+            )
         return self
 
 

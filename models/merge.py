@@ -120,14 +120,42 @@ class MergeOutcome(_Frozen):
     mapping_version: str = "v1"
 
 
+class MergeAnnouncement(_Frozen):
+    """A merge as decided, or its undo, for the destinations subscribed to it (ADT^A40 /
+    ADT^A37, built with hl7apy when delivered). PHI: payloads only."""
+
+    trigger: Literal["A40", "A37"]
+    merge: PatientMerge
+    # MSH-7 / EVN-2: the merge's recorded time, so a resend carries the same bytes.
+    message_time: datetime
+    event_reason: str = ""  # EVN-4
+    operator_id: str = ""  # EVN-5.1
+
+
+class AnnouncedMerge(_Frozen):
+    """What an undo needs to announce itself where the merge was announced. PHI (the merge):
+    a payload only, read through the merge exchange's ``announced_merge`` query."""
+
+    # The survivor's per-patient delivery queue key (``patient_pseudonym``): the queue its
+    # A08/A03 and the A40 went through.
+    patient_key: str
+    # The A40's delivery event id; the A37's is derived from it.
+    event_id: str
+    announcement: MergeAnnouncement
+
+
 class UnmergeInput(_Frozen):
-    """Undo one merge of a patient-merge exchange (no PHI: ids, counts, a reason)."""
+    """Undo one merge of a patient-merge exchange (no PHI: ids, counts, a reason; the
+    announced merge, when there is one, is a codec-encrypted payload like every input)."""
 
     merge_exchange: str  # the patient-merge workflow id
     merge: MergeOutcome
     actor: str  # who asked (an operator or reviewer)
     reason: str
     mapping_version: str
+    # Set when the merge was announced downstream (A40): the undo then announces an A37 on
+    # the same queues. None for merges of runs from before announcements.
+    announced: AnnouncedMerge | None = None
 
 
 class UnmergeSummary(_Frozen):

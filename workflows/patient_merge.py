@@ -9,7 +9,10 @@ holds); a score below the match threshold, a birth date or sex conflict, or a re
 record never seen goes to a reviewer before anything is written. Then the identity index
 records the merge, the two Patients are merged ($merge semantics), and every resource that
 referred to the retired Patient is re-pointed a page at a time, each step with its
-Provenance. A rejected merge writes nothing and the review history keeps why.
+Provenance. A rejected merge writes nothing and the review history keeps why. A merge
+applied (or recorded in the index) is then announced as an ADT^A40 to the destinations
+subscribed to it, on the survivor's per-patient delivery queue (workflows/merge_announcements.py),
+behind that patient's earlier events; runs from before carry no ``merge-delivery`` marker.
 
 Workflow code is deterministic: every read, score and write is an activity.
 """
@@ -24,9 +27,11 @@ from temporalio.common import RetryPolicy
 
 from workflows.exchange_search import upsert_exchange_status
 from workflows.inbox import MessageInbox
+from workflows.merge_announcements import MERGE_DELIVERY_PATCH, announce, merge_event_id
 from workflows.review import ReviewableWorkflow
 
 with workflow.unsafe.imports_passed_through():
+    from activities.merge_announcements import AnnouncementActivities, SurvivorQueueKeyInput
     from activities.patient_merge import (
         IDENTITY_CHANGE_REFUSED,
         IDENTITY_MESSAGE_INVALID,
@@ -46,7 +51,14 @@ with workflow.unsafe.imports_passed_through():
         repoint_references_page,
     )
     from models.exchanges import PatientMergeInput
-    from models.merge import LinkMessage, MergeMessage, MergeOutcome, PatientMerge
+    from models.merge import (
+        AnnouncedMerge,
+        LinkMessage,
+        MergeAnnouncement,
+        MergeMessage,
+        MergeOutcome,
+        PatientMerge,
+    )
     from models.messages import InboundMessage
     from models.patient_match import MatchDecision
     from models.review import MergeReviewContext, ReviewAction, ReviewReason
@@ -76,6 +88,8 @@ class PatientMergeExchange(ReviewableWorkflow):
         self._params = params
         self._inbox = MessageInbox()
         self._outcomes: list[MergeOutcome] = []
+        # (MSH-10, MRG position) -> the merge as announced downstream, for its undo.
+        self._announced: dict[tuple[str, int], AnnouncedMerge] = {}
         self._status = "received"
 
     @workflow.run
@@ -98,6 +112,12 @@ class PatientMergeExchange(ReviewableWorkflow):
     @workflow.query
     def merge_outcomes(self) -> list[MergeOutcome]:
         return list(self._outcomes)
+
+    @workflow.query
+    def announced_merge(self, control_id: str, merge_index: int) -> AnnouncedMerge | None:
+        """The merge as announced downstream (PHI: a codec-encrypted payload), so its undo
+        announces an A37 on the same queues; None when it was not announced."""
+        return self._announced.get((control_id, merge_index))
 
     # -- one message ---------------------------------------------------------------------
 
@@ -197,7 +217,9 @@ class PatientMergeExchange(ReviewableWorkflow):
             message, read.trigger.value, merge.survivor, merge.retired, actor, reason
         )
         if not assessment.retired_patient:
-            # The index knows both now; the FHIR server never had the retired record.
+            # The index knows both now; the FHIR server never had the retired record (other
+            # systems may have: the merge is announced all the same).
+            await self._announce(message, read, index, merge)
             self._record(
                 message,
                 index,
@@ -208,8 +230,48 @@ class PatientMergeExchange(ReviewableWorkflow):
             self._set_status("merged")
             return
         provenances = await self._merge_in_fhir(message, index, assessment, reason)
+        await self._announce(message, read, index, merge)
         self._record(message, index, "merged", provenances=provenances, index_event=event)
         self._set_status("merged")
+
+    async def _announce(
+        self, message: InboundMessage, read: MergeMessage, index: int, merge: PatientMerge
+    ) -> None:
+        """Queue the A40 for its subscribers on the survivor's queues: the exchange's own
+        patient key (the pseudonym discharge sync keys that patient's queues on) for the
+        PATIENT group the exchange was keyed on, that survivor's own for any other group."""
+        if not workflow.patched(MERGE_DELIVERY_PATCH):
+            return
+        patient_key = self._params.patient_key
+        if index > 0:
+            patient_key = await workflow.execute_activity_method(
+                AnnouncementActivities.survivor_queue_key,
+                SurvivorQueueKeyInput(merge=merge, sending_facility=message.sending_facility),
+                start_to_close_timeout=timedelta(seconds=30),
+                retry_policy=_RETRY,
+                summary="The survivor's per-patient delivery key",
+            )
+        announced = AnnouncedMerge(
+            patient_key=patient_key,
+            event_id=merge_event_id(
+                patient_key, message.sending_facility, message.control_id, index
+            ),
+            announcement=MergeAnnouncement(
+                trigger="A40",
+                merge=merge,
+                # The message's event time when it gave one: every attempt sends the same.
+                message_time=read.event_time or workflow.now(),
+                event_reason=read.event_reason,
+                operator_id=read.operator_id,
+            ),
+        )
+        await announce(
+            announced.announcement,
+            patient_key=announced.patient_key,
+            event_id=announced.event_id,
+            mapping_version=self._params.mapping_version,
+        )
+        self._announced[(message.control_id, index)] = announced
 
     async def _merge_in_fhir(
         self, message: InboundMessage, index: int, assessment: MergeAssessment, reason: str

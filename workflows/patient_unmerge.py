@@ -6,7 +6,8 @@ that step changed, the last step first -- references re-pointed back, then both 
 links, active flag and copied identifiers -- and then undoes the merge in the identity
 index. Nothing is deleted: both the merge and its undo stay in the FHIR version history,
 the Provenances and the index's events. References changed again since the merge are
-counted and left for a person.
+counted and left for a person. A merge that was announced downstream (its A40) is then
+announced undone, an ADT^A37 on the same per-patient queues (``unmerge-delivery`` marker).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 
 from workflows.exchange_search import upsert_exchange_status
+from workflows.merge_announcements import UNMERGE_DELIVERY_PATCH, announce, unmerge_event_id
 
 with workflow.unsafe.imports_passed_through():
     from activities.patient_merge import (
@@ -27,7 +29,7 @@ with workflow.unsafe.imports_passed_through():
         undo_identity_change,
         undo_merge_in_fhir,
     )
-    from models.merge import UnmergeInput, UnmergeSummary
+    from models.merge import MergeAnnouncement, UnmergeInput, UnmergeSummary
 
 _RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1),
@@ -72,6 +74,19 @@ class PatientUnmerge:
                 start_to_close_timeout=timedelta(seconds=30),
                 retry_policy=_RETRY,
                 summary="Undo the merge in the identity index",
+            )
+        announced = params.announced
+        if announced is not None and workflow.patched(UNMERGE_DELIVERY_PATCH):
+            await announce(
+                MergeAnnouncement(
+                    trigger="A37",
+                    merge=announced.announcement.merge,
+                    message_time=workflow.now(),
+                    operator_id=params.actor,
+                ),
+                patient_key=announced.patient_key,
+                event_id=unmerge_event_id(announced.event_id),
+                mapping_version=params.mapping_version,
             )
         upsert_exchange_status("unmerged")
         return UnmergeSummary(

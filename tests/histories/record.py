@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import hashlib
 import logging
 import os
 import signal
@@ -81,6 +82,7 @@ from workers.payload_codec import ENCODING, METADATA_ENCODING, EncryptionCodec
 from workers.telemetry import configure_tracing
 from workflows.destination_health import DestinationHealth
 from workflows.ordered_delivery import OrderedDelivery
+from workflows.patient_unmerge import unmerge_workflow_id
 
 HISTORIES = Path(__file__).resolve().parent
 REPO = HISTORIES.parents[1]
@@ -558,6 +560,40 @@ async def patient_merge_undone(s: Session) -> None:
     await s.save("patient_merge/unmerge_of_a_certain_merge", undo.id)
 
 
+async def patient_merge_announced(s: Session) -> None:
+    """The survivor's A03 delivered, then a certain A40 (`merge-delivery` patch marker:
+    routed and queued for primary care and the FHIR platform on the survivor's queues), then
+    its undo (`unmerge-delivery`: the A37 queued the same way); the merge exchange, its
+    undo and the survivor's primary-care queue (A03, A40, A37)."""
+    engine = s.running_engine
+    survivor, retired = "MRN8207", "MRN8208"
+    await merge_e2e.registered(engine, survivor, "1958-07-21")
+    await merge_e2e.registered(engine, retired, "1958-07-21")
+    patient = sm.SamplePatient(
+        mrn=survivor, family="Mergeton", given="Clara", birth_date="19580721"
+    )
+    await send(engine, sm.adt_event(sm.SampleStay("V-8207", patient=patient), "HIS-8207-1", "A03"))
+    queue = delivery_id("primary-care", survivor)
+    # The queue is started by the discharge's enqueue activity: settled once the A03 is in.
+    await wait_settled(s.client, queue, queue_idle(1))
+    await send(engine, merge_e2e.a40("MRG-8207-1", survivor, retired, "19580721"))
+    wid = patient_merge_id(survivor)
+    await engine.wait_for_status(wid, "merged")
+    await undo_merge(
+        s.client, wid, reason="two people", actor="ops-1", task_queue=engine.settings.task_queue
+    )
+    message_key = hashlib.sha256(b"MRG-8207-1").hexdigest()[:16]
+    undo = unmerge_workflow_id(wid, message_key, 0)
+    await wait_closed(s.client, undo)
+    await wait_closed(s.client, wid)
+    await s.save("patient_merge/a40_announced_then_undone", wid)
+    await s.save("patient_merge/unmerge_announced_a37", undo)
+    log = await wait_delivery_log(engine, queue, 3)
+    await expect("primary care got", [e["subscription"] for e in log], ["A03", "A40", "A37"])
+    await wait_settled(s.client, queue, queue_idle(3))
+    await s.save("ordered_delivery/merge_a03_a40_a37_primary_care", queue)
+
+
 async def discharge_late_a08_review_forwarded(s: Session) -> None:
     """The exchange closes after its quiet period; a late A08 starts a new run, which recalls
     the closed run's discharge (the patched path) and asks a reviewer, who forwards it."""
@@ -776,7 +812,12 @@ SCENARIOS: list[list[Scenario]] = [
     [discharge_a03_a08_a13],
     [discharge_late_a08_review_forwarded],
     [patient_a28_a31_a31, patient_unreadable_review_rejected],
-    [patient_merge_certain, patient_merge_review_rejected, patient_merge_undone],
+    [
+        patient_merge_certain,
+        patient_merge_review_rejected,
+        patient_merge_undone,
+        patient_merge_announced,
+    ],
     [delivery_continued_as_new],
     [delivery_held_then_skipped, delivery_held_then_edited, delivery_unanswered_then_retried],
     # Holds every billing queue for a moment: other scenarios' billing deliveries wait.

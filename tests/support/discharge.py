@@ -31,14 +31,14 @@ version = "test-1"
 [[destination]]
 name = "fhir-platform"
 kind = "fhir"
-subscribes = ["A03", "A13", "A08-diagnosis"]
+subscribes = ["A03", "A13", "A08-diagnosis", "A40", "A37"]
 [destination.fhir]
 base_url = "{fhir}"
 
 [[destination]]
 name = "primary-care"
 kind = "mllp"
-subscribes = ["A03", "A13"]
+subscribes = ["A03", "A13", "A40", "A37"]
 [destination.mllp]
 host = "127.0.0.1"
 port = {primary_care}

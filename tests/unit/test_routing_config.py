@@ -89,3 +89,17 @@ def test_readdress_changes_only_the_header_addresses_and_control_id() -> None:
     msh, pid = out.rstrip("\r").split("\r")
     assert msh == "MSH|^~\\&|CAREWEAVE|GENHOSP|BILLING|FIN|20261125||ADT^A03|CW123|P|2.5.1"
     assert pid == "PID|1||X^^^H^MR"
+
+
+def test_merge_announcements_are_subscribed_together(tmp_path: Path) -> None:
+    both = load_routing(write(tmp_path, GOOD.replace('"A08-diagnosis"', '"A40", "A37"')))
+    assert both.subscribers(Subscription.PATIENT_MERGE) == ["billing"]
+    assert both.subscribers(Subscription.PATIENT_UNMERGE) == ["billing"]
+    with pytest.raises(RoutingConfigError, match=r"\(billing\): .*A40 and A37 together"):
+        load_routing(write(tmp_path, GOOD.replace('"A08-diagnosis"', '"A40"')))
+
+
+def test_demo_primary_care_hears_of_merges_and_their_undo() -> None:
+    routing = load_routing(DEMO)
+    assert routing.subscribers(Subscription.PATIENT_MERGE) == ["primary-care"]
+    assert routing.subscribers(Subscription.PATIENT_UNMERGE) == ["primary-care"]

@@ -1,9 +1,10 @@
 """`careweave merge undo EXCHANGE --reason`: undo one merge of a patient-merge exchange.
 
 Reads the merge's outcome from the exchange (its Provenances and identity index event: no
-PHI), starts the patient-unmerge workflow for it and waits for its summary. The undo is on
-the audit trail under the OS user, and each of its writes under the worker; the merge
-stays in every history beside its undo.
+PHI) and, when the merge was announced downstream, the merge as announced (an encrypted
+payload, for the undo's A37), starts the patient-unmerge workflow for it and waits for its
+summary. The undo is on the audit trail under the OS user, and each of its writes under the
+worker; the merge stays in every history beside its undo.
 """
 
 from __future__ import annotations
@@ -112,6 +113,14 @@ async def undo_merge(
     message_key = hashlib.sha256(chosen.control_id.encode()).hexdigest()[:16]
     workflow_id = unmerge_workflow_id(exchange, message_key, chosen.merge_index)
     try:
+        # The merge as announced downstream (an encrypted payload), so the undo's A37 goes
+        # where the A40 went; None for a merge that was not announced.
+        announced = await handle.query(
+            PatientMergeExchange.announced_merge, args=[chosen.control_id, chosen.merge_index]
+        )
+    except RPCError as err:
+        raise UndoRefused(f"cannot read {exchange}: {err}") from err
+    try:
         return await client.execute_workflow(
             PatientUnmerge.run,
             UnmergeInput(
@@ -120,6 +129,7 @@ async def undo_merge(
                 actor=actor,
                 reason=reason,
                 mapping_version=chosen.mapping_version,
+                announced=announced,
             ),
             id=workflow_id,
             task_queue=task_queue,
