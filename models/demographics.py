@@ -99,3 +99,31 @@ class PersonDemographics(_Frozen):
     deceased: bool | None = None
     # PID fields sent as "" ("PID-7", "PID-11", ...): the sender asks to delete the value.
     explicit_nulls: tuple[str, ...] = ()
+
+
+def contradicting_identifiers(
+    first: PersonDemographics | None, second: PersonDemographics | None
+) -> tuple[str, ...]:
+    """The kinds of identifier ("<authority> <type>", no values) both PIDs carry with
+    different values: the same authority's MRN, account or national id differing means two
+    patients, whichever repetition each message put first. Empty when either PID is unknown
+    (runs recorded before the whole PID was read)."""
+    if first is None or second is None:
+        return ()
+
+    def by_kind(person: PersonDemographics) -> dict[tuple[str, str], set[str]]:
+        kinds: dict[tuple[str, str], set[str]] = {}
+        for identifier in person.identifiers:
+            kind = (
+                identifier.assigning_authority.strip().upper(),
+                identifier.identifier_type.strip().upper(),
+            )
+            kinds.setdefault(kind, set()).add(identifier.value.strip())
+        return kinds
+
+    theirs = by_kind(second)
+    return tuple(
+        f"{authority or '-'} {kind or '-'}"
+        for (authority, kind), values in sorted(by_kind(first).items())
+        if authority and (authority, kind) in theirs and not values & theirs[(authority, kind)]
+    )

@@ -48,6 +48,7 @@ with workflow.unsafe.imports_passed_through():
         raise_escalation_task,
     )
     from mappings.order_to_result.concept_map import unmapped_observations
+    from models.demographics import contradicting_identifiers
     from models.exchanges import OrderToResultInput
     from models.lab import LabOrder, LabResult
     from models.messages import InboundMessage
@@ -311,6 +312,20 @@ class OrderToResult(ReviewableWorkflow):
         other = next(
             (r.patient for r in results if r.patient.is_other_patient_than(order.patient)), None
         )
+        if other is None:
+            # Every PID-3 repetition of the same authority and type, not only the key one:
+            # a sender that lists the MRN second must not hide another patient's MRN.
+            # Checked before the patch call, like the one below: a run whose PIDs agree
+            # records no marker.
+            other = next(
+                (
+                    r.patient
+                    for r in results
+                    if contradicting_identifiers(order.person, r.person)
+                    and workflow.patched("lab-mismatch-every-identifier")
+                ),
+                None,
+            )
         # Checked before the patch call so runs without a mismatch record no marker and
         # histories recorded before the guard (none had a mismatch) replay unchanged.
         if other is None or not workflow.patched("lab-patient-mismatch-review"):

@@ -117,3 +117,20 @@ async def test_a_patient_another_source_wrote_is_referenced_not_overwritten(
     assert len(await engine.fhir.history("Patient", created["id"])) == 1
     report, _ = await report_and_task(engine, order)
     assert report["subject"]["reference"] == f"Patient/{created['id']}"
+
+
+async def test_a_result_whose_other_identifier_contradicts_its_order_waits_for_review(
+    engine: Engine,
+) -> None:
+    mrn = "MRN-LABPAT-2103"
+    order = sm.SampleOrder("E2E-2103", patient=sm.SamplePatient(mrn=mrn))
+    result = with_full_pid(sm.lab_result(order, "E2E-2103-R", [sm.SODIUM]), mrn).replace(
+        f"~SSN-{mrn}^^^USSSA^SS", "~SSN-SOMEONE-ELSE^^^USSSA^SS"
+    )
+    await send(engine, with_full_pid(sm.lab_order(order, "E2E-2103-O"), mrn), result)
+    wid = workflow_id(engine, order)
+    pending = await engine.wait_for_review(wid)
+    assert pending["reason"] == "patient-mismatch"
+    # Nothing of the result is published while a reviewer has not decided.
+    written = await engine.handle(wid).query("resources_written")
+    assert not [ref for ref in written if ref.startswith("DiagnosticReport/")]

@@ -12,6 +12,7 @@ from mappings.order_to_result.fhir_builders import (
     result_transaction_for,
     service_request_for,
 )
+from models.demographics import contradicting_identifiers
 from tests.integration.test_lab_patient_e2e import with_full_pid
 from workers import sample_messages as sm
 
@@ -91,3 +92,20 @@ def test_a_provider_with_an_id_wins_over_one_known_by_name_only() -> None:
     result = parse_lab_result(message)
     assert result.ordering_provider is not None
     assert result.ordering_provider.id == "1234567893"
+
+
+def test_another_mrn_in_a_second_pid3_repetition_is_a_contradiction() -> None:
+    # Same MRN (the key identifier) but another national id of the same authority: two
+    # patients (or a registration error) that the key identifiers alone cannot tell.
+    order = parse_lab_order(with_full_pid(sm.lab_order(ORDER, "O"), "MRN-U3001"))
+    result_message = with_full_pid(sm.lab_result(ORDER, "R", [sm.SODIUM]), "MRN-U3001")
+    result_message = result_message.replace(
+        "PID|1||MRN-U3001^^^GENHOSP^MR~SSN-MRN-U3001^^^USSSA^SS",
+        "PID|1||MRN-U3001^^^GENHOSP^MR~SSN-OTHER^^^USSSA^SS",
+    )
+    result = parse_lab_result(result_message)
+    assert not result.patient.is_other_patient_than(order.patient)
+    assert contradicting_identifiers(order.person, result.person) == ("USSSA SS",)
+    assert contradicting_identifiers(order.person, order.person) == ()
+    # Unknown PIDs (runs recorded before the whole PID was read) contradict nothing.
+    assert contradicting_identifiers(None, result.person) == ()
