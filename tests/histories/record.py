@@ -50,6 +50,7 @@ from models.delivery import DeliveryState
 from models.destination_health import HealthState, OperatorCommand
 from models.review import ReviewAction, ReviewDecision
 from models.settings import Settings
+from tests.integration import test_lab_patient_e2e as lab_patient_e2e
 from tests.integration import test_patient_merge_e2e as merge_e2e
 from tests.integration.test_discharge_amendments_e2e import AMENDED_DIAGNOSES, late_amendment
 from tests.integration.test_order_to_result_e2e import workflow_id as lab_workflow_id
@@ -345,6 +346,32 @@ async def lab_patient_mismatch_review_rejected(s: Session) -> None:
     await wait_closed(s.client, wid)
     await expect("status", await engine.handle(wid).query("status"), "completed")
     await s.save("order_to_result/patient_mismatch_review_rejected", wid)
+
+
+async def lab_mismatch_other_identifier_rejected(s: Session) -> None:
+    """Same MRN, another national id of the same authority in the result's PID: review
+    (patch markers lab-mismatch-every-identifier, lab-patient-mismatch-review), rejected;
+    the order's own result then publishes."""
+    engine = s.running_engine
+    mrn = "MRN8109"
+    order = sm.SampleOrder("HIS-1009", patient=sm.SamplePatient(mrn=mrn))
+    wid = lab_workflow_id(s.running_engine, order)
+    contradicting = lab_patient_e2e.with_full_pid(
+        sm.lab_result(order, "HIS-1009-R1", [sm.SODIUM]), mrn
+    ).replace(f"~SSN-{mrn}^^^USSSA^SS", "~SSN-SOMEONE-ELSE^^^USSSA^SS")
+    await send_lab(
+        engine, lab_patient_e2e.with_full_pid(sm.lab_order(order, "HIS-1009-O"), mrn), contradicting
+    )
+    pending = await engine.wait_for_review(wid)
+    await expect("review reason", pending["reason"], "patient-mismatch")
+    await decide(s.running_engine, wid, pending, ReviewAction.REJECT, "other patient", "rev-7")
+    await engine.wait_for_status(wid, "result-rejected")
+    await send_lab(
+        engine,
+        lab_patient_e2e.with_full_pid(sm.lab_result(order, "HIS-1009-R2", [sm.SODIUM]), mrn),
+    )
+    await wait_closed(s.client, wid)
+    await s.save("order_to_result/mismatch_other_identifier_rejected", wid)
 
 
 async def lab_critical_corrected_to_normal(s: Session) -> None:
@@ -808,6 +835,7 @@ SCENARIOS: list[list[Scenario]] = [
     [lab_stat_overdue_then_result],
     [lab_order_cancelled],
     [lab_patient_mismatch_review_rejected],
+    [lab_mismatch_other_identifier_rejected],
     [lab_critical_corrected_to_normal],
     [discharge_a03_a08_a13],
     [discharge_late_a08_review_forwarded],
