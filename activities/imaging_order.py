@@ -43,6 +43,7 @@ from models.imaging_events import StudyStable
 from models.lab import LabOrder, LabResult
 
 PACS_REJECTED = "PacsRejected"
+_SECTION_SYSTEM = "http://terminology.hl7.org/CodeSystem/v2-0074"
 
 
 class InterpretedImagingOrder(BaseModel):
@@ -224,12 +225,15 @@ class ImagingActivities:
         bundle = result_transaction_for(
             request.result, load_lab_mapping(request.lab_mapping_version)
         )
-        if request.imaging_study_reference:
-            for entry in bundle["entry"]:
-                if entry["resource"]["resourceType"] == "DiagnosticReport":
-                    entry["resource"]["imagingStudy"] = [
-                        {"reference": request.imaging_study_reference}
-                    ]
+        for entry in bundle["entry"]:
+            report = entry["resource"]
+            if report["resourceType"] != "DiagnosticReport":
+                continue
+            # The lab map says LAB; a radiology report is RAD (HL7 table 0074), which is
+            # how worklists and apps tell imaging reports from lab ones.
+            report["category"] = [{"coding": [{"system": _SECTION_SYSTEM, "code": "RAD"}]}]
+            if request.imaging_study_reference:
+                report["imagingStudy"] = [{"reference": request.imaging_study_reference}]
         try:
             response = await self._fhir.transaction(bundle)
         except FhirRejectedError as err:
