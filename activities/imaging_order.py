@@ -27,7 +27,7 @@ from adapters.fhir import FhirClient
 from adapters.fhir.errors import FhirRejectedError
 from adapters.hl7v2.imaging_messages import ImagingFields, read_imaging_fields
 from adapters.hl7v2.lab_messages import LabMessageInvalid, parse_lab_order
-from mappings.fhir_identifiers import conditional_url
+from mappings.fhir_identifiers import identifier_search
 from mappings.imaging_order.fhir_imaging import (
     as_imaging_order_transaction,
     endpoint_for,
@@ -200,7 +200,7 @@ class ImagingActivities:
         endpoint = endpoint_for(self._dicomweb.base_url, mapping)
         try:
             written_endpoint = await self._fhir.conditional_update(
-                endpoint, conditional_url("Endpoint", endpoint["identifier"][0])
+                endpoint, identifier_search("Endpoint", endpoint["identifier"][0])
             )
             endpoint_reference = f"Endpoint/{written_endpoint['id']}"
             study = imaging_study_for(
@@ -213,7 +213,7 @@ class ImagingActivities:
                 mapping=mapping,
             )
             written = await self._fhir.conditional_update(
-                study, conditional_url("ImagingStudy", study["identifier"][0])
+                study, identifier_search("ImagingStudy", study["identifier"][0])
             )
         except FhirRejectedError as err:
             raise _rejected(err) from err

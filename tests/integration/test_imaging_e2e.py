@@ -6,6 +6,7 @@ FHIR server -> the radiology ORU's DiagnosticReport linked to the study."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from adapters.hl7v2.ack import parse_ack
 from models.review import ReviewAction, ReviewDecision
 from tests.support.engine import Engine, mllp_send, running_engine
 from tests.support.imaging import (
+    acquire_series,
     acquire_study,
     ct_order,
     imaging_exchange_id,
@@ -113,6 +115,36 @@ async def test_order_worklist_images_study_and_report(
     summary = await engine.client.get_workflow_handle_for(ImagingOrder.run, workflow_id).result()
     assert summary.status == "completed"
     assert summary.studies_published == 1
+
+
+async def test_a_late_series_updates_the_same_imaging_study(
+    imaging_engine: Engine, orthanc: RunningOrthanc, tmp_path: Path
+) -> None:
+    engine, accession = imaging_engine, "ACC-E2E-4"
+    workflow_id = imaging_exchange_id(engine, accession)
+    order = ct_order("IMG-E2E-4", "MRN8704")
+    assert await send(engine, imaging_order_message(order, accession, "IMG-E2E-4-O")) == ["AA"]
+    await engine.wait_for_status(workflow_id, "scheduled")
+    [answer] = await worklist_answers(orthanc, tmp_path / "find", accession)
+    study_uid = str(answer.StudyInstanceUID)
+    await acquire_study(orthanc, tmp_path / "images", answer)
+    await engine.wait_for_status(workflow_id, "imaged", timeout=90)
+    [first] = await studies_of(engine, study_uid)
+    assert first["numberOfSeries"] == 2
+
+    # A third series after the study was stable: Orthanc reports it stable again.
+    await acquire_series(orthanc, tmp_path / "late", answer, series_number=3, instances=2)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 90
+    while (found := await studies_of(engine, study_uid)) and found[0]["numberOfSeries"] < 3:
+        assert loop.time() < deadline, "the late series never reached the ImagingStudy"
+        await asyncio.sleep(0.5)
+    [updated] = found
+    assert updated["id"] == first["id"]
+    assert updated["numberOfInstances"] == 5
+    assert updated["meta"]["versionId"] != first["meta"]["versionId"]
+    assert len(await engine.fhir.history("ImagingStudy", first["id"])) == 2
+    assert len(await written(engine, workflow_id, "ImagingStudy")) == 1
 
 
 async def test_study_naming_another_patient_waits_for_a_reviewer(

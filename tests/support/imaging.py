@@ -83,6 +83,24 @@ async def worklist_answers(orthanc: RunningOrthanc, folder: Path, accession: str
     return await asyncio.to_thread(find_worklist, orthanc, folder, accession)
 
 
+def _exam(answer: Dataset, patient: ScheduledPatient | None) -> dict[str, object]:
+    return {
+        "patient": patient or scheduled_patient(answer),
+        "accession_number": str(answer.AccessionNumber),
+        "study_instance_uid": str(answer.StudyInstanceUID),
+    }
+
+
+async def acquire_series(
+    orthanc: RunningOrthanc, folder: Path, answer: Dataset, *, series_number: int, instances: int
+) -> None:
+    """One more CT series for the worklist answer's study (a late acquisition)."""
+    files = series_files(
+        folder, series_number=series_number, instances=instances, **_exam(answer, None)
+    )
+    await asyncio.to_thread(store, orthanc, files)
+
+
 async def acquire_study(
     orthanc: RunningOrthanc,
     folder: Path,
@@ -92,11 +110,7 @@ async def acquire_study(
 ) -> None:
     """The modality's exam: a CT series of two images and an MR series of one, for the
     worklist answer's study and accession (``patient`` overrides who the images name)."""
-    common = {
-        "patient": patient or scheduled_patient(answer),
-        "accession_number": str(answer.AccessionNumber),
-        "study_instance_uid": str(answer.StudyInstanceUID),
-    }
+    common = _exam(answer, patient)
     files = series_files(folder / "s1", series_number=1, instances=2, **common)
     files += series_files(
         folder / "s2", series_number=2, instances=1, test_file="MR_small.dcm", **common
