@@ -2,17 +2,20 @@
 gateway -> ServiceRequest and a worklist entry that dcmtk's findscu reads from Orthanc ->
 storescu sends images (pydicom's test files, rewritten for the entry) -> Orthanc's
 StableStudy, followed by the PACS poller -> ImagingStudy and its DICOMweb Endpoint on the
-FHIR server -> the radiology ORU's DiagnosticReport linked to the study."""
+FHIR server -> the radiology ORU's DiagnosticReport linked to the study. Also: a late
+series, a study naming another patient, a study without an order, a cancel."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from datetime import date
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from pydicom.uid import generate_uid
 from temporalio.client import Client
 
 from adapters.hl7v2.ack import parse_ack
@@ -28,6 +31,7 @@ from tests.support.imaging import (
     scheduled_patient,
     worklist_answers,
 )
+from tests.support.modality import ScheduledPatient, series_files, store
 from tests.support.orthanc import RunningOrthanc
 from workflows.imaging_order import ImagingOrder
 
@@ -198,3 +202,36 @@ async def test_cancel_removes_the_worklist_entry_and_revokes_the_order(
     assert await worklist_answers(orthanc, tmp_path / "after", accession) == []
     [request_ref] = await written(engine, workflow_id, "ServiceRequest")
     assert (await read(engine, request_ref))["status"] == "revoked"
+
+
+async def test_a_study_no_order_claims_goes_to_review_after_the_wait(
+    imaging_engine: Engine, orthanc: RunningOrthanc, tmp_path: Path
+) -> None:
+    engine, accession = imaging_engine, "ACC-E2E-ORPHAN"
+    workflow_id = imaging_exchange_id(engine, accession)
+    patient = ScheduledPatient("MRN8705", "Orphan", "Olle", date(1955, 5, 5), "M")
+    files = series_files(
+        tmp_path / "images",
+        patient=patient,
+        accession_number=accession,
+        study_instance_uid=generate_uid(),
+        series_number=1,
+        instances=1,
+    )
+    await asyncio.to_thread(store, orthanc, files)
+
+    pending = await engine.wait_for_review(workflow_id, timeout=90)
+    assert pending["reason"] == "unknown-order"
+    assert await engine.handle(workflow_id).query("status") == "awaiting-order"
+    assert await written(engine, workflow_id, "ImagingStudy") == []
+    await engine.decide_review(
+        workflow_id,
+        ReviewDecision(
+            review_id=str(pending["review_id"]),
+            action=ReviewAction.REJECT,
+            reason="test images from the modality's service engineer",
+            reviewer="radiographer-2",
+        ),
+    )
+    summary = await engine.client.get_workflow_handle_for(ImagingOrder.run, workflow_id).result()
+    assert (summary.status, summary.studies_published) == ("rejected", 0)
