@@ -27,7 +27,7 @@ from adapters.fhir import FhirClient
 from adapters.fhir.errors import FhirRejectedError
 from adapters.hl7v2.imaging_messages import ImagingFields, read_imaging_fields
 from adapters.hl7v2.lab_messages import LabMessageInvalid, parse_lab_order
-from mappings.fhir_identifiers import conditional_url
+from mappings.fhir_identifiers import identifier_search
 from mappings.imaging_order.fhir_imaging import (
     as_imaging_order_transaction,
     endpoint_for,
@@ -43,6 +43,7 @@ from models.imaging_events import StudyStable
 from models.lab import LabOrder, LabResult
 
 PACS_REJECTED = "PacsRejected"
+_SECTION_SYSTEM = "http://terminology.hl7.org/CodeSystem/v2-0074"
 
 
 class InterpretedImagingOrder(BaseModel):
@@ -199,7 +200,7 @@ class ImagingActivities:
         endpoint = endpoint_for(self._dicomweb.base_url, mapping)
         try:
             written_endpoint = await self._fhir.conditional_update(
-                endpoint, conditional_url("Endpoint", endpoint["identifier"][0])
+                endpoint, identifier_search("Endpoint", endpoint["identifier"][0])
             )
             endpoint_reference = f"Endpoint/{written_endpoint['id']}"
             study = imaging_study_for(
@@ -212,7 +213,7 @@ class ImagingActivities:
                 mapping=mapping,
             )
             written = await self._fhir.conditional_update(
-                study, conditional_url("ImagingStudy", study["identifier"][0])
+                study, identifier_search("ImagingStudy", study["identifier"][0])
             )
         except FhirRejectedError as err:
             raise _rejected(err) from err
@@ -224,12 +225,15 @@ class ImagingActivities:
         bundle = result_transaction_for(
             request.result, load_lab_mapping(request.lab_mapping_version)
         )
-        if request.imaging_study_reference:
-            for entry in bundle["entry"]:
-                if entry["resource"]["resourceType"] == "DiagnosticReport":
-                    entry["resource"]["imagingStudy"] = [
-                        {"reference": request.imaging_study_reference}
-                    ]
+        for entry in bundle["entry"]:
+            report = entry["resource"]
+            if report["resourceType"] != "DiagnosticReport":
+                continue
+            # The lab map says LAB; a radiology report is RAD (HL7 table 0074), which is
+            # how worklists and apps tell imaging reports from lab ones.
+            report["category"] = [{"coding": [{"system": _SECTION_SYSTEM, "code": "RAD"}]}]
+            if request.imaging_study_reference:
+                report["imagingStudy"] = [{"reference": request.imaging_study_reference}]
         try:
             response = await self._fhir.transaction(bundle)
         except FhirRejectedError as err:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from exchanges import (
     destination_health,
     discharge_sync,
+    imaging_order,
     order_to_result,
     ordered_delivery,
     patient_merge,
@@ -16,6 +17,7 @@ from exchanges.sdk import ExchangeRegistry
 REGISTRY = ExchangeRegistry(
     exchanges=[
         order_to_result.EXCHANGE,
+        imaging_order.EXCHANGE,
         discharge_sync.EXCHANGE,
         patient_sync.EXCHANGE,
         patient_merge.EXCHANGE,

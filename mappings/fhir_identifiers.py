@@ -19,6 +19,7 @@ from models.lab import PatientRef
 __all__ = [
     "conditional_url",
     "identifier_query",
+    "identifier_search",
     "patient_identifier",
     "qualified_system",
     "quoted_code",
@@ -71,3 +72,10 @@ def patient_query(identifier: Mapping[str, Any]) -> str:
 def conditional_url(resource_type: str, identifier: Mapping[str, Any]) -> str:
     """``<Type>?identifier=<system>|<value>``, URL-quoted: a conditional PUT's URL."""
     return f"{resource_type}?{identifier_query(identifier)}"
+
+
+def identifier_search(resource_type: str, identifier: Mapping[str, Any]) -> str:
+    """``<Type>?identifier=<system>|<value>`` NOT quoted, for FhirClient.conditional_update,
+    which quotes each value itself: a quoted one would be quoted twice and match nothing
+    (the conditional PUT would then create a second resource)."""
+    return f"{resource_type}?identifier={identifier['system']}|{identifier['value']}"

@@ -319,6 +319,12 @@ class Settings(BaseSettings):
         return (self.orthanc_url or f"http://127.0.0.1:{self.orthanc_http_port}").rstrip("/")
 
     @property
+    def pacs_configured(self) -> bool:
+        """A PACS to follow: the embedded Orthanc, or one at ``orthanc_url``. Without one
+        the imaging exchange still routes orders, but no change-feed poller runs."""
+        return self.orthanc_embedded or self.orthanc_url is not None
+
+    @property
     def resolved_worklist_dir(self) -> Path:
         return self.worklist_dir or self.state_dir / "worklists"
 

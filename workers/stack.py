@@ -24,6 +24,7 @@ from temporalio.client import Client
 from adapters.database import CareweaveStore
 from adapters.payload_crypto import KeyRing
 from exchanges.commit import ExchangeCommitter
+from exchanges.imaging_order import start_pacs_poller
 from exchanges.registry import REGISTRY
 from models.destinations import Destination, RoutingConfig, load_routing
 from models.errors import ConfigurationError, EngineError
@@ -332,6 +333,9 @@ async def embedded_stack(settings: Settings) -> AsyncIterator[RunningStack]:
                 raise StackError(str(err)) from err
             await gateway.start()
             worker_task = asyncio.create_task(worker.run())
+            if settings.pacs_configured:
+                # Durable across restarts: a poller already running keeps its feed position.
+                await start_pacs_poller(client, settings)
             try:
                 yield RunningStack(
                     settings=settings,

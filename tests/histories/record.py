@@ -45,6 +45,7 @@ from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle, W
 
 from activities.destination_health import ensure_health_workflow
 from exchanges.destination_health import health_policy
+from exchanges.imaging_order import POLLER_WORKFLOW_ID
 from exchanges.sdk import pseudonym
 from models.delivery import DeliveryState
 from models.destination_health import HealthState, OperatorCommand
@@ -75,6 +76,15 @@ from tests.support.engine import (
 )
 from tests.support.fhir_server import free_port, running_fhir_server
 from tests.support.history import nested
+from tests.support.imaging import (
+    acquire_study,
+    ct_order,
+    imaging_exchange_id,
+    imaging_order_message,
+    radiology_report_message,
+    worklist_answers,
+)
+from tests.support.orthanc import RunningOrthanc, running_orthanc
 from tests.support.partner import Partner
 from tests.support.patient_sync import Person, person_message
 from workers import sample_messages as sm
@@ -91,6 +101,7 @@ TASK_QUEUE = "careweave-histories"
 # Short timers, as in the end-to-end tests, so each exchange reaches its end in seconds.
 CLOSE_AFTER = 4.0  # discharge exchange's quiet period
 UNKNOWN_ORDER_WAIT = 5.0  # a result without its order goes to review after this
+PACS_POLL = 2.0  # the PACS change-feed poller's pause between polls
 # Delivery queues are recorded open, idle after their last delivery (see README.md).
 IDLE_CLOSE = 600.0
 # The code before the recall-closed-discharge patch (8cf0bc0): 19e91b2^, no recall at all.
@@ -140,6 +151,8 @@ class Session:
     out: Path
     engine: Engine | None = None
     written: list[Path] = field(default_factory=list)
+    # The PACS, started only when an imaging scenario runs.
+    orthanc: RunningOrthanc | None = None
 
     @property
     def running_engine(self) -> Engine:
@@ -456,6 +469,44 @@ async def lab_order_cancelled(s: Session) -> None:
     await wait_closed(s.client, wid)
     await expect("status", await engine.handle(wid).query("status"), "cancelled")
     await s.save("order_to_result/order_cancelled", wid)
+
+
+# -- imaging order-to-result and the PACS poller -----------------------------------------
+
+
+async def imaging_order_study_report(s: Session) -> None:
+    """CT order, worklist entry read by findscu, images by storescu, ImagingStudy, linked report.
+
+    The StableStudy reaches the exchange through the poller; the report completes it."""
+    engine, orthanc = s.running_engine, s.orthanc
+    if orthanc is None:
+        raise RecordingError("imaging scenarios need the PACS")
+    accession, order = "ACC-1701", ct_order("HIS-1701", "MRN8170")
+    wid = imaging_exchange_id(engine, accession)
+    await send_lab(engine, imaging_order_message(order, accession, "HIS-1701-O"))
+    await engine.wait_for_status(wid, "scheduled")
+    with tempfile.TemporaryDirectory(prefix="modality-") as folder:
+        answers = await worklist_answers(orthanc, Path(folder) / "find", accession)
+        await expect("worklist answers", len(answers), 1)
+        await acquire_study(orthanc, Path(folder) / "images", answers[0])
+    await engine.wait_for_status(wid, "imaged", timeout=90)
+    await send_lab(engine, radiology_report_message(order, accession, "HIS-1701-R"))
+    await wait_closed(s.client, wid)
+    await expect("status", await engine.handle(wid).query("status"), "completed")
+    await s.save("imaging_order/order_study_report", wid)
+
+
+async def pacs_poller_at_rest(s: Session) -> None:
+    """The change-feed poller between two polls, after it announced the study above."""
+
+    async def anything(handle: WorkflowHandle[Any, Any]) -> bool:
+        return True
+
+    run_id = await wait_settled(s.client, POLLER_WORKFLOW_ID, anything)
+    await s.save("imaging_order/pacs_poller_at_rest", POLLER_WORKFLOW_ID, run_id=run_id)
+
+
+IMAGING_SCENARIOS = {"imaging_order_study_report", "pacs_poller_at_rest"}
 
 
 # -- discharge sync and the delivery queues it feeds --------------------------------------
@@ -850,6 +901,7 @@ SCENARIOS: list[list[Scenario]] = [
     [delivery_held_then_skipped, delivery_held_then_edited, delivery_unanswered_then_retried],
     # Holds every billing queue for a moment: other scenarios' billing deliveries wait.
     [delivery_held_while_down_then_replayed],
+    [imaging_order_study_report, pacs_poller_at_rest],
 ]
 
 
@@ -864,10 +916,12 @@ async def record_today(out: Path, only: set[str]) -> tuple[list[Path], list[str]
     chains = [chain for chain in chains if chain]
     failures: list[str] = []
     written: list[Path] = []
+    needs_pacs = any(s.__name__ in IMAGING_SCENARIOS for chain in chains for s in chain)
     with (
         tempfile.TemporaryDirectory(prefix="careweave-histories-") as routing_dir,
         running_fhir_server() as fhir_base_url,
         running_partners() as partners,
+        running_orthanc() if needs_pacs else contextlib.nullcontext() as orthanc,
     ):
         environment = await start_temporal()
         try:
@@ -883,8 +937,11 @@ async def record_today(out: Path, only: set[str]) -> tuple[list[Path], list[str]
                 patient_merge_close_after_seconds=CLOSE_AFTER,
                 delivery_idle_close_seconds=IDLE_CLOSE,
                 unknown_order_wait_seconds=UNKNOWN_ORDER_WAIT,
+                # Fewer polls between the events worth keeping in the poller's history.
+                imaging_poll_seconds=PACS_POLL,
+                **(orthanc.setting_overrides() if orthanc is not None else {}),
             ) as engine:
-                session = Session(client, partners, out, engine, written)
+                session = Session(client, partners, out, engine, written, orthanc)
 
                 async def run(chain: list[Scenario]) -> None:
                     for scenario in chain:

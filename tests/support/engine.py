@@ -25,6 +25,7 @@ from adapters.fhir import FhirClient
 from adapters.hl7v2.framing import encode_frame
 from adapters.payload_crypto import new_key_line, parse_key_ring
 from exchanges.commit import ExchangeCommitter
+from exchanges.imaging_order import POLLER_WORKFLOW_ID, start_pacs_poller
 from exchanges.order_to_result import lab_workflow_id
 from exchanges.registry import REGISTRY
 from models.records import AuditRecord
@@ -56,6 +57,11 @@ def engine_settings(state_dir: Path, fhir_base_url: str, **overrides: object) ->
         "destination_first_probe_seconds": 0.5,
         "destination_max_probe_seconds": 2.0,
         "destination_probe_timeout_seconds": 3.0,
+        # No PACS unless a test gives one (the orthanc fixture's setting_overrides): then
+        # the change-feed poller runs, polling often, and an orphan study waits briefly.
+        "orthanc_embedded": False,
+        "imaging_poll_seconds": 0.5,
+        "imaging_unknown_order_wait_seconds": 3.0,
     }
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]
@@ -190,11 +196,15 @@ async def running_engine(
             gateway = MllpGateway(intake, settings)
             await gateway.start()
             async with worker:
+                if settings.pacs_configured:
+                    await start_pacs_poller(client, settings)
                 try:
                     yield Engine(client, settings, gateway, store, fhir, intake)
                 finally:
                     await gateway.close()
                     await _end_destination_health(client, settings.task_queue)
+                    if settings.pacs_configured:
+                        await _end_pacs_poller(client)
 
 
 async def _end_destination_health(client: Client, task_queue: str) -> None:
@@ -208,6 +218,13 @@ async def _end_destination_health(client: Client, task_queue: str) -> None:
     async for execution in client.list_workflows(query):
         with contextlib.suppress(RPCError):
             await client.get_workflow_handle(execution.id).terminate("test engine stopped")
+
+
+async def _end_pacs_poller(client: Client) -> None:
+    """The poller's id is one per namespace: left running after this engine, the next
+    engine with a PACS would find it (USE_EXISTING) on a task queue nobody works."""
+    with contextlib.suppress(RPCError):
+        await client.get_workflow_handle(POLLER_WORKFLOW_ID).terminate("test engine stopped")
 
 
 async def wait_for_finished_encounter(fhir: FhirClient, visit: str) -> dict[str, object]:

@@ -202,6 +202,8 @@ def embedded_stack_env(state_dir: Path) -> dict[str, str]:
         fhir_server_port=str(fhir_port),
         fhir_base_url=f"http://127.0.0.1:{fhir_port}/fhir",
         destinations_file=str(routing),
+        orthanc_http_port=str(free_port()),
+        orthanc_dicom_port=str(free_port()),
     )
     # The stack makes its own key file in its new state folder, as on a fresh machine.
     del env["CAREWEAVE_PAYLOAD_KEYS"]
