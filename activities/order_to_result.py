@@ -13,6 +13,7 @@ from temporalio.exceptions import ApplicationError
 
 from adapters.fhir import FhirClient, FhirRejectedError
 from adapters.hl7v2.lab_messages import LabMessageInvalid, parse_lab_order, parse_lab_results
+from mappings.fhir_identifiers import identifier_search
 from mappings.order_to_result.concept_map import (
     PATIENT_CREATE_IF_ABSENT,
     LabMapping,
@@ -119,10 +120,6 @@ def _resource_ref(resource: dict[str, object]) -> list[str]:
     return [f"{resource.get('resourceType')}/{resource.get('id')}"]
 
 
-def _identifier_search(identifier: dict[str, Any]) -> str:
-    return f"identifier={identifier['system']}|{identifier['value']}"
-
-
 @activity.defn
 def interpret_lab_order(request: InterpretInput) -> InterpretedOrder:
     try:
@@ -172,7 +169,7 @@ class FhirActivities:
         try:
             # Keyed on the placer identifier: a retry or a cancel updates the same resource.
             written = await self._fhir.conditional_update(
-                resource, f"ServiceRequest?{_identifier_search(resource['identifier'][0])}"
+                resource, identifier_search("ServiceRequest", resource["identifier"][0])
             )
         except FhirRejectedError as err:
             raise _rejected(err) from err
