@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import httpx
 from rich.console import Console
@@ -29,6 +29,8 @@ class FeedItem:
     payload: bytes
     workflow_id: str | None
     expected_status: str | None
+    # Sent once the items before it settled: a merge needs the records it merges to exist.
+    after_settle: bool = False
 
 
 def demo_feed(run_tag: str, pseudonym_key: bytes) -> list[FeedItem]:
@@ -85,6 +87,7 @@ def demo_feed(run_tag: str, pseudonym_key: bytes) -> list[FeedItem]:
         ),
         *discharge_feed(run_tag, pseudonym_key),
         *patient_feed(run_tag, pseudonym_key),
+        *merge_feed(run_tag, pseudonym_key),
         FeedItem("not HL7 at all -> AR, quarantined", b"hello, this is not HL7\r", None, None),
         FeedItem(
             "ADT^A01 (admission: no exchange takes it) -> AR 201",
@@ -151,6 +154,48 @@ def patient_feed(run_tag: str, pseudonym_key: bytes) -> list[FeedItem]:
     ]
 
 
+def merge_feed(run_tag: str, pseudonym_key: bytes) -> list[FeedItem]:
+    """Registration finds two duplicates: one merge goes through (the same person twice),
+    one waits for a reviewer (the birth dates differ)."""
+    kept = sm.SamplePatient(mrn=f"MRNM{run_tag}A", family="Demomerge", given="Lena")
+    duplicate = replace(kept, mrn=f"MRNM{run_tag}B")
+    other_kept = sm.SamplePatient(
+        mrn=f"MRNM{run_tag}C", family="Demomerge", given="Otto", birth_date="19480101", sex="M"
+    )
+    other = replace(other_kept, mrn=f"MRNM{run_tag}D", birth_date="19751120")
+
+    def exchange_id(exchange: str, patient: sm.SamplePatient) -> str:
+        key = pseudonym(pseudonym_key, "patient", sm.HOSPITAL, patient.mrn)
+        return f"{exchange}/{sm.HOSPITAL}/{key}"
+
+    registrations = [
+        FeedItem(
+            "registration of a patient (ADT^A28) -> FHIR Patient",
+            sm.person_update(patient, f"{run_tag}-{number}", "A28").encode(),
+            exchange_id("patient-sync", patient),
+            "created",
+        )
+        for number, patient in enumerate((kept, duplicate, other_kept, other), start=15)
+    ]
+    return [
+        *registrations,
+        FeedItem(
+            "merge of a duplicate record (ADT^A40) -> merged: Patients linked, nothing deleted",
+            sm.patient_merge(kept, duplicate, f"{run_tag}-19").encode(),
+            exchange_id("patient-merge", kept),
+            "merged",
+            after_settle=True,
+        ),
+        FeedItem(
+            "merge of records whose birth dates differ (ADT^A40) -> waits for a reviewer",
+            sm.patient_merge(other_kept, other, f"{run_tag}-20").encode(),
+            exchange_id("patient-merge", other_kept),
+            "awaiting-review",
+            after_settle=True,
+        ),
+    ]
+
+
 async def _partner_table(stack: RunningStack, run_tag: str) -> Table:
     table = Table(title="What the partner systems received (over MLLP, from Careweave)")
     for column in ("partner", "message", "MSH-10 (Careweave's)", "answered"):
@@ -193,13 +238,17 @@ async def _wait_for(client: Client, items: list[FeedItem], seconds: float) -> No
 
 async def _run(stack: RunningStack, console: Console, run_tag: str) -> None:
     feed = demo_feed(run_tag, stack.settings.resolved_pseudonym_key())
-    acks: list[tuple[str, str]] = []
+    answers: dict[int, tuple[str, str]] = {}
+    first = [(i, item) for i, item in enumerate(feed) if not item.after_settle]
+    later = [(i, item) for i, item in enumerate(feed) if item.after_settle]
     async with MllpClient("127.0.0.1", stack.gateway.port, timeout=30) as mllp:
-        for item in feed:
-            code, _control_id, error = parse_ack(await mllp.send(item.payload))
-            acks.append((code, error))
-    with console.status("waiting for the exchanges to settle..."):
-        await _wait_for(stack.client, feed, 60)
+        for batch in (first, later):
+            for index, item in batch:
+                code, _control_id, error = parse_ack(await mllp.send(item.payload))
+                answers[index] = (code, error)
+            with console.status("waiting for the exchanges to settle..."):
+                await _wait_for(stack.client, [item for _, item in batch], 60)
+    acks = [answers[index] for index in range(len(feed))]
     table = Table(title="What happened to each message")
     table.add_column("#")
     table.add_column("message", min_width=24)

@@ -234,3 +234,35 @@ def person_update(
         )
         + "\r"
     )
+
+
+def patient_merge(
+    survivor: SamplePatient,
+    retired: SamplePatient,
+    control_id: str,
+    *,
+    address: str = "12 Elm St^^Springfield^IL^62701^USA^H",
+    home_phone: str = "^PRN^PH^^1^217^5550100",
+    when: datetime | None = None,
+) -> str:
+    """ADT^A40 (merge patient), structure ADT_A39, from registration: ``retired``'s record
+    (MRG-1) merged into ``survivor``'s (PID-3)."""
+    return (
+        "\r".join(
+            [
+                _msh(
+                    REGISTRATION_APP,
+                    HOSPITAL,
+                    "CAREWEAVE",
+                    HOSPITAL,
+                    "ADT^A40^ADT_A39",
+                    control_id,
+                    when,
+                ),
+                f"EVN|A40|{_ts(when)}",
+                f"{_pid(survivor)}|||{address}||{home_phone}",
+                f"MRG|{retired.mrn}^^^{HOSPITAL}^MR",
+            ]
+        )
+        + "\r"
+    )
