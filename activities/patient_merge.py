@@ -269,8 +269,15 @@ class MergeActivities:
             raise _rejected(err) from err
         if found.resource.get("id"):
             return found.resource
-        [patient] = await self._search_patients(key)
-        return patient
+        # A server may answer 200 to a conditional create without the match.
+        found_now = [p for p in await self._search_patients(key) if p.get("active") is not False]
+        if len(found_now) != 1:
+            raise ApplicationError(
+                f"{len(found_now)} active Patients carry the surviving identifier",
+                type=MERGE_WRITE_REJECTED,
+                non_retryable=True,
+            )
+        return found_now[0]
 
     async def _search_patients(self, identifier: dict[str, str]) -> list[dict[str, Any]]:
         try:

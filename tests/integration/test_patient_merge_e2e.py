@@ -116,11 +116,20 @@ async def test_a_certain_merge_flows_through_and_a_resend_changes_nothing(engine
     history = await engine.fhir.history("Patient", retired["id"])
     assert len(history) == 2
     assert any(version.get("active") is not False for version in history)
-    provenances = await engine.fhir.search(
-        "Provenance",
-        {"target": f"Observation/{observation['id']}/_history/{moved['meta']['versionId']}"},
-    )
-    assert len(provenances) <= 1  # one per step, however often an activity ran
+    # One Provenance per step: the two Patients, then the one page of re-pointed resources;
+    # the page's names the Observation's new version (what an undo reads).
+    outcomes: list[dict[str, Any]] = await engine.handle(wid).query("merge_outcomes")
+    [merged] = [o for o in outcomes if o["control_id"] == "MRG-01-1"]
+    patients_ref, page_ref = merged["provenances"]
+    patients_step = await engine.fhir.read(*patients_ref.split("/"))
+    assert {t["reference"].split("/_history/")[0] for t in patients_step["target"]} == {
+        f"Patient/{retired['id']}",
+        f"Patient/{survivor['id']}",
+    }
+    page_step = await engine.fhir.read(*page_ref.split("/"))
+    assert [t["reference"] for t in page_step["target"]] == [
+        f"Observation/{observation['id']}/_history/{moved['meta']['versionId']}"
+    ]
 
     # A result that arrives later for the merged-away number lands on the survivor.
     order = sm.SampleOrder("MRG-01-LAB", patient=sm.SamplePatient(mrn="MRN-MRG-01B"))
