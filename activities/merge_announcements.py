@@ -28,6 +28,17 @@ def survivor_queue_key(pseudonym_key: bytes, request: SurvivorQueueKeyInput) -> 
     return pseudonym(pseudonym_key, "patient", authority, first.value)
 
 
+def retired_queue_key(pseudonym_key: bytes, request: SurvivorQueueKeyInput) -> str | None:
+    """The key the merged-away record's own messages had (its MRG-1 identifier with CX-4,
+    else MSH-4, as ``patient_pseudonym`` keys a PID-3): the queues to hand over. None for a
+    merge that retires no patient identifier (A35)."""
+    retired = request.merge.retired
+    if retired is None:
+        return None
+    authority = retired.assigning_authority or request.sending_facility
+    return pseudonym(pseudonym_key, "patient", authority, retired.value)
+
+
 class AnnouncementActivities:
     def __init__(self, pseudonym_key: bytes) -> None:
         self._pseudonym_key = pseudonym_key
@@ -35,3 +46,7 @@ class AnnouncementActivities:
     @activity.defn(name="survivor_queue_key")
     async def survivor_queue_key(self, request: SurvivorQueueKeyInput) -> str:
         return survivor_queue_key(self._pseudonym_key, request)
+
+    @activity.defn(name="retired_queue_key")
+    async def retired_queue_key(self, request: SurvivorQueueKeyInput) -> str | None:
+        return retired_queue_key(self._pseudonym_key, request)

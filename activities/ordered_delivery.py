@@ -17,6 +17,7 @@ from temporalio import activity
 from temporalio.client import Client
 from temporalio.common import SearchAttributePair, TypedSearchAttributes
 from temporalio.exceptions import ApplicationError
+from temporalio.service import RPCError, RPCStatusCode
 
 from adapters.fhir import FhirClient, FhirRejectedError, FhirRetryableError, auth_from_config
 from adapters.hl7v2.ack import AckParseError, parse_ack
@@ -28,7 +29,13 @@ from adapters.tls import TlsConfigError, client_tls_context
 from exchanges.sdk import signal_name
 from mappings.discharge_sync.fhir_builders import encounter_transaction_for
 from mappings.discharge_sync.mapping import load_adt_mapping
-from models.delivery import DeliverRequest, DeliverResult, DeliveryItem, DeliveryState
+from models.delivery import (
+    DeliverRequest,
+    DeliverResult,
+    DeliveryItem,
+    DeliveryState,
+    QueueHandOver,
+)
 from models.destination_health import HealthPolicy
 from models.destinations import (
     DeliveryPolicy,
@@ -69,6 +76,29 @@ class EnqueueRequest(BaseModel):
     kind: str
     patient_key: str
     item: DeliveryItem
+
+
+class HandOverRequest(BaseModel):
+    """A merge's A40 for one destination: through the retired patient's queue when it still
+    runs (it hands what it holds, then the A40, to the survivor's queue), else straight onto
+    the survivor's queue."""
+
+    model_config = ConfigDict(frozen=True)
+    destination: str
+    kind: str
+    retired_patient_key: str
+    survivor_patient_key: str
+    item: DeliveryItem
+
+
+class ForwardRequest(BaseModel):
+    """Events a merged-away patient's queue still held, for the survivor's queue, in order."""
+
+    model_config = ConfigDict(frozen=True)
+    destination: str
+    kind: str
+    patient_key: str
+    items: list[DeliveryItem]
 
 
 def delivery_workflow_id(destination: str, patient_key: str) -> str:
@@ -207,6 +237,55 @@ class DeliveryActivities:
             static_summary=f"Ordered delivery to {request.destination} for one patient",
         )
         return workflow_id
+
+    @activity.defn(name="hand_over_or_enqueue")
+    async def hand_over_or_enqueue(self, request: HandOverRequest) -> str:
+        """ "handed-over" when the retired patient's queue took the A40 (it forwards it after
+        what it still holds), "enqueued" when it was queued on the survivor's directly."""
+        from workflows.ordered_delivery import OrderedDelivery
+
+        retired_queue = delivery_workflow_id(request.destination, request.retired_patient_key)
+        if request.retired_patient_key != request.survivor_patient_key:
+            handle = self._client.get_workflow_handle(retired_queue)
+            try:
+                # A retried activity signals twice; the queue drops the second by event id.
+                await handle.signal(
+                    OrderedDelivery.hand_over,
+                    QueueHandOver(
+                        survivor_patient_key=request.survivor_patient_key,
+                        announcement=request.item,
+                    ),
+                )
+                return "handed-over"
+            except RPCError as err:
+                # Never started, or closed (idle): it holds nothing to hand over.
+                if err.status is not RPCStatusCode.NOT_FOUND:
+                    raise
+        await self.enqueue_delivery(
+            EnqueueRequest(
+                destination=request.destination,
+                kind=request.kind,
+                patient_key=request.survivor_patient_key,
+                item=request.item,
+            )
+        )
+        return "enqueued"
+
+    @activity.defn(name="forward_deliveries")
+    async def forward_deliveries(self, request: ForwardRequest) -> int:
+        """Queue ``items`` on another patient's queue in their order (a retried activity
+        queues them again: that queue drops what it already has by event id)."""
+        for item in request.items:
+            activity.heartbeat()
+            await self.enqueue_delivery(
+                EnqueueRequest(
+                    destination=request.destination,
+                    kind=request.kind,
+                    patient_key=request.patient_key,
+                    item=item,
+                )
+            )
+        return len(request.items)
 
     async def _ensure_health(self, destination: str, kind: str) -> None:
         """Start the destination's health workflow unless it runs (once per process): the

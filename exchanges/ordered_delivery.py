@@ -30,6 +30,8 @@ def activities(dependencies: WorkerDependencies) -> Sequence[Callable[..., Any]]
     return [
         delivery.routing_for,
         delivery.enqueue_delivery,
+        delivery.hand_over_or_enqueue,
+        delivery.forward_deliveries,
         delivery.deliver_to_fhir,
         delivery.deliver_to_mllp,
     ]
@@ -42,6 +44,8 @@ STEP = StepSpec(
     audit_actions={
         DeliveryActivities.routing_for: AuditAction.ACCESS,
         DeliveryActivities.enqueue_delivery: AuditAction.ACCESS,
+        DeliveryActivities.hand_over_or_enqueue: AuditAction.ACCESS,
+        DeliveryActivities.forward_deliveries: AuditAction.ACCESS,
         DeliveryActivities.deliver_to_fhir: AuditAction.PUSH,
         DeliveryActivities.deliver_to_mllp: AuditAction.PUSH,
     },

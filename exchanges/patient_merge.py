@@ -19,6 +19,7 @@ from typing import Any
 from sqlalchemy.engine import Engine
 
 from activities.merge_announcements import AnnouncementActivities
+from activities.merge_notices import OpenExchangeNotices
 from activities.patient_merge import MergeActivities, interpret_identity_message
 from adapters.database import open_engine
 from adapters.hl7v2.header import DecodedMessage
@@ -94,8 +95,11 @@ def activities(dependencies: WorkerDependencies) -> Sequence[Callable[..., Any]]
     dependencies.on_close.callback(close)
     merge = MergeActivities(dependencies.fhir, open_index)
     announcements = AnnouncementActivities(settings.resolved_pseudonym_key())
+    notices = OpenExchangeNotices(dependencies.client, settings.resolved_pseudonym_key())
     return [
         announcements.survivor_queue_key,
+        announcements.retired_queue_key,
+        notices.tell_open_exchanges,
         interpret_identity_message,
         merge.assess_merge,
         merge.record_identity_change,
@@ -134,6 +138,8 @@ EXCHANGE: ExchangeSpec[SurvivorKey] = ExchangeSpec(
         MergeActivities.undo_merge_in_fhir: AuditAction.PUSH,
         MergeActivities.undo_identity_change: AuditAction.PUSH,
         AnnouncementActivities.survivor_queue_key: AuditAction.TRANSFORM,
+        AnnouncementActivities.retired_queue_key: AuditAction.TRANSFORM,
+        OpenExchangeNotices.tell_open_exchanges: AuditAction.ACCESS,
     },
     summary="Patient merge for a patient of {facility}",
     search_attributes=(*START_SEARCH_ATTRIBUTES, sa.REVIEW_STATE),

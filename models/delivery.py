@@ -48,7 +48,7 @@ class DeliveryRecord(BaseModel):
 
     event_id: str
     subscription: Subscription
-    outcome: str  # delivered | skipped | edited
+    outcome: str  # delivered | skipped | edited | handed-over
     attempts: int
     detail: str = ""
 
@@ -93,3 +93,15 @@ class DeliverRequest(BaseModel):
 
 class DeliverResult(BaseModel):
     detail: str
+
+
+class QueueHandOver(BaseModel):
+    """To a merged-away patient's delivery queue of one destination: send what you still
+    hold to the survivor's queue, in your order, then ``announcement`` (the merge's A40), so
+    the destination receives the merge after every earlier event of both records. PHI: a
+    signal payload only."""
+
+    model_config = ConfigDict(frozen=True)
+
+    survivor_patient_key: str  # the survivor's queue key (a pseudonym)
+    announcement: DeliveryItem

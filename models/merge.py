@@ -16,6 +16,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from models.person import PersonDemographics, PersonIdentifier, PersonName
+from models.search import BusinessKeys
 
 
 class _Frozen(BaseModel):
@@ -163,3 +164,21 @@ class UnmergeSummary(_Frozen):
     references_restored: int
     references_not_restored: int
     index_event: int | None = None
+
+
+# The signal an open exchange of a retired patient is told a merge by (order-to-result).
+PATIENT_MERGED_SIGNAL = "patient_merged"
+
+
+class PatientMergedNotice(_Frozen):
+    """To an exchange still open for a patient a merge retired: its patient is now the
+    survivor, so a message naming the survivor is its own patient's. PHI: a signal payload
+    only (codec-encrypted)."""
+
+    merge_exchange: str  # the patient-merge workflow id (no PHI)
+    retired: PersonIdentifier
+    survivor: PersonIdentifier
+    # The survivor's PID as the merge message gave it (every PID-3 repetition).
+    survivor_demographics: PersonDemographics
+    # The survivor's PatientKey search pseudonyms: the exchange is then found by either number.
+    survivor_keys: BusinessKeys = BusinessKeys()

@@ -15,7 +15,7 @@ from datetime import timedelta
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
-    from activities.ordered_delivery import DeliveryActivities, EnqueueRequest
+    from activities.ordered_delivery import DeliveryActivities, EnqueueRequest, HandOverRequest
     from models.delivery import DeliveryItem
     from models.destinations import Subscription
     from models.merge import MergeAnnouncement
@@ -24,6 +24,9 @@ with workflow.unsafe.imports_passed_through():
 # without the routing and enqueue activities.
 MERGE_DELIVERY_PATCH = "merge-delivery"
 UNMERGE_DELIVERY_PATCH = "unmerge-delivery"
+# Runs that tell the merged-away patient's open exchanges and hand its delivery queues over
+# to the survivor's (the A40 after what they held).
+MERGE_IN_FLIGHT_PATCH = "merge-in-flight"
 
 
 def merge_event_id(patient_key: str, facility: str, control_id: str, merge_index: int) -> str:
@@ -42,9 +45,12 @@ async def announce(
     patient_key: str,
     event_id: str,
     mapping_version: str,
+    retired_patient_key: str | None = None,
 ) -> list[str]:
     """Queue ``announcement`` for every destination subscribed to its trigger, on the
-    survivor's queue; the destinations' names (none when nobody subscribes)."""
+    survivor's queue; the destinations' names (none when nobody subscribes). With
+    ``retired_patient_key`` (a merge), through the retired patient's queue where it still
+    runs: that queue hands what it holds, then the announcement, to the survivor's."""
     subscription = Subscription(announcement.trigger)
     routing = await workflow.execute_activity_method(
         DeliveryActivities.routing_for,
@@ -53,21 +59,37 @@ async def announce(
         summary=f"Who subscribes to {subscription.value}",
     )
     for destination in routing.destinations:
+        item = DeliveryItem(
+            event_id=event_id,
+            subscription=subscription,
+            exchange_id=workflow.info().workflow_id,
+            announcement=announcement,
+            mapping_version=mapping_version,
+            routing_version=routing.routing_version,
+            policy=destination.policy,
+        )
+        if retired_patient_key is not None:
+            await workflow.execute_activity_method(
+                DeliveryActivities.hand_over_or_enqueue,
+                HandOverRequest(
+                    destination=destination.name,
+                    kind=destination.kind,
+                    retired_patient_key=retired_patient_key,
+                    survivor_patient_key=patient_key,
+                    item=item,
+                ),
+                start_to_close_timeout=timedelta(seconds=60),
+                summary=f"Queue {subscription.value} for {destination.name} after the "
+                "merged-away patient's events",
+            )
+            continue
         await workflow.execute_activity_method(
             DeliveryActivities.enqueue_delivery,
             EnqueueRequest(
                 destination=destination.name,
                 kind=destination.kind,
                 patient_key=patient_key,
-                item=DeliveryItem(
-                    event_id=event_id,
-                    subscription=subscription,
-                    exchange_id=workflow.info().workflow_id,
-                    announcement=announcement,
-                    mapping_version=mapping_version,
-                    routing_version=routing.routing_version,
-                    policy=destination.policy,
-                ),
+                item=item,
             ),
             start_to_close_timeout=timedelta(seconds=60),
             summary=f"Queue {subscription.value} for {destination.name}",

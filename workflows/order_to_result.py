@@ -48,9 +48,10 @@ with workflow.unsafe.imports_passed_through():
         raise_escalation_task,
     )
     from mappings.order_to_result.concept_map import unmapped_observations
-    from models.demographics import contradicting_identifiers
+    from models.demographics import PatientRef, contradicting_identifiers
     from models.exchanges import OrderToResultInput
     from models.lab import LabOrder, LabResult
+    from models.merge import PATIENT_MERGED_SIGNAL, PatientMergedNotice
     from models.messages import InboundMessage
     from models.review import (
         PatientMismatchContext,
@@ -105,6 +106,9 @@ class OrderToResult(ReviewableWorkflow):
         # critical one if any was, and whether it was critical. A correction's Task is
         # built knowing it, so a critical value is never silently downgraded.
         self._published_reports: dict[str, tuple[LabResult, bool]] = {}
+        # Merges that retired a patient while this order waited (patient-merge tells it):
+        # a result naming the survivor is then the order's patient's.
+        self._merges: list[PatientMergedNotice] = []
 
     @workflow.run
     async def run(self, params: OrderToResultInput) -> OrderToResultSummary:
@@ -146,6 +150,14 @@ class OrderToResult(ReviewableWorkflow):
     @workflow.signal
     def result_message(self, message: InboundMessage) -> None:
         self._accept(message)
+
+    @workflow.signal(name=PATIENT_MERGED_SIGNAL)
+    def patient_merged(self, notice: PatientMergedNotice) -> None:
+        if notice in self._merges:
+            return
+        self._merges.append(notice)
+        # Found by the survivor's number as well from now on.
+        add_business_keys(notice.survivor_keys)
 
     @workflow.query
     def status(self) -> str:
@@ -310,7 +322,13 @@ class OrderToResult(ReviewableWorkflow):
         if order is None:
             return True
         other = next(
-            (r.patient for r in results if r.patient.is_other_patient_than(order.patient)), None
+            (
+                r.patient
+                for r in results
+                if r.patient.is_other_patient_than(order.patient)
+                and not self._names_the_survivor(order.patient, r)
+            ),
+            None,
         )
         if other is None:
             # Every PID-3 repetition of the same authority and type, not only the key one:
@@ -322,6 +340,7 @@ class OrderToResult(ReviewableWorkflow):
                     r.patient
                     for r in results
                     if contradicting_identifiers(order.person, r.person)
+                    and not self._names_the_survivor(order.patient, r)
                     and workflow.patched("lab-mismatch-every-identifier")
                 ),
                 None,
@@ -347,6 +366,27 @@ class OrderToResult(ReviewableWorkflow):
             return True
         # The order stays open: its own patient's result may still come (or the SLA fires).
         self._set_status("result-rejected")
+        return False
+
+    def _names_the_survivor(self, order_patient: PatientRef, result: LabResult) -> bool:
+        """The result names the record the order's patient was merged into (and nothing
+        that contradicts it): the order's own patient under its surviving number."""
+        for notice in self._merges:
+            retired = PatientRef(
+                identifier=notice.retired.value,
+                assigning_authority=notice.retired.assigning_authority,
+            )
+            survivor = PatientRef(
+                identifier=notice.survivor.value,
+                assigning_authority=notice.survivor.assigning_authority,
+            )
+            if (
+                order_patient.identifier.strip() == retired.identifier.strip()
+                and not order_patient.is_other_patient_than(retired)
+                and not result.patient.is_other_patient_than(survivor)
+                and not contradicting_identifiers(notice.survivor_demographics, result.person)
+            ):
+                return True
         return False
 
     def _after_result_published(self, result: LabResult, critical: bool) -> None:

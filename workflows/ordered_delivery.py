@@ -34,12 +34,14 @@ with workflow.unsafe.imports_passed_through():
         DESTINATION_REJECTED,
         DESTINATION_UNAVAILABLE,
         DeliveryActivities,
+        ForwardRequest,
     )
     from models.delivery import (
         DeliverRequest,
         DeliveryItem,
         DeliveryRecord,
         DeliveryState,
+        QueueHandOver,
     )
     from models.destination_health import (
         QUEUE_NOTICE_SIGNAL,
@@ -83,6 +85,9 @@ class OrderedDelivery(ReviewableWorkflow):
         self._pace_seconds = 0.0
         self._replayed = 0
         self._reported_failing = False
+        # A patient merge retired this queue's patient: what it holds goes to the survivor's
+        # queue, between two events (never the one in hand), before anything else is sent.
+        self._handovers: list[QueueHandOver] = []
 
     @workflow.run
     async def run(self, state: DeliveryState) -> int:
@@ -95,22 +100,25 @@ class OrderedDelivery(ReviewableWorkflow):
         )
         self._with_health = workflow.patched(DESTINATION_HEALTH_PATCH)
         while True:
+            if self._handovers:
+                await self._hand_over()
+                continue
             if not self._queue:
                 workflow.set_current_details(
                     f"Queue empty; waiting for events for {state.destination}"
                 )
                 try:
                     await workflow.wait_condition(
-                        lambda: bool(self._queue),
+                        lambda: bool(self._queue or self._handovers),
                         timeout=timedelta(seconds=state.idle_close_seconds),
                     )
                 except TimeoutError:
                     # Idle for idle_close_seconds: the queue completes (wait_condition raises
                     # on its timeout; escaping, it used to fail the whole queue workflow).
                     await workflow.wait_condition(workflow.all_handlers_finished)
-                    if not self._queue:
+                    if not self._queue and not self._handovers:
                         return self._state.delivered
-                    continue
+                continue
             if self._history_is_long():
                 await workflow.wait_condition(workflow.all_handlers_finished)
                 workflow.continue_as_new(self._carry_over())
@@ -133,6 +141,18 @@ class OrderedDelivery(ReviewableWorkflow):
             return
         self._queue.append(item)
         self._arrived[item.event_id] = workflow.now()
+
+    @workflow.signal
+    def hand_over(self, request: QueueHandOver) -> None:
+        """From a patient merge: this queue's patient was merged into another; what is still
+        queued goes to the survivor's queue, then the merge's announcement."""
+        event_id = request.announcement.event_id
+        if event_id in self._recent or any(
+            h.announcement.event_id == event_id for h in self._handovers
+        ):
+            self._duplicates += 1
+            return
+        self._handovers.append(request)
 
     @workflow.signal(name=QUEUE_NOTICE_SIGNAL)
     def destination_notice(self, notice: DestinationNotice) -> None:
@@ -265,6 +285,37 @@ class OrderedDelivery(ReviewableWorkflow):
             self._state.delivered += 1
             self._record(item, "edited" if revision else "delivered", total_attempts, result.detail)
             return
+
+    async def _hand_over(self) -> None:
+        """Forward everything queued, in order, then each merge's announcement, to the
+        survivor's queue; the destination sees both records' events before the merge."""
+        handover = self._handovers[0]
+        items = [*self._queue, handover.announcement]
+        workflow.set_current_details(
+            f"Merged: handing {len(self._queue)} event(s) to the survivor's queue"
+        )
+        await workflow.execute_activity_method(
+            DeliveryActivities.forward_deliveries,
+            ForwardRequest(
+                destination=self._state.destination,
+                kind=self._state.kind,
+                patient_key=handover.survivor_patient_key,
+                items=items,
+            ),
+            start_to_close_timeout=timedelta(minutes=5),
+            heartbeat_timeout=timedelta(seconds=60),
+            summary="Hand the queue over to the surviving patient's queue",
+        )
+        for item in items:
+            self._arrived.pop(item.event_id, None)
+            self._recent.append(item.event_id)
+            self._record(item, "handed-over", 0, "to the surviving patient's queue")
+        self._queue.clear()
+        self._handovers.pop(0)
+        if self._with_health:
+            # A replay released this queue: it has nothing left of it.
+            self._cleared = False
+            await self._end_replay()
 
     # -- destination health (patched runs) ---------------------------------------------
 

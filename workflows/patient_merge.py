@@ -27,11 +27,17 @@ from temporalio.common import RetryPolicy
 
 from workflows.exchange_search import upsert_exchange_status
 from workflows.inbox import MessageInbox
-from workflows.merge_announcements import MERGE_DELIVERY_PATCH, announce, merge_event_id
+from workflows.merge_announcements import (
+    MERGE_DELIVERY_PATCH,
+    MERGE_IN_FLIGHT_PATCH,
+    announce,
+    merge_event_id,
+)
 from workflows.review import ReviewableWorkflow
 
 with workflow.unsafe.imports_passed_through():
     from activities.merge_announcements import AnnouncementActivities, SurvivorQueueKeyInput
+    from activities.merge_notices import OpenExchangeNotices, TellOpenExchangesInput
     from activities.patient_merge import (
         IDENTITY_CHANGE_REFUSED,
         IDENTITY_MESSAGE_INVALID,
@@ -219,6 +225,7 @@ class PatientMergeExchange(ReviewableWorkflow):
         if not assessment.retired_patient:
             # The index knows both now; the FHIR server never had the retired record (other
             # systems may have: the merge is announced all the same).
+            await self._tell_open_exchanges(merge)
             await self._announce(message, read, index, merge)
             self._record(
                 message,
@@ -230,6 +237,7 @@ class PatientMergeExchange(ReviewableWorkflow):
             self._set_status("merged")
             return
         provenances = await self._merge_in_fhir(message, index, assessment, reason)
+        await self._tell_open_exchanges(merge)
         await self._announce(message, read, index, merge)
         self._record(message, index, "merged", provenances=provenances, index_event=event)
         self._set_status("merged")
@@ -251,6 +259,16 @@ class PatientMergeExchange(ReviewableWorkflow):
                 retry_policy=_RETRY,
                 summary="The survivor's per-patient delivery key",
             )
+        retired_key: str | None = None
+        if workflow.patched(MERGE_IN_FLIGHT_PATCH):
+            # The merged-away record's queues hand what they hold to the survivor's first.
+            retired_key = await workflow.execute_activity_method(
+                AnnouncementActivities.retired_queue_key,
+                SurvivorQueueKeyInput(merge=merge, sending_facility=message.sending_facility),
+                start_to_close_timeout=timedelta(seconds=30),
+                retry_policy=_RETRY,
+                summary="The merged-away patient's per-patient delivery key",
+            )
         announced = AnnouncedMerge(
             patient_key=patient_key,
             event_id=merge_event_id(
@@ -270,8 +288,23 @@ class PatientMergeExchange(ReviewableWorkflow):
             patient_key=announced.patient_key,
             event_id=announced.event_id,
             mapping_version=self._params.mapping_version,
+            retired_patient_key=retired_key,
         )
         self._announced[(message.control_id, index)] = announced
+
+    async def _tell_open_exchanges(self, merge: PatientMerge) -> None:
+        """An order of the retired patient still waiting for its result takes one that names
+        the survivor as its own patient's (runs from before carry no marker)."""
+        if not workflow.patched(MERGE_IN_FLIGHT_PATCH):
+            return
+        await workflow.execute_activity_method(
+            OpenExchangeNotices.tell_open_exchanges,
+            TellOpenExchangesInput(merge=merge, merge_exchange=workflow.info().workflow_id),
+            start_to_close_timeout=timedelta(minutes=2),
+            heartbeat_timeout=timedelta(seconds=30),
+            retry_policy=_RETRY,
+            summary="Tell the retired patient's open exchanges who survives",
+        )
 
     async def _merge_in_fhir(
         self, message: InboundMessage, index: int, assessment: MergeAssessment, reason: str

@@ -672,6 +672,55 @@ async def patient_merge_announced(s: Session) -> None:
     await s.save("ordered_delivery/merge_a03_a40_a37_primary_care", queue)
 
 
+async def patient_merge_in_flight(s: Session) -> None:
+    """A certain A40 (`merge-in-flight` marker) while the retired record has an order
+    waiting for its result and a discharge held for a reviewer with a cancel behind it: the
+    order is told (`patient_merged`) and takes a result under the surviving number; the held
+    queue, once retried, hands its cancel and the A40 to the survivor's queue. Saved: the
+    merge exchange, the retired record's primary-care queue and the order."""
+    engine = s.running_engine
+    primary_care = s.partners["primary-care"]
+    survivor, retired = "MRN8209", "MRN8210"
+    await merge_e2e.registered(engine, survivor, "1958-07-21")
+    await merge_e2e.registered(engine, retired, "1958-07-21")
+    as_registered = sm.SamplePatient(
+        mrn=retired, family="Mergeton", given="Clara", birth_date="19580721"
+    )
+    order = sm.SampleOrder("HIS-8209", patient=as_registered)
+    lab = lab_workflow_id(engine, order)
+    await send_lab(engine, sm.lab_order(order, "HIS-8209-O"))
+    await engine.wait_for_status(lab, "ordered")
+    queue = delivery_id("primary-care", retired)
+    visit = sm.SampleStay("V-8209", patient=as_registered)
+    await primary_care.aset_mode("AE", code="206", text="Record locked", patient_id=retired)
+    try:
+        await send(engine, sm.adt_event(visit, "HIS-8209-1", "A03"))
+        pending = await engine.wait_for_review(queue, timeout=60)
+        await send(engine, sm.adt_event(visit, "HIS-8209-2", "A13"))
+        await send(engine, merge_e2e.a40("MRG-8209-1", survivor, retired, "19580721"))
+        wid = patient_merge_id(survivor)
+        await engine.wait_for_status(wid, "merged")
+    finally:
+        await primary_care.aset_mode("AA")
+    await decide(engine, queue, pending, ReviewAction.RETRY, "record unlocked", "ops-1")
+    log = await wait_delivery_log(engine, queue, 3)
+    await expect(
+        "retired queue", [e["outcome"] for e in log], ["delivered", "handed-over", "handed-over"]
+    )
+    renamed = sm.SamplePatient(
+        mrn=survivor, family="Mergeton", given="Clara", birth_date="19580721"
+    )
+    under_survivor = sm.SampleOrder("HIS-8209", patient=renamed)
+    await send_lab(engine, sm.lab_result(under_survivor, "HIS-8209-R", [sm.SODIUM]))
+    await engine.wait_for_status(lab, "final")
+    await wait_closed(s.client, wid)
+    await s.save("patient_merge/a40_with_an_open_order_and_a_held_queue", wid)
+    await wait_settled(s.client, queue, queue_idle(3))
+    await s.save("ordered_delivery/merged_away_queue_handed_over", queue)
+    await wait_closed(s.client, lab)
+    await s.save("order_to_result/order_told_of_a_merge_then_result", lab)
+
+
 async def discharge_late_a08_review_forwarded(s: Session) -> None:
     """The exchange closes after its quiet period; a late A08 starts a new run, which recalls
     the closed run's discharge (the patched path) and asks a reviewer, who forwards it."""
@@ -898,7 +947,12 @@ SCENARIOS: list[list[Scenario]] = [
         patient_merge_announced,
     ],
     [delivery_continued_as_new],
-    [delivery_held_then_skipped, delivery_held_then_edited, delivery_unanswered_then_retried],
+    [
+        delivery_held_then_skipped,
+        delivery_held_then_edited,
+        delivery_unanswered_then_retried,
+        patient_merge_in_flight,
+    ],
     # Holds every billing queue for a moment: other scenarios' billing deliveries wait.
     [delivery_held_while_down_then_replayed],
     [imaging_order_study_report, pacs_poller_at_rest],

@@ -156,3 +156,57 @@ async def test_an_undo_sends_the_a37_after_the_a40(
     assert survivor in [i.value for i in read.first.identifiers]
     assert retired not in [i.value for i in read.first.identifiers]
     assert [i.value for i in read.second.identifiers] == [retired]
+
+
+async def test_the_merged_away_patients_held_queue_is_handed_to_the_survivor_in_order(
+    discharge_engine: Engine, partners: dict[str, Partner]
+) -> None:
+    engine = discharge_engine
+    primary_care = partners["primary-care"]
+    survivor, retired = "MRN-MD-03A", "MRN-MD-03B"
+    retired_queue = delivery_id("primary-care", retired)
+    stay = sm.SampleStay(
+        "V-MD-03",
+        patient=sm.SamplePatient(
+            mrn=retired, family="Mergeton", given="Clara", birth_date=BIRTH_DATE.replace("-", "")
+        ),
+    )
+    # The retired record's discharge is held at the head of its queue (refused, temporary),
+    # and its update waits behind it when the merge comes.
+    await primary_care.aset_mode("AE", code="206", text="Record locked", patient_id=retired)
+    try:
+        await send(engine, sm.adt_event(stay, "MD-03-A03", "A03"))
+        pending = await engine.wait_for_review(retired_queue, timeout=40)
+        await send(engine, sm.adt_event(stay, "MD-03-A13", "A13"))
+        await wait_queue_length(engine, retired_queue, 2)
+        await merged(engine, survivor, retired, "MD-03-A40")
+        # Nothing overtakes the held discharge: not the update, not the merge.
+        await asyncio.sleep(1.0)
+        received = [event_of(m) for m in await primary_care.amessages() if "MRN-MD-03" in m["text"]]
+        assert "A40" not in received and "A13" not in received
+    finally:
+        await primary_care.aset_mode("AA")
+    await engine.decide_review(
+        retired_queue,
+        ReviewDecision(
+            review_id=str(pending["review_id"]),
+            action=ReviewAction.RETRY,
+            reason="record unlocked",
+            reviewer="ops-1",
+        ),
+    )
+    # The retired record's A03 and A13, then the A40 naming both records, in that order.
+    messages = await wait_accepted(primary_care, retired, 3)
+    assert [event_of(m) for m in messages if m["answered"] == "AA"] == ["A03", "A13", "A40"]
+    # The update and the merge went through the survivor's queue, each once.
+    log = await wait_delivery_log(engine, delivery_id("primary-care", survivor), 2)
+    assert [(entry["subscription"], entry["outcome"]) for entry in log] == [
+        ("A13", "delivered"),
+        ("A40", "delivered"),
+    ]
+    retired_log = await engine.handle(retired_queue).query("delivery_log")
+    assert [(entry["subscription"], entry["outcome"]) for entry in retired_log] == [
+        ("A03", "delivered"),
+        ("A13", "handed-over"),
+        ("A40", "handed-over"),
+    ]

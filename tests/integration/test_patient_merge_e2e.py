@@ -250,3 +250,47 @@ async def test_undo_restores_both_records_and_every_reference(engine: Engine) ->
     )
     assert again == summary
     assert len(await engine.fhir.history("Patient", retired["id"])) == 3
+
+
+async def test_an_order_waiting_at_merge_time_completes_under_the_survivor(
+    engine: Engine,
+) -> None:
+    survivor = await registered(engine, "MRN-MRG-06A", "1958-07-21")
+    retired = await registered(engine, "MRN-MRG-06B", "1958-07-21")
+    as_registered = sm.SamplePatient(
+        mrn="MRN-MRG-06B", family="Mergeton", given="Clara", birth_date="19580721"
+    )
+    order = sm.SampleOrder("MRG-06-LAB", patient=as_registered)
+    lab = engine.lab_workflow_id(order.placer_order_number)
+    await send(engine, sm.lab_order(order, "MRG-06-O"))
+    await engine.wait_for_status(lab, "ordered")
+
+    await send(engine, a40("MRG-06-1", "MRN-MRG-06A", "MRN-MRG-06B", "19580721"))
+    await engine.wait_for_status(merge_id("MRN-MRG-06A"), "merged")
+
+    # The lab learnt of the merge too: its result names the surviving number. The order's
+    # exchange was told, so this is its own patient's result, not a wrong-patient review.
+    after_merge = under_number("MRN-MRG-06A", order)
+    await send(engine, sm.lab_result(after_merge, "MRG-06-R", [sm.SODIUM]))
+    await engine.wait_for_status(lab, "final")
+    [report] = await engine.fhir.search(
+        "DiagnosticReport", {"patient": f"Patient/{survivor['id']}"}
+    )
+    assert report["status"] == "final"
+    [request] = await engine.fhir.search("ServiceRequest", {"patient": f"Patient/{survivor['id']}"})
+    assert request["identifier"][0]["value"] == "MRG-06-LAB"
+    assert [based["identifier"]["value"] for based in report["basedOn"]] == ["MRG-06-LAB"]
+    assert not await engine.fhir.search("DiagnosticReport", {"patient": f"Patient/{retired['id']}"})
+
+
+def under_number(mrn: str, order: sm.SampleOrder) -> sm.SampleOrder:
+    """The same order as the lab knows it after the merge: under the surviving number."""
+    return sm.SampleOrder(
+        order.placer_order_number,
+        patient=sm.SamplePatient(
+            mrn=mrn,
+            family=order.patient.family,
+            given=order.patient.given,
+            birth_date=order.patient.birth_date,
+        ),
+    )
