@@ -88,7 +88,7 @@ from tests.support.orthanc import RunningOrthanc, running_orthanc
 from tests.support.partner import Partner
 from tests.support.patient_sync import Person, person_message
 from workers import sample_messages as sm
-from workers.cli.merge import undo_merge
+from workers.merge_undo import undo_merge
 from workers.payload_codec import ENCODING, METADATA_ENCODING, EncryptionCodec
 from workers.telemetry import configure_tracing
 from workflows.destination_health import DestinationHealth

@@ -19,7 +19,7 @@ from tests.support.discharge import delivery_id, patient_key, send, wait_deliver
 from tests.support.engine import Engine
 from tests.support.partner import Partner
 from workers import sample_messages as sm
-from workers.cli.merge import undo_merge
+from workers.merge_undo import undo_merge
 from workflows.merge_announcements import merge_event_id
 
 # The demographics of test_patient_merge_e2e's A40 and Patients: the two records match.

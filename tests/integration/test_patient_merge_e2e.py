@@ -16,7 +16,7 @@ from adapters.pseudonyms import pseudonym
 from models.review import ReviewAction, ReviewDecision
 from tests.support.engine import Engine, mllp_send, running_engine
 from workers import sample_messages as sm
-from workers.cli.merge import undo_merge
+from workers.merge_undo import undo_merge
 
 PSEUDONYM_KEY = "test-merge-pseudonym-key"
 PATIENT_SYSTEM = f"urn:careweave:patient-id:{sm.HOSPITAL}"

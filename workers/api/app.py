@@ -20,6 +20,7 @@ from workers.api.auth import router as auth_router
 from workers.api.codec import router as codec_router
 from workers.api.common import ApiRefusal, describe_errors, operation_outcome
 from workers.api.context import ApiContext, AuditRecorder
+from workers.api.merges import router as merges_router
 from workers.api.refs import ExchangeRefs
 from workers.api.reviews import router as reviews_router
 from workers.api.search import router as search_router
@@ -80,6 +81,7 @@ def create_api(
     )
     app.include_router(reviews_router)
     app.include_router(search_router)
+    app.include_router(merges_router)
     app.include_router(codec_router)
     app.include_router(temporal_ui_router)
     # Imported here: the pages build on this package's modules (auth, reviews), so a
