@@ -6,17 +6,22 @@ patients (MRN-MRG-xx), so its exchange is its own.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from collections.abc import AsyncIterator
 from typing import Any
 
+import httpx
 import pytest
 from temporalio.client import Client
 
 from adapters.pseudonyms import pseudonym
+from models.identity import Role
 from models.review import ReviewAction, ReviewDecision
+from tests.support.api import running_api
 from tests.support.engine import Engine, mllp_send, running_engine
 from workers import sample_messages as sm
 from workers.merge_undo import undo_merge
+from workflows.patient_unmerge import unmerge_workflow_id
 
 PSEUDONYM_KEY = "test-merge-pseudonym-key"
 PATIENT_SYSTEM = f"urn:careweave:patient-id:{sm.HOSPITAL}"
@@ -294,3 +299,43 @@ def under_number(mrn: str, order: sm.SampleOrder) -> sm.SampleOrder:
             birth_date=order.patient.birth_date,
         ),
     )
+
+
+async def test_a_reviewer_undoes_a_merge_through_the_api(engine: Engine) -> None:
+    retired = await registered(engine, "MRN-MRG-07B", "1958-07-21")
+    await registered(engine, "MRN-MRG-07A", "1958-07-21")
+    await send(engine, a40("MRG-07-1", "MRN-MRG-07A", "MRN-MRG-07B", "19580721"))
+    wid = merge_id("MRN-MRG-07A")
+    await engine.wait_for_status(wid, "merged")
+    undo = f"/exchanges/{wid}/merges/undo"
+    body = {"reason": "registration merged two people", "control_id": "MRG-07-1"}
+    async with running_api(engine) as api, httpx.AsyncClient(base_url=api.base_url) as http:
+        # Operators look; only reviewers undo. Who undid it comes from the token.
+        ops = {"Authorization": f"Bearer {api.token('ops-ana', Role.OPS)}"}
+        answer = await http.post(undo, json=body, headers=ops)
+        assert answer.status_code == 403
+        reviewer = {"Authorization": f"Bearer {api.token('rev-merge', Role.REVIEWER)}"}
+        for bad in ({"reason": ""}, {**body, "actor": "someone-else"}):
+            answer = await http.post(undo, json=bad, headers=reviewer)
+            assert answer.status_code == 422, answer.text
+            assert answer.json()["resourceType"] == "OperationOutcome"
+        answer = await http.post(
+            undo, json={**body, "control_id": "MRG-07-9"}, headers=reviewer, timeout=60
+        )
+        assert answer.status_code == 409
+        assert (await engine.fhir.read("Patient", retired["id"])).get("active") is False
+
+        answer = await http.post(undo, json=body, headers=reviewer, timeout=60)
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["patients_restored"] is True
+        restored = await engine.fhir.read("Patient", retired["id"])
+        assert "link" not in restored and "active" not in restored
+        message_key = hashlib.sha256(b"MRG-07-1").hexdigest()[:16]
+        unmerge = await engine.handle(unmerge_workflow_id(wid, message_key, 0)).describe()
+        assert unmerge.status is not None and unmerge.status.name == "COMPLETED"
+        rows = [(e.actor, e.outcome.value) for e in api.audit if e.exchange == wid]
+        assert rows == [
+            ("ops-ana", "refused"),
+            ("rev-merge", "refused"),
+            ("rev-merge", "success"),
+        ]
