@@ -8,16 +8,15 @@ patient's order, every one under its original MSH-10 and acknowledged once. An o
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
-from typing import Any
 
 import pytest
 from temporalio.client import Client
 
 from models.audit import AuditAction
-from models.destination_health import DestinationStatus, HealthState, health_workflow_id
+from models.destination_health import HealthState
 from tests.support.cli import careweave
+from tests.support.destination_health import health, state_rows, wait_health
 from tests.support.discharge import (
     delivery_id,
     received,
@@ -31,7 +30,6 @@ from tests.support.discharge import (
 from tests.support.engine import Engine
 from tests.support.partner import Partner
 from workers import sample_messages as sm
-from workflows.destination_health import DestinationHealth
 
 
 @pytest.fixture(scope="module")
@@ -54,39 +52,6 @@ async def engine(
         replay_events_per_second=20,
     ) as running:
         yield running
-
-
-async def health(engine: Engine, destination: str) -> DestinationStatus:
-    handle = engine.client.get_workflow_handle_for(
-        DestinationHealth.run, health_workflow_id(destination)
-    )
-    return await handle.query(DestinationHealth.status)
-
-
-async def wait_health(
-    engine: Engine, destination: str, check: Any, what: str, timeout: float = 60
-) -> DestinationStatus:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    status = None
-    while loop.time() < deadline:
-        try:
-            status = await health(engine, destination)
-        except Exception:  # not started yet
-            status = None
-        if status is not None and check(status):
-            return status
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"{destination}: health never {what}: {status!r}")
-
-
-def state_rows(engine: Engine, destination: str) -> list[str]:
-    """The audit details of the destination's changes of state, in order."""
-    return [
-        (row.detail or "").rsplit(", attempt", 1)[0]
-        for row in engine.store.audit_log().records(exchange=health_workflow_id(destination))
-        if row.action == AuditAction.DESTINATION_STATE
-    ]
 
 
 async def test_a_silent_partner_holds_its_queues_and_the_replay_keeps_order_once(
