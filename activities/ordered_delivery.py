@@ -19,6 +19,7 @@ from temporalio.common import SearchAttributePair, TypedSearchAttributes
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
+from activities.heartbeat import heartbeating
 from adapters.fhir import FhirClient, FhirRejectedError, FhirRetryableError, auth_from_config
 from adapters.hl7v2.ack import AckParseError, parse_ack
 from adapters.hl7v2.merge_outbound import build_merge_message, build_unlink_message
@@ -311,7 +312,8 @@ class DeliveryActivities:
         mapping = load_adt_mapping(request.item.mapping_version)
         bundle = encounter_transaction_for(request.item.event, mapping)
         try:
-            response = await self._fhir[destination.name].transaction(bundle)
+            async with heartbeating():
+                response = await self._fhir[destination.name].transaction(bundle)
         except FhirRetryableError as err:
             raise ApplicationError(str(err), type=DESTINATION_UNAVAILABLE) from err
         except FhirRejectedError as err:
@@ -341,13 +343,16 @@ class DeliveryActivities:
             control_id=control_id,
         )
         try:
-            async with self._mllp.connection(
-                endpoint.host,
-                endpoint.port,
-                timeout=endpoint.ack_timeout_seconds,
-                ssl_context=self._mllp_tls.get(destination.name),
-                server_name=endpoint.tls.server_name if endpoint.tls else None,
-            ) as connection:
+            async with (
+                heartbeating(),
+                self._mllp.connection(
+                    endpoint.host,
+                    endpoint.port,
+                    timeout=endpoint.ack_timeout_seconds,
+                    ssl_context=self._mllp_tls.get(destination.name),
+                    server_name=endpoint.tls.server_name if endpoint.tls else None,
+                ) as connection,
+            ):
                 ack = await connection.send(message)
         except MllpError as err:
             # A failed TLS handshake is retried like a refused connection: certificates get

@@ -61,6 +61,7 @@ DESTINATION_HEALTH_PATCH = "destination-health"
 # activity's own start-to-close timeout).
 _OUTAGE_ERRORS = frozenset({DESTINATION_UNAVAILABLE, "Timeout"})
 _ONE_ATTEMPT = RetryPolicy(maximum_attempts=1)
+DELIVERY_HEARTBEAT_TIMEOUT_SECONDS = 15
 
 
 @workflow.defn
@@ -203,6 +204,9 @@ class OrderedDelivery(ReviewableWorkflow):
                     else DeliveryActivities.deliver_to_mllp,
                     request,
                     start_to_close_timeout=timedelta(seconds=120),
+                    # The activity beats while it waits for the answer: a worker that died
+                    # mid-send is noticed in seconds, not after the 120 s limit.
+                    heartbeat_timeout=timedelta(seconds=DELIVERY_HEARTBEAT_TIMEOUT_SECONDS),
                     retry_policy=_ONE_ATTEMPT,
                     summary=f"Deliver {item.subscription.value} to {destination}",
                 )

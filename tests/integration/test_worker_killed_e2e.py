@@ -178,6 +178,46 @@ async def test_a_worker_killed_during_a_replay_leaves_nothing_lost_or_reordered(
     assert len(twice) <= 2  # at most one in flight per queue released at once
 
 
+async def test_a_worker_killed_while_a_delivery_waits_for_its_ack_is_replaced_promptly(
+    temporal_client: Client, fhir_base_url: str, partner: Partner, tmp_path: Path
+) -> None:
+    """The delivery activity beats while it waits for the ACK: a worker that dies then is
+    noticed after the heartbeat timeout (15 s) and the event sent again, under the same
+    MSH-10, by the next worker; not held for the activity's 120 s time limit."""
+    routing = tmp_path / "destinations.toml"
+    # The partner takes its time to answer: the worker dies while the send waits.
+    routing.write_text(
+        ROUTING.format(port=partner.mllp_port).replace(
+            "ack_timeout_seconds = 1.5", "ack_timeout_seconds = 100"
+        )
+    )
+    mrn = "MRN6601"
+    async with engine_without_worker(
+        temporal_client,
+        fhir_base_url,
+        tmp_path,
+        destinations_file=routing,
+        pseudonym_key=PSEUDONYM_KEY,
+        task_queue="careweave-worker-killed-ack-wait",
+    ) as engine:
+        await partner.aset_mode("silent", patient_id=mrn)
+        async with running_worker(engine, temporal_client) as first_worker:
+            await send(engine, sm.adt_event(stay("V-6601", mrn), "WK-6601-1", "A03"))
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 60
+            while not await partner.amessages():
+                assert loop.time() < deadline, "the partner never got the discharge"
+                await asyncio.sleep(0.1)
+            await kill(first_worker)
+        await partner.aset_mode("AA")
+        async with running_worker(engine, temporal_client):
+            # Well inside the 120 s the activity may run: only a heartbeat timeout ends it.
+            await wait_acknowledged(partner, 1, timeout=80)
+    messages = await partner.amessages()
+    assert [m["answered"] for m in messages][-1] == "AA"
+    assert len({m["control_id"] for m in messages}) == 1  # the same MSH-10, sent again
+
+
 async def wait_ledger(
     engine: Engine, digest: str, applied: int, batch: asyncio.subprocess.Process
 ) -> None:
