@@ -4,10 +4,8 @@ row."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
-from sqlalchemy import MetaData, create_engine, text
+from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DatabaseError
 
@@ -15,6 +13,7 @@ from adapters.database import open_engine
 from adapters.patient_index import IdentityChangeRefused, PatientIndex
 from adapters.payload_crypto import new_key_line, parse_key_ring
 from models.patient_index import IdentifierStatus, IdentityEventKind, MessageRef, SourceIdentifier
+from tests.support.database_dump import stored_bytes
 
 SURVIVOR = SourceIdentifier(assigning_authority="GENHOSP", value="MRN-1001")
 RETIRED = SourceIdentifier(assigning_authority="GENHOSP", value="MRN-2002")
@@ -210,23 +209,6 @@ def test_a24_links_and_a37_unlinks_into_an_identity_of_its_own(index: PatientInd
         IdentityEventKind.LINK,
         IdentityEventKind.UNLINK,
     ]
-
-
-def stored_bytes(engine: Engine) -> bytes:
-    """Every value of every table as the database hands it out, and for SQLite the file
-    itself (its indexes and free pages too)."""
-    tables = MetaData()
-    tables.reflect(engine)
-    stored = bytearray()
-    with engine.connect() as connection:
-        for table in tables.sorted_tables:
-            for row in connection.execute(table.select()):
-                for value in row:
-                    stored += value if isinstance(value, bytes) else str(value).encode()
-    if engine.dialect.name == "sqlite" and engine.url.database:
-        for suffix in ("", "-wal"):
-            stored += Path(f"{engine.url.database}{suffix}").read_bytes()
-    return bytes(stored)
 
 
 def test_identifiers_reasons_and_message_ids_are_not_stored_in_clear(
