@@ -9,7 +9,7 @@ import itertools
 import multiprocessing
 import threading
 from collections import Counter
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from fhir.resources.R4B.auditevent import AuditEvent
@@ -29,6 +29,7 @@ from models.audit import (
     BreakKind,
 )
 from models.records import MessageReceipt, QuarantinedMessage
+from tests.support.postgres import PostgresServer
 
 
 def entry(number: int, **overrides: object) -> AuditEntry:
@@ -420,3 +421,23 @@ def test_threads_writing_receipts_quarantine_and_audit_at_once_keep_one_chain(
     by_actor = Counter(record.actor for record in store.audit_log().records())
     assert by_actor == {f"writer-{worker}": rows for worker in range(writers)}
     assert store.quarantine_count("held") == writers * (rows // 3)
+
+
+def test_a_postgres_server_outside_utc_hands_back_times_that_still_verify(
+    postgres: PostgresServer,
+) -> None:
+    """PostgreSQL returns timestamptz in the session's zone (a server set to local time, as
+    hospitals' often are); the hash reads every time as UTC, so the chain still holds."""
+    database = postgres.new_database()
+    name = database.rsplit("/", 1)[1]
+    admin = create_engine(postgres.url(), isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as connection:
+            connection.exec_driver_sql(f"ALTER DATABASE \"{name}\" SET timezone TO 'Europe/Berlin'")
+    finally:
+        admin.dispose()
+    log = filled(database, rows=3)
+    [first, *_] = log.records()
+    assert first.recorded_at.utcoffset() != timedelta(0)  # really handed back in Berlin time
+    assert log.verify().ok
+    assert to_fhir_audit_event(first)["recorded"].endswith("Z")
