@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test lint unit bench clean openssl-cli histories chromium pacs
+.PHONY: setup demo test lint unit bench clean openssl-cli histories chromium pacs postgres
 
 $(BIN)/.installed: pyproject.toml
 	@echo "==> Python: creating $(VENV) and installing Careweave with its test tools (pip)"
@@ -48,6 +48,14 @@ pacs:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 			orthanc orthanc-dicomweb dcmtk >/dev/null; }
 
+# Careweave's database on PostgreSQL: the tests start a throwaway server of their own from
+# Debian's postgresql package (initdb into a temporary folder, as the postgres user when run
+# as root); the package's own cluster is not used.
+postgres:
+	@{ command -v initdb || ls /usr/lib/postgresql/*/bin/initdb; } >/dev/null 2>&1 || \
+		{ echo "==> installing Debian's postgresql for the database tests (apt-get)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; }
+
 setup: $(BIN)/.installed fhir-server/node_modules/.installed partners/node_modules/.installed
 
 demo: setup pacs
@@ -60,8 +68,8 @@ lint: setup
 	@$(BIN)/ruff format --check .
 	@$(BIN)/mypy
 
-test: lint openssl-cli chromium pacs
-	@echo "==> pytest: unit, workflow (real Temporal dev server) and end-to-end (real FHIR server, MLLP peers)"
+test: lint openssl-cli chromium pacs postgres
+	@echo "==> pytest: unit, workflow (real Temporal dev server) and end-to-end (real FHIR server, MLLP peers); database tests on SQLite and PostgreSQL"
 	@$(BIN)/pytest -q
 
 # Replay safety: tests/replay replays every history under tests/histories against today's

@@ -5,6 +5,7 @@ engine (worker + MLLP gateway) per test session. Unit tests use none of them.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 from opentelemetry import trace
@@ -17,6 +18,7 @@ from tests.support.certs import Pki, make_test_pki
 from tests.support.engine import Engine, careweave_client, running_engine, start_temporal
 from tests.support.fhir_server import running_fhir_server
 from tests.support.orthanc import RunningOrthanc, running_orthanc
+from tests.support.postgres import PostgresServer, running_postgres
 
 # Every span of the session is kept in memory so tests can follow one message's trace.
 SPANS = InMemorySpanExporter()
@@ -62,6 +64,24 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     # integration tests the session's worker still has exchanges to drive (timers), which
     # a blocked loop would hold up.
     items.sort(key=lambda item: "integration" in item.nodeid.split("::")[0])
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """A throwaway PostgreSQL server for the session (Debian's package, `make test`
+    installs it); each test that needs one asks it for a database of its own."""
+    with running_postgres() as server:
+        yield server
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An empty Careweave database on each backend Careweave supports: a SQLite file (the
+    embedded default) and a fresh database on the session's PostgreSQL (production)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'careweave.db'}"
+    server: PostgresServer = request.getfixturevalue("postgres")
+    return server.new_database()
 
 
 @pytest.fixture(scope="session")

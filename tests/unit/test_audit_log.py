@@ -1,15 +1,21 @@
-"""The audit trail on a real SQLite file: the chain verifies, and every way of tampering
-with it (edit, delete, reorder) is reported at the row where the chain breaks."""
+"""The audit trail on a real SQLite file and a real PostgreSQL database: the chain
+verifies, the database refuses UPDATE and DELETE, every way of tampering with it (edit,
+delete, reorder) is reported at the row where the chain breaks, and writers appending at
+once keep one chain."""
 
 from __future__ import annotations
 
 import itertools
 import multiprocessing
-import sqlite3
-from pathlib import Path
+import threading
+from collections import Counter
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from fhir.resources.R4B.auditevent import AuditEvent
+from sqlalchemy import create_engine
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DatabaseError
 
 from adapters.audit_log import GENESIS_HASH, AuditLog, chain_hash, to_fhir_audit_event
 from adapters.database import CareweaveStore, open_engine
@@ -22,6 +28,8 @@ from models.audit import (
     AuditOutcome,
     BreakKind,
 )
+from models.records import MessageReceipt, QuarantinedMessage
+from tests.support.postgres import PostgresServer
 
 
 def entry(number: int, **overrides: object) -> AuditEntry:
@@ -39,31 +47,59 @@ def entry(number: int, **overrides: object) -> AuditEntry:
 
 
 @pytest.fixture
-def database(tmp_path: Path) -> Path:
-    return tmp_path / "careweave.db"
+def database(database_url: str) -> str:
+    """An empty database, SQLite and PostgreSQL in turn (tests/conftest.py)."""
+    return database_url
 
 
-def audit_log(database: Path) -> AuditLog:
-    return AuditLog(open_engine(f"sqlite:///{database}"))
+def audit_log(database: str) -> AuditLog:
+    return AuditLog(open_engine(database))
 
 
-def filled(database: Path, rows: int = 5) -> AuditLog:
+def filled(database: str, rows: int = 5) -> AuditLog:
     log = audit_log(database)
     for number in range(1, rows + 1):
         log.append(entry(number))
     return log
 
 
-def tamper(database: Path, *statements: str) -> None:
-    """What someone with the database file could do: drop the guard, then change rows."""
-    with sqlite3.connect(database) as connection:
-        connection.execute("DROP TRIGGER IF EXISTS audit_event_no_update")
-        connection.execute("DROP TRIGGER IF EXISTS audit_event_no_delete")
-        for statement in statements:
-            connection.execute(statement)
+_DROP_GUARD = {
+    "sqlite": [
+        "DROP TRIGGER IF EXISTS audit_event_no_update",
+        "DROP TRIGGER IF EXISTS audit_event_no_delete",
+    ],
+    "postgresql": ["DROP TRIGGER IF EXISTS audit_event_append_only ON audit_event"],
+}
 
 
-def test_appended_rows_form_a_chain_that_verifies(database: Path) -> None:
+def plain_client(database: str) -> Engine:
+    """A client without Careweave's code (nothing reinstalls the guard), as the sqlite3
+    shell or psql would be."""
+    return create_engine(database)
+
+
+def tamper(database: str, *statements: str) -> None:
+    """What someone with the database's owner rights could do: drop the guard, then change
+    rows."""
+    client = plain_client(database)
+    try:
+        with client.begin() as connection:
+            for statement in [*_DROP_GUARD[client.dialect.name], *statements]:
+                connection.exec_driver_sql(statement)
+    finally:
+        client.dispose()
+
+
+def assert_refused(database: str, statement: str) -> None:
+    client = plain_client(database)
+    try:
+        with pytest.raises(DatabaseError, match="append-only"), client.begin() as connection:
+            connection.exec_driver_sql(statement)
+    finally:
+        client.dispose()
+
+
+def test_appended_rows_form_a_chain_that_verifies(database: str) -> None:
     log = filled(database)
     records = log.records()
     assert [record.seq for record in records] == [1, 2, 3, 4, 5]
@@ -77,13 +113,13 @@ def test_appended_rows_form_a_chain_that_verifies(database: Path) -> None:
     assert verification.last_hash == records[-1].hash
 
 
-def test_an_empty_trail_verifies(database: Path) -> None:
+def test_an_empty_trail_verifies(database: str) -> None:
     verification = audit_log(database).verify()
     assert verification.ok
     assert verification.rows_checked == 0
 
 
-def test_verify_catches_an_edited_row(database: Path) -> None:
+def test_verify_catches_an_edited_row(database: str) -> None:
     log = filled(database)
     tamper(database, "UPDATE audit_event SET outcome = 'failure' WHERE seq = 3")
     verification = log.verify()
@@ -94,7 +130,7 @@ def test_verify_catches_an_edited_row(database: Path) -> None:
     assert verification.rows_checked == 2
 
 
-def test_verify_catches_an_edit_whose_hash_was_recomputed(database: Path) -> None:
+def test_verify_catches_an_edit_whose_hash_was_recomputed(database: str) -> None:
     """A forger who rewrites a row and its hash breaks the next row's link instead."""
     log = filled(database)
     edited = log.records()[1].model_copy(update={"outcome": "failure"})
@@ -127,7 +163,7 @@ def _anchor_after(log: AuditLog) -> AuditAnchor:
     return AuditAnchor(seq=verification.last_seq, hash=verification.last_hash)
 
 
-def test_an_anchor_catches_rows_cut_from_the_end(database: Path) -> None:
+def test_an_anchor_catches_rows_cut_from_the_end(database: str) -> None:
     """Deleting the newest rows leaves an intact, shorter chain: only an anchor notices."""
     log = filled(database)
     anchor = _anchor_after(log)
@@ -141,7 +177,7 @@ def test_an_anchor_catches_rows_cut_from_the_end(database: Path) -> None:
     assert "ends at seq 3" in verification.first_break.reason
 
 
-def test_an_anchor_catches_a_chain_rebuilt_after_an_edit(database: Path) -> None:
+def test_an_anchor_catches_a_chain_rebuilt_after_an_edit(database: str) -> None:
     """Edit row 2, then recompute every hash from there: the chain verifies, the anchor
     does not."""
     log = filled(database)
@@ -183,7 +219,7 @@ def test_anchor_text_is_checked() -> None:
             AuditAnchor.parse(bad)
 
 
-def test_verify_catches_a_deleted_row(database: Path) -> None:
+def test_verify_catches_a_deleted_row(database: str) -> None:
     log = filled(database)
     tamper(database, "DELETE FROM audit_event WHERE seq = 3")
     verification = log.verify()
@@ -193,7 +229,7 @@ def test_verify_catches_a_deleted_row(database: Path) -> None:
     assert "3 deleted" in verification.first_break.reason
 
 
-def test_verify_catches_two_rows_swapped(database: Path) -> None:
+def test_verify_catches_two_rows_swapped(database: str) -> None:
     log = filled(database)
     tamper(
         database,
@@ -207,7 +243,7 @@ def test_verify_catches_two_rows_swapped(database: Path) -> None:
     assert verification.first_break.kind is BreakKind.RELINKED
 
 
-def test_verify_catches_a_row_renumbered_into_a_gap(database: Path) -> None:
+def test_verify_catches_a_row_renumbered_into_a_gap(database: str) -> None:
     log = filled(database)
     tamper(
         database,
@@ -220,39 +256,30 @@ def test_verify_catches_a_row_renumbered_into_a_gap(database: Path) -> None:
     assert verification.first_break.kind is BreakKind.RELINKED
 
 
-def test_the_database_refuses_update_and_delete(database: Path) -> None:
+def test_the_database_refuses_update_and_delete(database: str) -> None:
     filled(database, rows=2)
-    with sqlite3.connect(database) as connection:
-        with pytest.raises(sqlite3.IntegrityError, match="append-only"):
-            connection.execute("UPDATE audit_event SET actor = 'someone' WHERE seq = 1")
-        with pytest.raises(sqlite3.IntegrityError, match="append-only"):
-            connection.execute("DELETE FROM audit_event")
+    assert_refused(database, "UPDATE audit_event SET actor = 'someone' WHERE seq = 1")
+    assert_refused(database, "DELETE FROM audit_event")
     assert audit_log(database).verify().rows_checked == 2
 
 
-def test_opening_the_database_restores_a_dropped_guard(database: Path) -> None:
+def test_opening_the_database_restores_a_dropped_guard(database: str) -> None:
     filled(database, rows=1)
     tamper(database)
     audit_log(database)
-    with sqlite3.connect(database) as connection:
-        with pytest.raises(sqlite3.IntegrityError, match="append-only"):
-            connection.execute("DELETE FROM audit_event")
+    assert_refused(database, "DELETE FROM audit_event")
 
 
-def test_records_filter_by_exchange_and_limit(database: Path) -> None:
+def test_records_filter_by_exchange_and_limit(database: str) -> None:
     log = filled(database)
     [only] = log.records(exchange="order-to-result/GENHOSP/PO4")
     assert only.seq == 4
     assert [record.seq for record in log.records(limit=2, newest_first=True)] == [5, 4]
 
 
-def test_quarantine_and_its_receive_row_share_one_transaction(database: Path) -> None:
-    from datetime import UTC, datetime
-
-    from models.records import QuarantinedMessage
-
+def test_quarantine_and_its_receive_row_share_one_transaction(database: str) -> None:
     keys = parse_key_ring(new_key_line("k1"), source="test")
-    store = CareweaveStore.from_url(f"sqlite:///{database}", keys)
+    store = CareweaveStore.from_url(database, keys)
     message_id = store.quarantine(
         QuarantinedMessage(
             received_at=datetime.now(UTC),
@@ -276,7 +303,7 @@ def test_quarantine_and_its_receive_row_share_one_transaction(database: Path) ->
     assert record.outcome == "refused"
 
 
-def test_export_is_a_valid_r4_audit_event(database: Path) -> None:
+def test_export_is_a_valid_r4_audit_event(database: str) -> None:
     log = filled(database, rows=1)
     log.append(
         entry(
@@ -309,23 +336,108 @@ def test_export_is_a_valid_r4_audit_event(database: Path) -> None:
 
 
 def _append_many(database: str, worker: int, rows: int) -> None:
-    log = AuditLog(open_engine(f"sqlite:///{database}"))
+    log = AuditLog(open_engine(database))
     for number in range(rows):
         log.append(entry(worker * 1000 + number, actor=f"worker-{worker}"))
 
 
-def test_processes_appending_at_once_keep_one_chain(database: Path) -> None:
+def test_processes_appending_at_once_keep_one_chain(database: str) -> None:
     audit_log(database)  # create the table before the race
     context = multiprocessing.get_context("spawn")
     processes = [
-        context.Process(target=_append_many, args=(str(database), worker, 25))
-        for worker in range(3)
+        context.Process(target=_append_many, args=(database, worker, 25)) for worker in range(3)
     ]
     for process in processes:
         process.start()
     for process in processes:
         process.join(120)
         assert process.exitcode == 0
-    verification = audit_log(database).verify()
+    log = audit_log(database)
+    verification = log.verify()
     assert verification.ok, verification.first_break
     assert verification.rows_checked == 75
+    by_actor = Counter(record.actor for record in log.records())
+    assert by_actor == {f"worker-{worker}": 25 for worker in range(3)}
+
+
+def _writer_thread(store: CareweaveStore, worker: int, rows: int) -> None:
+    """One writer as a Careweave process writes: plain appends (worker), RECEIVE rows with
+    their receipts (gateway) and quarantined messages with their row (refusals)."""
+    receipts = store.receipt_book()
+    log = store.audit_log()
+    actor = f"writer-{worker}"
+    try:
+        for number in range(rows):
+            kind = number % 3
+            if kind == 0:
+                log.append(entry(number, actor=actor))
+            elif kind == 1:
+                receipts.record(
+                    [
+                        MessageReceipt(
+                            sending_facility="GENHOSP",
+                            control_id=f"{worker}-{number}",
+                            workflow_id=f"order-to-result/GENHOSP/{worker}-{number}",
+                            message_type="ORM^O01",
+                            received_at=datetime.now(UTC),
+                        )
+                    ],
+                    [entry(number, actor=actor, action=AuditAction.RECEIVE)],
+                )
+            else:
+                store.quarantine(
+                    QuarantinedMessage(
+                        received_at=datetime.now(UTC),
+                        peer="127.0.0.1:5000",
+                        ack_code="AR",
+                        error_code="100",
+                        reason="no MSH",
+                        raw=b"garbage",
+                    ),
+                    audit=entry(number, actor=actor, action=AuditAction.RECEIVE),
+                )
+    finally:
+        receipts.close()
+
+
+def test_threads_writing_receipts_quarantine_and_audit_at_once_keep_one_chain(
+    database: str,
+) -> None:
+    keys = parse_key_ring(new_key_line("k1"), source="test")
+    store = CareweaveStore.from_url(database, keys)
+    writers, rows = 4, 30
+    threads = [
+        threading.Thread(target=_writer_thread, args=(store, worker, rows))
+        for worker in range(writers)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+        assert not thread.is_alive()
+    verification = store.audit_log().verify()
+    assert verification.ok, verification.first_break
+    assert verification.rows_checked == writers * rows
+    by_actor = Counter(record.actor for record in store.audit_log().records())
+    assert by_actor == {f"writer-{worker}": rows for worker in range(writers)}
+    assert store.quarantine_count("held") == writers * (rows // 3)
+
+
+def test_a_postgres_server_outside_utc_hands_back_times_that_still_verify(
+    postgres: PostgresServer,
+) -> None:
+    """PostgreSQL returns timestamptz in the session's zone (a server set to local time, as
+    hospitals' often are); the hash reads every time as UTC, so the chain still holds."""
+    database = postgres.new_database()
+    name = database.rsplit("/", 1)[1]
+    admin = create_engine(postgres.url(), isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as connection:
+            connection.exec_driver_sql(f"ALTER DATABASE \"{name}\" SET timezone TO 'Europe/Berlin'")
+    finally:
+        admin.dispose()
+    log = filled(database, rows=3)
+    [first, *_] = log.records()
+    assert first.recorded_at.utcoffset() != timedelta(0)  # really handed back in Berlin time
+    assert log.verify().ok
+    assert to_fhir_audit_event(first)["recorded"].endswith("Z")

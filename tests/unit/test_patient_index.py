@@ -1,13 +1,11 @@
-"""The master patient index on a real SQLite file: merge, repeat, unknown identifiers,
-undo, A24/A37, and that the database itself refuses to lose a row."""
+"""The master patient index on a real SQLite file and a real PostgreSQL database: merge,
+repeat, unknown identifiers, undo, A24/A37, and that the database itself refuses to lose a
+row."""
 
 from __future__ import annotations
 
-import sqlite3
-from pathlib import Path
-
 import pytest
-from sqlalchemy import text
+from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DatabaseError
 
@@ -15,6 +13,7 @@ from adapters.database import open_engine
 from adapters.patient_index import IdentityChangeRefused, PatientIndex
 from adapters.payload_crypto import new_key_line, parse_key_ring
 from models.patient_index import IdentifierStatus, IdentityEventKind, MessageRef, SourceIdentifier
+from tests.support.database_dump import stored_bytes
 
 SURVIVOR = SourceIdentifier(assigning_authority="GENHOSP", value="MRN-1001")
 RETIRED = SourceIdentifier(assigning_authority="GENHOSP", value="MRN-2002")
@@ -24,13 +23,14 @@ ROBOT = "service:careweave"
 
 
 @pytest.fixture
-def database(tmp_path: Path) -> Path:
-    return tmp_path / "careweave.db"
+def database(database_url: str) -> str:
+    """An empty database, SQLite and PostgreSQL in turn (tests/conftest.py)."""
+    return database_url
 
 
 @pytest.fixture
-def engine(database: Path) -> Engine:
-    return open_engine(f"sqlite:///{database}")
+def engine(database: str) -> Engine:
+    return open_engine(database)
 
 
 @pytest.fixture
@@ -212,11 +212,13 @@ def test_a24_links_and_a37_unlinks_into_an_identity_of_its_own(index: PatientInd
 
 
 def test_identifiers_reasons_and_message_ids_are_not_stored_in_clear(
-    index: PatientIndex, database: Path
+    index: PatientIndex, engine: Engine
 ) -> None:
     enrolled(index, SURVIVOR)
     index.record_merge(SURVIVOR, RETIRED, actor=ROBOT, reason="duplicate of Jane Roe", message=A40)
-    stored = database.read_bytes() + Path(f"{database}-wal").read_bytes()
+    stored = stored_bytes(engine)
+    # The dump sees what is kept in clear (a status), so it would see an MRN too.
+    assert IdentifierStatus.RETIRED.value.encode() in stored
     for clear in (b"MRN-1001", b"MRN-2002", b"MSG-0001", b"Jane Roe"):
         assert clear not in stored
 
@@ -243,8 +245,12 @@ def test_the_database_refuses_to_delete_or_rewrite_history(
     assert counts(engine) == before
 
 
-def test_the_guard_holds_for_a_plain_sqlite_client_too(index: PatientIndex, database: Path) -> None:
-    # Someone with the sqlite3 shell and no Careweave code is refused the same way.
+def test_the_guard_holds_for_a_plain_client_too(index: PatientIndex, database: str) -> None:
+    # Someone with the sqlite3 shell or psql and no Careweave code is refused the same way.
     merge(index)
-    with sqlite3.connect(database) as connection, pytest.raises(sqlite3.DatabaseError):
-        connection.execute("DELETE FROM identity_event")
+    plain_client = create_engine(database)
+    try:
+        with pytest.raises(DatabaseError, match="keeps every row"), plain_client.begin() as sql:
+            sql.exec_driver_sql("DELETE FROM identity_event")
+    finally:
+        plain_client.dispose()

@@ -23,6 +23,7 @@ from adapters.payload_crypto import (
 )
 from models.records import QuarantinedMessage
 from models.settings import Settings
+from tests.support.database_dump import stored_bytes
 from workers.payload_codec import (
     ENCODING,
     METADATA_KEY_ID,
@@ -191,10 +192,9 @@ async def test_display_and_legacy_codecs_pass_plaintext_through() -> None:
     assert await EncryptionCodec(keys, accept_unencrypted=True).decode([plain]) == [plain]
 
 
-def test_quarantined_raw_bytes_are_sealed_at_rest(tmp_path: Path) -> None:
+def test_quarantined_raw_bytes_are_sealed_at_rest(database_url: str) -> None:
     keys = ring(new_key_line("k1"))
-    database = tmp_path / "careweave.db"
-    store = CareweaveStore.from_url(f"sqlite:///{database}", keys)
+    store = CareweaveStore.from_url(database_url, keys)
     message_id = store.quarantine(
         QuarantinedMessage(
             received_at=datetime.now(UTC),
@@ -208,12 +208,13 @@ def test_quarantined_raw_bytes_are_sealed_at_rest(tmp_path: Path) -> None:
     stored = store.quarantined_message(message_id)
     assert stored is not None and stored.raw == MESSAGE
     assert [row.raw for row in store.quarantined()] == [MESSAGE]
-    on_disk = b"".join(path.read_bytes() for path in tmp_path.glob("careweave.db*"))
+    on_disk = stored_bytes(store.engine)
+    assert b"AR" in on_disk  # the dump sees what is kept in clear
     assert b"Testpatient" not in on_disk and b"MRN100234" not in on_disk
 
 
-def test_store_refuses_a_wrong_key_and_a_dropped_key(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'careweave.db'}"
+def test_store_refuses_a_wrong_key_and_a_dropped_key(database_url: str) -> None:
+    url = database_url
     first = new_key_line("k1")
     assert CareweaveStore.from_url(url, ring(first)).verify_payload_keys() == ["k1"]
     assert CareweaveStore.from_url(url, ring(first)).verify_payload_keys() == []

@@ -1,8 +1,7 @@
-"""Who has a review: append-only rows in Careweave's database, the newest one counts."""
+"""Who has a review: append-only rows in Careweave's database (SQLite and PostgreSQL), the
+newest one counts."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 from sqlmodel import Session, select
 
@@ -11,8 +10,8 @@ from adapters.review_assignments import ReviewAssignments
 from models.records import ReviewAssignment
 
 
-def test_the_newest_assignment_of_a_review_counts_and_older_rows_stay(tmp_path: Path) -> None:
-    engine = open_engine(f"sqlite:///{tmp_path / 'careweave.db'}")
+def test_the_newest_assignment_of_a_review_counts_and_older_rows_stay(database_url: str) -> None:
+    engine = open_engine(database_url)
     assignments = ReviewAssignments(engine)
     assignments.assign("order-to-result/GENHOSP/abc", "r1", "rev-a")
     assignments.assign("order-to-result/GENHOSP/abc", "r1", "rev-b")
@@ -32,5 +31,5 @@ def test_the_newest_assignment_of_a_review_counts_and_older_rows_stay(tmp_path: 
     }
     assert assignments.assignees([]) == {}
     with Session(engine) as session:
-        rows = session.exec(select(ReviewAssignment)).all()
+        rows = session.exec(select(ReviewAssignment).order_by(ReviewAssignment.id)).all()
     assert [row.assignee for row in rows] == ["rev-a", "rev-b", "rev-c", "rev-a"]
