@@ -144,7 +144,9 @@ def study_announcer(client: Client, settings: Settings) -> Callable[[StudyStable
 
 
 async def start_pacs_poller(client: Client, settings: Settings) -> None:
-    """Start the one change-feed poller unless it runs (`careweave up`, the tests)."""
+    """Start the one change-feed poller unless it runs (`careweave up`, each
+    `careweave worker` of a PACS at orthanc_url, the tests): USE_EXISTING makes every
+    caller after the first find the running one, with its feed position."""
     await client.start_workflow(
         PacsChangePoller.run,
         PacsPollerInput(poll_seconds=settings.imaging_poll_seconds),
