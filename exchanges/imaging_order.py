@@ -173,6 +173,7 @@ def activities(dependencies: WorkerDependencies) -> Sequence[Callable[..., Any]]
         imaging.read_imaging_study,
         imaging.publish_imaging_study,
         imaging.publish_imaging_report,
+        imaging.track_imaging_fulfillment,
         feed.follow_pacs_changes,
     ]
 
@@ -198,6 +199,7 @@ EXCHANGE: ExchangeSpec[AccessionKey] = ExchangeSpec(
         ImagingActivities.read_imaging_study: AuditAction.ACCESS,
         ImagingActivities.publish_imaging_study: AuditAction.PUSH,
         ImagingActivities.publish_imaging_report: AuditAction.PUSH,
+        ImagingActivities.track_imaging_fulfillment: AuditAction.PUSH,
         PacsFeedActivities.follow_pacs_changes: AuditAction.ACCESS,
     },
     summary="Imaging order-to-result for an order of {facility}",
