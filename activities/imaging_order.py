@@ -31,6 +31,8 @@ from mappings.fhir_identifiers import identifier_search
 from mappings.imaging_order.fhir_imaging import (
     as_imaging_order_transaction,
     endpoint_for,
+    fulfillment_task_for,
+    fulfillment_task_identifier,
     imaging_study_for,
     modality_for,
     worklist_entry_for,
@@ -83,6 +85,19 @@ class PublishStudyInput(BaseModel):
     accession_issuer: str
     subject_reference: str
     service_request_reference: str | None
+    mapping_version: str
+    # The order's visit (PV1-19): the study's encounter when the FHIR server knows it.
+    visit_number: str = ""
+
+
+class TrackFulfillmentInput(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    accession_number: str
+    accession_issuer: str
+    status: str
+    service_request_reference: str
+    subject_reference: str
+    outputs: list[str]
     mapping_version: str
 
 
@@ -203,6 +218,7 @@ class ImagingActivities:
                 endpoint, identifier_search("Endpoint", endpoint["identifier"][0])
             )
             endpoint_reference = f"Endpoint/{written_endpoint['id']}"
+            encounter_reference = await self._known_encounter(request.visit_number)
             study = imaging_study_for(
                 request.header,
                 accession_number=request.accession_number,
@@ -211,6 +227,7 @@ class ImagingActivities:
                 service_request_reference=request.service_request_reference,
                 endpoint_reference=endpoint_reference,
                 mapping=mapping,
+                encounter_reference=encounter_reference,
             )
             written = await self._fhir.conditional_update(
                 study, identifier_search("ImagingStudy", study["identifier"][0])
@@ -218,6 +235,39 @@ class ImagingActivities:
         except FhirRejectedError as err:
             raise _rejected(err) from err
         return PublishedResources(resources=[endpoint_reference, f"ImagingStudy/{written['id']}"])
+
+    async def _known_encounter(self, visit_number: str) -> str | None:
+        """The Encounter of the order's visit when exactly one has that identifier value
+        (an ADT feed wrote it, under its issuer's system); else none rather than a guess."""
+        if not visit_number:
+            return None
+        found = await self._fhir.search("Encounter", {"identifier": visit_number})
+        return f"Encounter/{found[0]['id']}" if len(found) == 1 else None
+
+    @activity.defn(name="track_imaging_fulfillment")
+    async def track_imaging_fulfillment(self, request: TrackFulfillmentInput) -> PublishedResources:
+        """The order's fulfilment Task, a conditional PUT on its identifier (the accession):
+        each step writes a new version of the same Task."""
+        mapping = load_imaging_mapping(request.mapping_version)
+        task = fulfillment_task_for(
+            accession_number=request.accession_number,
+            accession_issuer=request.accession_issuer,
+            status=request.status,
+            service_request_reference=request.service_request_reference,
+            subject_reference=request.subject_reference,
+            outputs=request.outputs,
+            mapping=mapping,
+        )
+        identifier = fulfillment_task_identifier(
+            request.accession_number, request.accession_issuer, mapping
+        )
+        try:
+            written = await self._fhir.conditional_update(
+                task, identifier_search("Task", identifier)
+            )
+        except FhirRejectedError as err:
+            raise _rejected(err) from err
+        return PublishedResources(resources=[f"Task/{written['id']}"])
 
     @activity.defn(name="publish_imaging_report")
     async def publish_imaging_report(self, request: PublishReportInput) -> PublishedResources:

@@ -144,7 +144,9 @@ def study_announcer(client: Client, settings: Settings) -> Callable[[StudyStable
 
 
 async def start_pacs_poller(client: Client, settings: Settings) -> None:
-    """Start the one change-feed poller unless it runs (`careweave up`, the tests)."""
+    """Start the one change-feed poller unless it runs (`careweave up`, each
+    `careweave worker` of a PACS at orthanc_url, the tests): USE_EXISTING makes every
+    caller after the first find the running one, with its feed position."""
     await client.start_workflow(
         PacsChangePoller.run,
         PacsPollerInput(poll_seconds=settings.imaging_poll_seconds),
@@ -171,6 +173,7 @@ def activities(dependencies: WorkerDependencies) -> Sequence[Callable[..., Any]]
         imaging.read_imaging_study,
         imaging.publish_imaging_study,
         imaging.publish_imaging_report,
+        imaging.track_imaging_fulfillment,
         feed.follow_pacs_changes,
     ]
 
@@ -196,6 +199,7 @@ EXCHANGE: ExchangeSpec[AccessionKey] = ExchangeSpec(
         ImagingActivities.read_imaging_study: AuditAction.ACCESS,
         ImagingActivities.publish_imaging_study: AuditAction.PUSH,
         ImagingActivities.publish_imaging_report: AuditAction.PUSH,
+        ImagingActivities.track_imaging_fulfillment: AuditAction.PUSH,
         PacsFeedActivities.follow_pacs_changes: AuditAction.ACCESS,
     },
     summary="Imaging order-to-result for an order of {facility}",

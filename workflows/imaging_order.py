@@ -4,8 +4,10 @@ The story: an imaging order (ORM^O01 / OMI^O23) writes the ServiceRequest and a 
 entry; the modality reads it and sends the images to the PACS; when the study is stable
 its headers are checked against the order's patient (PatientID, name, birth date: any
 doubt waits for a reviewer, nothing is published before) and the ImagingStudy is written
-with its DICOMweb Endpoint; a late series updates it. The report (ORU^R01 with the same
-accession) gets DiagnosticReport.imagingStudy and completes the exchange. A cancel removes
+with its DICOMweb Endpoint (and the order's encounter when the FHIR server knows its
+visit); a late series updates it. The order's fulfilment Task goes in-progress with the
+study. The report (ORU^R01 with the same accession) gets DiagnosticReport.imagingStudy,
+completes the Task when final, and completes the exchange. A cancel removes
 the worklist entry and revokes the ServiceRequest. A study no order claims waits
 ``unknown_order_wait_seconds`` for one, then goes to a reviewer.
 """
@@ -34,6 +36,7 @@ with workflow.unsafe.imports_passed_through():
         ReadStudyInput,
         Scheduled,
         ScheduleInput,
+        TrackFulfillmentInput,
         interpret_imaging_order,
     )
     from activities.order_to_result import (
@@ -65,6 +68,12 @@ _RETRY = RetryPolicy(
     non_retryable_error_types=[FHIR_REJECTED, LAB_MESSAGE_INVALID, PACS_REJECTED],
 )
 _TIMEOUT = timedelta(seconds=60)
+# Runs from here on keep the order's fulfilment Task (in-progress with the study, completed
+# with the final report) and give the ImagingStudy the order's encounter; runs started
+# before go on without either.
+FULFILLMENT_TASK_PATCH = "imaging-fulfillment-task"
+# OBR-25 result status (HL7 table 0123): final and corrected reports finish the order.
+_FINAL_REPORT = ("F", "C")
 
 
 class ImagingOrderSummary(BaseModel):
@@ -240,6 +249,7 @@ class ImagingOrder(ReviewableWorkflow):
     async def _publish_study(self, header: StudyHeader) -> None:
         assert self._scheduled is not None and self._order is not None
         assert self._imaging is not None
+        tracked = workflow.patched(FULFILLMENT_TASK_PATCH)
         published = await workflow.execute_activity_method(
             ImagingActivities.publish_imaging_study,
             PublishStudyInput(
@@ -249,6 +259,7 @@ class ImagingOrder(ReviewableWorkflow):
                 subject_reference=self._scheduled.subject_reference,
                 service_request_reference=self._scheduled.service_request_reference or None,
                 mapping_version=self._params.mapping_version,
+                visit_number=self._imaging.visit_number if tracked else "",
             ),
             start_to_close_timeout=_TIMEOUT,
             retry_policy=_RETRY,
@@ -259,7 +270,32 @@ class ImagingOrder(ReviewableWorkflow):
             (r for r in published.resources if r.startswith("ImagingStudy/")), None
         )
         self._studies_published += 1
+        if tracked and self._study_reference is not None:
+            await self._track_fulfillment("in-progress", [self._study_reference])
         self._set_status("imaged")
+
+    async def _track_fulfillment(self, status: str, outputs: list[str]) -> None:
+        """The order's fulfilment Task; nothing for a study no ServiceRequest was written for."""
+        assert self._scheduled is not None and self._order is not None
+        assert self._imaging is not None
+        if not self._scheduled.service_request_reference:
+            return
+        tracked = await workflow.execute_activity_method(
+            ImagingActivities.track_imaging_fulfillment,
+            TrackFulfillmentInput(
+                accession_number=self._imaging.accession_number,
+                accession_issuer=self._order.placer_namespace,
+                status=status,
+                service_request_reference=self._scheduled.service_request_reference,
+                subject_reference=self._scheduled.subject_reference,
+                outputs=outputs,
+                mapping_version=self._params.mapping_version,
+            ),
+            start_to_close_timeout=_TIMEOUT,
+            retry_policy=_RETRY,
+            summary=f"Fulfilment Task of the order: {status}",
+        )
+        self._written += [r for r in tracked.resources if r not in self._written]
 
     async def _handle_report(self, message: InboundMessage) -> None:
         interpreted = await workflow.execute_local_activity(
@@ -276,6 +312,7 @@ class ImagingOrder(ReviewableWorkflow):
             )
             while self._studies and self._study_reference is None and self._order is not None:
                 await self._handle_study(self._studies.popleft())
+        reports: list[str] = []
         for result in interpreted.results:
             published = await workflow.execute_activity_method(
                 ImagingActivities.publish_imaging_report,
@@ -289,6 +326,15 @@ class ImagingOrder(ReviewableWorkflow):
                 summary="Write the report, linked to its ImagingStudy",
             )
             self._written += [r for r in published.resources if r not in self._written]
+            reports += [r for r in published.resources if r.startswith("DiagnosticReport/")]
+        if (
+            self._order is not None
+            and self._scheduled is not None
+            and workflow.patched(FULFILLMENT_TASK_PATCH)
+        ):
+            final = any(result.result_status in _FINAL_REPORT for result in interpreted.results)
+            outputs = [r for r in (self._study_reference, *reports) if r is not None]
+            await self._track_fulfillment("completed" if final else "in-progress", outputs)
         self._set_status("completed")
 
 

@@ -1,8 +1,9 @@
 """What an imaging order or report says beyond a lab one: the accession number (OBR-18,
 placer field 1, where IHE scheduled workflow puts it; else the filler order number), the
-diagnostic service section (OBR-24) and the scheduled time (TQ1-7, else OBR-36, else
-ORC-7.4). The rest is the lab reader's (parse_lab_order / parse_lab_results): one reader
-of ORC/OBR/PID for both halves of order-to-result."""
+diagnostic service section (OBR-24), the scheduled time (TQ1-7, else OBR-36, else
+ORC-7.4) and the visit the order was placed in (PV1-19). The rest is the lab reader's
+(parse_lab_order / parse_lab_results): one reader of ORC/OBR/PID for both halves of
+order-to-result."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from adapters.hl7v2.fields import (
 )
 from adapters.hl7v2.lab_messages import LabMessageInvalid
 
-_READ = ("MSH", "ORC", "OBR", "TQ1")
+_READ = ("MSH", "PV1", "ORC", "OBR", "TQ1")
 
 
 class ImagingFields(BaseModel):
@@ -33,6 +34,8 @@ class ImagingFields(BaseModel):
     diagnostic_section: str = ""
     procedure_code: str = ""
     scheduled_start: datetime | None = None
+    # PV1-19: the ImagingStudy's encounter, when the FHIR server knows that visit.
+    visit_number: str = ""
 
 
 def read_imaging_fields(text: str) -> ImagingFields:
@@ -68,6 +71,7 @@ def read_imaging_fields(text: str) -> ImagingFields:
         diagnostic_section=obr.value(24).strip().upper(),
         procedure_code=obr.value(4).strip(),
         scheduled_start=scheduled,
+        visit_number=_value(first.get("PV1"), 19).strip(),
     )
 
 

@@ -178,6 +178,7 @@ def imaging_study_for(
     service_request_reference: str | None,
     endpoint_reference: str,
     mapping: ImagingMapping,
+    encounter_reference: str | None = None,
 ) -> JSON:
     """ImagingStudy of a stored study. Its identity is the Study Instance UID: written with
     a conditional PUT on that identifier, a series that arrives later updates it."""
@@ -203,6 +204,8 @@ def imaging_study_for(
         ]
     if service_request_reference:
         resource["basedOn"] = [{"reference": service_request_reference}]
+    if encounter_reference:
+        resource["encounter"] = {"reference": encounter_reference}
     if header.started is not None:
         # FHIR wants a zone with a time; DICOM StudyTime is local time without one (unless
         # TimezoneOffsetFromUTC is read into ``started``): then the day alone, never a
@@ -214,6 +217,51 @@ def imaging_study_for(
     if header.description:
         resource["description"] = header.description
     return validate_resource(resource)
+
+
+_TASK_CODE_SYSTEM = "http://hl7.org/fhir/CodeSystem/task-code"
+
+
+def fulfillment_task_identifier(
+    accession_number: str, issuer: str, mapping: ImagingMapping
+) -> JSON:
+    return {
+        "system": qualified_system(mapping.systems["fulfillment_task"], issuer),
+        "value": accession_number,
+    }
+
+
+def fulfillment_task_for(
+    *,
+    accession_number: str,
+    accession_issuer: str,
+    status: str,
+    service_request_reference: str,
+    subject_reference: str,
+    outputs: list[str],
+    mapping: ImagingMapping,
+) -> JSON:
+    """The order's fulfilment Task (code ``fulfill``, focus and basedOn the ServiceRequest):
+    in-progress once its study is in the PACS, completed with the final report. The
+    ServiceRequest itself stays active, as lab order-to-result leaves it: the Task says how
+    far the order got, and ``output`` points at what it produced."""
+    task: JSON = {
+        "resourceType": "Task",
+        "meta": _meta(mapping),
+        "identifier": [fulfillment_task_identifier(accession_number, accession_issuer, mapping)],
+        "basedOn": [{"reference": service_request_reference}],
+        "status": status,
+        "intent": "order",
+        "code": {"coding": [{"system": _TASK_CODE_SYSTEM, "code": "fulfill"}]},
+        "focus": {"reference": service_request_reference},
+        "for": {"reference": subject_reference},
+    }
+    if outputs:
+        task["output"] = [
+            {"type": {"text": reference.split("/")[0]}, "valueReference": {"reference": reference}}
+            for reference in outputs
+        ]
+    return validate_resource(task)
 
 
 def _series(series: Any, endpoint_reference: str, mapping: ImagingMapping) -> JSON:

@@ -82,6 +82,7 @@ from tests.support.imaging import (
     imaging_exchange_id,
     imaging_order_message,
     radiology_report_message,
+    with_visit_number,
     worklist_answers,
 )
 from tests.support.orthanc import RunningOrthanc, running_orthanc
@@ -496,6 +497,40 @@ async def imaging_order_study_report(s: Session) -> None:
     await s.save("imaging_order/order_study_report", wid)
 
 
+async def imaging_order_fulfillment_task(s: Session) -> None:
+    """CT order placed in a known visit (PV1-19): ImagingStudy with its encounter, fulfilment Task.
+
+    The `imaging-fulfillment-task` patch: the Task goes in-progress with the study and
+    completed with the final report."""
+    engine, orthanc = s.running_engine, s.orthanc
+    if orthanc is None:
+        raise RecordingError("imaging scenarios need the PACS")
+    accession, order = "ACC-1702", ct_order("HIS-1702", "MRN8171")
+    await engine.fhir.conditional_update(
+        {
+            "resourceType": "Encounter",
+            "status": "in-progress",
+            "class": {"code": "OP"},
+            "identifier": [{"system": "urn:careweave:visit|HOSP", "value": "V-8171"}],
+        },
+        "Encounter?identifier=urn:careweave:visit|HOSP|V-8171",
+    )
+    wid = imaging_exchange_id(engine, accession)
+    order_message = imaging_order_message(order, accession, "HIS-1702-O")
+    await send_lab(engine, with_visit_number(order_message, "V-8171"))
+    await engine.wait_for_status(wid, "scheduled")
+    with tempfile.TemporaryDirectory(prefix="modality-") as folder:
+        answers = await worklist_answers(orthanc, Path(folder) / "find", accession)
+        await expect("worklist answers", len(answers), 1)
+        await acquire_study(orthanc, Path(folder) / "images", answers[0])
+    await engine.wait_for_status(wid, "imaged", timeout=90)
+    await send_lab(engine, radiology_report_message(order, accession, "HIS-1702-R"))
+    await wait_closed(s.client, wid)
+    written = await engine.handle(wid).query("resources_written")
+    await expect("Tasks written", sum(r.startswith("Task/") for r in written), 2)
+    await s.save("imaging_order/fulfillment_task_encounter", wid)
+
+
 async def pacs_poller_at_rest(s: Session) -> None:
     """The change-feed poller between two polls, after it announced the study above."""
 
@@ -506,7 +541,11 @@ async def pacs_poller_at_rest(s: Session) -> None:
     await s.save("imaging_order/pacs_poller_at_rest", POLLER_WORKFLOW_ID, run_id=run_id)
 
 
-IMAGING_SCENARIOS = {"imaging_order_study_report", "pacs_poller_at_rest"}
+IMAGING_SCENARIOS = {
+    "imaging_order_study_report",
+    "imaging_order_fulfillment_task",
+    "pacs_poller_at_rest",
+}
 
 
 # -- discharge sync and the delivery queues it feeds --------------------------------------
@@ -955,7 +994,7 @@ SCENARIOS: list[list[Scenario]] = [
     ],
     # Holds every billing queue for a moment: other scenarios' billing deliveries wait.
     [delivery_held_while_down_then_replayed],
-    [imaging_order_study_report, pacs_poller_at_rest],
+    [imaging_order_study_report, imaging_order_fulfillment_task, pacs_poller_at_rest],
 ]
 
 

@@ -29,6 +29,7 @@ from tests.support.imaging import (
     imaging_order_message,
     radiology_report_message,
     scheduled_patient,
+    with_visit_number,
     worklist_answers,
 )
 from tests.support.modality import ScheduledPatient, series_files, store
@@ -76,7 +77,20 @@ async def test_order_worklist_images_study_and_report(
     order = ct_order("IMG-E2E-1", "MRN8701")
     workflow_id = imaging_exchange_id(engine, accession)
     assert accession not in workflow_id
-    assert await send(engine, imaging_order_message(order, accession, "IMG-E2E-1-O")) == ["AA"]
+    # The visit the order was placed in, as an ADT feed would have written it.
+    encounter = await engine.fhir.conditional_update(
+        {
+            "resourceType": "Encounter",
+            "status": "in-progress",
+            "class": {"code": "OP"},
+            "identifier": [{"system": "urn:careweave:visit|HOSP", "value": "V-8701"}],
+        },
+        "Encounter?identifier=urn:careweave:visit|HOSP|V-8701",
+    )
+    order_message = with_visit_number(
+        imaging_order_message(order, accession, "IMG-E2E-1-O"), "V-8701"
+    )
+    assert await send(engine, order_message) == ["AA"]
     await engine.wait_for_status(workflow_id, "scheduled")
 
     [request_ref] = await written(engine, workflow_id, "ServiceRequest")
@@ -99,6 +113,13 @@ async def test_order_worklist_images_study_and_report(
     assert [s["numberOfInstances"] for s in study["series"]] == [2, 1]
     assert study["basedOn"] == [{"reference": request_ref}]
     assert study["subject"]["reference"] == service_request["subject"]["reference"]
+    assert study["encounter"] == {"reference": f"Encounter/{encounter['id']}"}
+    [task_ref] = await written(engine, workflow_id, "Task")
+    task = await read(engine, task_ref)
+    assert (task["status"], task["intent"]) == ("in-progress", "order")
+    assert task["basedOn"] == [{"reference": request_ref}]
+    assert task["focus"] == {"reference": request_ref}
+    assert [o["valueReference"]["reference"] for o in task["output"]] == [study_ref]
     [endpoint_ref] = await written(engine, workflow_id, "Endpoint")
     assert study["endpoint"] == [{"reference": endpoint_ref}]
     endpoint = await read(engine, endpoint_ref)
@@ -116,6 +137,16 @@ async def test_order_worklist_images_study_and_report(
     assert report["imagingStudy"] == [{"reference": study_ref}]
     assert report["status"] == "final"
     assert report["category"][0]["coding"][0]["code"] == "RAD"
+    # The report's own work-queue Task (the lab map's) is written beside it: still one
+    # fulfilment Task, now a new version of it.
+    assert task_ref in await written(engine, workflow_id, "Task")
+    completed = await read(engine, task_ref)
+    assert completed["status"] == "completed"
+    assert [o["valueReference"]["reference"] for o in completed["output"]] == [
+        study_ref,
+        report_ref,
+    ]
+    assert (await read(engine, request_ref))["status"] == "active"
     summary = await engine.client.get_workflow_handle_for(ImagingOrder.run, workflow_id).result()
     assert summary.status == "completed"
     assert summary.studies_published == 1

@@ -40,6 +40,18 @@ def with_obr_field(text: str, position: int, value: str) -> str:
     return "\r".join(segments)
 
 
+def with_visit_number(text: str, visit_number: str) -> str:
+    """The message with PV1-19 (the visit the order was placed in) set."""
+    segments = text.split("\r")
+    for index, segment in enumerate(segments):
+        if segment.startswith("PV1|"):
+            fields = segment.split("|")
+            fields += [""] * (20 - len(fields))
+            fields[19] = visit_number
+            segments[index] = "|".join(fields)
+    return "\r".join(segments)
+
+
 def ct_order(placer_order_number: str, mrn: str) -> sm.SampleOrder:
     return sm.SampleOrder(
         placer_order_number,

@@ -27,7 +27,9 @@ from workers.intake import MessageIntake
 
 if TYPE_CHECKING:
     from fastapi import APIRouter
+    from temporalio.client import Client
 
+    from models.settings import Settings
     from workers.health import ReadinessCheck
     from workers.stack import RunningStack
 
@@ -103,6 +105,8 @@ def worker(verbose: Verbose = False) -> None:
             # destination connections.
             stop = stop_requested()
             running = asyncio.create_task(worker.run())
+            if settings.orthanc_url is not None:
+                await _follow_pacs(client, settings)
             stopping = asyncio.create_task(stop.wait())
             await asyncio.wait({running, stopping}, return_when=asyncio.FIRST_COMPLETED)
             stopping.cancel()
@@ -117,6 +121,17 @@ def worker(verbose: Verbose = False) -> None:
     except ConfigurationError as err:
         # Credentials or TLS files of the lab FHIR server or of a destination.
         raise fail(str(err)) from err
+
+
+async def _follow_pacs(client: Client, settings: Settings) -> None:
+    """Every worker makes sure the PACS change-feed poller runs: whichever starts first
+    starts it, the others find it (one poller per namespace, whatever the number of
+    workers), and a worker started after the poller ended starts it again. Only for a PACS
+    at orthanc_url: an embedded Orthanc is `careweave up`'s child, which starts the poller."""
+    from exchanges.imaging_order import start_pacs_poller
+
+    await start_pacs_poller(client, settings)
+    console.print("following the PACS change feed (one poller for every worker)")
 
 
 @app.command()
