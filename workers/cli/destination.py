@@ -275,7 +275,9 @@ class ReplayView:
 def replay_view(status: DestinationStatus) -> ReplayView:
     replay = status.replay
     if status.state is HealthState.DOWN or replay is None:
-        return ReplayView(None, 0, f"{status.held_queues} patient queue(s) held", replay_stage(status))
+        return ReplayView(
+            None, 0, f"{status.held_queues} patient queue(s) held", replay_stage(status)
+        )
     return ReplayView(
         total=max(replay.events_total, replay.events_done),
         completed=replay.events_done,
