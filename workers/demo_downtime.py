@@ -82,17 +82,14 @@ async def show_downtime(stack: RunningStack, console: Console, run_tag: str) -> 
         f"in {held.held_queues} patient queue(s); the partner got none of them: "
         f"{len(await _received(partner.control_url, run_tag))} received"
     )
-    console.print(
-        f"operator brings {DESTINATION} up (`careweave destination up billing --reason ...`); "
-        "`careweave destination watch billing` draws the replay"
-    )
+    console.print(f"operator brings {DESTINATION} up (`careweave destination up ...`)")
     await health.execute_update(
         DestinationHealth.command,
         OperatorCommand(state=HealthState.UP, reason="demo: upgrade done", operator=OPERATOR),
     )
     done = await _wait(console, health, lambda s: s.replay_finished, "replaying...")
     console.print(f"{DESTINATION} {done.state.value}; {replay_details(done).removeprefix('; ')}")
-    table = Table(title=f"What {DESTINATION} received after the outage (replayed, in order)")
+    table = Table(title=f"What {DESTINATION} received once up (replayed, each once)")
     for column in ("message", "MSH-10 (Careweave's)", "answered"):
         table.add_column(column, no_wrap=True)
     for record in await _received(partner.control_url, run_tag):
