@@ -69,6 +69,21 @@ class OperatorCommand(BaseModel):
     operator: str = Field(min_length=1, max_length=200)
 
 
+class ReplayAction(StrEnum):
+    PAUSE = "pause"  # released queues finish the event in hand, then hold; none released
+    RESUME = "resume"  # the held-back queues go on, and the release goes on in its order
+
+
+class ReplayCommand(BaseModel):
+    """`careweave destination pause|resume NAME --reason ...` (an update, validated first)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    action: ReplayAction
+    reason: str = Field(min_length=1, max_length=300)
+    operator: str = Field(min_length=1, max_length=200)
+
+
 class HealthPolicy(BaseModel):
     """From Settings (CAREWEAVE_DESTINATION_*), fixed for a health workflow's run."""
 
@@ -122,6 +137,9 @@ class DestinationHealthState(BaseModel):
     # Released queues still draining their backlog.
     replaying: list[HeldQueue] = []
     replay: ReplayProgress | None = None
+    # An operator's pause: nothing is released and released queues hold after the event in
+    # hand, until an operator's resume (kept across a trip down and back up).
+    replay_paused: bool = False
     probe_delay_seconds: float = 0.0
     last_probe_at: datetime | None = None
     last_probe: str = ""
@@ -142,6 +160,19 @@ class DestinationStatus(BaseModel):
     last_probe_at: datetime | None
     last_probe: str
     replay: ReplayProgress | None
+    # Released queues still draining (the held ones wait their turn in held_queues).
+    replaying_queues: int = 0
+    replay_paused: bool = False
+
+    @property
+    def replay_finished(self) -> bool:
+        """A replay ran and nothing is left of it: every held queue released and drained."""
+        return (
+            self.replay is not None
+            and self.state is not HealthState.DOWN
+            and self.held_queues == 0
+            and self.replaying_queues == 0
+        )
 
 
 class ProbeRequest(BaseModel):

@@ -20,6 +20,7 @@ from exchanges.sdk import pseudonym
 from models.settings import Settings
 from workers import sample_messages as sm
 from workers.cli.common import stop_requested
+from workers.demo_downtime import show_downtime
 from workers.stack import RunningStack, StackError, embedded_stack
 
 
@@ -262,6 +263,7 @@ async def _run(stack: RunningStack, console: Console, run_tag: str) -> None:
     console.print(table)
     if stack.partners:
         console.print(await _partner_table(stack, run_tag))
+        await show_downtime(stack, console, run_tag)
     console.print(f"Temporal UI: {stack.ui_url}")
     console.print(f"FHIR server: {stack.settings.fhir_base_url}/DiagnosticReport")
     console.print(

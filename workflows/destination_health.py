@@ -17,6 +17,12 @@ under ``replay_events_per_second``. A queue drains its own backlog in its origin
 (nothing is rotated) and says when it is done, which releases the next; a queue whose head
 fails for its own reasons goes to review and counts as done, so it holds nobody else.
 Every change of state is an activity (audited by the worker's interceptor) and a log line.
+
+An operator may pause a replay (`careweave destination pause`, also while still down):
+released queues finish the event in hand and then hold, and no queue is released, until
+`careweave destination resume`. A pause outlives a trip down and back up; it lifts itself
+once nothing is left to replay. The current details (Temporal UI) say how far the replay
+is: "replay: n of m events, k of p patients"; `careweave destination watch` draws it.
 """
 
 from __future__ import annotations
@@ -45,6 +51,8 @@ with workflow.unsafe.imports_passed_through():
         ProbeResult,
         QueueReport,
         QueueReportKind,
+        ReplayAction,
+        ReplayCommand,
         ReplayProgress,
     )
 
@@ -76,6 +84,7 @@ class DestinationHealth:
             [sa.EXCHANGE.value_set(EXCHANGE_NAME), sa.DESTINATION.value_set(state.destination)]
         )
         while True:
+            self._lift_spent_pause()
             self._release_next()
             await self._flush()
             if self._history_is_long():
@@ -151,6 +160,54 @@ class DestinationHealth:
         if not command.reason.strip():
             raise ValueError("a reason is required")
 
+    @workflow.update
+    def replay_control(self, command: ReplayCommand) -> DestinationStatus:
+        by = f"operator {command.operator}"
+        if command.action is ReplayAction.PAUSE:
+            self._s.replay_paused = True
+            # Released queues hold once the event in hand is sent (the queue checks before
+            # each send); held ones stay held, as _release_next releases nobody now.
+            for queue in self._s.replaying:
+                self._outbox.append((queue.queue_id, DestinationNotice(state=NoticeState.HOLD)))
+            detail = "replay paused by operator command"
+        else:
+            self._s.replay_paused = False
+            if self._s.state is not HealthState.DOWN:
+                pace = self._pace()
+                for queue in self._s.replaying:
+                    self._outbox.append(
+                        (
+                            queue.queue_id,
+                            DestinationNotice(state=NoticeState.SEND, pace_seconds=pace),
+                        )
+                    )
+            detail = "replay resumed by operator command"
+        self._s.reason = command.reason
+        workflow.logger.info("destination %s: %s", self._s.destination, detail)
+        self._changes.append(
+            HealthChange(
+                destination=self._s.destination,
+                previous=self._s.state,
+                state=self._s.state,
+                by=by,
+                detail=detail,
+            )
+        )
+        self._visible_dirty = True
+        return self.status()
+
+    @replay_control.validator
+    def _validate_replay_control(self, command: ReplayCommand) -> None:
+        if not command.reason.strip():
+            raise ValueError("a reason is required")
+        if command.action is ReplayAction.PAUSE:
+            if self._s.replay_paused:
+                raise ValueError("the replay is already paused")
+            if not self._replay_pending():
+                raise ValueError("nothing to pause: the destination is up and holds nothing")
+        elif not self._s.replay_paused:
+            raise ValueError("the replay is not paused")
+
     @workflow.query
     def status(self) -> DestinationStatus:
         held = [*self._s.held, *self._s.replaying]
@@ -168,6 +225,8 @@ class DestinationHealth:
             last_probe_at=self._s.last_probe_at,
             last_probe=self._s.last_probe,
             replay=self._s.replay,
+            replaying_queues=len(self._s.replaying),
+            replay_paused=self._s.replay_paused,
         )
 
     # -- the state machine -------------------------------------------------------------
@@ -176,11 +235,14 @@ class DestinationHealth:
         """Send or hold: hold while down, and while earlier-held queues wait their turn."""
         draining = self._find(self._s.replaying, queue)
         if draining is not None and self._s.state is not HealthState.DOWN:
-            self._outbox.append(
-                (queue, DestinationNotice(state=NoticeState.SEND, pace_seconds=self._pace()))
-            )
+            if self._s.replay_paused:
+                notice = DestinationNotice(state=NoticeState.HOLD)
+            else:
+                notice = DestinationNotice(state=NoticeState.SEND, pace_seconds=self._pace())
+            self._outbox.append((queue, notice))
             return
-        if self._s.state is HealthState.DOWN or self._s.held:
+        # A paused replay holds newcomers too: they would otherwise overtake the held.
+        if self._s.state is HealthState.DOWN or self._s.held or self._paused_replay():
             if self._find(self._s.held, queue) is None:
                 self._s.held.append(HeldQueue(queue_id=queue))
                 self._visible_dirty = True
@@ -262,7 +324,7 @@ class DestinationHealth:
         self._outbox.append((queue, DestinationNotice(state=NoticeState.HOLD)))
 
     def _release_next(self) -> None:
-        if self._s.state is HealthState.DOWN:
+        if self._s.state is HealthState.DOWN or self._s.replay_paused:
             return
         while self._s.held and len(self._s.replaying) < self._s.policy.replay_parallel_patients:
             queue = self._s.held.pop(0)
@@ -282,6 +344,33 @@ class DestinationHealth:
         the destination's rate."""
         sharing = max(1, min(self._s.policy.replay_parallel_patients, len(self._s.replaying)))
         return sharing / self._s.policy.replay_events_per_second
+
+    def _replay_pending(self) -> bool:
+        """Something a replay will send: the destination is down, or queues are held or
+        draining."""
+        return self._s.state is HealthState.DOWN or bool(self._s.held or self._s.replaying)
+
+    def _paused_replay(self) -> bool:
+        return self._s.replay_paused and bool(self._s.replaying)
+
+    def _lift_spent_pause(self) -> None:
+        """A pause with nothing left to hold back (the paused queues drained what they had
+        in hand, none waits) ends by itself: it would otherwise hold the next outage's
+        replay, which no operator paused."""
+        if self._s.replay_paused and not self._replay_pending():
+            self._s.replay_paused = False
+            detail = "replay pause lifted: nothing left to replay"
+            workflow.logger.info("destination %s: %s", self._s.destination, detail)
+            self._changes.append(
+                HealthChange(
+                    destination=self._s.destination,
+                    previous=self._s.state,
+                    state=self._s.state,
+                    by="replay",
+                    detail=detail,
+                )
+            )
+            self._visible_dirty = True
 
     def _probing(self) -> bool:
         return self._s.state is HealthState.DOWN and self._s.down_by == "failures"
@@ -317,6 +406,7 @@ class DestinationHealth:
     def _has_work(self) -> bool:
         return bool(self._outbox or self._changes or self._visible_dirty) or (
             self._s.state is not HealthState.DOWN
+            and not self._s.replay_paused
             and bool(self._s.held)
             and len(self._s.replaying) < self._s.policy.replay_parallel_patients
         )
@@ -366,13 +456,7 @@ class DestinationHealth:
         text = f"{self._s.destination} {status.state.value}"
         if status.held_queues:
             text += f"; {status.held_events} event(s) held in {status.held_queues} queue(s)"
-        replay = self._s.replay
-        if replay is not None and self._s.state is not HealthState.DOWN:
-            done = "done" if not (self._s.held or self._s.replaying) else "replaying"
-            text += (
-                f"; replay {done}: {replay.queues_done} of {replay.queues_total} patients, "
-                f"{replay.events_done} of {replay.events_total} events"
-            )
+        text += replay_details(status)
         workflow.set_current_details(text)
 
     def _history_is_long(self) -> bool:
@@ -385,3 +469,19 @@ class DestinationHealth:
     @staticmethod
     def _find(queues: list[HeldQueue], queue_id: str) -> HeldQueue | None:
         return next((q for q in queues if q.queue_id == queue_id), None)
+
+
+def replay_details(status: DestinationStatus) -> str:
+    """The replay's part of the current details (Temporal UI): counts only, no PHI."""
+    replay = status.replay
+    if status.state is HealthState.DOWN:
+        return "; replay paused" if status.replay_paused else ""
+    if replay is None:
+        return ""
+    text = (
+        f"; replay: {replay.events_done} of {replay.events_total} events, "
+        f"{replay.queues_done} of {replay.queues_total} patients"
+    )
+    if status.replay_finished:
+        return text + " (done)"
+    return text + (" (paused)" if status.replay_paused else "")

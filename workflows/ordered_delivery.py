@@ -57,6 +57,10 @@ EXCHANGE_NAME = "ordered-delivery"
 RECENT_IDS_KEPT = 500
 # Running queues started before destination health replay without it (they never asked it).
 DESTINATION_HEALTH_PATCH = "destination-health"
+# Runs without it slept the whole replay pace before a send even when told to hold during it
+# (then sent); with it, a hold (an operator's pause, a trip down) ends the pause between
+# events and the next event waits: nothing is sent while paused but the event in hand.
+PAUSABLE_PACE_PATCH = "replay-pace-holds"
 # Failures that say the destination, not this event, is the problem ("Timeout": the
 # activity's own start-to-close timeout).
 _OUTAGE_ERRORS = frozenset({DESTINATION_UNAVAILABLE, "Timeout"})
@@ -184,7 +188,7 @@ class OrderedDelivery(ReviewableWorkflow):
             if self._with_health:
                 await self._wait_while_held()
                 if self._replaying and self._replayed and attempt == 0 and not revision:
-                    await workflow.sleep(timedelta(seconds=self._pace_seconds))
+                    await self._pace()
             attempt += 1
             total_attempts += 1
             request = DeliverRequest(
@@ -364,7 +368,8 @@ class OrderedDelivery(ReviewableWorkflow):
             if len(self._queue) != reported:
                 reported = len(self._queue)
                 workflow.set_current_details(
-                    f"Held: {self._state.destination} is down; {reported} event(s) waiting"
+                    f"Held by {self._state.destination}'s health (down, or its replay "
+                    f"paused or not yet at this queue); {reported} event(s) waiting"
                 )
                 await self._report(QueueReportKind.HELD)
             await workflow.wait_condition(
@@ -373,6 +378,18 @@ class OrderedDelivery(ReviewableWorkflow):
         workflow.upsert_search_attributes(
             [sa.DELIVERY_ALERT.value_set("failing" if self._state.failing else "ok")]
         )
+
+    async def _pace(self) -> None:
+        """The replay pace between two sends, cut short by a hold, which is then waited out."""
+        pace = timedelta(seconds=self._pace_seconds)
+        if not workflow.patched(PAUSABLE_PACE_PATCH):
+            await workflow.sleep(pace)
+            return
+        try:
+            await workflow.wait_condition(lambda: self._held, timeout=pace)
+        except TimeoutError:
+            return
+        await self._wait_while_held()
 
     async def _end_replay(self) -> None:
         if not self._replaying:

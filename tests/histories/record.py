@@ -48,7 +48,12 @@ from exchanges.destination_health import health_policy
 from exchanges.imaging_order import POLLER_WORKFLOW_ID
 from exchanges.sdk import pseudonym
 from models.delivery import DeliveryState
-from models.destination_health import HealthState, OperatorCommand
+from models.destination_health import (
+    HealthState,
+    OperatorCommand,
+    ReplayAction,
+    ReplayCommand,
+)
 from models.review import ReviewAction, ReviewDecision
 from models.settings import Settings
 from tests.integration import test_lab_patient_e2e as lab_patient_e2e
@@ -105,6 +110,9 @@ UNKNOWN_ORDER_WAIT = 5.0  # a result without its order goes to review after this
 PACS_POLL = 2.0  # the PACS change-feed poller's pause between polls
 # Delivery queues are recorded open, idle after their last delivery (see README.md).
 IDLE_CLOSE = 600.0
+# Replays one patient at a time, a queue's sends this many seconds apart: an operator's pause
+# lands between two sends (delivery_replay_paused_then_resumed).
+REPLAY_PACE = 2.0
 # The code before the recall-closed-discharge patch (8cf0bc0): 19e91b2^, no recall at all.
 PRE_PATCH_COMMIT = "94ca0c2"
 PRE_PATCH_CLOSE_AFTER = 15.0
@@ -962,6 +970,76 @@ async def delivery_held_while_down_then_replayed(s: Session) -> None:
     await s.save("destination_health/operator_down_then_up", health.id)
 
 
+async def delivery_replay_paused_then_resumed(s: Session) -> None:
+    """An operator takes billing down; two patients' A03 and A13 are held; the replay is
+    paused while still down, billing brought up (nothing released), resumed, paused again
+    while the first patient's queue is between its paced sends (it holds after the event in
+    hand, the second queue is not released), resumed: both delivered in order. The engine
+    replays one patient at a time, REPLAY_PACE s between a queue's sends, so the second
+    pause lands between two sends."""
+    engine = s.running_engine
+    patients = [("V-8007", "MRN8007"), ("V-8008", "MRN8008")]
+    health = await ensure_health_workflow(
+        s.client, "billing", "mllp", health_policy(engine.settings), engine.settings.task_queue
+    )
+
+    async def command(state: HealthState, reason: str) -> None:
+        await health.execute_update(
+            DestinationHealth.command,
+            OperatorCommand(state=state, reason=reason, operator="ops-1"),
+        )
+
+    async def replay(action: ReplayAction, reason: str) -> None:
+        await health.execute_update(
+            DestinationHealth.replay_control,
+            ReplayCommand(action=action, reason=reason, operator="ops-1"),
+        )
+
+    await command(HealthState.DOWN, "vendor upgrade")
+    for visit, mrn in patients:
+        await send(
+            engine,
+            sm.adt_event(stay(visit, mrn), f"HIS-{mrn[3:]}-1", "A03"),
+            sm.adt_event(stay(visit, mrn), f"HIS-{mrn[3:]}-2", "A13"),
+        )
+
+    async def held() -> bool:
+        status = await health.query(DestinationHealth.status)
+        return status.held_events >= 4
+
+    await _poll("billing holding four events", held, 60)
+    await replay(ReplayAction.PAUSE, "reconcile first")
+    await command(HealthState.UP, "upgrade done")
+    status = await health.query(DestinationHealth.status)
+    await expect("released while paused", status.replaying_queues, 0)
+    await replay(ReplayAction.RESUME, "reconciled")
+    first = delivery_id("billing", patients[0][1])
+    await wait_delivery_log(engine, first, 1)
+    await replay(ReplayAction.PAUSE, "partner asked")
+
+    async def first_held() -> bool:
+        found = await s.client.count_workflows(f"WorkflowId = '{first}' AND DeliveryAlert = 'held'")
+        return found.count == 1
+
+    await _poll("the first queue holding mid-replay", first_held, 30)
+    log = await engine.handle(first).query("delivery_log")
+    await expect("sent before the pause", len(log), 1)
+    await replay(ReplayAction.RESUME, "partner ready")
+    for _visit, mrn in patients:
+        queue = delivery_id("billing", mrn)
+        log = await wait_delivery_log(engine, queue, 2)
+        await expect("outcomes", [e["outcome"] for e in log], ["delivered", "delivered"])
+    await wait_settled(s.client, first, queue_idle(2))
+    await s.save("ordered_delivery/replay_paused_then_resumed", first)
+
+    async def replayed(handle: WorkflowHandle[Any, Any]) -> bool:
+        status = await handle.query(DestinationHealth.status)
+        return status.replay_finished
+
+    await wait_settled(s.client, health.id, replayed)
+    await s.save("destination_health/replay_paused_then_resumed", health.id)
+
+
 Scenario = Callable[[Session], Awaitable[None]]
 
 # Scenarios in one inner list run one after the other (they steer the same partner, whose
@@ -993,7 +1071,7 @@ SCENARIOS: list[list[Scenario]] = [
         patient_merge_in_flight,
     ],
     # Holds every billing queue for a moment: other scenarios' billing deliveries wait.
-    [delivery_held_while_down_then_replayed],
+    [delivery_held_while_down_then_replayed, delivery_replay_paused_then_resumed],
     [imaging_order_study_report, imaging_order_fulfillment_task, pacs_poller_at_rest],
 ]
 
@@ -1032,6 +1110,8 @@ async def record_today(out: Path, only: set[str]) -> tuple[list[Path], list[str]
                 unknown_order_wait_seconds=UNKNOWN_ORDER_WAIT,
                 # Fewer polls between the events worth keeping in the poller's history.
                 imaging_poll_seconds=PACS_POLL,
+                replay_parallel_patients=1,
+                replay_events_per_second=1 / REPLAY_PACE,
                 **(orthanc.setting_overrides() if orthanc is not None else {}),
             ) as engine:
                 session = Session(client, partners, out, engine, written, orthanc)

@@ -23,6 +23,7 @@ from tests.support.history import nested
 from tests.support.processes import demo_routing, free_port_pair
 from workers import sample_messages as sm
 from workers.demo import demo_feed
+from workers.demo_downtime import downtime_feed
 from workers.temporal_client import connect_to
 
 pytestmark = pytest.mark.integration
@@ -31,8 +32,10 @@ pytestmark = pytest.mark.integration
 def _phi_of_the_feed() -> set[bytes]:
     """Names, MRNs and birth dates from PID-3, PID-5 and PID-7 of every message in the feed."""
     found: set[bytes] = set()
-    for item in demo_feed("000000", b"k" * 32):
-        for segment in item.payload.split(b"\r"):
+    payloads = [item.payload for item in demo_feed("000000", b"k" * 32)]
+    payloads += [message.encode() for message in downtime_feed("000000")]
+    for payload in payloads:
+        for segment in payload.split(b"\r"):
             fields = segment.split(b"|")
             if fields[0] != b"PID" or len(fields) < 8:
                 continue
@@ -117,6 +120,9 @@ def test_no_patient_data_in_temporal_careweave_db_or_logs(tmp_path: Path) -> Non
     assert demo.returncode == 0, logs.decode(errors="replace")[-3000:]
     # The feed really went through: the discharge reached the FHIR server and both partners.
     assert b"discharge (ADT^A03)" in demo.stdout
+    # ...and the downtime part: held while billing was down, replayed once it came back.
+    assert b"3 event(s) held in 3 patient queue(s)" in demo.stdout
+    assert b"replay: 3 of 3 events, 3 of 3 patients (done)" in demo.stdout
 
     scanned = {
         path.name: path.read_bytes()
