@@ -20,7 +20,7 @@ from collections.abc import Iterable
 from fastapi import APIRouter
 from fastapi.responses import Response
 from opentelemetry import metrics
-from opentelemetry.metrics import CallbackOptions, Observation
+from opentelemetry.metrics import CallbackOptions, Meter, Observation
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.resources import Resource
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
@@ -30,6 +30,10 @@ from exchanges.registry import REGISTRY
 from exchanges.sdk import ExchangeRegistry
 from models.records import QuarantineStatus
 from models.settings import Settings
+from workers.exchange_duration_interceptor import (
+    EXCHANGE_DURATION_BUCKETS,
+    EXCHANGE_DURATION_METRIC,
+)
 from workers.intake import IntakeResult
 
 # Seconds from the gateway taking a whole frame to its ACK written: commit-then-ACK is one durable
@@ -72,9 +76,12 @@ def configure_temporal_metrics(settings: Settings) -> None:
     if settings.temporal_metrics_port is None:
         return
     address = f"{settings.health_host}:{settings.temporal_metrics_port}"
+    prometheus = PrometheusConfig(
+        bind_address=address,
+        histogram_bucket_overrides={EXCHANGE_DURATION_METRIC: EXCHANGE_DURATION_BUCKETS},
+    )
     Runtime.set_default(
-        Runtime(telemetry=TelemetryConfig(metrics=PrometheusConfig(bind_address=address))),
-        error_if_already_set=True,
+        Runtime(telemetry=TelemetryConfig(metrics=prometheus)), error_if_already_set=True
     )
 
 
@@ -97,9 +104,15 @@ def metrics_router() -> APIRouter:
 class GatewayMetrics:
     """What the MLLP gateway answered, and how fast; the quarantine it leaves to operators."""
 
-    def __init__(self, store: CareweaveStore, registry: ExchangeRegistry = REGISTRY) -> None:
+    def __init__(
+        self,
+        store: CareweaveStore,
+        registry: ExchangeRegistry = REGISTRY,
+        *,
+        meter: Meter | None = None,
+    ) -> None:
         self._accepted_types = frozenset(registry.required_segments)
-        meter = metrics.get_meter("careweave.gateway")
+        meter = meter or metrics.get_meter("careweave.gateway")
         self._received = meter.create_counter(
             "careweave.messages.received",
             unit="{message}",
