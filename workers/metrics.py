@@ -10,6 +10,12 @@ come from its Rust core, which serves them on a port of its own
 Labels are message types the registry accepts, ACK codes and outcomes: never a value
 from a message (a sender's MSH-9 that no exchange accepts is counted as ``other``, so a
 sender cannot mint label values either).
+
+What waits for a person or a destination (reviews by reason and age, delivery queues held
+or failing by destination) is counted from Temporal visibility by the worker
+(workers/visibility_metrics.py); exchange durations are recorded by the workflows' own
+metric meter (workers/exchange_duration_interceptor.py) and served with the SDK's metrics.
+docs/grafana-dashboard.json plots them all.
 """
 
 from __future__ import annotations
@@ -41,6 +47,18 @@ from workers.intake import IntakeResult
 ACK_SECONDS_BUCKETS = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 )  # fmt: skip
+
+# The Temporal SDK's own metrics that docs/grafana-dashboard.json plots (the SDK names them;
+# its durations are in milliseconds): free task slots per worker type, how long tasks wait
+# for a worker, how long a workflow task runs, the sticky cache and failed Temporal calls.
+TEMPORAL_SDK_DASHBOARD_METRICS = (
+    "temporal_worker_task_slots_available",
+    "temporal_workflow_task_schedule_to_start_latency",
+    "temporal_activity_schedule_to_start_latency",
+    "temporal_workflow_task_execution_latency",
+    "temporal_sticky_cache_size",
+    "temporal_request",
+)
 
 _configured = False
 
