@@ -55,8 +55,14 @@ START_SEARCH_ATTRIBUTES: tuple[SearchAttributeKey[Any], ...] = (
     *sa.BUSINESS_KEYS,
 )
 # Registered although no start sets them: LEGACY_STATUS for runs started before the rename,
-# REVIEW_STATE by the review gate (workflows/review.py) of any reviewable workflow.
-_ALWAYS_REGISTERED: tuple[SearchAttributeKey[Any], ...] = (sa.LEGACY_STATUS, sa.REVIEW_STATE)
+# REVIEW_STATE, REVIEW_REASON and REVIEW_REQUESTED_AT by the review gate (workflows/review.py)
+# of any reviewable workflow.
+_ALWAYS_REGISTERED: tuple[SearchAttributeKey[Any], ...] = (
+    sa.LEGACY_STATUS,
+    sa.REVIEW_STATE,
+    sa.REVIEW_REASON,
+    sa.REVIEW_REQUESTED_AT,
+)
 # Bounds on what one message adds to the business keys (a PID-3 with many repetitions, an
 # OML with many OBRs); workflows/exchange_search.py bounds what a run accumulates.
 _MAX_PATIENT_IDS = 4

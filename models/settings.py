@@ -234,6 +234,10 @@ class Settings(BaseSettings):
     # API), the Temporal SDK's on temporal_metrics_port (bound on health_host) when set.
     metrics_exporter: Literal["none", "prometheus"] = "prometheus"
     temporal_metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    # The worker counts reviews pending and deliveries held from Temporal visibility this
+    # often (workers/visibility_metrics.py); a scrape serves the last counts. 0: off (run
+    # it on one or two workers of many: each counts the same cluster).
+    visibility_metrics_seconds: float = Field(default=30.0, ge=0)
 
     otel_exporter: str = Field(default="none", description="none | console | otlp")
     otel_otlp_endpoint: str | None = None

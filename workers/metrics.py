@@ -10,6 +10,12 @@ come from its Rust core, which serves them on a port of its own
 Labels are message types the registry accepts, ACK codes and outcomes: never a value
 from a message (a sender's MSH-9 that no exchange accepts is counted as ``other``, so a
 sender cannot mint label values either).
+
+What waits for a person or a destination (reviews by reason and age, delivery queues held
+or failing by destination) is counted from Temporal visibility by the worker
+(workers/visibility_metrics.py); exchange durations are recorded by the workflows' own
+metric meter (workers/exchange_duration_interceptor.py) and served with the SDK's metrics.
+docs/grafana-dashboard.json plots them all.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from collections.abc import Iterable
 from fastapi import APIRouter
 from fastapi.responses import Response
 from opentelemetry import metrics
-from opentelemetry.metrics import CallbackOptions, Observation
+from opentelemetry.metrics import CallbackOptions, Meter, Observation
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.resources import Resource
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
@@ -30,6 +36,10 @@ from exchanges.registry import REGISTRY
 from exchanges.sdk import ExchangeRegistry
 from models.records import QuarantineStatus
 from models.settings import Settings
+from workers.exchange_duration_interceptor import (
+    EXCHANGE_DURATION_BUCKETS,
+    EXCHANGE_DURATION_METRIC,
+)
 from workers.intake import IntakeResult
 
 # Seconds from the gateway taking a whole frame to its ACK written: commit-then-ACK is one durable
@@ -37,6 +47,18 @@ from workers.intake import IntakeResult
 ACK_SECONDS_BUCKETS = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 )  # fmt: skip
+
+# The Temporal SDK's own metrics that docs/grafana-dashboard.json plots (the SDK names them;
+# its durations are in milliseconds): free task slots per worker type, how long tasks wait
+# for a worker, how long a workflow task runs, the sticky cache and failed Temporal calls.
+TEMPORAL_SDK_DASHBOARD_METRICS = (
+    "temporal_worker_task_slots_available",
+    "temporal_workflow_task_schedule_to_start_latency",
+    "temporal_activity_schedule_to_start_latency",
+    "temporal_workflow_task_execution_latency",
+    "temporal_sticky_cache_size",
+    "temporal_request",
+)
 
 _configured = False
 
@@ -72,9 +94,12 @@ def configure_temporal_metrics(settings: Settings) -> None:
     if settings.temporal_metrics_port is None:
         return
     address = f"{settings.health_host}:{settings.temporal_metrics_port}"
+    prometheus = PrometheusConfig(
+        bind_address=address,
+        histogram_bucket_overrides={EXCHANGE_DURATION_METRIC: EXCHANGE_DURATION_BUCKETS},
+    )
     Runtime.set_default(
-        Runtime(telemetry=TelemetryConfig(metrics=PrometheusConfig(bind_address=address))),
-        error_if_already_set=True,
+        Runtime(telemetry=TelemetryConfig(metrics=prometheus)), error_if_already_set=True
     )
 
 
@@ -97,9 +122,15 @@ def metrics_router() -> APIRouter:
 class GatewayMetrics:
     """What the MLLP gateway answered, and how fast; the quarantine it leaves to operators."""
 
-    def __init__(self, store: CareweaveStore, registry: ExchangeRegistry = REGISTRY) -> None:
+    def __init__(
+        self,
+        store: CareweaveStore,
+        registry: ExchangeRegistry = REGISTRY,
+        *,
+        meter: Meter | None = None,
+    ) -> None:
         self._accepted_types = frozenset(registry.required_segments)
-        meter = metrics.get_meter("careweave.gateway")
+        meter = meter or metrics.get_meter("careweave.gateway")
         self._received = meter.create_counter(
             "careweave.messages.received",
             unit="{message}",

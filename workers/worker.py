@@ -24,6 +24,7 @@ from models.errors import ConfigurationError
 from models.settings import Settings
 from workers.audit_interceptor import AuditInterceptor
 from workers.decision_proof_interceptor import DecisionProofInterceptor
+from workers.exchange_duration_interceptor import ExchangeDurationInterceptor
 from workers.payload_codec import EncryptionCodec
 from workers.refusal_audit import RefusalAudit
 
@@ -131,6 +132,7 @@ async def open_worker(
             interceptors=[
                 AuditInterceptor(audit_log, registry.audit_actions()),
                 DecisionProofInterceptor(decision_keys, refusals.decision_refused),
+                ExchangeDurationInterceptor(),
             ],
         )
 

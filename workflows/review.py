@@ -5,15 +5,17 @@ reviewer answers with the ``decide_review`` update. The validator refuses a
 decision for a review that is not pending, an unknown action or an empty
 reason/reviewer, so nothing malformed ever enters the history. While a review
 is pending the ReviewState search attribute is ``pending``, which is how
-`careweave review list` and the Temporal UI find it.
+`careweave review list` and the Temporal UI find it; ReviewReason and ReviewRequestedAt
+say what kind of review it is and since when (ops metrics count them).
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from temporalio import workflow
+from temporalio.common import SearchAttributeUpdate
 from temporalio.exceptions import ActivityError, ApplicationError
 
 from workflows import search_attributes as sa
@@ -31,6 +33,9 @@ with workflow.unsafe.imports_passed_through():
     )
 
 _T = TypeVar("_T")
+# Runs that reached a review before this marker upserted ReviewState alone; they keep doing
+# so on replay (the upsert's content is part of the command), new runs add the reason.
+REVIEW_REASON_PATCH = "review-reason-attribute"
 
 
 def refusal_of(error: BaseException, *error_types: str) -> ApplicationError | None:
@@ -104,7 +109,13 @@ class ReviewableWorkflow:
         )
         self._pending_review = request
         self._decision = None
-        workflow.upsert_search_attributes([sa.REVIEW_STATE.value_set("pending")])
+        pending: list[SearchAttributeUpdate[Any]] = [sa.REVIEW_STATE.value_set("pending")]
+        if workflow.patched(REVIEW_REASON_PATCH):
+            pending += [
+                sa.REVIEW_REASON.value_set(reason.value),
+                sa.REVIEW_REQUESTED_AT.value_set(request.requested_at),
+            ]
+        workflow.upsert_search_attributes(pending)
         workflow.set_current_details(f"Waiting for a reviewer: {reason.value} ({review_id})")
         await workflow.wait_condition(lambda: self._decision is not None)
         decision = self._decision

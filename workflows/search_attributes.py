@@ -25,6 +25,12 @@ LEGACY_STATUS = SearchAttributeKey.for_keyword("Status")
 FACILITY = SearchAttributeKey.for_keyword("Facility")
 MESSAGE_TYPE = SearchAttributeKey.for_keyword("MessageType")
 REVIEW_STATE = SearchAttributeKey.for_keyword("ReviewState")
+# The pending review's kind (models.review.ReviewReason, a code) and when it was asked, so
+# that ops metrics count reviews waiting per reason and find the oldest from visibility
+# alone (workers/visibility_metrics.py), without querying each workflow. Set together with
+# ReviewState ``pending`` by runs with the ``review-reason-attribute`` patch marker.
+REVIEW_REASON = SearchAttributeKey.for_keyword("ReviewReason")
+REVIEW_REQUESTED_AT = SearchAttributeKey.for_datetime("ReviewRequestedAt")
 # Ordered delivery: which destination a queue feeds, and whether it is failing now
 # ("failing" from the first failed attempt until the next success: what ops alert on).
 DESTINATION = SearchAttributeKey.for_keyword("Destination")

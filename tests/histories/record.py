@@ -97,6 +97,7 @@ from workers import sample_messages as sm
 from workers.merge_undo import undo_merge
 from workers.payload_codec import ENCODING, METADATA_ENCODING, EncryptionCodec
 from workers.telemetry import configure_tracing
+from workflows import search_attributes as sa
 from workflows.destination_health import DestinationHealth
 from workflows.ordered_delivery import OrderedDelivery
 from workflows.patient_unmerge import unmerge_workflow_id
@@ -335,6 +336,10 @@ async def lab_unmapped_code_review_approved(s: Session) -> None:
     )
     pending = await engine.wait_for_review(wid)
     await expect("review reason", pending["reason"], "unmapped-code")
+    # review-reason-attribute marker: the kind of review is searchable (ops metrics).
+    described = await s.client.get_workflow_handle(wid).describe()
+    attributes = described.typed_search_attributes
+    await expect("ReviewReason", attributes.get(sa.REVIEW_REASON), "unmapped-code")
     await decide(
         s.running_engine,
         wid,

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from fastapi import APIRouter
     from temporalio.client import Client
 
+    from models.destinations import RoutingConfig
     from models.settings import Settings
     from workers.health import ReadinessCheck
     from workers.stack import RunningStack
@@ -101,6 +102,8 @@ def worker(verbose: Verbose = False) -> None:
                     {"polling": worker_polling(worker)},
                     routers,
                 )
+                if routers and settings.visibility_metrics_seconds > 0:
+                    _count_from_visibility(scope, client, settings, routing)
             # The worker stops gracefully first, and only then does the scope close its
             # destination connections.
             stop = stop_requested()
@@ -132,6 +135,21 @@ async def _follow_pacs(client: Client, settings: Settings) -> None:
 
     await start_pacs_poller(client, settings)
     console.print("following the PACS change feed (one poller for every worker)")
+
+
+def _count_from_visibility(
+    scope: contextlib.AsyncExitStack,
+    client: Client,
+    settings: Settings,
+    routing: RoutingConfig,
+) -> None:
+    """Reviews pending and deliveries held, read from Temporal periodically while ``scope``
+    lasts (workers/visibility_metrics.py)."""
+    from workers.visibility_metrics import VisibilityGauges
+
+    gauges = VisibilityGauges(client, [destination.name for destination in routing.destinations])
+    counting = asyncio.create_task(gauges.run(settings.visibility_metrics_seconds))
+    scope.callback(counting.cancel)
 
 
 @app.command()
