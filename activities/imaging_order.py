@@ -27,7 +27,7 @@ from adapters.fhir import FhirClient
 from adapters.fhir.errors import FhirRejectedError
 from adapters.hl7v2.imaging_messages import ImagingFields, read_imaging_fields
 from adapters.hl7v2.lab_messages import LabMessageInvalid, parse_lab_order
-from mappings.fhir_identifiers import identifier_search
+from mappings.fhir_identifiers import identifier_search, qualified_system
 from mappings.imaging_order.fhir_imaging import (
     as_imaging_order_transaction,
     endpoint_for,
@@ -35,6 +35,7 @@ from mappings.imaging_order.fhir_imaging import (
     fulfillment_task_identifier,
     imaging_study_for,
     modality_for,
+    unordered_study_patient,
     worklist_entry_for,
 )
 from mappings.imaging_order.mapping import load_imaging_mapping
@@ -88,6 +89,20 @@ class PublishStudyInput(BaseModel):
     mapping_version: str
     # The order's visit (PV1-19): the study's encounter when the FHIR server knows it.
     visit_number: str = ""
+
+
+class FindStudyPatientInput(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    header: StudyHeader
+    # The lab map names the Patient identifier system the order exchanges write.
+    lab_mapping_version: str
+
+
+class StudyPatient(BaseModel):
+    """The one Patient a study without an order may be published for, or why none."""
+
+    subject_reference: str = ""
+    not_found: str = ""
 
 
 class TrackFulfillmentInput(BaseModel):
@@ -206,6 +221,28 @@ class ImagingActivities:
             return await self._dicomweb.study_headers(request.study_instance_uid)
         except (PacsRejected, StudyMetadataInvalid) as err:
             raise ApplicationError(str(err), type=PACS_REJECTED, non_retryable=True) from err
+
+    @activity.defn(name="find_study_patient")
+    async def find_study_patient(self, request: FindStudyPatientInput) -> StudyPatient:
+        """The Patient a study without an order belongs to: found by the header's PatientID
+        and confirmed by its name and birth date, or why not (never a guess). Read only."""
+        header = request.header
+        if not header.patient_id:
+            return StudyPatient(not_found=unordered_study_patient(header, [], "")[1])
+        patient_system = load_lab_mapping(request.lab_mapping_version).identifier_system("patient")
+        token = (
+            f"{qualified_system(patient_system, header.patient_id_issuer)}|{header.patient_id}"
+            if header.patient_id_issuer
+            else header.patient_id
+        )
+        try:
+            patients = await self._fhir.search("Patient", {"identifier": token})
+        except FhirRejectedError as err:
+            raise _rejected(err) from err
+        patient, doubt = unordered_study_patient(header, patients, patient_system)
+        if patient is None:
+            return StudyPatient(not_found=doubt)
+        return StudyPatient(subject_reference=f"Patient/{patient['id']}")
 
     @activity.defn(name="publish_imaging_study")
     async def publish_imaging_study(self, request: PublishStudyInput) -> PublishedResources:

@@ -10,8 +10,10 @@ carries it in AccessionNumber): ``imaging-order/<keyed pseudonym>``. The PACS kn
 facility, so the id has none; the facility is a search attribute.
 
 Review: the study's headers name another patient (PatientID, name, birth date) ->
-patient-mismatch; a study without an order after a wait -> unknown-order. Ends when the
-report is published, on a cancel, or when a reviewer rejects an orphan study.
+patient-mismatch; a study without an order after a wait -> unknown-order (approve
+publishes it, without basedOn, for the one Patient its PatientID and name identify; reject
+leaves it unpublished). Ends when the report is published, on a cancel, or when a reviewer
+rejects an orphan study.
 """
 
 from __future__ import annotations
@@ -171,6 +173,7 @@ def activities(dependencies: WorkerDependencies) -> Sequence[Callable[..., Any]]
         interpret_lab_result,
         imaging.schedule_imaging_order,
         imaging.read_imaging_study,
+        imaging.find_study_patient,
         imaging.publish_imaging_study,
         imaging.publish_imaging_report,
         imaging.track_imaging_fulfillment,
@@ -197,6 +200,7 @@ EXCHANGE: ExchangeSpec[AccessionKey] = ExchangeSpec(
         interpret_lab_result: AuditAction.TRANSFORM,
         ImagingActivities.schedule_imaging_order: AuditAction.PUSH,
         ImagingActivities.read_imaging_study: AuditAction.ACCESS,
+        ImagingActivities.find_study_patient: AuditAction.ACCESS,
         ImagingActivities.publish_imaging_study: AuditAction.PUSH,
         ImagingActivities.publish_imaging_report: AuditAction.PUSH,
         ImagingActivities.track_imaging_fulfillment: AuditAction.PUSH,

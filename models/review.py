@@ -83,6 +83,24 @@ class PatientMismatchContext(BaseModel):
     result_patient: PatientRef
 
 
+class UnorderedStudyContext(BaseModel):
+    """A study in the PACS no order claims: who its DICOM header names, and the one Patient
+    the FHIR server has for them, or why there is none (PHI: encrypted with the workflow's
+    state, shown to signed-in reviewers only)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    kind: Literal["unordered-study"] = "unordered-study"
+    study_instance_uid: str
+    study_patient: PatientRef
+    number_of_series: int
+    number_of_instances: int
+    # The Patient an approve publishes the study for ("" when there is none to name).
+    subject_reference: str = ""
+    # Why approve is refused (no PHI: field names and counts).
+    patient_not_found: str = ""
+
+
 class DeliveryFailureContext(BaseModel):
     """Failed delivery: where it went, what was sent and what the partner answered."""
 
@@ -121,6 +139,7 @@ class MergeReviewContext(BaseModel):
 ReviewContext = Annotated[
     UnmappedCodeContext
     | UnknownOrderContext
+    | UnorderedStudyContext
     | DeliveryFailureContext
     | PatientMismatchContext
     | MergeReviewContext,
@@ -140,6 +159,9 @@ class ReviewRequest(BaseModel):
     details: tuple[str, ...] = ()
     # What each action will do for this particular request, shown in `careweave review list`.
     actions: dict[ReviewAction, str] = Field(default_factory=dict)
+    # Actions this request refuses, each with why (the validator's answer to a reviewer who
+    # tries one): e.g. an approve that would have to guess the patient.
+    refused_actions: dict[ReviewAction, str] = Field(default_factory=dict)
     requested_at: datetime
     # None in reviews asked before contexts existed: the page shows them the generic way.
     context: ReviewContext | None = None

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -19,6 +20,11 @@ from tests.support.engine import Engine, careweave_client, running_engine, start
 from tests.support.fhir_server import running_fhir_server
 from tests.support.orthanc import RunningOrthanc, running_orthanc
 from tests.support.postgres import PostgresServer, running_postgres
+
+# Property tests check behaviour, not speed: on a loaded 2-core CI box one example of a
+# cheap test took 548 ms, past hypothesis' 200 ms default deadline, and failed the run.
+settings.register_profile("careweave", deadline=None)
+settings.load_profile("careweave")
 
 # Every span of the session is kept in memory so tests can follow one message's trace.
 SPANS = InMemorySpanExporter()

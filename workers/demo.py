@@ -21,6 +21,7 @@ from models.settings import Settings
 from workers import sample_messages as sm
 from workers.cli.common import stop_requested
 from workers.demo_downtime import show_downtime
+from workers.demo_imaging import demo_imaging_settings, imaging_unavailable, run_imaging_demo
 from workers.stack import RunningStack, StackError, embedded_stack
 
 
@@ -264,6 +265,13 @@ async def _run(stack: RunningStack, console: Console, run_tag: str) -> None:
     if stack.partners:
         console.print(await _partner_table(stack, run_tag))
         await show_downtime(stack, console, run_tag)
+    unavailable = imaging_unavailable(stack.settings)
+    if unavailable:
+        console.print(f"Imaging order to result not shown: {unavailable}")
+    else:
+        with console.status("imaging: order, worklist, images, ImagingStudy, report..."):
+            imaging = await run_imaging_demo(stack, run_tag)
+        console.print(imaging)
     console.print(f"Temporal UI: {stack.ui_url}")
     console.print(f"FHIR server: {stack.settings.fhir_base_url}/DiagnosticReport")
     console.print(
@@ -274,6 +282,7 @@ async def _run(stack: RunningStack, console: Console, run_tag: str) -> None:
 
 def run_demo(settings: Settings, console: Console, *, keep_running: bool) -> None:
     run_tag = time.strftime("%H%M%S")
+    settings = demo_imaging_settings(settings)
 
     async def main() -> None:
         # SIGTERM as well as Ctrl-C: a supervisor's stop must reach the finally below, which

@@ -40,7 +40,7 @@ def downtime_feed(run_tag: str) -> list[str]:
             f"{run_tag}-D{n}",
             "A03",
         )
-        for n, given in enumerate(("Ada", "Ben", "Cleo"), start=1)
+        for n, given in enumerate(("Adelheid", "Benedikt", "Cleopatra"), start=1)
     ]
 
 

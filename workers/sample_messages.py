@@ -266,3 +266,52 @@ def patient_merge(
         )
         + "\r"
     )
+
+
+# -- imaging: the RIS's order and the radiologist's report (the lab samples with OBR-24 and
+# OBR-18 set), for the demo and the imaging tests.
+
+# A narrative radiology finding, LOINC-coded (no local code to map or review).
+RADIOLOGY_FINDING = ResultValue(
+    "18782-3",
+    "Radiology Study observation (narrative)",
+    "No acute cardiopulmonary findings.",
+    "",
+    "",
+    value_type="TX",
+    coding_system="LN",
+)
+
+
+def with_obr_field(text: str, position: int, value: str) -> str:
+    segments = text.split("\r")
+    for index, segment in enumerate(segments):
+        if segment.startswith("OBR|"):
+            fields = segment.split("|")
+            fields += [""] * (position + 1 - len(fields))
+            fields[position] = value
+            segments[index] = "|".join(fields)
+    return "\r".join(segments)
+
+
+def ct_order(placer_order_number: str, mrn: str = SamplePatient.mrn) -> SampleOrder:
+    return SampleOrder(
+        placer_order_number,
+        local_code="CTCHEST",
+        text="CT chest without contrast",
+        patient=SamplePatient(mrn=mrn),
+    )
+
+
+def imaging_order_message(
+    order: SampleOrder, accession: str, control_id: str, *, order_control: str = "NW"
+) -> str:
+    """The RIS's ORM^O01: OBR-24 CT (an imaging section), the accession in OBR-18."""
+    text = lab_order(order, control_id, order_control=order_control)
+    return with_obr_field(with_obr_field(text, 24, "CT"), 18, accession)
+
+
+def radiology_report_message(order: SampleOrder, accession: str, control_id: str) -> str:
+    """The radiologist's final ORU^R01 for the same accession (OBR-24 RAD)."""
+    text = lab_result(order, control_id, [RADIOLOGY_FINDING])
+    return with_obr_field(with_obr_field(text, 24, "RAD"), 18, accession)

@@ -9,7 +9,10 @@ visit); a late series updates it. The order's fulfilment Task goes in-progress w
 study. The report (ORU^R01 with the same accession) gets DiagnosticReport.imagingStudy,
 completes the Task when final, and completes the exchange. A cancel removes
 the worklist entry and revokes the ServiceRequest. A study no order claims waits
-``unknown_order_wait_seconds`` for one, then goes to a reviewer.
+``unknown_order_wait_seconds`` for one, then goes to a reviewer, who may publish it
+without an order for its own patient: the one Patient that holds the header's PatientID
+and has its name (and birth date), looked up again when the approve comes; a later series
+of that study follows it to the same Patient, any doubt goes back to a reviewer.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from workflows.review import ReviewableWorkflow
 with workflow.unsafe.imports_passed_through():
     from activities.imaging_order import (
         PACS_REJECTED,
+        FindStudyPatientInput,
         FollowFeedInput,
         ImagingActivities,
         PacsFeedActivities,
@@ -36,6 +40,7 @@ with workflow.unsafe.imports_passed_through():
         ReadStudyInput,
         Scheduled,
         ScheduleInput,
+        StudyPatient,
         TrackFulfillmentInput,
         interpret_imaging_order,
     )
@@ -56,8 +61,10 @@ with workflow.unsafe.imports_passed_through():
     from models.review import (
         PatientMismatchContext,
         ReviewAction,
+        ReviewDecision,
         ReviewReason,
         UnknownOrderContext,
+        UnorderedStudyContext,
     )
 
 EXCHANGE_NAME = "imaging-order"
@@ -72,6 +79,9 @@ _TIMEOUT = timedelta(seconds=60)
 # with the final report) and give the ImagingStudy the order's encounter; runs started
 # before go on without either.
 FULFILLMENT_TASK_PATCH = "imaging-fulfillment-task"
+# Runs from here on let the reviewer of a study no order claims publish it for its own
+# patient (found by PatientID, confirmed by name); runs started before offer only reject.
+UNORDERED_STUDY_PATCH = "imaging-unordered-study-approve"
 # OBR-25 result status (HL7 table 0123): final and corrected reports finish the order.
 _FINAL_REPORT = ("F", "C")
 
@@ -95,6 +105,8 @@ class ImagingOrder(ReviewableWorkflow):
         self._imaging: ImagingFields | None = None
         self._scheduled: Scheduled | None = None
         self._study_reference: str | None = None
+        # The Patient a reviewer published a study without an order for.
+        self._unordered_subject: str | None = None
         self._written: list[str] = []
         self._studies_published = 0
         self._status = "received"
@@ -105,7 +117,12 @@ class ImagingOrder(ReviewableWorkflow):
             [sa.EXCHANGE.value_set(EXCHANGE_NAME), sa.FACILITY.value_set(params.facility)]
         )
         while self._status not in ("completed", "cancelled", "rejected"):
-            if self._order is None and self._studies and not self._messages:
+            if (
+                self._order is None
+                and self._unordered_subject is None
+                and self._studies
+                and not self._messages
+            ):
                 # A study came first: wait for its order, then a reviewer decides.
                 if not await self._wait_for_order():
                     continue
@@ -120,6 +137,8 @@ class ImagingOrder(ReviewableWorkflow):
                     await self._handle_order(message)
             elif self._order is not None:
                 await self._handle_study(self._studies.popleft())
+            elif self._unordered_subject is not None:
+                await self._handle_unordered_study(self._studies.popleft())
         await workflow.wait_condition(workflow.all_handlers_finished)
         return ImagingOrderSummary(
             status=self._status,
@@ -174,6 +193,9 @@ class ImagingOrder(ReviewableWorkflow):
             return True
         except TimeoutError:
             pass
+        if workflow.patched(UNORDERED_STUDY_PATCH):
+            await self._handle_unordered_study(self._studies.popleft())
+            return False
         decision = await self.ask_reviewer(
             ReviewReason.UNKNOWN_ORDER,
             "A study arrived in the PACS for an accession number no order has",
@@ -186,6 +208,117 @@ class ImagingOrder(ReviewableWorkflow):
             self._studies.clear()
             self._set_status("rejected")
         return False
+
+    async def _handle_unordered_study(self, change: StudyStable) -> None:
+        """A study no order claims: published without basedOn for the study's own patient
+        once a reviewer approves, or for the Patient a reviewer already approved it for;
+        never for a Patient found differently than when the reviewer looked."""
+        refusal = ""
+        while True:
+            header = await self._read_study(change)
+            found = await self._find_study_patient(header)
+            if (
+                self._unordered_subject is not None
+                and found.subject_reference == self._unordered_subject
+            ):
+                await self._publish_unordered_study(header, self._unordered_subject)
+                return
+            decision = await self._ask_about_unordered_study(header, found, refusal)
+            if decision.action is ReviewAction.REJECT:
+                self._studies.clear()
+                if self._unordered_subject is None:
+                    self._set_status("rejected")
+                return
+            if decision.action is not ReviewAction.APPROVE:
+                refusal = ""
+                continue
+            # The reviewer saw one Patient; registration may have changed since (another
+            # holder of the identifier, a merge): publish only to the one they approved.
+            again = await self._find_study_patient(header)
+            if again.subject_reference and again.subject_reference == found.subject_reference:
+                await self._publish_unordered_study(header, again.subject_reference)
+                return
+            refusal = (
+                "The approve was not carried out: the study's patient is no longer the "
+                "Patient the review named"
+            )
+
+    async def _ask_about_unordered_study(
+        self, header: StudyHeader, found: StudyPatient, refusal: str
+    ) -> ReviewDecision:
+        summary = "A study arrived in the PACS for an accession number no order has"
+        actions = {ReviewAction.REJECT: "Leave the study unpublished"}
+        refused: dict[ReviewAction, str] = {}
+        if found.subject_reference:
+            actions[ReviewAction.APPROVE] = (
+                "Publish the study without an order, for the one Patient its PatientID and "
+                "name identify"
+            )
+        else:
+            summary += f"; approve is not offered: {found.not_found}"
+            refused[ReviewAction.APPROVE] = (
+                f"{found.not_found}; the study is published only for a Patient its header "
+                "identifies exactly (register the patient, then look again)"
+            )
+            actions[ReviewAction.RETRY] = "Look the study's patient up again"
+        return await self.ask_reviewer(
+            ReviewReason.UNKNOWN_ORDER,
+            f"{refusal}. {summary}" if refusal else summary,
+            actions=actions,
+            refused_actions=refused,
+            context=UnorderedStudyContext(
+                study_instance_uid=header.study_instance_uid,
+                study_patient=_header_patient(header),
+                number_of_series=len(header.series),
+                number_of_instances=header.number_of_instances,
+                subject_reference=found.subject_reference,
+                patient_not_found=found.not_found,
+            ),
+        )
+
+    async def _find_study_patient(self, header: StudyHeader) -> StudyPatient:
+        return await workflow.execute_activity_method(
+            ImagingActivities.find_study_patient,
+            FindStudyPatientInput(
+                header=header, lab_mapping_version=self._params.lab_mapping_version
+            ),
+            start_to_close_timeout=_TIMEOUT,
+            retry_policy=_RETRY,
+            summary="Find the Patient the study's header names",
+        )
+
+    async def _read_study(self, change: StudyStable) -> StudyHeader:
+        return await workflow.execute_activity_method(
+            ImagingActivities.read_imaging_study,
+            ReadStudyInput(study_instance_uid=change.study_instance_uid),
+            start_to_close_timeout=_TIMEOUT,
+            retry_policy=_RETRY,
+            summary="Read the study's headers (WADO-RS metadata)",
+        )
+
+    async def _publish_unordered_study(self, header: StudyHeader, subject_reference: str) -> None:
+        published = await workflow.execute_activity_method(
+            ImagingActivities.publish_imaging_study,
+            PublishStudyInput(
+                header=header,
+                accession_number=header.accession_number,
+                # The PACS names no issuer of the accession (the order would have).
+                accession_issuer="",
+                subject_reference=subject_reference,
+                service_request_reference=None,
+                mapping_version=self._params.mapping_version,
+            ),
+            start_to_close_timeout=_TIMEOUT,
+            retry_policy=_RETRY,
+            summary="Write the ImagingStudy (no order) and its DICOMweb Endpoint",
+        )
+        self._written += [r for r in published.resources if r not in self._written]
+        self._study_reference = next(
+            (r for r in published.resources if r.startswith("ImagingStudy/")), None
+        )
+        self._unordered_subject = subject_reference
+        self._studies_published += 1
+        self._set_status("imaged")
 
     async def _handle_order(self, message: InboundMessage) -> None:
         interpreted = await workflow.execute_local_activity(

@@ -91,6 +91,7 @@ class ReviewableWorkflow:
         *,
         details: tuple[str, ...] = (),
         actions: dict[ReviewAction, str] | None = None,
+        refused_actions: dict[ReviewAction, str] | None = None,
         context: ReviewContext | None = None,
     ) -> ReviewDecision:
         """Block this exchange until a reviewer decides; every decision is kept in history.
@@ -104,6 +105,7 @@ class ReviewableWorkflow:
             summary=summary,
             details=details,
             actions=actions or {},
+            refused_actions=refused_actions or {},
             requested_at=workflow.now(),
             context=context,
         )
@@ -151,6 +153,10 @@ class ReviewableWorkflow:
             raise ValueError("a decision needs a reason")
         if not decision.reviewer.strip():
             raise ValueError("a decision needs the reviewer's identity")
+        if decision.action in pending.refused_actions:
+            raise ValueError(
+                f"{decision.action.value} is refused: {pending.refused_actions[decision.action]}"
+            )
         if pending.actions and decision.action not in pending.actions:
             raise ValueError(f"action {decision.action.value} is not offered for this review")
         if decision.action is ReviewAction.EDIT and not (decision.edited_message or "").startswith(

@@ -7,6 +7,7 @@ Every resource is validated against R4 before it leaves (mappings/fhir_validatio
 from __future__ import annotations
 
 import unicodedata
+from datetime import date
 from typing import Any
 
 from pydicom.uid import generate_uid
@@ -124,6 +125,69 @@ def context_mismatches(header: StudyHeader, patient: PatientRef) -> list[str]:
     return found
 
 
+def patient_ref_of(patient: JSON, patient_id: str) -> PatientRef:
+    """A FHIR Patient as a PatientRef, for the context check: its first name (official
+    first, FHIR HumanName.use) and birth date; ``patient_id`` is the identifier it was
+    found by."""
+    names = sorted(patient.get("name") or [], key=lambda name: name.get("use") != "official")
+    name = names[0] if names else {}
+    birth_date = patient.get("birthDate", "")
+    return PatientRef(
+        identifier=patient_id,
+        family_name=name.get("family", ""),
+        given_name=" ".join(name.get("given") or []),
+        birth_date=date.fromisoformat(birth_date) if len(birth_date) == 10 else None,
+    )
+
+
+def unordered_study_patient(
+    header: StudyHeader, patients: list[JSON], patient_system: str
+) -> tuple[JSON | None, str]:
+    """The one of ``patients`` (the FHIR Patients found by the header's PatientID) a study
+    without an order may be published for, or None and why not. Never a guess:
+    the Patient must be the only active one holding PatientID as a patient identifier
+    (``patient_system``, under the header's issuer when it names one), and the header must
+    name the patient (PatientName) as that Patient does, birth date too when both have
+    one. Field names and counts only, never values."""
+    if not header.patient_id:
+        return None, "the study's header has no PatientID"
+    if not header.patient_family_name:
+        return None, "the study's header has no PatientName to confirm the patient with"
+    systems = (
+        {qualified_system(patient_system, header.patient_id_issuer)}
+        if header.patient_id_issuer
+        else None
+    )
+
+    def holds_patient_id(patient: JSON) -> bool:
+        return any(
+            identifier.get("value") == header.patient_id
+            and (
+                identifier.get("system") in systems
+                if systems is not None
+                else str(identifier.get("system", "")).startswith(patient_system)
+            )
+            for identifier in patient.get("identifier") or []
+        )
+
+    # A Patient retired by a merge (active=false) keeps its identifiers, and the survivor
+    # holds them as old ones: only the survivor is the patient today.
+    holders = [p for p in patients if p.get("active") is not False and holds_patient_id(p)]
+    if not holders:
+        return None, "no Patient has the study's PatientID"
+    if len(holders) > 1:
+        return None, f"{len(holders)} Patients have the study's PatientID"
+    found = patient_ref_of(holders[0], header.patient_id)
+    if not found.family_name:
+        return None, "the Patient with the study's PatientID has no name to confirm it with"
+    mismatches = context_mismatches(header, found)
+    if mismatches:
+        return None, "the Patient with the study's PatientID has another " + " and ".join(
+            mismatches
+        )
+    return holders[0], ""
+
+
 def study_identifier(study_instance_uid: str, mapping: ImagingMapping) -> JSON:
     return {"system": mapping.systems["dicom_uid"], "value": f"urn:oid:{study_instance_uid}"}
 
@@ -189,7 +253,12 @@ def imaging_study_for(
         "meta": _meta(mapping),
         "identifier": [
             study_identifier(header.study_instance_uid, mapping),
-            accession_identifier(accession_number, accession_issuer, mapping),
+            # A study stored without one (an unordered study a reviewer published) has none.
+            *(
+                [accession_identifier(accession_number, accession_issuer, mapping)]
+                if accession_number
+                else []
+            ),
         ],
         "status": study["status"],
         "subject": {"reference": subject_reference},

@@ -36,9 +36,11 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import date
 from pathlib import Path
 from typing import Any
 
+from pydicom.uid import generate_uid
 from temporalio.api.common.v1 import Payload
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle, WorkflowHistory
@@ -90,6 +92,7 @@ from tests.support.imaging import (
     with_visit_number,
     worklist_answers,
 )
+from tests.support.modality import ScheduledPatient, series_files, store
 from tests.support.orthanc import RunningOrthanc, running_orthanc
 from tests.support.partner import Partner
 from tests.support.patient_sync import Person, person_message
@@ -544,6 +547,58 @@ async def imaging_order_fulfillment_task(s: Session) -> None:
     await s.save("imaging_order/fulfillment_task_encounter", wid)
 
 
+async def imaging_unordered_study_approved(s: Session) -> None:
+    """A study no order claims, approved for its own patient once registration knows them.
+
+    The `imaging-unordered-study-approve` patch: after the wait, the header is read and the
+    Patient looked up (none: approve refused, retry offered); the Patient is registered, the
+    reviewer retries, approves (looked up again), the ImagingStudy is written without
+    basedOn; the report for the accession links it."""
+    engine, orthanc = s.running_engine, s.orthanc
+    if orthanc is None:
+        raise RecordingError("imaging scenarios need the PACS")
+    accession = "ACC-1703"
+    wid = imaging_exchange_id(engine, accession)
+    with tempfile.TemporaryDirectory(prefix="modality-") as folder:
+        files = series_files(
+            Path(folder),
+            patient=ScheduledPatient("MRN8172", "Orphan", "Anna", date(1957, 6, 7), "F"),
+            accession_number=accession,
+            study_instance_uid=generate_uid(),
+            series_number=1,
+            instances=2,
+        )
+        await asyncio.to_thread(store, orthanc, files)
+    pending = await engine.wait_for_review(wid, timeout=UNKNOWN_ORDER_WAIT + 90)
+    await expect("actions", sorted(pending["actions"]), ["reject", "retry"])
+    await engine.fhir.conditional_update(
+        {
+            "resourceType": "Patient",
+            "identifier": [
+                {"system": f"urn:careweave:patient-id:{sm.HOSPITAL}", "value": "MRN8172"}
+            ],
+            "name": [{"family": "Orphan", "given": ["Anna"]}],
+            "birthDate": "1957-06-07",
+        },
+        f"Patient?identifier=urn:careweave:patient-id:{sm.HOSPITAL}|MRN8172",
+    )
+    await decide(engine, wid, pending, ReviewAction.RETRY, "registered now", "rad-1")
+    pending = await engine.wait_for_review(wid)
+    await expect("actions", sorted(pending["actions"]), ["approve", "reject"])
+    await decide(engine, wid, pending, ReviewAction.APPROVE, "walk-in CT", "rad-1")
+    await engine.wait_for_status(wid, "imaged")
+    order = sm.SampleOrder(
+        "HIS-1703",
+        local_code="CTCHEST",
+        text="CT chest without contrast",
+        patient=sm.SamplePatient(mrn="MRN8172", family="Orphan", given="Anna"),
+    )
+    await send_lab(engine, radiology_report_message(order, accession, "HIS-1703-R"))
+    await wait_closed(s.client, wid)
+    await expect("status", await engine.handle(wid).query("status"), "completed")
+    await s.save("imaging_order/unordered_study_approved", wid)
+
+
 async def pacs_poller_at_rest(s: Session) -> None:
     """The change-feed poller between two polls, after it announced the study above."""
 
@@ -557,6 +612,7 @@ async def pacs_poller_at_rest(s: Session) -> None:
 IMAGING_SCENARIOS = {
     "imaging_order_study_report",
     "imaging_order_fulfillment_task",
+    "imaging_unordered_study_approved",
     "pacs_poller_at_rest",
 }
 
@@ -1077,7 +1133,12 @@ SCENARIOS: list[list[Scenario]] = [
     ],
     # Holds every billing queue for a moment: other scenarios' billing deliveries wait.
     [delivery_held_while_down_then_replayed, delivery_replay_paused_then_resumed],
-    [imaging_order_study_report, imaging_order_fulfillment_task, pacs_poller_at_rest],
+    [
+        imaging_order_study_report,
+        imaging_order_fulfillment_task,
+        imaging_unordered_study_approved,
+        pacs_poller_at_rest,
+    ],
 ]
 
 

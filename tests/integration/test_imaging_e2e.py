@@ -3,7 +3,8 @@ gateway -> ServiceRequest and a worklist entry that dcmtk's findscu reads from O
 storescu sends images (pydicom's test files, rewritten for the entry) -> Orthanc's
 StableStudy, followed by the PACS poller -> ImagingStudy and its DICOMweb Endpoint on the
 FHIR server -> the radiology ORU's DiagnosticReport linked to the study. Also: a late
-series, a study naming another patient, a study without an order, a cancel."""
+series, a study naming another patient, a study without an order (rejected, or approved
+for its own patient once registration knows them), a cancel."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 from pydicom.uid import generate_uid
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowUpdateFailedError
 
 from adapters.hl7v2.ack import parse_ack
 from models.review import ReviewAction, ReviewDecision
@@ -34,6 +35,7 @@ from tests.support.imaging import (
 )
 from tests.support.modality import ScheduledPatient, series_files, store
 from tests.support.orthanc import RunningOrthanc
+from workers import sample_messages as sm
 from workflows.imaging_order import ImagingOrder
 
 
@@ -266,3 +268,102 @@ async def test_a_study_no_order_claims_goes_to_review_after_the_wait(
     )
     summary = await engine.client.get_workflow_handle_for(ImagingOrder.run, workflow_id).result()
     assert (summary.status, summary.studies_published) == ("rejected", 0)
+
+
+async def test_a_study_no_order_claims_is_published_for_its_own_patient_once_approved(
+    imaging_engine: Engine, orthanc: RunningOrthanc, tmp_path: Path
+) -> None:
+    engine, accession = imaging_engine, "ACC-E2E-ORPHAN-2"
+    workflow_id = imaging_exchange_id(engine, accession)
+    patient = ScheduledPatient("MRN8706", "Orphan", "Anna", date(1957, 6, 7), "F")
+    study_uid = generate_uid()
+    files = series_files(
+        tmp_path / "images",
+        patient=patient,
+        accession_number=accession,
+        study_instance_uid=study_uid,
+        series_number=1,
+        instances=2,
+    )
+    await asyncio.to_thread(store, orthanc, files)
+
+    # No Patient has the study's PatientID yet: approve is refused, saying why.
+    first = await engine.wait_for_review(workflow_id, timeout=90)
+    assert first["reason"] == "unknown-order"
+    assert "no Patient has the study's PatientID" in str(first["summary"])
+    assert "MRN8706" not in str(first["summary"])
+    assert set(first["actions"]) == {"reject", "retry"}
+    with pytest.raises(WorkflowUpdateFailedError) as refused:
+        await engine.decide_review(
+            workflow_id,
+            ReviewDecision(
+                review_id=str(first["review_id"]),
+                action=ReviewAction.APPROVE,
+                reason="the patient is ours",
+                reviewer="radiographer-3",
+            ),
+        )
+    assert "approve is refused: no Patient has the study's PatientID" in str(refused.value.cause)
+    assert await studies_of(engine, study_uid) == []
+
+    # Registration writes the patient (as patient-sync would); the reviewer looks again.
+    registered = await engine.fhir.conditional_update(
+        {
+            "resourceType": "Patient",
+            "identifier": [
+                {"system": f"urn:careweave:patient-id:{sm.HOSPITAL}", "value": "MRN8706"}
+            ],
+            "name": [{"family": "Orphan", "given": ["Anna"]}],
+            "birthDate": "1957-06-07",
+        },
+        f"Patient?identifier=urn:careweave:patient-id:{sm.HOSPITAL}|MRN8706",
+    )
+    await engine.decide_review(
+        workflow_id,
+        ReviewDecision(
+            review_id=str(first["review_id"]),
+            action=ReviewAction.RETRY,
+            reason="registered at the front desk",
+            reviewer="radiographer-3",
+        ),
+    )
+    second = await engine.wait_for_review(workflow_id, timeout=30)
+    assert second["review_id"] == "r2"
+    assert set(second["actions"]) == {"reject", "approve"}
+    assert second["context"]["subject_reference"] == f"Patient/{registered['id']}"
+    await engine.decide_review(
+        workflow_id,
+        ReviewDecision(
+            review_id=str(second["review_id"]),
+            action=ReviewAction.APPROVE,
+            reason="walk-in CT, order to follow on paper",
+            reviewer="radiographer-3",
+        ),
+    )
+    await engine.wait_for_status(workflow_id, "imaged")
+    [study] = await studies_of(engine, study_uid)
+    assert study["subject"] == {"reference": f"Patient/{registered['id']}"}
+    assert "basedOn" not in study
+    assert any(i["value"] == accession for i in study["identifier"])
+    assert (study["numberOfSeries"], study["numberOfInstances"]) == (1, 2)
+    assert await written(engine, workflow_id, "ImagingStudy") == [f"ImagingStudy/{study['id']}"]
+    assert await written(engine, workflow_id, "ServiceRequest") == []
+
+    # The radiologist's report for that accession links the study and ends the exchange.
+    order = sm.SampleOrder(
+        "IMG-E2E-6",
+        local_code="CTCHEST",
+        text="CT chest without contrast",
+        patient=sm.SamplePatient(
+            mrn="MRN8706", family="Orphan", given="Anna", birth_date="19570607"
+        ),
+    )
+    report = radiology_report_message(order, accession, "IMG-E2E-6-R")
+    assert await send(engine, report) == ["AA"]
+    await engine.wait_for_status(workflow_id, "completed")
+    [report_ref] = await written(engine, workflow_id, "DiagnosticReport")
+    published = await read(engine, report_ref)
+    assert published["imagingStudy"] == [{"reference": f"ImagingStudy/{study['id']}"}]
+    assert published["subject"]["reference"] == f"Patient/{registered['id']}"
+    summary = await engine.client.get_workflow_handle_for(ImagingOrder.run, workflow_id).result()
+    assert (summary.status, summary.studies_published) == ("completed", 1)

@@ -6,7 +6,6 @@ tests/integration/test_imaging_e2e.py and the history recorder."""
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime
 from pathlib import Path
 
 from pydicom.dataset import Dataset
@@ -15,29 +14,29 @@ from exchanges.imaging_order import imaging_workflow_id
 from tests.support.engine import Engine
 from tests.support.modality import ScheduledPatient, find_worklist, series_files, store
 from tests.support.orthanc import RunningOrthanc
-from workers import sample_messages as sm
-
-# A narrative radiology finding, LOINC-coded (no local code to map or review).
-RADIOLOGY_FINDING = sm.ResultValue(
-    "18782-3",
-    "Radiology Study observation (narrative)",
-    "No acute cardiopulmonary findings.",
-    "",
-    "",
-    value_type="TX",
-    coding_system="LN",
+from workers.modality import scheduled_patient
+from workers.sample_messages import (
+    RADIOLOGY_FINDING,
+    ct_order,
+    imaging_order_message,
+    radiology_report_message,
+    with_obr_field,
 )
 
-
-def with_obr_field(text: str, position: int, value: str) -> str:
-    segments = text.split("\r")
-    for index, segment in enumerate(segments):
-        if segment.startswith("OBR|"):
-            fields = segment.split("|")
-            fields += [""] * (position + 1 - len(fields))
-            fields[position] = value
-            segments[index] = "|".join(fields)
-    return "\r".join(segments)
+# The RIS's messages and the worklist reading live in workers/ (the demo sends them too).
+__all__ = [
+    "RADIOLOGY_FINDING",
+    "acquire_series",
+    "acquire_study",
+    "ct_order",
+    "imaging_exchange_id",
+    "imaging_order_message",
+    "radiology_report_message",
+    "scheduled_patient",
+    "with_obr_field",
+    "with_visit_number",
+    "worklist_answers",
+]
 
 
 def with_visit_number(text: str, visit_number: str) -> str:
@@ -52,43 +51,8 @@ def with_visit_number(text: str, visit_number: str) -> str:
     return "\r".join(segments)
 
 
-def ct_order(placer_order_number: str, mrn: str) -> sm.SampleOrder:
-    return sm.SampleOrder(
-        placer_order_number,
-        local_code="CTCHEST",
-        text="CT chest without contrast",
-        patient=sm.SamplePatient(mrn=mrn),
-    )
-
-
-def imaging_order_message(
-    order: sm.SampleOrder, accession: str, control_id: str, *, order_control: str = "NW"
-) -> str:
-    """The RIS's ORM^O01: OBR-24 CT (an imaging section), the accession in OBR-18."""
-    text = sm.lab_order(order, control_id, order_control=order_control)
-    return with_obr_field(with_obr_field(text, 24, "CT"), 18, accession)
-
-
-def radiology_report_message(order: sm.SampleOrder, accession: str, control_id: str) -> str:
-    """The radiologist's final ORU^R01 for the same accession (OBR-24 RAD)."""
-    text = sm.lab_result(order, control_id, [RADIOLOGY_FINDING])
-    return with_obr_field(with_obr_field(text, 24, "RAD"), 18, accession)
-
-
 def imaging_exchange_id(engine: Engine, accession: str) -> str:
     return imaging_workflow_id(accession, engine.settings.resolved_pseudonym_key())
-
-
-def scheduled_patient(answer: Dataset) -> ScheduledPatient:
-    """The patient as the modality takes it from its worklist answer."""
-    family, _, given = str(answer.PatientName).partition("^")
-    return ScheduledPatient(
-        patient_id=str(answer.PatientID),
-        family_name=family,
-        given_name=given,
-        birth_date=datetime.strptime(str(answer.PatientBirthDate), "%Y%m%d").date(),
-        sex=str(answer.PatientSex),
-    )
 
 
 async def worklist_answers(orthanc: RunningOrthanc, folder: Path, accession: str) -> list[Dataset]:

@@ -12,6 +12,7 @@ from mappings.imaging_order.fhir_imaging import (
     is_imaging_order,
     modality_for,
     study_instance_uid_for,
+    unordered_study_patient,
 )
 from mappings.imaging_order.mapping import load_imaging_mapping
 from models.imaging import InstanceHeader, SeriesHeader, StudyHeader
@@ -109,3 +110,82 @@ def test_a_header_naming_another_patient_is_a_mismatch_by_field_name() -> None:
         "PatientBirthDate"
     ]
     assert context_mismatches(_header(patient_birth_date=None), patient) == []
+
+
+PATIENT_SYSTEM = "urn:careweave:patient-id"
+
+
+def _patient(
+    patient_id: str = "1",
+    *,
+    mrn: str = "MRN1",
+    system: str = f"{PATIENT_SYSTEM}:HOSP",
+    family: str = "Lindqvist",
+    birth_date: str = "1961-04-02",
+    **extra: object,
+) -> dict[str, object]:
+    return {
+        "resourceType": "Patient",
+        "id": patient_id,
+        "identifier": [{"system": system, "value": mrn}],
+        "name": [{"family": family, "given": ["Åsa"]}],
+        "birthDate": birth_date,
+        **extra,
+    }
+
+
+def test_an_unordered_study_goes_to_the_one_patient_its_header_identifies() -> None:
+    found, why = unordered_study_patient(_header(), [_patient()], PATIENT_SYSTEM)
+    assert (found, why) == (_patient(), "")
+    # A merged-away record keeps the number; the survivor holds it too: the survivor.
+    retired = _patient("old", active=False)
+    found, _ = unordered_study_patient(_header(), [retired, _patient("2")], PATIENT_SYSTEM)
+    assert found is not None and found["id"] == "2"
+    # The header names the issuer: only that issuer's identifier counts.
+    other_issuer = _patient("3", system=f"{PATIENT_SYSTEM}:OTHER")
+    found, _ = unordered_study_patient(
+        _header(patient_id_issuer="HOSP"), [other_issuer, _patient()], PATIENT_SYSTEM
+    )
+    assert found is not None and found["id"] == "1"
+
+
+def test_an_unordered_study_is_never_published_on_a_guess() -> None:
+    def why(header: StudyHeader, patients: list[dict[str, object]]) -> str:
+        found, reason = unordered_study_patient(header, patients, PATIENT_SYSTEM)
+        assert found is None
+        return reason
+
+    assert why(_header(), []) == "no Patient has the study's PatientID"
+    assert why(_header(), [_patient("1"), _patient("2", system=f"{PATIENT_SYSTEM}:X")]) == (
+        "2 Patients have the study's PatientID"
+    )
+    # The same number as another kind of identifier (not a patient number) is no match.
+    assert why(_header(), [_patient(system="urn:careweave:visit")]) == (
+        "no Patient has the study's PatientID"
+    )
+    assert why(_header(patient_id=""), [_patient()]) == "the study's header has no PatientID"
+    assert why(_header(patient_family_name=""), [_patient()]).startswith(
+        "the study's header has no PatientName"
+    )
+    assert why(_header(), [_patient(family="Berg")]) == (
+        "the Patient with the study's PatientID has another PatientName"
+    )
+    assert why(_header(), [_patient(birth_date="1961-04-03")]) == (
+        "the Patient with the study's PatientID has another PatientBirthDate"
+    )
+    assert why(_header(), [_patient(name=[])]).endswith("has no name to confirm it with")
+    assert why(_header(), [_patient(active=False)]) == "no Patient has the study's PatientID"
+
+
+def test_a_study_without_an_accession_gets_no_accession_identifier() -> None:
+    study = imaging_study_for(
+        _header(accession_number=""),
+        accession_number="",
+        accession_issuer="",
+        subject_reference="Patient/1",
+        service_request_reference=None,
+        endpoint_reference="Endpoint/e",
+        mapping=MAPPING,
+    )
+    assert [i["system"] for i in study["identifier"]] == ["urn:dicom:uid"]
+    assert "basedOn" not in study

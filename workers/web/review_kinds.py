@@ -32,6 +32,7 @@ from models.review import (
     UnknownOrderContext,
     UnmappedCodeContext,
     UnmappedObservation,
+    UnorderedStudyContext,
 )
 from models.search import BusinessKeyKind
 from workers.api.context import ApiContext
@@ -90,6 +91,12 @@ class PatientMismatchView:
 
 
 @dataclass(frozen=True)
+class UnorderedStudyView:
+    kind = "unordered-study"
+    context: UnorderedStudyContext
+
+
+@dataclass(frozen=True)
 class MergeReviewView:
     kind = "uncertain-merge"
     context: MergeReviewContext
@@ -100,6 +107,7 @@ KindView = (
     | UnknownOrderView
     | DeliveryFailureView
     | PatientMismatchView
+    | UnorderedStudyView
     | MergeReviewView
 )
 
@@ -118,6 +126,8 @@ async def kind_view(
         return PatientMismatchView(found)
     if isinstance(found, MergeReviewContext):
         return MergeReviewView(found)
+    if isinstance(found, UnorderedStudyContext):
+        return UnorderedStudyView(found)
     return None
 
 
