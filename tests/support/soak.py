@@ -318,7 +318,7 @@ async def findings(
                 history = await fhir.history("DiagnosticReport", reports[0]["id"])
                 statuses = [
                     version["status"]
-                    for version in sorted(history, key=lambda v: int(v["meta"]["versionId"]))
+                    for version in sorted(history, key=lambda v: str(v["meta"]["lastUpdated"]))
                 ]
                 if "corrected" in statuses and "final" in statuses[statuses.index("corrected") :]:
                     found.out_of_order.append(f"{placer}: report versions {statuses}")
