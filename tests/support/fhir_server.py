@@ -10,6 +10,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -40,6 +41,14 @@ def tokens_issued(base_url: str) -> int:
     return issued
 
 
+@dataclass(frozen=True)
+class FhirServerProcess:
+    """A running FHIR server: its base URL and its process (to freeze it with SIGSTOP)."""
+
+    base_url: str
+    process: subprocess.Popen[bytes]
+
+
 @contextmanager
 def running_fhir_server(
     port: int | None = None,
@@ -51,7 +60,32 @@ def running_fhir_server(
     tls: Pki | None = None,
     require_client_cert: bool = False,
 ) -> Iterator[str]:
-    """Yield the base URL of a fresh, empty in-memory FHIR server; stop it afterwards.
+    """Yield the base URL of a fresh, empty in-memory FHIR server; stop it afterwards
+    (fhir_server_process tells the options)."""
+    with fhir_server_process(
+        port,
+        smart_clients=smart_clients,
+        static_token=static_token,
+        require_auth=require_auth,
+        token_lifetime_seconds=token_lifetime_seconds,
+        tls=tls,
+        require_client_cert=require_client_cert,
+    ) as server:
+        yield server.base_url
+
+
+@contextmanager
+def fhir_server_process(
+    port: int | None = None,
+    *,
+    smart_clients: dict[str, Path] | None = None,
+    static_token: str | None = None,
+    require_auth: bool = False,
+    token_lifetime_seconds: float | None = None,
+    tls: Pki | None = None,
+    require_client_cert: bool = False,
+) -> Iterator[FhirServerProcess]:
+    """A fresh, empty in-memory FHIR server until the block ends.
 
     Authorization is off unless asked for: `smart_clients` registers SMART backend clients
     (client id -> JWKS file of their public keys), `static_token` accepts one fixed bearer
@@ -90,7 +124,7 @@ def running_fhir_server(
         )
         try:
             _wait_until_up(base_url, process, log, _probe_verify(tls, require_client_cert))
-            yield base_url
+            yield FhirServerProcess(base_url, process)
         finally:
             process.terminate()
             try:

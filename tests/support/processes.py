@@ -27,7 +27,7 @@ class DevServer:
     """`temporal server start-dev` on a fixed port and a database file, so that a stop
     and a start again give the same server back (the same address, the same state)."""
 
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, *extra_args: str) -> None:
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
         self._command = [
@@ -44,6 +44,7 @@ class DevServer:
             "--log-level",
             "error",
             *REGISTRY.dev_server_args(),
+            *extra_args,
         ]
         self._log = state_dir / "temporal.log"
         self._process: subprocess.Popen[bytes] | None = None
@@ -52,6 +53,19 @@ class DevServer:
         assert self._process is None, "already running"
         with self._log.open("ab") as log:
             self._process = subprocess.Popen(self._command, stdout=log, stderr=subprocess.STDOUT)
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
+    def kill(self) -> None:
+        """SIGKILL: the server ends mid-write, as on a crash; start() brings it back on
+        the same database file."""
+        if self._process is None:
+            return
+        self._process.kill()
+        self._process.wait()
+        self._process = None
 
     def stop(self) -> None:
         if self._process is None:
