@@ -22,12 +22,13 @@ import argparse
 import asyncio
 import contextlib
 import os
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,6 +49,8 @@ from workers import sample_messages as sm
 from workers.stack import dev_server_command
 
 GATEWAY_READY = r"MLLP gateway listening"
+PRODUCTION = "production shape"
+PRODUCTION_BEFORE = "production shape, --before checkout"
 DONE_WITHIN_SECONDS = 1800
 ROUTING = """
 version = "bench-e2e-1"
@@ -172,7 +175,9 @@ async def dev_server(state: Path) -> AsyncIterator[tuple[str, int]]:
 
 
 @contextlib.asynccontextmanager
-async def production_shape(state: Path) -> AsyncIterator[ProductionShape]:
+async def production_shape(state: Path, source: Path | None) -> AsyncIterator[ProductionShape]:
+    """The four processes; the worker and gateway run from ``source`` (another checkout of
+    Careweave, e.g. the commit before a change) when given, else from this one."""
     state.mkdir(parents=True)
     routing = state / "destinations.toml"
     mllp_port = free_port()
@@ -187,9 +192,11 @@ async def production_shape(state: Path) -> AsyncIterator[ProductionShape]:
                 destinations_file=str(routing),
                 mllp_port=str(mllp_port),
             )
+            if source is not None:
+                env["PYTHONPATH"] = str(source)
             async with (
-                careweave_process("worker", env=env) as worker,
-                careweave_process("gateway", env=env) as gateway,
+                careweave_process("worker", env=env, cwd=source) as worker,
+                careweave_process("gateway", env=env, cwd=source) as gateway,
             ):
                 await worker.wait_for_line(WORKER_READY)
                 await gateway.wait_for_line(GATEWAY_READY)
@@ -223,8 +230,52 @@ async def fhir_total(http: httpx.AsyncClient, base_url: str, query: str) -> int:
     return int(bundle.get("total", 0))
 
 
-async def run_production(state: Path, feed: Feed, senders: int) -> Figures:
-    async with production_shape(state) as shape:
+@contextlib.contextmanager
+def profiled(pids: dict[str, int], into: Path | None) -> Iterator[None]:
+    """py-spy sampling each process (collapsed stacks into ``into``/<name>.txt) meanwhile."""
+    if into is None:
+        yield
+        return
+    into.mkdir(parents=True, exist_ok=True)
+    spies = [
+        subprocess.Popen(
+            [
+                str(Path(sys.executable).parent / "py-spy"),
+                "record",
+                "--pid",
+                str(pid),
+                "--rate",
+                "50",
+                "--format",
+                "raw",
+                "--nonblocking",
+                "--output",
+                str(into / f"{name}.txt"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for name, pid in pids.items()
+    ]
+    try:
+        yield
+    finally:
+        for spy in spies:
+            spy.send_signal(signal.SIGINT)
+        for spy in spies:
+            spy.wait(timeout=60)
+
+
+async def run_production(
+    name: str,
+    state: Path,
+    feed: Feed,
+    senders: int,
+    *,
+    source: Path | None = None,
+    profile: Path | None = None,
+) -> Figures:
+    async with production_shape(state, source) as shape:
         free: asyncio.Queue[MllpClient] = asyncio.Queue()
         clients = [MllpClient("127.0.0.1", shape.mllp_port, timeout=120) for _ in range(senders)]
         for client in clients:
@@ -252,17 +303,19 @@ async def run_production(state: Path, feed: Feed, senders: int) -> Figures:
 
             pids = {**shape.pids, "bench": os.getpid()}
             cpu_before = cpu_snapshot(pids)
-            started = time.perf_counter()
-            await send_all(feed.first, senders, send)
-            await send_all(feed.results, senders, send)
-            acked = time.perf_counter() - started
-            done = await wait_until(fully_processed, started)
-            cpu_after = cpu_snapshot(pids)
+            python = {name: shape.pids[name] for name in ("worker", "gateway")}
+            with profiled(python, profile):
+                started = time.perf_counter()
+                await send_all(feed.first, senders, send)
+                await send_all(feed.results, senders, send)
+                acked = time.perf_counter() - started
+                done = await wait_until(fully_processed, started)
+                cpu_after = cpu_snapshot(pids)
         for client in clients:
             await client.__aexit__(None, None, None)
         lines = shape.worker.lines
     return Figures(
-        "production shape",
+        name,
         feed.total,
         acked,
         done,
@@ -368,9 +421,21 @@ async def main() -> None:
     parser.add_argument("--senders", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--skip-bare", action="store_true", help="production shape only")
+    parser.add_argument(
+        "--before",
+        type=Path,
+        help="also run the production shape from this checkout (e.g. `git archive` of the "
+        "commit before a change) in every round, for before/after figures of one run",
+    )
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        help="py-spy the worker and gateway into this folder (collapsed stacks, per round)",
+    )
     args = parser.parse_args()
 
     production: list[Figures] = []
+    before: list[Figures] = []
     bare: list[Figures] = []
     with tempfile.TemporaryDirectory(prefix="careweave-bench-e2e-") as base:
         for index in range(args.rounds):
@@ -378,9 +443,26 @@ async def main() -> None:
             feed = mixed_feed(tag, args.orders, args.discharges)
             if not args.skip_bare:
                 bare.append(await run_bare(Path(base) / f"bare{index}", feed, args.senders))
-            production.append(await run_production(Path(base) / f"prod{index}", feed, args.senders))
+            if args.before:
+                before.append(
+                    await run_production(
+                        PRODUCTION_BEFORE,
+                        Path(base) / f"before{index}",
+                        mixed_feed(f"{tag}b", args.orders, args.discharges),
+                        args.senders,
+                        source=args.before.resolve(),
+                    )
+                )
+            profile = args.profile / f"round{index + 1}" if args.profile else None
+            production.append(
+                await run_production(
+                    PRODUCTION, Path(base) / f"prod{index}", feed, args.senders, profile=profile
+                )
+            )
             line = f"round {index + 1}: production {production[-1].rate:.1f}/s"
             line += f" (ACK {production[-1].ack_rate:.0f}/s)"
+            if before:
+                line += f", before {before[-1].rate:.1f}/s"
             if bare:
                 line += f", bare {bare[-1].rate:.1f}/s ({production[-1].rate / bare[-1].rate:.0%})"
             print(line, flush=True)
@@ -393,7 +475,7 @@ async def main() -> None:
     print(f"\n{feed_line}\n")
     print("| path | fully processed msg/s, median | best | durable ACK msg/s, median |")
     print("|---|---|---|---|")
-    for runs in (production, bare):
+    for runs in (production, before, bare):
         if runs:
             median, best = summary(runs)
             ack = statistics.median(run.ack_rate for run in runs)
@@ -401,8 +483,11 @@ async def main() -> None:
     if bare:
         ratio = summary(production)[0] / summary(bare)[0]
         print(f"\nproduction shape = {ratio:.2f}x the bare baseline (medians)")
+    if before:
+        gain = summary(production)[0] / summary(before)[0]
+        print(f"production shape = {gain:.2f}x the checkout before (medians)")
     print("\nCPU milliseconds per message, by process (median round):\n")
-    for runs in (production, bare):
+    for runs in (production, before, bare):
         if runs:
             middle = sorted(runs, key=lambda run: run.rate)[len(runs) // 2]
             cells = ", ".join(f"{name} {ms:.1f}" for name, ms in middle.cpu_ms.items())

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 
 from temporalio.client import Client
 from temporalio.worker import Worker
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from adapters.audit_log import AuditLog
 from adapters.database import open_engine
@@ -26,6 +27,25 @@ from workers.audit_interceptor import AuditInterceptor
 from workers.decision_proof_interceptor import DecisionProofInterceptor
 from workers.payload_codec import EncryptionCodec
 from workers.refusal_audit import RefusalAudit
+
+
+# Modules that workflow code uses but that hold no state a run could change: loaded once
+# for the worker instead of again in every workflow run's sandbox (pydantic and the
+# canonical models cost tens of milliseconds per run to import, on every new exchange).
+# Workflow modules themselves stay sandboxed, so a non-deterministic call in them is still
+# refused.
+SANDBOX_PASSTHROUGH = (
+    "pydantic",
+    "pydantic_core",
+    "annotated_types",
+    "models",
+    "mappings",
+    "activities",
+    "adapters",
+)
+WORKFLOW_RUNNER = SandboxedWorkflowRunner(
+    restrictions=SandboxRestrictions.default.with_passthrough_modules(*SANDBOX_PASSTHROUGH)
+)
 
 
 def lab_fhir_client(settings: Settings, *, timeout: float | None = None) -> FhirClient:
@@ -128,6 +148,10 @@ async def open_worker(
             workflows=registry.workflows(),
             activities=registry.activities(dependencies),
             activity_executor=executor,
+            workflow_runner=WORKFLOW_RUNNER,
+            max_concurrent_workflow_tasks=settings.worker_max_concurrent_workflow_tasks,
+            max_concurrent_activities=settings.worker_max_concurrent_activities,
+            max_concurrent_local_activities=settings.worker_max_concurrent_local_activities,
             interceptors=[
                 AuditInterceptor(audit_log, registry.audit_actions()),
                 DecisionProofInterceptor(decision_keys, refusals.decision_refused),
