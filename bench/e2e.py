@@ -35,7 +35,8 @@ from pathlib import Path
 import httpx
 from temporalio.client import Client
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(PROJECT_ROOT))
 
 from adapters.hl7v2.ack import parse_ack
 from adapters.hl7v2.mllp_client import MllpClient
@@ -125,7 +126,9 @@ class Figures:
         return self.messages / self.acked_seconds
 
 
-async def send_all(messages: list[str], senders: int, send: Callable[[str], Awaitable[None]]) -> None:
+async def send_all(
+    messages: list[str], senders: int, send: Callable[[str], Awaitable[None]]
+) -> None:
     pending = iter(messages)
 
     async def sender() -> None:
@@ -178,7 +181,6 @@ async def dev_server(state: Path) -> AsyncIterator[tuple[str, int]]:
 async def production_shape(state: Path, source: Path | None) -> AsyncIterator[ProductionShape]:
     """The four processes; the worker and gateway run from ``source`` (another checkout of
     Careweave, e.g. the commit before a change) when given, else from this one."""
-    state.mkdir(parents=True)
     routing = state / "destinations.toml"
     mllp_port = free_port()
     with running_fhir_server() as fhir_base_url:
@@ -331,7 +333,6 @@ async def run_production(
 
 
 async def run_bare(state: Path, feed: Feed, senders: int) -> Figures:
-    state.mkdir(parents=True)
     task_queue = "bare-e2e"
     async with dev_server(state) as (address, temporal_pid):
         worker = await asyncio.create_subprocess_exec(
@@ -343,7 +344,7 @@ async def run_bare(state: Path, feed: Feed, senders: int) -> Figures:
             task_queue,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
-            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+            env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)},
         )
         try:
             assert worker.stdout is not None
@@ -439,6 +440,8 @@ async def main() -> None:
     bare: list[Figures] = []
     with tempfile.TemporaryDirectory(prefix="careweave-bench-e2e-") as base:
         for index in range(args.rounds):
+            for path in ("bare", "before", "prod"):
+                (Path(base) / f"{path}{index}").mkdir()
             tag = f"{time.strftime('%H%M%S')}{index}"
             feed = mixed_feed(tag, args.orders, args.discharges)
             if not args.skip_bare:

@@ -28,7 +28,6 @@ from workers.decision_proof_interceptor import DecisionProofInterceptor
 from workers.payload_codec import EncryptionCodec
 from workers.refusal_audit import RefusalAudit
 
-
 # Modules that workflow code uses but that hold no state a run could change: loaded once
 # for the worker instead of again in every workflow run's sandbox (pydantic and the
 # canonical models cost tens of milliseconds per run to import, on every new exchange).
