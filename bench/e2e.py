@@ -35,8 +35,7 @@ from pathlib import Path
 import httpx
 from temporalio.client import Client
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(PROJECT_ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from adapters.hl7v2.ack import parse_ack
 from adapters.hl7v2.mllp_client import MllpClient
@@ -49,6 +48,7 @@ from tests.support.separate_worker import WORKER_READY
 from workers import sample_messages as sm
 from workers.stack import dev_server_command
 
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
 GATEWAY_READY = r"MLLP gateway listening"
 PRODUCTION = "production shape"
 PRODUCTION_BEFORE = "production shape, --before checkout"
@@ -91,9 +91,7 @@ def mixed_feed(tag: str, orders: int, discharges: int) -> Feed:
         patient = sm.SamplePatient(mrn=f"ME{tag}{index:05d}")
         order = sm.SampleOrder(f"E{tag}{index:05d}", patient=patient)
         first.append(sm.lab_order(order, f"O{tag}-{index:05d}"))
-        results.append(
-            sm.lab_result(order, f"R{tag}-{index:05d}", [sm.SODIUM, sm.POTASSIUM])
-        )
+        results.append(sm.lab_result(order, f"R{tag}-{index:05d}", [sm.SODIUM, sm.POTASSIUM]))
         if index % every == every - 1 and discharged < discharges:
             first.append(discharge(tag, discharged))
             discharged += 1
@@ -102,9 +100,7 @@ def mixed_feed(tag: str, orders: int, discharges: int) -> Feed:
 
 
 def discharge(tag: str, index: int) -> str:
-    stay = sm.SampleStay(
-        f"VE{tag}{index:05d}", patient=sm.SamplePatient(mrn=f"MD{tag}{index:05d}")
-    )
+    stay = sm.SampleStay(f"VE{tag}{index:05d}", patient=sm.SamplePatient(mrn=f"MD{tag}{index:05d}"))
     return sm.adt_event(stay, f"D{tag}-{index:05d}", "A03")
 
 
