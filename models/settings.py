@@ -141,7 +141,7 @@ class Settings(BaseSettings):
     # timeout it is redone ("workflow task not found" on the late completion), wasting the
     # CPU when load is highest. Sized to the machine, overload waits in the task queue
     # instead. Activities mostly wait on I/O (FHIR, MLLP) and can be many more.
-    worker_max_concurrent_workflow_tasks: int = Field(default=4, ge=2)
+    worker_max_concurrent_workflow_tasks: int = Field(default=8, ge=2)
     worker_max_concurrent_activities: int = Field(default=32, ge=1)
     worker_max_concurrent_local_activities: int = Field(default=8, ge=1)
     # Upstream downtime batches (`careweave ingest-batch`): the watched inbox (processed
