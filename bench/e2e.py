@@ -352,29 +352,22 @@ async def run_bare(state: Path, feed: Feed, senders: int) -> Figures:
 
             async def send(message: str) -> None:
                 if "|ADT^" in message:
-                    workflow, workflow_id, kind = (
+                    await client.start_workflow(
                         BareDischarge.run,
-                        f"bare-discharge/{next(discharge_ids)}",
-                        "discharge",
+                        id=f"bare-discharge/{next(discharge_ids)}",
+                        task_queue=task_queue,
+                        start_signal="message",
+                        start_signal_args=[BareMessage("discharge", message)],
                     )
-                elif "ORU^R01" in message:
-                    workflow, workflow_id, kind = (
-                        BareOrder.run,
-                        f"bare-order/{next(result_ids)}",
-                        "result",
-                    )
-                else:
-                    workflow, workflow_id, kind = (
-                        BareOrder.run,
-                        f"bare-order/{next(order_ids)}",
-                        "order",
-                    )
+                    return
+                result = "ORU^R01" in message
+                index = next(result_ids) if result else next(order_ids)
                 await client.start_workflow(
-                    workflow,  # type: ignore[arg-type]
-                    id=workflow_id,
+                    BareOrder.run,
+                    id=f"bare-order/{index}",
                     task_queue=task_queue,
                     start_signal="message",
-                    start_signal_args=[BareMessage(kind, message)],
+                    start_signal_args=[BareMessage("result" if result else "order", message)],
                 )
 
             expected = feed.orders + 2 * feed.discharges
