@@ -132,13 +132,21 @@ class BareQueue:
 
 
 async def run_worker(address: str, task_queue: str) -> None:
+    # Imported here, not at the top: this module is re-imported in every workflow's sandbox.
+    from models.settings import Settings
+
     client = await Client.connect(address)
+    defaults = Settings()
     worker = Worker(
         client,
         task_queue=task_queue,
         workflows=[BareOrder, BareDischarge, BareQueue],
         activities=[bare_parse, bare_write, bare_enqueue],
         activity_executor=concurrent.futures.ThreadPoolExecutor(8),
+        # Sized as `careweave worker` is by default, so both meet the same limits.
+        max_concurrent_workflow_tasks=defaults.worker_max_concurrent_workflow_tasks,
+        max_concurrent_activities=defaults.worker_max_concurrent_activities,
+        max_concurrent_local_activities=defaults.worker_max_concurrent_local_activities,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -50,6 +50,7 @@ from workers.stack import dev_server_command
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 GATEWAY_READY = r"MLLP gateway listening"
+BARE_WORKER_READY = r"bare worker running"
 PRODUCTION = "production shape"
 PRODUCTION_BEFORE = "production shape, --before checkout"
 DONE_WITHIN_SECONDS = 1800
@@ -331,7 +332,7 @@ async def run_production(
 async def run_bare(state: Path, feed: Feed, senders: int) -> Figures:
     task_queue = "bare-e2e"
     async with dev_server(state) as (address, temporal_pid):
-        worker = await asyncio.create_subprocess_exec(
+        process = await asyncio.create_subprocess_exec(
             sys.executable,
             str(Path(__file__).with_name("bare_workflows.py")),
             "--address",
@@ -342,9 +343,11 @@ async def run_bare(state: Path, feed: Feed, senders: int) -> Figures:
             stderr=asyncio.subprocess.STDOUT,
             env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)},
         )
+        worker = CareweaveProcess(process)
+        await worker.wait_for_line(BARE_WORKER_READY)
+        # Read its output as it comes (warnings under load): a full pipe would stall it.
+        reader = asyncio.create_task(worker.drain())
         try:
-            assert worker.stdout is not None
-            await asyncio.wait_for(worker.stdout.readline(), 60)
             client = await Client.connect(address)
             order_ids = iter(range(feed.orders))
             result_ids = iter(range(feed.orders))
@@ -385,14 +388,18 @@ async def run_bare(state: Path, feed: Feed, senders: int) -> Figures:
             done = await wait_until(all_completed, started)
             cpu_after = cpu_snapshot(pids)
         finally:
-            worker.terminate()
-            await worker.wait()
+            process.terminate()
+            await process.wait()
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
+            over_deadline = sum(OVER_DEADLINE in line for line in worker.lines)
     return Figures(
         "bare Temporal, no-op activities",
         feed.total,
         acked,
         done,
         {key: (cpu_after[key] - cpu_before[key]) * 1000 / feed.total for key in pids},
+        {"workflow tasks over deadline (TMPRL1104)": over_deadline},
     )
 
 
