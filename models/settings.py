@@ -136,6 +136,14 @@ class Settings(BaseSettings):
     destination_probe_timeout_seconds: float = Field(default=15.0, gt=0)
     replay_parallel_patients: int = Field(default=20, ge=1)
     replay_events_per_second: float = Field(default=20.0, gt=0)
+    # The worker's concurrency (`careweave worker`). On a small machine more workflow
+    # tasks at once than there are cores only makes each one slower: past the 10 s task
+    # timeout it is redone ("workflow task not found" on the late completion), wasting the
+    # CPU when load is highest. Sized to the machine, overload waits in the task queue
+    # instead. Activities mostly wait on I/O (FHIR, MLLP) and can be many more.
+    worker_max_concurrent_workflow_tasks: int = Field(default=8, ge=2)
+    worker_max_concurrent_activities: int = Field(default=32, ge=1)
+    worker_max_concurrent_local_activities: int = Field(default=8, ge=1)
     # Upstream downtime batches (`careweave ingest-batch`): the watched inbox (processed
     # files go to its processed/, held/ or failed/ folder, never deleted), how fast its
     # messages are committed so a recovering engine is not flooded, and the zone an MSH-7

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 
 from temporalio.client import Client
 from temporalio.worker import Worker
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from adapters.audit_log import AuditLog
 from adapters.database import open_engine
@@ -27,6 +28,27 @@ from workers.decision_proof_interceptor import DecisionProofInterceptor
 from workers.exchange_duration_interceptor import ExchangeDurationInterceptor
 from workers.payload_codec import EncryptionCodec
 from workers.refusal_audit import RefusalAudit
+
+# Modules loaded once for the worker instead of again in every workflow run's sandbox. The
+# sandbox re-executes each module it does not pass through whenever a run starts (or is
+# replayed after eviction): for Careweave's workflow modules that was most of the CPU a new
+# exchange cost (bench/e2e.py, docs/benchmarks.md). The workflow modules hold no mutable
+# module state, and their determinism is still checked under the full sandbox: the replay
+# tests (tests/replay) run every recorded history with the SDK's default, strict runner, so
+# a restricted call (time, random, I/O) on a recorded path fails there, not in production.
+SANDBOX_PASSTHROUGH = (
+    "pydantic",
+    "pydantic_core",
+    "annotated_types",
+    "models",
+    "mappings",
+    "activities",
+    "adapters",
+    "workflows",
+)
+WORKFLOW_RUNNER = SandboxedWorkflowRunner(
+    restrictions=SandboxRestrictions.default.with_passthrough_modules(*SANDBOX_PASSTHROUGH)
+)
 
 
 def lab_fhir_client(settings: Settings, *, timeout: float | None = None) -> FhirClient:
@@ -129,6 +151,10 @@ async def open_worker(
             workflows=registry.workflows(),
             activities=registry.activities(dependencies),
             activity_executor=executor,
+            workflow_runner=WORKFLOW_RUNNER,
+            max_concurrent_workflow_tasks=settings.worker_max_concurrent_workflow_tasks,
+            max_concurrent_activities=settings.worker_max_concurrent_activities,
+            max_concurrent_local_activities=settings.worker_max_concurrent_local_activities,
             interceptors=[
                 AuditInterceptor(audit_log, registry.audit_actions()),
                 DecisionProofInterceptor(decision_keys, refusals.decision_refused),

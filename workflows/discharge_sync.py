@@ -42,6 +42,8 @@ with workflow.unsafe.imports_passed_through():
     from models.review import ReviewAction, ReviewReason
 
 EXCHANGE_NAME = "discharge-sync"
+# Runs started before it route and enqueue with (remote) activities, as their histories say.
+LOCAL_ROUTING_PATCH = "discharge-local-routing"
 
 
 @workflow.defn
@@ -128,12 +130,25 @@ class DischargeSync(ReviewableWorkflow):
             return
         if subscription is Subscription.DIAGNOSIS_UPDATE:
             event = self._with_discharge_on_record(event)
-        routing = await workflow.execute_activity_method(
-            DeliveryActivities.routing_for,
-            subscription,
-            start_to_close_timeout=timedelta(seconds=30),
-            summary=f"Who subscribes to {subscription.value}",
-        )
+        # Local activities since the patch: the routing answer and each hand-off to a queue
+        # are still recorded (markers), but cost no activity task round trip through the
+        # server. Both are safe to run again: routing reads the worker's file, and a queue
+        # drops an event it already holds by its id.
+        local = workflow.patched(LOCAL_ROUTING_PATCH)
+        if local:
+            routing = await workflow.execute_local_activity_method(
+                DeliveryActivities.routing_for,
+                subscription,
+                start_to_close_timeout=timedelta(seconds=30),
+                summary=f"Who subscribes to {subscription.value}",
+            )
+        else:
+            routing = await workflow.execute_activity_method(
+                DeliveryActivities.routing_for,
+                subscription,
+                start_to_close_timeout=timedelta(seconds=30),
+                summary=f"Who subscribes to {subscription.value}",
+            )
         for destination in routing.destinations:
             item = DeliveryItem(
                 event_id=event_id,
@@ -145,17 +160,27 @@ class DischargeSync(ReviewableWorkflow):
                 routing_version=routing.routing_version,
                 policy=destination.policy,
             )
-            await workflow.execute_activity_method(
-                DeliveryActivities.enqueue_delivery,
-                EnqueueRequest(
-                    destination=destination.name,
-                    kind=destination.kind,
-                    patient_key=self._params.patient_key,
-                    item=item,
-                ),
-                start_to_close_timeout=timedelta(seconds=60),
-                summary=f"Queue {subscription.value} for {destination.name}",
+            request = EnqueueRequest(
+                destination=destination.name,
+                kind=destination.kind,
+                patient_key=self._params.patient_key,
+                item=item,
             )
+            summary = f"Queue {subscription.value} for {destination.name}"
+            if local:
+                await workflow.execute_local_activity_method(
+                    DeliveryActivities.enqueue_delivery,
+                    request,
+                    start_to_close_timeout=timedelta(seconds=60),
+                    summary=summary,
+                )
+            else:
+                await workflow.execute_activity_method(
+                    DeliveryActivities.enqueue_delivery,
+                    request,
+                    start_to_close_timeout=timedelta(seconds=60),
+                    summary=summary,
+                )
         self._events.append(
             RoutedEvent(
                 event_id=event_id,
