@@ -134,7 +134,14 @@ async def open_worker(
         settings.resolved_decision_public_key_files, issuer=settings.auth_issuer
     )
     # Synchronous activities (the parse + map ones) run in this pool, off the event loop.
-    executor = concurrent.futures.ThreadPoolExecutor(max_workers=8)
+    # One thread per slot the worker may fill at once, as the SDK asks (it warns when the
+    # pool is smaller than max_concurrent_activities): the GIL, not the thread count,
+    # bounds their CPU, and an idle thread costs only its stack.
+    executor = concurrent.futures.ThreadPoolExecutor(
+        max_workers=settings.worker_max_concurrent_activities
+        + settings.worker_max_concurrent_local_activities,
+        thread_name_prefix="careweave-activity",
+    )
     async with contextlib.AsyncExitStack() as on_close:
         on_close.callback(executor.shutdown, wait=False)
         on_close.push_async_callback(refusals.drain)

@@ -15,7 +15,7 @@ from datetime import timedelta
 from temporalio import workflow
 
 from workflows import search_attributes as sa
-from workflows.exchange_search import upsert_exchange_status
+from workflows.exchange_search import coalesced_upserts, upsert_changed, upsert_exchange_status
 from workflows.inbox import MessageInbox
 from workflows.review import ReviewableWorkflow
 
@@ -66,9 +66,11 @@ class DischargeSync(ReviewableWorkflow):
 
     @workflow.run
     async def run(self, params: DischargeSyncInput) -> DischargeSyncSummary:
-        workflow.upsert_search_attributes(
-            [sa.EXCHANGE.value_set(EXCHANGE_NAME), sa.FACILITY.value_set(params.facility)]
-        )
+        exchange = [sa.EXCHANGE.value_set(EXCHANGE_NAME), sa.FACILITY.value_set(params.facility)]
+        if coalesced_upserts():
+            upsert_changed(exchange)
+        else:
+            workflow.upsert_search_attributes(exchange)
         # Quiet for close_after_seconds: the exchange completes.
         await self._inbox.serve(
             params.close_after_seconds,

@@ -7,11 +7,17 @@ Both changed for workflows already running, so both are behind ``workflow.patche
 messages). A replayed history without the marker takes the old path to its end (the patch
 answer is remembered per run), so old runs keep ``Status`` and new runs ``ExchangeStatus``;
 ``search_attributes.exchange_status_query`` finds both.
+
+Runs with the ``search-attributes-coalesced`` marker (``coalesced_upserts``) write what a
+message changes in one upsert and skip values the run already carries (the committer sets
+the exchange, facility, message type and keys at the start): every upsert is a history
+event and a visibility write on the server, on the per-message path.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from temporalio import workflow
 from temporalio.common import SearchAttributeKey, SearchAttributeUpdate
@@ -25,6 +31,34 @@ with workflow.unsafe.imports_passed_through():
 # encounter with dozens of A08s) would grow it without end. The first values are kept: the
 # start's keys are what users search for, later control ids add little.
 MAX_VALUES_PER_KEY = 20
+COALESCED_UPSERTS_PATCH = "search-attributes-coalesced"
+
+
+def coalesced_upserts() -> bool:
+    """Whether this run writes search attributes through ``upsert_changed``; runs started
+    before it replay their one-upsert-per-attribute path to their end."""
+    return workflow.patched(COALESCED_UPSERTS_PATCH)
+
+
+def upsert_changed(updates: Sequence[SearchAttributeUpdate[Any]]) -> None:
+    """One upsert of the ``updates`` that change a value the run carries; none if none do."""
+    current = workflow.info().typed_search_attributes
+    changed = [update for update in updates if not _carries(current.get(update.key), update)]
+    if changed:
+        workflow.upsert_search_attributes(changed)
+
+
+def message_attributes(message_type: str, keys: BusinessKeys) -> list[SearchAttributeUpdate[Any]]:
+    """What a message handled by the exchange sets: its type and the keys it brought."""
+    return [sa.MESSAGE_TYPE.value_set(message_type), *_business_key_updates(keys)]
+
+
+def _carries(current: Any, update: SearchAttributeUpdate[Any]) -> bool:
+    if current is None or update.value is None:
+        return current is update.value
+    if isinstance(update.value, (list, tuple)):
+        return list(current) == list(update.value)
+    return bool(current == update.value)
 
 
 def upsert_exchange_status(status: str) -> None:
@@ -44,6 +78,12 @@ def add_business_keys(keys: BusinessKeys) -> None:
     """Add the pseudonyms a message brought that the run does not carry yet (the start's
     were set by the committer). Nothing is upserted, and no patch marker written, when the
     message brings nothing new: the common case, a message that started its exchange."""
+    updates = _business_key_updates(keys)
+    if updates and workflow.patched("business-key-search-attributes"):
+        workflow.upsert_search_attributes(updates)
+
+
+def _business_key_updates(keys: BusinessKeys) -> list[SearchAttributeUpdate[Sequence[str]]]:
     updates: list[SearchAttributeUpdate[Sequence[str]]] = []
     for key, values in (
         (sa.PATIENT_KEY, keys.patient),
@@ -53,8 +93,7 @@ def add_business_keys(keys: BusinessKeys) -> None:
         merged = _merged(key, values)
         if merged is not None:
             updates.append(key.value_set(merged))
-    if updates and workflow.patched("business-key-search-attributes"):
-        workflow.upsert_search_attributes(updates)
+    return updates
 
 
 def _merged(key: SearchAttributeKey[Sequence[str]], values: Sequence[str]) -> list[str] | None:

@@ -25,7 +25,13 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 
 from workflows import search_attributes as sa
-from workflows.exchange_search import add_business_keys, upsert_exchange_status
+from workflows.exchange_search import (
+    add_business_keys,
+    coalesced_upserts,
+    message_attributes,
+    upsert_changed,
+    upsert_exchange_status,
+)
 from workflows.review import ReviewableWorkflow
 
 with workflow.unsafe.imports_passed_through():
@@ -113,9 +119,12 @@ class ImagingOrder(ReviewableWorkflow):
 
     @workflow.run
     async def run(self, params: ImagingOrderInput) -> ImagingOrderSummary:
-        workflow.upsert_search_attributes(
-            [sa.EXCHANGE.value_set(EXCHANGE_NAME), sa.FACILITY.value_set(params.facility)]
-        )
+        coalesced = coalesced_upserts()
+        exchange = [sa.EXCHANGE.value_set(EXCHANGE_NAME), sa.FACILITY.value_set(params.facility)]
+        if coalesced:
+            upsert_changed(exchange)
+        else:
+            workflow.upsert_search_attributes(exchange)
         while self._status not in ("completed", "cancelled", "rejected"):
             if (
                 self._order is None
@@ -129,8 +138,13 @@ class ImagingOrder(ReviewableWorkflow):
             await workflow.wait_condition(lambda: bool(self._messages or self._studies))
             if self._messages:
                 message = self._messages.popleft()
-                add_business_keys(message.business_keys)
-                workflow.upsert_search_attributes([sa.MESSAGE_TYPE.value_set(message.message_type)])
+                if coalesced:
+                    upsert_changed(message_attributes(message.message_type, message.business_keys))
+                else:
+                    add_business_keys(message.business_keys)
+                    workflow.upsert_search_attributes(
+                        [sa.MESSAGE_TYPE.value_set(message.message_type)]
+                    )
                 if message.message_type.startswith("ORU"):
                     await self._handle_report(message)
                 else:

@@ -10,7 +10,12 @@ from datetime import timedelta
 from temporalio import workflow
 
 from workflows import search_attributes as sa
-from workflows.exchange_search import add_business_keys
+from workflows.exchange_search import (
+    add_business_keys,
+    coalesced_upserts,
+    message_attributes,
+    upsert_changed,
+)
 from workflows.message_trace import follow_message_trace, trace_base
 
 with workflow.unsafe.imports_passed_through():
@@ -68,6 +73,9 @@ class MessageInbox:
             if message is None:
                 return
             follow_message_trace(message.trace_context, own_trace)
-            workflow.upsert_search_attributes([sa.MESSAGE_TYPE.value_set(message.message_type)])
-            add_business_keys(message.business_keys)
+            if coalesced_upserts():
+                upsert_changed(message_attributes(message.message_type, message.business_keys))
+            else:
+                workflow.upsert_search_attributes([sa.MESSAGE_TYPE.value_set(message.message_type)])
+                add_business_keys(message.business_keys)
             await handle(message)

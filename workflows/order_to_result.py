@@ -25,7 +25,13 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
 
 from workflows import search_attributes as sa
-from workflows.exchange_search import add_business_keys, upsert_exchange_status
+from workflows.exchange_search import (
+    add_business_keys,
+    coalesced_upserts,
+    message_attributes,
+    upsert_changed,
+    upsert_exchange_status,
+)
 from workflows.message_trace import follow_message_trace, trace_base
 from workflows.review import ReviewableWorkflow
 
@@ -112,9 +118,12 @@ class OrderToResult(ReviewableWorkflow):
 
     @workflow.run
     async def run(self, params: OrderToResultInput) -> OrderToResultSummary:
-        workflow.upsert_search_attributes(
-            [sa.EXCHANGE.value_set(EXCHANGE_NAME), sa.FACILITY.value_set(params.facility)]
-        )
+        coalesced = coalesced_upserts()
+        exchange = [sa.EXCHANGE.value_set(EXCHANGE_NAME), sa.FACILITY.value_set(params.facility)]
+        if coalesced:
+            upsert_changed(exchange)
+        else:
+            workflow.upsert_search_attributes(exchange)
         own_trace = trace_base()
         while not self._finished():
             follow_message_trace({}, own_trace)
@@ -122,8 +131,11 @@ class OrderToResult(ReviewableWorkflow):
                 if not await self._wait_for_message_or_deadline():
                     continue
             message = self._inbox.popleft()
-            workflow.upsert_search_attributes([sa.MESSAGE_TYPE.value_set(message.message_type)])
-            add_business_keys(message.business_keys)
+            if coalesced:
+                upsert_changed(message_attributes(message.message_type, message.business_keys))
+            else:
+                workflow.upsert_search_attributes([sa.MESSAGE_TYPE.value_set(message.message_type)])
+                add_business_keys(message.business_keys)
             follow_message_trace(message.trace_context, own_trace)
             if message.message_type.startswith("ORU"):
                 await self._handle_result(message)

@@ -27,6 +27,7 @@ from temporalio.exceptions import ActivityError, ApplicationError, FailureError
 
 from workflows import search_attributes as sa
 from workflows.destination_health import DestinationHealth
+from workflows.exchange_search import coalesced_upserts, upsert_changed
 from workflows.review import ReviewableWorkflow
 
 with workflow.unsafe.imports_passed_through():
@@ -96,13 +97,15 @@ class OrderedDelivery(ReviewableWorkflow):
 
     @workflow.run
     async def run(self, state: DeliveryState) -> int:
-        workflow.upsert_search_attributes(
-            [
-                sa.EXCHANGE.value_set(EXCHANGE_NAME),
-                sa.DESTINATION.value_set(state.destination),
-                sa.DELIVERY_ALERT.value_set("failing" if state.failing else "ok"),
-            ]
-        )
+        queue = [
+            sa.EXCHANGE.value_set(EXCHANGE_NAME),
+            sa.DESTINATION.value_set(state.destination),
+            sa.DELIVERY_ALERT.value_set("failing" if state.failing else "ok"),
+        ]
+        if coalesced_upserts():
+            upsert_changed(queue)
+        else:
+            workflow.upsert_search_attributes(queue)
         self._with_health = workflow.patched(DESTINATION_HEALTH_PATCH)
         while True:
             if self._handovers:
