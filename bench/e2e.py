@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import statistics
@@ -155,12 +156,14 @@ class ProductionShape:
 
 
 @contextlib.asynccontextmanager
-async def dev_server(state: Path) -> AsyncIterator[tuple[str, int]]:
-    """A fresh file-backed dev server as `careweave up` starts it; yields address and pid."""
+async def dev_server(state: Path, source: Path | None = None) -> AsyncIterator[tuple[str, int]]:
+    """A fresh file-backed dev server as `careweave up` starts it (that of ``source``, another
+    checkout, when given: its server flags are part of what it ships); yields address, pid."""
     address = f"127.0.0.1:{free_port()}"
     settings = Settings(state_dir=state, temporal_address=address, temporal_ui_port=free_port())
+    command = dev_server_command(settings) if source is None else _command_of(source, settings)
     with (state / "temporal.log").open("ab") as log:
-        server = subprocess.Popen(dev_server_command(settings), stdout=log, stderr=log)
+        server = subprocess.Popen(command, stdout=log, stderr=log)
     try:
         for _ in range(200):
             try:
@@ -174,6 +177,27 @@ async def dev_server(state: Path) -> AsyncIterator[tuple[str, int]]:
         server.wait(timeout=30)
 
 
+def _command_of(source: Path, settings: Settings) -> list[str]:
+    """The dev server command ``source``'s own `careweave up` would run with ``settings``."""
+    script = (
+        "import json, sys; from pathlib import Path; from models.settings import Settings; "
+        "from workers.stack import dev_server_command; "
+        "print(json.dumps(dev_server_command(Settings(state_dir=Path(sys.argv[1]), "
+        "temporal_address=sys.argv[2], temporal_ui_port=int(sys.argv[3])))))"
+    )
+    arguments = [str(settings.state_dir), settings.temporal_address]
+    printed = subprocess.run(
+        [sys.executable, "-c", script, *arguments, str(settings.temporal_ui_port)],
+        cwd=source,
+        env={**os.environ, "PYTHONPATH": str(source)},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    command: list[str] = json.loads(printed)
+    return command
+
+
 @contextlib.asynccontextmanager
 async def production_shape(state: Path, source: Path | None) -> AsyncIterator[ProductionShape]:
     """The four processes; the worker and gateway run from ``source`` (another checkout of
@@ -182,7 +206,7 @@ async def production_shape(state: Path, source: Path | None) -> AsyncIterator[Pr
     mllp_port = free_port()
     with running_fhir_server() as fhir_base_url:
         routing.write_text(ROUTING.format(fhir_base_url=fhir_base_url))
-        async with dev_server(state) as (address, temporal_pid):
+        async with dev_server(state, source) as (address, temporal_pid):
             env = careweave_env(
                 state,
                 address,
