@@ -14,7 +14,7 @@ import hashlib
 from temporalio.client import Client
 from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
-from temporalio.service import RPCError
+from temporalio.service import RPCError, RPCStatusCode
 
 from models.errors import RequestRefused
 from models.merge import MergeOutcome, UnmergeInput, UnmergeSummary
@@ -25,6 +25,10 @@ from workflows.patient_unmerge import PatientUnmerge, unmerge_workflow_id
 
 class UndoRefused(RequestRefused):
     """The merge cannot be undone as asked (the text says why; no PHI)."""
+
+
+class MergeExchangeNotFound(UndoRefused):
+    """No patient-merge exchange runs or ran under the id given."""
 
 
 async def undo_merge(
@@ -42,6 +46,8 @@ async def undo_merge(
     try:
         outcomes: list[MergeOutcome] = await handle.query(PatientMergeExchange.merge_outcomes)
     except RPCError as err:
+        if err.status is RPCStatusCode.NOT_FOUND:
+            raise MergeExchangeNotFound(f"no exchange {exchange}") from err
         raise UndoRefused(f"cannot read {exchange}: {err}") from err
     merged = [
         o

@@ -324,6 +324,11 @@ async def test_a_reviewer_undoes_a_merge_through_the_api(engine: Engine) -> None
         )
         assert answer.status_code == 409
         assert (await engine.fhir.read("Patient", retired["id"])).get("active") is False
+        answer = await http.post(
+            f"/exchanges/{merge_id('MRN-MRG-07Z')}/merges/undo", json=body, headers=reviewer
+        )
+        assert answer.status_code == 404, answer.text
+        assert answer.json()["resourceType"] == "OperationOutcome"
 
         answer = await http.post(undo, json=body, headers=reviewer, timeout=60)
         assert answer.status_code == 200, answer.text

@@ -23,6 +23,7 @@ from tests.support.soak import (
     gateway_killed,
     mixed_feed,
     run_soak,
+    temporal_killed,
     worker_killed,
 )
 
@@ -34,10 +35,11 @@ FAST_RECOVERY = {
     "destination_max_probe_seconds": "2.0",
     "destination_probe_timeout_seconds": "3.0",
 }
-# The make-test soak: large enough that the faults land while messages are being sent and
-# processed on both workers (hundreds of exchanges open at once), small enough to run in
-# a few minutes on a busy 2-core machine; bench/soak.py runs the 10,000-message one.
-SOAK_MESSAGES = 300
+# The make-test soak, the 1,000 messages: the faults land while messages are being
+# sent and processed on both workers (hundreds of exchanges open at once), and it runs in a
+# few minutes on a 2-core machine; bench/soak.py runs the 10,000-message one with a 30 s
+# freeze.
+SOAK_MESSAGES = 1000
 SOAK_FREEZE_SECONDS = 10
 
 
@@ -107,18 +109,19 @@ async def test_soak_under_faults_loses_duplicates_and_reorders_nothing(
             shape,
             scripts,
             [
-                at(0.2, worker_killed(0)),
-                at(0.45, gateway_killed(0)),
-                at(0.65, fhir_frozen(SOAK_FREEZE_SECONDS)),
+                at(0.15, worker_killed(0)),
+                at(0.35, gateway_killed(0)),
+                at(0.55, temporal_killed()),
+                at(0.75, fhir_frozen(SOAK_FREEZE_SECONDS)),
             ],
             senders=8,
             rate=12,
-            drain_timeout=600,
+            drain_timeout=900,
         )
         assert shape.workers[0].starts == 2 and shape.gateways[0].starts == 2
         failure = report_failure(shape)
     figures, found = report.figures, report.findings
-    assert len(report.faults) == 3, report.faults
+    assert len(report.faults) == 4, report.faults
     assert figures.gave_up == []
     assert figures.acknowledged == figures.sent == distinct(scripts), figures
     assert found.clean, f"{found.summary()}\n{failure}"

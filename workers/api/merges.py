@@ -14,7 +14,6 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from temporalio.service import RPCError, RPCStatusCode
 
 from models.audit import AuditAction, AuditOutcome
 from models.identity import Identity, Role
@@ -22,7 +21,7 @@ from models.merge import UnmergeSummary
 from workers.api.auth import authorized
 from workers.api.common import ApiRefusal, audit_entry, describe_errors
 from workers.api.context import ApiContext, Context
-from workers.merge_undo import UndoRefused, undo_merge
+from workers.merge_undo import MergeExchangeNotFound, UndoRefused, undo_merge
 
 router = APIRouter()
 
@@ -75,13 +74,11 @@ async def undo_as(
             control_id=body.control_id,
             merge_index=body.merge_index,
         )
+    except MergeExchangeNotFound as err:
+        await audited(AuditOutcome.REFUSED, "no such exchange")
+        raise ApiRefusal(404, "not-found", "no such exchange") from err
     except UndoRefused as err:
         await audited(AuditOutcome.REFUSED, str(err))
         raise ApiRefusal(409, "conflict", str(err)) from err
-    except RPCError as err:
-        if err.status is not RPCStatusCode.NOT_FOUND:
-            raise
-        await audited(AuditOutcome.REFUSED, "no such exchange")
-        raise ApiRefusal(404, "not-found", "no such exchange") from err
     await audited(AuditOutcome.SUCCESS, "merge undone")
     return summary
