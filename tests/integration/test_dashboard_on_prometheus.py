@@ -240,6 +240,8 @@ async def test_every_dashboard_query_and_alert_rule_runs_on_prometheus(
                 panels = await check_dashboard(query, names)
                 rules = await check_alert_rules(http, prometheus, query, names)
                 active = await active_alerts(http, prometheus)
+                # Nothing at warn or above: no rule evaluation or ingestion errors.
+                assert not prometheus.log.read_text().strip(), prometheus.log_tail()
     await billing.areset()
 
     assert EXPECTED_ALERTS <= active, active
@@ -250,8 +252,8 @@ async def test_every_dashboard_query_and_alert_rule_runs_on_prometheus(
 async def check_dashboard(
     query: Callable[[str], Awaitable[dict[str, Any]]], names: set[str]
 ) -> int:
-    """Every target accepted, naming only series Prometheus has, answering something;
-    those of a series that moved between the bursts answer a number (not NaN)."""
+    """Every target accepted, naming only series Prometheus has, answering a number (not
+    only NaN): the run moves every series the dashboard plots between two scrapes."""
     exprs = dashboard_exprs()
     for title, expr in exprs:
         missing = set(METRIC_NAME.findall(expr)) - names
