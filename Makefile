@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test lint unit bench clean openssl-cli histories chromium pacs postgres
+.PHONY: setup demo test lint unit bench clean openssl-cli histories chromium pacs postgres prometheus
 
 $(BIN)/.installed: pyproject.toml
 	@echo "==> Python: creating $(VENV) and installing Careweave with its test tools (pip)"
@@ -56,6 +56,15 @@ postgres:
 		{ echo "==> installing Debian's postgresql for the database tests (apt-get)"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; }
 
+# The dashboard's queries and the alert rules run on a real Prometheus: the tests start a
+# throwaway server of their own from Debian's prometheus package (its own data folder, a free
+# loopback port); the package's service is not used.
+prometheus:
+	@test -x /usr/bin/prometheus && test -x /usr/bin/promtool || \
+		{ echo "==> installing Debian's prometheus (server and promtool) for the dashboard and alert tests (apt-get)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+			prometheus >/dev/null; }
+
 setup: $(BIN)/.installed fhir-server/node_modules/.installed partners/node_modules/.installed
 
 demo: setup pacs
@@ -68,8 +77,8 @@ lint: setup
 	@$(BIN)/ruff format --check .
 	@$(BIN)/mypy
 
-test: lint openssl-cli chromium pacs postgres
-	@echo "==> pytest: unit, workflow (real Temporal dev server) and end-to-end (real FHIR server, MLLP peers); database tests on SQLite and PostgreSQL"
+test: lint openssl-cli chromium pacs postgres prometheus
+	@echo "==> pytest: unit, workflow (real Temporal dev server) and end-to-end (real FHIR server, MLLP peers); database tests on SQLite and PostgreSQL; the dashboard and alerts on Prometheus"
 	@$(BIN)/pytest -q
 
 # Replay safety: tests/replay replays every history under tests/histories against today's

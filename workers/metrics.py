@@ -50,7 +50,7 @@ ACK_SECONDS_BUCKETS = (
 
 # The Temporal SDK's own metrics that docs/grafana-dashboard.json plots (the SDK names them;
 # its durations are in milliseconds): free task slots per worker type, how long tasks wait
-# for a worker, how long a workflow task runs, the sticky cache and failed Temporal calls.
+# for a worker, how long a workflow task runs, the sticky cache and the calls to Temporal.
 TEMPORAL_SDK_DASHBOARD_METRICS = (
     "temporal_worker_task_slots_available",
     "temporal_workflow_task_schedule_to_start_latency",

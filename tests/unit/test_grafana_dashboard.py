@@ -10,11 +10,10 @@ Prometheus endpoint. The SDK's own worker metrics are the ones workers/metrics.p
 from __future__ import annotations
 
 import json
-import re
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, cast
+from typing import cast
 
 import pytest
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
@@ -26,15 +25,12 @@ from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 
 from adapters.database import CareweaveStore
 from adapters.payload_crypto import new_key_line, parse_key_ring
+from tests.support.dashboard import DASHBOARD, METRIC_NAME, dashboard_exprs
 from tests.support.fhir_server import free_port
 from workers.exchange_duration_interceptor import EXCHANGE_DURATION_METRIC
 from workers.intake import IntakeResult, Outcome
 from workers.metrics import TEMPORAL_SDK_DASHBOARD_METRICS, GatewayMetrics
 from workers.visibility_metrics import VisibilityGauges, VisibilitySnapshot
-
-DASHBOARD = Path(__file__).resolve().parents[2] / "docs" / "grafana-dashboard.json"
-# Metric names in PromQL: every series the dashboard plots is Careweave's or Temporal's.
-METRIC_NAME = re.compile(r"\b(?:careweave|temporal)_[a-z0-9_]+\b")
 
 
 def exported(text: str) -> set[str]:
@@ -80,15 +76,6 @@ def sdk_series() -> set[str]:
     histogram.record(1.0, {"exchange": "discharge-sync", "outcome": "completed"})
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
         return exported(answer.read().decode())
-
-
-def dashboard_exprs(dashboard: dict[str, Any]) -> list[tuple[str, str]]:
-    """(panel title, PromQL) of every target, rows' nested panels included."""
-    found = []
-    for panel in dashboard["panels"]:
-        for inner in [panel, *panel.get("panels", [])]:
-            found += [(inner["title"], target["expr"]) for target in inner.get("targets", [])]
-    return found
 
 
 def test_every_panel_queries_only_series_careweave_exports(careweave_series: set[str]) -> None:
