@@ -40,7 +40,7 @@ from workers.exchange_duration_interceptor import (
     EXCHANGE_DURATION_BUCKETS,
     EXCHANGE_DURATION_METRIC,
 )
-from workers.intake import IntakeResult
+from workers.intake import IntakeResult, Outcome
 
 # Seconds from the gateway taking a whole frame to its ACK written: commit-then-ACK is one durable
 # Temporal call (milliseconds on loopback, more under load), so buckets span 1 ms to 30 s.
@@ -152,6 +152,8 @@ class GatewayMetrics:
             description="From the gateway taking a whole frame to its ACK written",
         )
 
+        self._start_at_zero()
+
         def held(_options: CallbackOptions) -> Iterable[Observation]:
             yield Observation(store.quarantine_count(QuarantineStatus.HELD.value))
 
@@ -161,6 +163,21 @@ class GatewayMetrics:
             unit="{message}",
             description="Quarantined messages waiting for an operator (release or discard)",
         )
+
+    def _start_at_zero(self) -> None:
+        """Every series the gateway can count, exported at 0 from its start: a series born
+        at 1 has no increase for ``rate()`` to see, so the first refusal of a kind after a
+        restart would neither show on the dashboard nor fire an alert. The labels are
+        bounded (message types the registry accepts, ``other``, ``unparsed``)."""
+        for message_type in (*sorted(self._accepted_types), "other", "unparsed"):
+            self._received.add(0, {"message_type": message_type})
+            for outcome in (Outcome.ACCEPTED, Outcome.DUPLICATE):
+                labels = {"message_type": message_type, "ack_code": "AA"}
+                self._acknowledged.add(0, {**labels, "outcome": outcome.value})
+            for ack_code in ("AE", "AR"):
+                for outcome in (Outcome.REJECTED, Outcome.NOT_COMMITTED):
+                    labels = {"message_type": message_type, "ack_code": ack_code}
+                    self._refused.add(0, {**labels, "outcome": outcome.value})
 
     def message_type_label(self, message_type: str) -> str:
         if not message_type:

@@ -106,6 +106,10 @@ async def test_gateway_counts_what_it_answered_and_the_sdk_reports_its_own(
     assert value(acknowledged, message_type="ORM^O01", ack_code="AA", outcome="duplicate") == 1
     refused = samples(scraped, "careweave_messages_refused_total")
     assert value(refused, message_type="other", ack_code="AR", outcome="rejected") == 1
+    # Series nothing has counted yet are there at 0, so rate() sees their first event.
+    not_yet = {"message_type": "ORU^R01", "ack_code": "AE", "outcome": "not-committed"}
+    assert [n for key, n in refused.items() if set(not_yet.items()) <= key] == [0]
+    assert [n for key, n in received.items() if ("message_type", "unparsed") in key] == [0]
 
     ack_seconds = samples(scraped, "careweave_ack_duration_seconds_count")
     assert value(ack_seconds, message_type="ORM^O01", ack_code="AA") == 2
