@@ -238,6 +238,13 @@ class AuditLog:
     async def aappend_many(self, entries: Sequence[AuditEntry]) -> list[AuditRecord]:
         return await asyncio.to_thread(self.append_many, entries)
 
+    def append_rows(self, entries: Sequence[AuditEntry]) -> None:
+        """``append_many`` without building the records (nobody reads them back)."""
+        with self._engine.connect() as connection:
+            lock_chain(connection)
+            append_rows_locked(connection, entries)
+            connection.commit()
+
     def records(
         self,
         *,
@@ -297,6 +304,58 @@ class AuditLog:
             last_seq=last.seq if last else None,
             last_hash=last.hash if last else None,
         )
+
+
+class GroupCommit:
+    """Appends from many concurrent tasks of one event loop, committed together.
+
+    Each caller still returns only once its rows are committed (a step is never done
+    without its row), but the callers waiting while a transaction runs share the next
+    one: under load one chain lock, one tail read and one commit serve a whole batch
+    instead of one per caller. Rows keep the order the callers arrived in. A failed
+    transaction fails every caller of its batch (each retries on its own).
+    """
+
+    def __init__(self, audit_log: AuditLog, *, max_entries: int = 500) -> None:
+        self._audit_log = audit_log
+        self._max_entries = max_entries
+        self._waiting: list[tuple[list[AuditEntry], asyncio.Future[None]]] = []
+        self._writer: asyncio.Task[None] | None = None
+
+    async def append_many(self, entries: Sequence[AuditEntry]) -> None:
+        committed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting.append((list(entries), committed))
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._write_while_waiting())
+        await committed
+
+    async def _write_while_waiting(self) -> None:
+        while self._waiting:
+            batch = self._next_batch()
+            try:
+                await asyncio.to_thread(
+                    self._audit_log.append_rows, [entry for rows, _ in batch for entry in rows]
+                )
+            except BaseException as error:
+                for _, committed in batch:
+                    if not committed.done():
+                        committed.set_exception(error)
+                if isinstance(error, asyncio.CancelledError):
+                    raise
+            else:
+                for _, committed in batch:
+                    if not committed.done():
+                        committed.set_result(None)
+
+    def _next_batch(self) -> list[tuple[list[AuditEntry], asyncio.Future[None]]]:
+        taken, size = 0, 0
+        for rows, _ in self._waiting:
+            if taken and size + len(rows) > self._max_entries:
+                break
+            taken += 1
+            size += len(rows)
+        batch, self._waiting = self._waiting[:taken], self._waiting[taken:]
+        return batch
 
 
 def _anchor_break(record: AuditRecord, anchor: AuditAnchor) -> ChainBreak | None:

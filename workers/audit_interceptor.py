@@ -6,6 +6,7 @@ failure is an EXCEPTION row naming the error type, never its message. An attempt
 the first adds a RETRY row (same outcome and detail) just before its outcome row, in the
 same transaction. Deliveries are retried by their workflow (single-attempt activities),
 so their attempt is the one the request carries. Local activities pass through here too.
+Rows of activities ending at the same time are committed together (``GroupCommit``).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from temporalio.worker import (
     Interceptor,
 )
 
-from adapters.audit_log import AuditLog
+from adapters.audit_log import AuditLog, GroupCommit
 from models.audit import ActorKind, AuditAction, AuditEntry, AuditOutcome
 from models.delivery import DeliverRequest
 
@@ -66,7 +67,7 @@ class _AuditedActivity(ActivityInboundInterceptor):
     def __init__(
         self,
         next: ActivityInboundInterceptor,
-        audit_log: AuditLog,
+        audit_log: GroupCommit,
         actions: Mapping[str, AuditAction],
     ) -> None:
         super().__init__(next)
@@ -103,12 +104,12 @@ class _AuditedActivity(ActivityInboundInterceptor):
             detail = f"{failure_detail(error)}, attempt {attempt}"
             failed = row(AuditAction.EXCEPTION, AuditOutcome.FAILURE, detail)
             # Written even while cancelled: the row is what says the step stopped.
-            await asyncio.shield(self._audit_log.aappend_many(rows(failed)))
+            await asyncio.shield(self._audit_log.append_many(rows(failed)))
             raise
         done = row(action, AuditOutcome.SUCCESS, _success_detail(attempt, input.args))
         # No step counts as done without its row: if the row cannot be written the
         # activity fails and is retried (every activity is idempotent).
-        await self._audit_log.aappend_many(rows(done))
+        await self._audit_log.append_many(rows(done))
         return result
 
 
@@ -117,7 +118,7 @@ class AuditInterceptor(Interceptor):
     action of every activity type (ExchangeRegistry.audit_actions)."""
 
     def __init__(self, audit_log: AuditLog, actions: Mapping[str, AuditAction]) -> None:
-        self._audit_log = audit_log
+        self._audit_log = GroupCommit(audit_log)
         self._actions = dict(actions)
 
     def intercept_activity(self, next: ActivityInboundInterceptor) -> ActivityInboundInterceptor:

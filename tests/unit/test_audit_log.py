@@ -5,10 +5,12 @@ once keep one chain."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import multiprocessing
 import threading
 from collections import Counter
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -17,7 +19,13 @@ from sqlalchemy import create_engine
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DatabaseError
 
-from adapters.audit_log import GENESIS_HASH, AuditLog, chain_hash, to_fhir_audit_event
+from adapters.audit_log import (
+    GENESIS_HASH,
+    AuditLog,
+    GroupCommit,
+    chain_hash,
+    to_fhir_audit_event,
+)
 from adapters.database import CareweaveStore, open_engine
 from adapters.payload_crypto import new_key_line, parse_key_ring
 from models.audit import (
@@ -169,7 +177,7 @@ def test_an_anchor_catches_rows_cut_from_the_end(database: str) -> None:
     anchor = _anchor_after(log)
     assert log.verify(anchor).ok
     tamper(database, "DELETE FROM audit_event WHERE seq >= 4")
-    assert log.verify().ok  # the chain alone cannot tell
+    assert log.verify().first_break is None  # the chain alone cannot tell
     verification = log.verify(anchor)
     assert verification.first_break is not None
     assert verification.first_break.kind is BreakKind.TRUNCATED
@@ -205,7 +213,7 @@ def test_an_anchor_catches_a_chain_rebuilt_after_an_edit(database: str) -> None:
         )
         prev_hash = digest
     tamper(database, *statements)
-    assert log.verify().ok  # rebuilt consistently
+    assert log.verify().first_break is None  # rebuilt consistently
     verification = log.verify(anchor)
     assert verification.first_break is not None
     assert verification.first_break.kind is BreakKind.REWRITTEN
@@ -439,5 +447,60 @@ def test_a_postgres_server_outside_utc_hands_back_times_that_still_verify(
     log = filled(database, rows=3)
     [first, *_] = log.records()
     assert first.recorded_at.utcoffset() != timedelta(0)  # really handed back in Berlin time
-    assert log.verify().ok
+    assert log.verify().first_break is None
     assert to_fhir_audit_event(first)["recorded"].endswith("Z")
+
+
+class _CountingAuditLog(AuditLog):
+    """The real log, counting its transactions; the first ``failing`` of them fail."""
+
+    def __init__(self, database: str, failing: int = 0) -> None:
+        super().__init__(open_engine(database))
+        self.transactions: list[int] = []
+        self._failing = failing
+
+    def append_rows(self, entries: Sequence[AuditEntry]) -> None:
+        self.transactions.append(len(entries))
+        if len(self.transactions) <= self._failing:
+            raise DatabaseError("INSERT", {}, Exception("disk full"))
+        super().append_rows(entries)
+
+
+async def test_group_commit_writes_every_callers_rows_in_shared_transactions(
+    database: str,
+) -> None:
+    log = _CountingAuditLog(database)
+    grouped = GroupCommit(log)
+    callers = 120
+    # Callers with one row and with two (a retry row before its outcome), all at once.
+    await asyncio.gather(
+        *(
+            grouped.append_many([entry(n)] if n % 3 else [entry(n), entry(n, detail="again")])
+            for n in range(callers)
+        )
+    )
+    records = list(log.records())
+    assert len(records) == callers + callers // 3
+    assert log.verify().first_break is None
+    assert sum(log.transactions) == len(records)
+    # The callers that arrived while a transaction ran shared the next one.
+    assert len(log.transactions) < callers / 4
+    # A caller's rows are consecutive in the chain.
+    for first, second in itertools.pairwise(records):
+        if second.detail == "again":
+            assert first.exchange == second.exchange
+
+
+async def test_group_commit_fails_the_callers_of_a_failed_transaction_only(database: str) -> None:
+    log = _CountingAuditLog(database, failing=1)
+    grouped = GroupCommit(log)
+    first = asyncio.ensure_future(grouped.append_many([entry(1)]))
+    await asyncio.sleep(0)  # the first transaction starts with the first caller alone
+    later = [asyncio.ensure_future(grouped.append_many([entry(n)])) for n in range(2, 6)]
+    outcomes = await asyncio.gather(first, *later, return_exceptions=True)
+    assert isinstance(outcomes[0], DatabaseError)
+    assert outcomes[1:] == [None] * 4
+    assert [r.exchange for r in log.records()] == [
+        f"order-to-result/GENHOSP/PO{n}" for n in range(2, 6)
+    ]
+    assert log.verify().first_break is None
