@@ -1,0 +1,79 @@
+"""Keep a write that arrives late from overwriting a newer one.
+
+A FHIR server may still hold a request its client gave up on (a timeout while the server
+was stalled or busy) and apply it later, after the retry that succeeded and after the
+writes that followed it: a lab result's first attempt landing after its correction puts
+the final values back over the corrected ones. Seen in the soak (bench/soak.py) when the
+FHIR server was frozen and its backlog drained.
+
+A transaction is therefore fenced on one resource it writes (a report: the thing later
+messages change), as read just before it is sent:
+
+- the resource exists: its entry becomes a version-aware update (``PUT Type/id`` with
+  ``If-Match`` on the version read). A late copy meets a newer version, gets 412, and the
+  transaction, atomic, writes nothing.
+- it does not exist yet: every conditional update of the transaction becomes a conditional
+  create (``POST`` with ``ifNoneExist``). A late copy finds everything already created and
+  changes nothing; two copies racing create once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+JSON = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class CurrentVersion:
+    """The fence resource as the server held it when read."""
+
+    resource_id: str
+    version_id: str
+
+
+def fence_target(bundle: JSON, resource_type: str) -> tuple[str, JSON]:
+    """The request url and first identifier of ``bundle``'s one conditional PUT of
+    ``resource_type``: what to read before the write and to fence it on."""
+    found = [
+        entry
+        for entry in bundle.get("entry", [])
+        if entry["request"]["method"] == "PUT"
+        and entry["request"]["url"].startswith(f"{resource_type}?")
+    ]
+    if len(found) != 1:
+        raise ValueError(f"the transaction has {len(found)} conditional PUTs of {resource_type}")
+    identifier: JSON = found[0]["resource"]["identifier"][0]
+    return found[0]["request"]["url"], identifier
+
+
+def fenced(bundle: JSON, fence_url: str, current: CurrentVersion | None) -> JSON:
+    """``bundle`` (a transaction of conditional PUTs) fenced on the entry whose request url
+    is ``fence_url`` (``Type?identifier=...``), given what the server held (None: nothing)."""
+    entries = bundle.get("entry", [])
+    if not any(entry["request"]["url"] == fence_url for entry in entries):
+        raise ValueError(f"the transaction writes no {fence_url.split('?')[0]} to fence on")
+    return {**bundle, "entry": [_fenced_entry(entry, fence_url, current) for entry in entries]}
+
+
+def _fenced_entry(entry: JSON, fence_url: str, current: CurrentVersion | None) -> JSON:
+    request = entry["request"]
+    if request["method"] != "PUT" or "?" not in request["url"]:
+        return entry
+    if current is None:
+        resource_type, _, query = request["url"].partition("?")
+        return {**entry, "request": {"method": "POST", "url": resource_type, "ifNoneExist": query}}
+    if request["url"] != fence_url:
+        return entry
+    resource_type = request["url"].partition("?")[0]
+    resource = {**entry["resource"], "id": current.resource_id}
+    return {
+        **entry,
+        "resource": resource,
+        "request": {
+            "method": "PUT",
+            "url": f"{resource_type}/{current.resource_id}",
+            "ifMatch": f'W/"{current.version_id}"',
+        },
+    }

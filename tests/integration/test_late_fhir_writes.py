@@ -1,0 +1,140 @@
+"""A lab result's write that reaches the FHIR server late never undoes a newer one.
+
+The soak (bench/soak.py) froze the FHIR server while results were being written: clients
+timed out and retried, and once the server ran again it applied the abandoned requests
+too, after the retries that had succeeded and after the corrections that followed them,
+so a corrected report went back to its final values. Here the abandoned request is held
+back on its way (the activity sees a timeout, as it did) and handed to the real FHIR
+server after the newer writes; the report must keep the newest values.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from activities.order_to_result import FhirActivities, PublishOrderInput, PublishResultInput
+from adapters.fhir import FhirClient
+from adapters.fhir.errors import FhirRetryableError
+from adapters.hl7v2.lab_messages import parse_lab_order, parse_lab_results
+from mappings.order_to_result.concept_map import load_lab_mapping
+from mappings.order_to_result.fhir_builders import order_identifiers, report_identifier
+from models.lab import LabResult
+from workers import sample_messages as sm
+
+pytestmark = pytest.mark.integration
+
+MAPPING = "v2"
+
+
+class LateFirstAttempt(FhirClient):
+    """A client whose first transaction times out on its way; the request is kept, as the
+    stalled server kept it, to be delivered later."""
+
+    def __init__(self, base_url: str) -> None:
+        super().__init__(base_url)
+        self.held: list[dict[str, Any]] = []
+
+    async def transaction(self, bundle: dict[str, Any]) -> dict[str, Any]:
+        if not self.held:
+            self.held.append(bundle)
+            raise FhirRetryableError("transaction: timed out")
+        return await super().transaction(bundle)
+
+
+def result(order: sm.SampleOrder, control_id: str, sodium: str, status: str) -> LabResult:
+    value = sm.ResultValue("NA", "Sodium", sodium, "mmol/L", "136-145", "N")
+    text = sm.lab_result(order, control_id, [value], result_status=status)
+    return parse_lab_results(text)[0]
+
+
+async def publish(fhir: FhirClient, lab_result: LabResult) -> None:
+    await FhirActivities(fhir).publish_lab_result(
+        PublishResultInput(result=lab_result, mapping_version=MAPPING)
+    )
+
+
+async def publish_retrying(fhir: FhirClient, lab_result: LabResult) -> None:
+    """As Temporal runs the activity: another attempt after a retryable failure."""
+    try:
+        await publish(fhir, lab_result)
+    except FhirRetryableError:
+        await publish(fhir, lab_result)
+
+
+async def publish_order(fhir: FhirClient, text: str, *, retrying: bool = False) -> None:
+    activities = FhirActivities(fhir)
+    request = PublishOrderInput(order=parse_lab_order(text), mapping_version=MAPPING)
+    try:
+        await activities.publish_service_request(request)
+    except FhirRetryableError:
+        if not retrying:
+            raise
+        await activities.publish_service_request(request)
+
+
+async def report_now(fhir: FhirClient, lab_result: LabResult) -> tuple[dict[str, Any], str]:
+    """The report as the server holds it, and its sodium value."""
+    identifier = report_identifier(lab_result, load_lab_mapping(MAPPING))
+    [report] = await fhir.search(
+        "DiagnosticReport", {"identifier": f"{identifier['system']}|{identifier['value']}"}
+    )
+    [observation_ref] = report["result"]
+    observation = await fhir.read(*observation_ref["reference"].split("/"))
+    return report, str(observation["valueQuantity"]["value"])
+
+
+async def test_a_first_write_arriving_after_the_correction_changes_nothing(
+    fhir_base_url: str,
+) -> None:
+    order = sm.SampleOrder("LATE-1001")
+    final = result(order, "LATE-1001-R", "140", "F")
+    correction = result(order, "LATE-1001-C", "133", "C")
+    async with LateFirstAttempt(fhir_base_url) as late, FhirClient(fhir_base_url) as fhir:
+        await publish_retrying(late, final)  # the first attempt's request is held
+        await publish(fhir, correction)
+        report, _ = await report_now(fhir, final)
+        versions_before = len(await fhir.history("DiagnosticReport", report["id"]))
+
+        await fhir.transaction(late.held[0])  # the server applies it at last
+
+        report, sodium = await report_now(fhir, final)
+        assert (report["status"], sodium) == ("corrected", "133")
+        assert len(await fhir.history("DiagnosticReport", report["id"])) == versions_before
+
+
+async def test_a_correction_arriving_after_a_newer_one_is_refused(fhir_base_url: str) -> None:
+    order = sm.SampleOrder("LATE-1002")
+    final = result(order, "LATE-1002-R", "140", "F")
+    first_correction = result(order, "LATE-1002-C1", "133", "C")
+    second_correction = result(order, "LATE-1002-C2", "135", "C")
+    async with LateFirstAttempt(fhir_base_url) as late, FhirClient(fhir_base_url) as fhir:
+        await publish(fhir, final)
+        await publish_retrying(late, first_correction)  # its first attempt is held
+        await publish(fhir, second_correction)
+
+        with pytest.raises(Exception, match="412"):
+            await fhir.transaction(late.held[0])
+
+        report, sodium = await report_now(fhir, final)
+        assert (report["status"], sodium) == ("corrected", "135")
+
+
+async def test_a_new_order_arriving_after_its_cancel_leaves_it_revoked(
+    fhir_base_url: str,
+) -> None:
+    order = sm.SampleOrder("LATE-1003")
+    async with LateFirstAttempt(fhir_base_url) as late, FhirClient(fhir_base_url) as fhir:
+        await publish_order(late, sm.lab_order(order, "LATE-1003-O"), retrying=True)
+        await publish_order(fhir, sm.lab_order(order, "LATE-1003-X", order_control="CA"))
+
+        await fhir.transaction(late.held[0])
+
+        placer = order_identifiers(
+            (order.placer_order_number, sm.HOSPITAL, None, ""), load_lab_mapping(MAPPING)
+        )[0]
+        [request] = await fhir.search(
+            "ServiceRequest", {"identifier": f"{placer['system']}|{placer['value']}"}
+        )
+        assert request["status"] == "revoked"
