@@ -35,9 +35,9 @@ from tests.support.dashboard import (
 )
 from tests.support.discharge import stay
 from tests.support.engine import mllp_send
-from tests.support.fhir_server import free_port
+from tests.support.metrics_stack import gateway_and_worker
 from tests.support.partner import Partner
-from tests.support.processes import careweave_env, careweave_process, demo_routing, dev_server
+from tests.support.processes import demo_routing, dev_server
 from tests.support.prometheus import (
     PrometheusServer,
     instant_query,
@@ -119,7 +119,6 @@ def test_the_runbook_says_what_to_do_for_every_alert() -> None:
 async def test_every_dashboard_query_and_alert_rule_runs_on_prometheus(
     tmp_path: Path, fhir_base_url: str, partners: dict[str, Partner]
 ) -> None:
-    gateway_sdk_port, worker_sdk_port = free_port(), free_port()
     billing = partners["billing"]
     routing = tmp_path / "destinations.toml"
     fhir_port = urlsplit(fhir_base_url).port
@@ -133,42 +132,23 @@ async def test_every_dashboard_query_and_alert_rule_runs_on_prometheus(
     )
     routine = sm.SampleOrder("PROM-5103", patient=sm.SamplePatient("MRN5103"))
     with dev_server(tmp_path) as temporal:
-        settings = {
-            "task_queue": "careweave-prometheus-test",
-            "fhir_base_url": fhir_base_url,
-            "destinations_file": str(routing),
-            "mllp_port": "0",
-            "discharge_close_after_seconds": "1",
-            "visibility_metrics_seconds": "0.5",
-        }
-        gateway_env = careweave_env(
-            tmp_path,
-            temporal.address,
-            **settings,
-            gateway_health_port="0",
-            temporal_metrics_port=str(gateway_sdk_port),
-        )
-        worker_env = careweave_env(
-            tmp_path,
-            temporal.address,
-            **settings,
-            worker_health_port="0",
-            temporal_metrics_port=str(worker_sdk_port),
-        )
         async with (
-            careweave_process("gateway", env=gateway_env) as gateway,
-            careweave_process("worker", env=worker_env) as worker,
+            gateway_and_worker(
+                tmp_path,
+                temporal.address,
+                task_queue="careweave-prometheus-test",
+                fhir_base_url=fhir_base_url,
+                destinations_file=str(routing),
+                discharge_close_after_seconds="1",
+                visibility_metrics_seconds="0.5",
+            ) as stack,
             httpx.AsyncClient(timeout=30) as http,
         ):
-            mllp_port = int(
-                (await gateway.wait_for_line(r"MLLP gateway listening on \S+:(\d+)"))[1]
-            )
-            gateway_url = (await gateway.wait_for_line(r"probes on http://(\S+)/readyz"))[1]
-            worker_url = (await worker.wait_for_line(r"probes on http://(\S+)/readyz"))[1]
+            mllp_port = stack.mllp_port
             jobs = {
-                "careweave-gateway": [gateway_url],
-                "careweave-worker": [worker_url],
-                "temporal-sdk": [f"127.0.0.1:{gateway_sdk_port}", f"127.0.0.1:{worker_sdk_port}"],
+                "careweave-gateway": [stack.gateway_probes],
+                "careweave-worker": [stack.worker_probes],
+                "temporal-sdk": [stack.gateway_sdk, stack.worker_sdk],
             }
             with running_prometheus(jobs, rule_files=[ALERT_RULES]) as prometheus:
 

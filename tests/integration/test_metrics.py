@@ -17,9 +17,9 @@ from exchanges.registry import REGISTRY
 from models.review import ReviewReason
 from tests.support.discharge import stay
 from tests.support.engine import mllp_send
-from tests.support.fhir_server import free_port
+from tests.support.metrics_stack import gateway_and_worker
 from tests.support.partner import Partner
-from tests.support.processes import careweave_env, careweave_process, demo_routing, dev_server
+from tests.support.processes import demo_routing, dev_server
 from workers import sample_messages as sm
 from workers.metrics import TEMPORAL_SDK_DASHBOARD_METRICS
 
@@ -51,38 +51,22 @@ def value(found: dict[frozenset[tuple[str, str]], float], **labels: str) -> floa
 async def test_gateway_counts_what_it_answered_and_the_sdk_reports_its_own(
     tmp_path: Path, fhir_base_url: str
 ) -> None:
-    gateway_sdk_port, worker_sdk_port = free_port(), free_port()
     order = sm.SampleOrder("MET-4001")
     with dev_server(tmp_path) as temporal:
-        settings = {
-            "task_queue": "careweave-metrics-test",
-            "fhir_base_url": fhir_base_url,
-            "mllp_port": "0",
-        }
-        gateway_env = careweave_env(
-            tmp_path,
-            temporal.address,
-            **settings,
-            gateway_health_port="0",
-            temporal_metrics_port=str(gateway_sdk_port),
-        )
-        worker_env = careweave_env(
-            tmp_path,
-            temporal.address,
-            **settings,
-            worker_health_port="0",
-            temporal_metrics_port=str(worker_sdk_port),
-        )
         async with (
-            careweave_process("gateway", env=gateway_env) as gateway,
-            careweave_process("worker", env=worker_env) as worker,
+            gateway_and_worker(
+                tmp_path,
+                temporal.address,
+                task_queue="careweave-metrics-test",
+                fhir_base_url=fhir_base_url,
+            ) as stack,
             httpx.AsyncClient(timeout=30) as http,
         ):
-            mllp_port = int(
-                (await gateway.wait_for_line(r"MLLP gateway listening on \S+:(\d+)"))[1]
+            mllp_port = stack.mllp_port
+            gateway_url, worker_url = (
+                f"http://{stack.gateway_probes}",
+                f"http://{stack.worker_probes}",
             )
-            gateway_url = (await gateway.wait_for_line(r"probes on (http://\S+)/readyz"))[1]
-            worker_url = (await worker.wait_for_line(r"probes on (http://\S+)/readyz"))[1]
 
             order_message = sm.lab_order(order, "MET-4001-O")
             acks = await mllp_send(
@@ -91,9 +75,9 @@ async def test_gateway_counts_what_it_answered_and_the_sdk_reports_its_own(
             assert ["MSA|AA" in ack for ack in acks] == [True, True, False]
 
             scraped = (await http.get(f"{gateway_url}/metrics")).text
-            gateway_sdk = (await http.get(f"http://127.0.0.1:{gateway_sdk_port}/metrics")).text
+            gateway_sdk = (await http.get(f"http://{stack.gateway_sdk}/metrics")).text
             worker_metrics = await http.get(f"{worker_url}/metrics")
-            worker_sdk = (await http.get(f"http://127.0.0.1:{worker_sdk_port}/metrics")).text
+            worker_sdk = (await http.get(f"http://{stack.worker_sdk}/metrics")).text
 
     received = samples(scraped, "careweave_messages_received_total")
     assert value(received, message_type="ORM^O01") == 2
@@ -156,7 +140,6 @@ async def test_reviews_waiting_failing_deliveries_and_exchange_durations_are_cou
     delivery the partner refuses (AR 100) holds its queue for a reviewer; the discharge
     exchange itself closes. The worker's /metrics counts both reviews by reason and the
     failing queue by destination; its SDK endpoint has the discharge's duration."""
-    worker_sdk_port = free_port()
     order = sm.SampleOrder("MET-4002", local_code="ZZX9", text="Experimental")
     patient_stay = stay("V-4002", "MRN4002")
     billing = partners["billing"]
@@ -168,31 +151,20 @@ async def test_reviews_waiting_failing_deliveries_and_exchange_durations_are_cou
     )
     await billing.aset_mode("AR", code="100", patient_id="MRN4002")
     with dev_server(tmp_path) as temporal:
-        settings = {
-            "task_queue": "careweave-ops-metrics-test",
-            "fhir_base_url": fhir_base_url,
-            "destinations_file": str(routing),
-            "mllp_port": "0",
-            "discharge_close_after_seconds": "1",
-            "visibility_metrics_seconds": "0.5",
-        }
-        gateway_env = careweave_env(tmp_path, temporal.address, **settings)
-        worker_env = careweave_env(
-            tmp_path,
-            temporal.address,
-            **settings,
-            worker_health_port="0",
-            temporal_metrics_port=str(worker_sdk_port),
-        )
         async with (
-            careweave_process("gateway", env=gateway_env) as gateway,
-            careweave_process("worker", env=worker_env) as worker,
+            gateway_and_worker(
+                tmp_path,
+                temporal.address,
+                task_queue="careweave-ops-metrics-test",
+                fhir_base_url=fhir_base_url,
+                destinations_file=str(routing),
+                discharge_close_after_seconds="1",
+                visibility_metrics_seconds="0.5",
+            ) as stack,
             httpx.AsyncClient(timeout=30) as http,
         ):
-            mllp_port = int(
-                (await gateway.wait_for_line(r"MLLP gateway listening on \S+:(\d+)"))[1]
-            )
-            worker_url = (await worker.wait_for_line(r"probes on (http://\S+)/readyz"))[1]
+            mllp_port = stack.mllp_port
+            worker_url = f"http://{stack.worker_probes}"
             acks = await mllp_send(
                 mllp_port,
                 [
@@ -217,9 +189,7 @@ async def test_reviews_waiting_failing_deliveries_and_exchange_durations_are_cou
                 return value(durations, exchange="discharge-sync", outcome="completed") == 1
 
             scraped = await scrape_until(http, f"{worker_url}/metrics", counted)
-            sdk = await scrape_until(
-                http, f"http://127.0.0.1:{worker_sdk_port}/metrics", discharge_closed
-            )
+            sdk = await scrape_until(http, f"http://{stack.worker_sdk}/metrics", discharge_closed)
     await billing.areset()
 
     pending = samples(scraped, "careweave_reviews_pending")
