@@ -14,8 +14,11 @@ from datetime import timedelta
 
 from temporalio import workflow
 
-from workflows import search_attributes as sa
-from workflows.exchange_search import coalesced_upserts, upsert_changed, upsert_exchange_status
+from workflows.exchange_search import (
+    coalesced_upserts,
+    upsert_exchange_start,
+    upsert_exchange_status,
+)
 from workflows.inbox import MessageInbox
 from workflows.review import ReviewableWorkflow
 
@@ -66,11 +69,7 @@ class DischargeSync(ReviewableWorkflow):
 
     @workflow.run
     async def run(self, params: DischargeSyncInput) -> DischargeSyncSummary:
-        exchange = [sa.EXCHANGE.value_set(EXCHANGE_NAME), sa.FACILITY.value_set(params.facility)]
-        if coalesced_upserts():
-            upsert_changed(exchange)
-        else:
-            workflow.upsert_search_attributes(exchange)
+        upsert_exchange_start(EXCHANGE_NAME, params.facility, coalesced=coalesced_upserts())
         # Quiet for close_after_seconds: the exchange completes.
         await self._inbox.serve(
             params.close_after_seconds,

@@ -40,6 +40,16 @@ def coalesced_upserts() -> bool:
     return workflow.patched(COALESCED_UPSERTS_PATCH)
 
 
+def upsert_exchange_start(exchange: str, facility: str, *, coalesced: bool) -> None:
+    """The exchange and facility an exchange run declares at its start (the committer set
+    them already: runs with ``coalesced_upserts`` write them only when they differ)."""
+    updates = [sa.EXCHANGE.value_set(exchange), sa.FACILITY.value_set(facility)]
+    if coalesced:
+        upsert_changed(updates)
+    else:
+        workflow.upsert_search_attributes(updates)
+
+
 def upsert_changed(updates: Sequence[SearchAttributeUpdate[Any]]) -> None:
     """One upsert of the ``updates`` that change a value the run carries; none if none do."""
     current = workflow.info().typed_search_attributes

@@ -30,6 +30,7 @@ from workflows.exchange_search import (
     coalesced_upserts,
     message_attributes,
     upsert_changed,
+    upsert_exchange_start,
     upsert_exchange_status,
 )
 from workflows.review import ReviewableWorkflow
@@ -120,11 +121,7 @@ class ImagingOrder(ReviewableWorkflow):
     @workflow.run
     async def run(self, params: ImagingOrderInput) -> ImagingOrderSummary:
         coalesced = coalesced_upserts()
-        exchange = [sa.EXCHANGE.value_set(EXCHANGE_NAME), sa.FACILITY.value_set(params.facility)]
-        if coalesced:
-            upsert_changed(exchange)
-        else:
-            workflow.upsert_search_attributes(exchange)
+        upsert_exchange_start(EXCHANGE_NAME, params.facility, coalesced=coalesced)
         while self._status not in ("completed", "cancelled", "rejected"):
             if (
                 self._order is None

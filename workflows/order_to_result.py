@@ -30,6 +30,7 @@ from workflows.exchange_search import (
     coalesced_upserts,
     message_attributes,
     upsert_changed,
+    upsert_exchange_start,
     upsert_exchange_status,
 )
 from workflows.message_trace import follow_message_trace, trace_base
@@ -119,11 +120,7 @@ class OrderToResult(ReviewableWorkflow):
     @workflow.run
     async def run(self, params: OrderToResultInput) -> OrderToResultSummary:
         coalesced = coalesced_upserts()
-        exchange = [sa.EXCHANGE.value_set(EXCHANGE_NAME), sa.FACILITY.value_set(params.facility)]
-        if coalesced:
-            upsert_changed(exchange)
-        else:
-            workflow.upsert_search_attributes(exchange)
+        upsert_exchange_start(EXCHANGE_NAME, params.facility, coalesced=coalesced)
         own_trace = trace_base()
         while not self._finished():
             follow_message_trace({}, own_trace)
