@@ -185,7 +185,8 @@ class ImagingActivities:
         lab_mapping = load_lab_mapping(request.lab_mapping_version)
         bundle = as_imaging_order_transaction(order_transaction_for(request.order, lab_mapping))
         try:
-            response = await self._fhir.transaction(bundle)
+            # Fenced: a new order the server applies late cannot un-revoke its cancel.
+            response = await self._fhir.fenced_transaction(bundle, "ServiceRequest")
         except FhirRejectedError as err:
             raise _rejected(err) from err
         resources = _locations(response)
@@ -322,7 +323,8 @@ class ImagingActivities:
             if request.imaging_study_reference:
                 report["imagingStudy"] = [{"reference": request.imaging_study_reference}]
         try:
-            response = await self._fhir.transaction(bundle)
+            # Fenced: a report the server applies late cannot undo its correction.
+            response = await self._fhir.fenced_transaction(bundle, "DiagnosticReport")
         except FhirRejectedError as err:
             raise _rejected(err) from err
         return PublishedResources(resources=_locations(response))

@@ -12,8 +12,6 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from adapters.fhir import FhirClient, FhirRejectedError
-from adapters.fhir.errors import FhirPreconditionFailed, FhirRetryableError
-from adapters.fhir.version_fence import CurrentVersion, fence_target, fenced
 from adapters.hl7v2.lab_messages import LabMessageInvalid, parse_lab_order, parse_lab_results
 from mappings.fhir_identifiers import identifier_search
 from mappings.order_to_result.concept_map import (
@@ -195,38 +193,10 @@ class FhirActivities:
     ) -> dict[str, Any]:
         """``bundle`` written so that, should the server apply it late (after a timeout and
         a retry), it cannot undo a newer write of its ``resource_type`` (version_fence)."""
-        fence_url, identifier = fence_target(bundle, resource_type)
-        current = await self._current_version(resource_type, identifier)
         try:
-            return await self._fhir.transaction(fenced(bundle, fence_url, current))
-        except FhirPreconditionFailed as err:
-            if await self._current_version(resource_type, identifier) != current:
-                # Another write of it landed between our read and our write (an earlier
-                # attempt of this one, usually): read again, on the next attempt.
-                raise FhirRetryableError(
-                    f"{resource_type} changed while this write was on its way",
-                    status_code=err.status_code,
-                ) from err
-            raise _rejected(err) from err
+            return await self._fhir.fenced_transaction(bundle, resource_type)
         except FhirRejectedError as err:
             raise _rejected(err) from err
-
-    async def _current_version(
-        self, resource_type: str, identifier: dict[str, Any]
-    ) -> CurrentVersion | None:
-        """The one resource with ``identifier`` as the server holds it now; None when there
-        is none (or several: the unfenced conditional write then gets the server's 412)."""
-        try:
-            found = await self._fhir.search(
-                resource_type, {"identifier": f"{identifier['system']}|{identifier['value']}"}
-            )
-        except FhirRejectedError as err:
-            raise _rejected(err) from err
-        if len(found) != 1:
-            return None
-        return CurrentVersion(
-            resource_id=str(found[0]["id"]), version_id=str(found[0]["meta"]["versionId"])
-        )
 
     async def _review_task_is_stat(self, result: LabResult, mapping: LabMapping) -> bool:
         task_id = review_task_identifier(result, mapping)

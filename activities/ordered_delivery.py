@@ -313,7 +313,11 @@ class DeliveryActivities:
         bundle = encounter_transaction_for(request.item.event, mapping)
         try:
             async with heartbeating():
-                response = await self._fhir[destination.name].transaction(bundle)
+                # Fenced on the Encounter: a discharge the server applies late (after a
+                # timeout and a retry) cannot undo the A13 or A08 delivered after it.
+                response = await self._fhir[destination.name].fenced_transaction(
+                    bundle, "Encounter", owned=("Encounter", "Condition")
+                )
         except FhirRetryableError as err:
             raise ApplicationError(str(err), type=DESTINATION_UNAVAILABLE) from err
         except FhirRejectedError as err:

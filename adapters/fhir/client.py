@@ -7,8 +7,9 @@ rejected (other 4xx) so that callers can retry the first and send the second to 
 
 from __future__ import annotations
 
+import logging
 import ssl
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from types import TracebackType
 from typing import Any, NamedTuple
@@ -25,6 +26,7 @@ from adapters.fhir.errors import (
     FhirRetryableError,
     transport_failure,
 )
+from adapters.fhir.version_fence import CurrentVersion, fence_target, fenced
 from adapters.tls import client_tls_context
 
 FHIR_JSON = "application/fhir+json"
@@ -34,6 +36,8 @@ RETRYABLE_STATUS = frozenset({408, 425, 429})
 MAX_SEARCH_PAGES = 1000
 
 _tracer = trace.get_tracer("careweave.adapters.fhir")
+
+_log = logging.getLogger(__name__)
 
 
 class ConditionalCreate(NamedTuple):
@@ -188,6 +192,59 @@ class FhirClient:
         if bundle.get("type") != "transaction":
             raise ValueError("transaction() takes a Bundle of type 'transaction'")
         return await self._request("transaction", "POST", "", json=bundle)
+
+    async def fenced_transaction(
+        self,
+        bundle: dict[str, Any],
+        resource_type: str,
+        *,
+        owned: Collection[str] | None = None,
+    ) -> dict[str, Any]:
+        """``transaction(bundle)``, fenced (adapters/fhir/version_fence.py) on its one
+        conditional PUT of ``resource_type`` as read just before: should the server apply
+        this request late (after a timeout and a retry), it cannot undo a newer write.
+        FhirRetryableError when the fenced resource changed between the read and the write
+        (read again on the next attempt); FhirPreconditionFailed when a 412 has another
+        cause."""
+        fence_url, identifier = fence_target(bundle, resource_type)
+        try:
+            current = await self.current_version(resource_type, identifier)
+        except FhirRejectedError as err:
+            if err.status_code not in (401, 403):
+                raise
+            # Credentials that may write but not read (a write-only SMART scope): written
+            # as before, unfenced, rather than every write refused. docs/operations.md asks
+            # for read access to what Careweave writes.
+            _log.warning(
+                "%s: no read access to %s (HTTP %s): writing without the version fence",
+                self.base_url,
+                resource_type,
+                err.status_code,
+            )
+            return await self.transaction(bundle)
+        try:
+            return await self.transaction(fenced(bundle, fence_url, current, owned=owned))
+        except FhirPreconditionFailed as err:
+            if await self.current_version(resource_type, identifier) != current:
+                raise FhirRetryableError(
+                    f"transaction: {resource_type} changed while the write was on its way",
+                    status_code=err.status_code,
+                ) from err
+            raise
+
+    async def current_version(
+        self, resource_type: str, identifier: dict[str, Any]
+    ) -> CurrentVersion | None:
+        """The one resource with ``identifier`` as the server holds it now; None when there
+        is none (or several: a fenced write then gets the server's 412 for them)."""
+        found = await self.search(
+            resource_type, {"identifier": f"{identifier['system']}|{identifier['value']}"}
+        )
+        if len(found) != 1:
+            return None
+        return CurrentVersion(
+            resource_id=str(found[0]["id"]), version_id=str(found[0]["meta"]["versionId"])
+        )
 
     def _path_on_this_server(self, resource_type: str, url: str) -> str:
         """``url`` relative to the base URL; a link elsewhere is refused, not followed."""

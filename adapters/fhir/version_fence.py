@@ -19,6 +19,7 @@ messages change), as read just before it is sent:
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,21 +49,36 @@ def fence_target(bundle: JSON, resource_type: str) -> tuple[str, JSON]:
     return found[0]["request"]["url"], identifier
 
 
-def fenced(bundle: JSON, fence_url: str, current: CurrentVersion | None) -> JSON:
+def fenced(
+    bundle: JSON,
+    fence_url: str,
+    current: CurrentVersion | None,
+    *,
+    owned: Collection[str] | None = None,
+) -> JSON:
     """``bundle`` (a transaction of conditional PUTs) fenced on the entry whose request url
-    is ``fence_url`` (``Type?identifier=...``), given what the server held (None: nothing)."""
+    is ``fence_url`` (``Type?identifier=...``), given what the server held (None: nothing).
+    ``owned``: the resource types written with the fenced one, which a late copy must not
+    change either (default: every conditional PUT); others keep their conditional PUT."""
     entries = bundle.get("entry", [])
     if not any(entry["request"]["url"] == fence_url for entry in entries):
         raise ValueError(f"the transaction writes no {fence_url.split('?')[0]} to fence on")
-    return {**bundle, "entry": [_fenced_entry(entry, fence_url, current) for entry in entries]}
+    return {
+        **bundle,
+        "entry": [_fenced_entry(entry, fence_url, current, owned) for entry in entries],
+    }
 
 
-def _fenced_entry(entry: JSON, fence_url: str, current: CurrentVersion | None) -> JSON:
+def _fenced_entry(
+    entry: JSON, fence_url: str, current: CurrentVersion | None, owned: Collection[str] | None
+) -> JSON:
     request = entry["request"]
     if request["method"] != "PUT" or "?" not in request["url"]:
         return entry
     if current is None:
         resource_type, _, query = request["url"].partition("?")
+        if owned is not None and resource_type not in owned and request["url"] != fence_url:
+            return entry
         return {**entry, "request": {"method": "POST", "url": resource_type, "ifNoneExist": query}}
     if request["url"] != fence_url:
         return entry

@@ -17,10 +17,14 @@ import pytest
 from activities.order_to_result import FhirActivities, PublishOrderInput, PublishResultInput
 from adapters.fhir import FhirClient
 from adapters.fhir.errors import FhirRetryableError
+from adapters.hl7v2.adt_messages import parse_adt_event
 from adapters.hl7v2.lab_messages import parse_lab_order, parse_lab_results
+from mappings.discharge_sync.fhir_builders import encounter_identifier, encounter_transaction_for
+from mappings.discharge_sync.mapping import load_adt_mapping
 from mappings.order_to_result.concept_map import load_lab_mapping
 from mappings.order_to_result.fhir_builders import order_identifiers, report_identifier
 from models.lab import LabResult
+from tests.support.discharge import stay
 from workers import sample_messages as sm
 
 pytestmark = pytest.mark.integration
@@ -138,3 +142,37 @@ async def test_a_new_order_arriving_after_its_cancel_leaves_it_revoked(
             "ServiceRequest", {"identifier": f"{placer['system']}|{placer['value']}"}
         )
         assert request["status"] == "revoked"
+
+
+async def test_a_discharge_arriving_after_its_cancel_leaves_the_encounter_open(
+    fhir_base_url: str,
+) -> None:
+    """As the FHIR destination of discharge sync writes (deliver_to_fhir)."""
+    mapping = load_adt_mapping("v3")
+    visit = stay("V-LATE-1004", "MRN-LATE-1004")
+    owned = ("Encounter", "Condition")
+
+    def bundle(trigger: str) -> dict[str, Any]:
+        event = parse_adt_event(sm.adt_event(visit, f"LATE-1004-{trigger}", trigger))
+        return encounter_transaction_for(event, mapping)
+
+    async def encounter_status(fhir: FhirClient) -> str:
+        event = parse_adt_event(sm.adt_event(visit, "LATE-1004-A03", "A03"))
+        identifier = encounter_identifier(event, mapping)
+        [encounter] = await fhir.search(
+            "Encounter", {"identifier": f"{identifier['system']}|{identifier['value']}"}
+        )
+        return str(encounter["status"])
+
+    async with LateFirstAttempt(fhir_base_url) as late, FhirClient(fhir_base_url) as fhir:
+        with pytest.raises(FhirRetryableError):
+            await late.fenced_transaction(bundle("A03"), "Encounter", owned=owned)
+        await fhir.fenced_transaction(bundle("A03"), "Encounter", owned=owned)  # its retry
+        assert await encounter_status(fhir) == "finished"
+        await fhir.fenced_transaction(bundle("A13"), "Encounter", owned=owned)
+        cancelled = await encounter_status(fhir)
+        assert cancelled != "finished"
+
+        await fhir.transaction(late.held[0])
+
+        assert await encounter_status(fhir) == cancelled
