@@ -208,7 +208,7 @@ class FhirClient:
         cause."""
         fence_url, identifier = fence_target(bundle, resource_type)
         try:
-            current = await self.current_version(resource_type, identifier)
+            found = await self._versions(resource_type, identifier)
         except FhirRejectedError as err:
             if err.status_code not in (401, 403):
                 raise
@@ -222,29 +222,34 @@ class FhirClient:
                 err.status_code,
             )
             return await self.transaction(bundle)
+        if len(found) > 1:
+            # Several resources carry the identifier: the conditional write as it is, which
+            # the server refuses (412) for a person to sort out, as before the fence.
+            return await self.transaction(bundle)
+        current = found[0] if found else None
         try:
             return await self.transaction(fenced(bundle, fence_url, current, owned=owned))
         except FhirPreconditionFailed as err:
-            if await self.current_version(resource_type, identifier) != current:
+            if await self._versions(resource_type, identifier) != found:
                 raise FhirRetryableError(
                     f"transaction: {resource_type} changed while the write was on its way",
                     status_code=err.status_code,
                 ) from err
             raise
 
-    async def current_version(
+    async def _versions(
         self, resource_type: str, identifier: dict[str, Any]
-    ) -> CurrentVersion | None:
-        """The one resource with ``identifier`` as the server holds it now; None when there
-        is none (or several: a fenced write then gets the server's 412 for them)."""
+    ) -> list[CurrentVersion]:
+        """The resources of ``resource_type`` with ``identifier``, as the server holds them
+        now (matches only: an OperationOutcome entry of the search is not one)."""
         found = await self.search(
             resource_type, {"identifier": f"{identifier['system']}|{identifier['value']}"}
         )
-        if len(found) != 1:
-            return None
-        return CurrentVersion(
-            resource_id=str(found[0]["id"]), version_id=str(found[0]["meta"]["versionId"])
-        )
+        return [
+            CurrentVersion(resource_id=str(r["id"]), version_id=str(r["meta"]["versionId"]))
+            for r in found
+            if r.get("resourceType") == resource_type
+        ]
 
     def _path_on_this_server(self, resource_type: str, url: str) -> str:
         """``url`` relative to the base URL; a link elsewhere is refused, not followed."""

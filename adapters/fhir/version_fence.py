@@ -15,15 +15,27 @@ messages change), as read just before it is sent:
 - it does not exist yet: every conditional update of the transaction becomes a conditional
   create (``POST`` with ``ifNoneExist``). A late copy finds everything already created and
   changes nothing; two copies racing create once.
+
+Servers that skip an update which changes nothing (HAPI, Medplum's own) keep the version
+then: two corrections whose reports are alike but whose Observations differ would leave
+the report at one version, and a late copy of the first would pass ``If-Match`` and put
+its Observations back. The fenced resource therefore carries a digest of the whole
+transaction (``WRITE_DIGEST_EXTENSION``): any write that changes any entry changes the
+fenced resource, and so its version.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
 JSON = dict[str, Any]
+# On the fenced resource: the sha256 of the transaction that wrote it last (no PHI: a
+# digest), so that its version moves whenever anything the transaction writes does.
+WRITE_DIGEST_EXTENSION = "https://careweave.org/fhir/StructureDefinition/write-digest"
 
 
 @dataclass(frozen=True)
@@ -63,14 +75,21 @@ def fenced(
     entries = bundle.get("entry", [])
     if not any(entry["request"]["url"] == fence_url for entry in entries):
         raise ValueError(f"the transaction writes no {fence_url.split('?')[0]} to fence on")
+    digest = hashlib.sha256(
+        json.dumps(bundle, sort_keys=True, separators=(",", ":")).encode()
+    ).hexdigest()
     return {
         **bundle,
-        "entry": [_fenced_entry(entry, fence_url, current, owned) for entry in entries],
+        "entry": [_fenced_entry(entry, fence_url, current, owned, digest) for entry in entries],
     }
 
 
 def _fenced_entry(
-    entry: JSON, fence_url: str, current: CurrentVersion | None, owned: Collection[str] | None
+    entry: JSON,
+    fence_url: str,
+    current: CurrentVersion | None,
+    owned: Collection[str] | None,
+    digest: str,
 ) -> JSON:
     request = entry["request"]
     if request["method"] != "PUT" or "?" not in request["url"]:
@@ -83,7 +102,13 @@ def _fenced_entry(
     if request["url"] != fence_url:
         return entry
     resource_type = request["url"].partition("?")[0]
-    resource = {**entry["resource"], "id": current.resource_id}
+    extensions = [
+        extension
+        for extension in entry["resource"].get("extension", [])
+        if extension.get("url") != WRITE_DIGEST_EXTENSION
+    ]
+    extensions.append({"url": WRITE_DIGEST_EXTENSION, "valueString": digest})
+    resource = {**entry["resource"], "id": current.resource_id, "extension": extensions}
     return {
         **entry,
         "resource": resource,
