@@ -312,8 +312,9 @@ class GroupCommit:
     Each caller still returns only once its rows are committed (a step is never done
     without its row), but the callers waiting while a transaction runs share the next
     one: under load one chain lock, one tail read and one commit serve a whole batch
-    instead of one per caller. Rows keep the order the callers arrived in. A failed
-    transaction fails every caller of its batch (each retries on its own).
+    instead of one per caller. Rows keep the order the callers arrived in. When a batch's
+    transaction fails, each caller's rows are tried alone: only the callers whose rows
+    cannot be written fail.
     """
 
     def __init__(self, audit_log: AuditLog, *, max_entries: int = 500) -> None:
@@ -330,22 +331,39 @@ class GroupCommit:
         await committed
 
     async def _write_while_waiting(self) -> None:
-        while self._waiting:
-            batch = self._next_batch()
-            try:
-                await asyncio.to_thread(
-                    self._audit_log.append_rows, [entry for rows, _ in batch for entry in rows]
-                )
-            except BaseException as error:
-                for _, committed in batch:
-                    if not committed.done():
-                        committed.set_exception(error)
-                if isinstance(error, asyncio.CancelledError):
-                    raise
-            else:
-                for _, committed in batch:
-                    if not committed.done():
-                        committed.set_result(None)
+        try:
+            while self._waiting:
+                batch = self._next_batch()
+                try:
+                    await asyncio.to_thread(
+                        self._audit_log.append_rows, [entry for rows, _ in batch for entry in rows]
+                    )
+                except Exception:
+                    # One caller's rows may be what failed: each alone, so the others
+                    # are not failed with it (and with it again on their retries).
+                    for rows, committed in batch:
+                        await self._write_alone(rows, committed)
+                else:
+                    for _, committed in batch:
+                        if not committed.done():
+                            committed.set_result(None)
+        except asyncio.CancelledError as stopped:
+            # The worker is stopping: nobody waits for a row that will not be written.
+            for _, committed in self._waiting:
+                if not committed.done():
+                    committed.set_exception(stopped)
+            self._waiting.clear()
+            raise
+
+    async def _write_alone(self, rows: list[AuditEntry], committed: asyncio.Future[None]) -> None:
+        try:
+            await asyncio.to_thread(self._audit_log.append_rows, rows)
+        except Exception as error:
+            if not committed.done():
+                committed.set_exception(error)
+        else:
+            if not committed.done():
+                committed.set_result(None)
 
     def _next_batch(self) -> list[tuple[list[AuditEntry], asyncio.Future[None]]]:
         taken, size = 0, 0

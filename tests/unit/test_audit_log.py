@@ -491,16 +491,45 @@ async def test_group_commit_writes_every_callers_rows_in_shared_transactions(
             assert first.exchange == second.exchange
 
 
-async def test_group_commit_fails_the_callers_of_a_failed_transaction_only(database: str) -> None:
+async def test_a_batch_that_failed_once_is_written_caller_by_caller(database: str) -> None:
     log = _CountingAuditLog(database, failing=1)
     grouped = GroupCommit(log)
-    first = asyncio.ensure_future(grouped.append_many([entry(1)]))
-    await asyncio.sleep(0)  # the first transaction starts with the first caller alone
-    later = [asyncio.ensure_future(grouped.append_many([entry(n)])) for n in range(2, 6)]
-    outcomes = await asyncio.gather(first, *later, return_exceptions=True)
-    assert isinstance(outcomes[0], DatabaseError)
-    assert outcomes[1:] == [None] * 4
-    assert [r.exchange for r in log.records()] == [
-        f"order-to-result/GENHOSP/PO{n}" for n in range(2, 6)
-    ]
+    outcomes = await asyncio.gather(*(grouped.append_many([entry(n)]) for n in range(1, 4)))
+    assert outcomes == [None] * 3
+    assert log.transactions == [3, 1, 1, 1]
+    assert [r.exchange.rsplit("PO", 1)[1] for r in log.records()] == ["1", "2", "3"]
     assert log.verify().first_break is None
+
+
+async def test_a_failed_batch_is_retried_caller_by_caller(database: str) -> None:
+    # The batch of five fails (the second transaction), then each caller alone: the first
+    # of those fails too, the other four are written.
+    log = _PoisonedAuditLog(database, poisoned_exchange="order-to-result/GENHOSP/PO3")
+    grouped = GroupCommit(log)
+    first = asyncio.ensure_future(grouped.append_many([entry(1)]))
+    await asyncio.sleep(0)
+    later = [asyncio.ensure_future(grouped.append_many([entry(n)])) for n in range(2, 7)]
+    outcomes = await asyncio.gather(first, *later, return_exceptions=True)
+    assert [isinstance(o, DatabaseError) for o in outcomes] == [
+        False,
+        False,
+        True,
+        False,
+        False,
+        False,
+    ]
+    assert [r.exchange.rsplit("PO", 1)[1] for r in log.records()] == ["1", "2", "4", "5", "6"]
+    assert log.verify().first_break is None
+
+
+class _PoisonedAuditLog(AuditLog):
+    """The real log; a transaction holding one exchange's row fails."""
+
+    def __init__(self, database: str, poisoned_exchange: str) -> None:
+        super().__init__(open_engine(database))
+        self._poisoned = poisoned_exchange
+
+    def append_rows(self, entries: Sequence[AuditEntry]) -> None:
+        if any(e.exchange == self._poisoned for e in entries):
+            raise DatabaseError("INSERT", {}, Exception("value too long"))
+        super().append_rows(entries)
