@@ -69,6 +69,8 @@ class FhirClient:
         tls: ssl.SSLContext | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        # Resource types whose fence read was refused (write-only credentials), warned once.
+        self._unfenced_types: set[str] = set()
         self._http = httpx.AsyncClient(
             base_url=self.base_url + "/",
             timeout=timeout,
@@ -214,13 +216,15 @@ class FhirClient:
                 raise
             # Credentials that may write but not read (a write-only SMART scope): written
             # as before, unfenced, rather than every write refused. docs/operations.md asks
-            # for read access to what Careweave writes.
-            _log.warning(
-                "%s: no read access to %s (HTTP %s): writing without the version fence",
-                self.base_url,
-                resource_type,
-                err.status_code,
-            )
+            # for read access to what Careweave writes. Said once per type, not per write.
+            if resource_type not in self._unfenced_types:
+                self._unfenced_types.add(resource_type)
+                _log.warning(
+                    "%s: no read access to %s (HTTP %s): writing without the version fence",
+                    self.base_url,
+                    resource_type,
+                    err.status_code,
+                )
             return await self.transaction(bundle)
         if len(found) > 1:
             # Several resources carry the identifier: the conditional write as it is, which
