@@ -3,8 +3,10 @@ exchanges and no-op activities, so the dev server's ceiling for that many steps 
 can be measured beside the real thing.
 
 Per message, the steps mirror what an exchange needs at the least:
-- lab order: signal-with-start, a local activity (parse + map), an activity (FHIR write);
-- lab result: a signal to the same workflow, a local activity, an activity;
+- lab order: signal-with-start, a local activity (parse + map), and the FHIR write: a local
+  activity (as OrderToResult writes since patch `lab-writes-local-first`) or, with
+  ``local_writes`` false, an activity (as it wrote before);
+- lab result: a signal to the same workflow, a local activity, the write as above;
 - discharge: signal-with-start, a local activity, an activity that signal-with-starts the
   patient's delivery queue, and in the queue an activity (the delivery).
 
@@ -66,13 +68,13 @@ async def bare_enqueue(request: QueueRequest) -> str:
 
 @workflow.defn
 class BareOrder:
-    """Order then result, each a local activity and an activity; completes after both."""
+    """Order then result, each a local activity and a write; completes after both."""
 
     def __init__(self) -> None:
         self._inbox: deque[BareMessage] = deque()
 
     @workflow.run
-    async def run(self) -> int:
+    async def run(self, local_writes: bool) -> int:
         handled = 0
         while handled < 2:
             await workflow.wait_condition(lambda: bool(self._inbox))
@@ -80,9 +82,14 @@ class BareOrder:
             await workflow.execute_local_activity(
                 bare_parse, message, start_to_close_timeout=STEP_TIMEOUT
             )
-            await workflow.execute_activity(
-                bare_write, message, start_to_close_timeout=STEP_TIMEOUT
-            )
+            if local_writes:
+                await workflow.execute_local_activity(
+                    bare_write, message, start_to_close_timeout=STEP_TIMEOUT
+                )
+            else:
+                await workflow.execute_activity(
+                    bare_write, message, start_to_close_timeout=STEP_TIMEOUT
+                )
             handled += 1
         return handled
 

@@ -12,8 +12,11 @@ as fast as the gateway takes it: orders and discharges mixed, then the orders' r
 "Fully processed" is counted on the FHIR server: every ServiceRequest, DiagnosticReport
 and finished Encounter there. The baseline sends the same number of messages by
 signal-with-start to bare workflows on a fresh dev server of the same kind, and is done
-when every bare workflow has completed. Each round runs both on fresh servers; the
-report gives the median and best round of each and their ratio.
+when every bare workflow has completed. It runs twice per round: with the lab's FHIR
+write as a local activity (the steps OrderToResult takes now) and as an activity (the
+steps it took before `lab-writes-local-first`), so the ratio to each can be read. Each
+round runs every path on fresh servers; the report gives the median and best round of
+each and their ratios.
 """
 
 from __future__ import annotations
@@ -353,7 +356,11 @@ async def run_production(
 # -- the bare baseline --------------------------------------------------------------------
 
 
-async def run_bare(state: Path, feed: Feed, senders: int) -> Figures:
+BARE_NOW = "bare Temporal, no-op activities, lab writes local (this code's steps)"
+BARE_ACTIVITY_WRITES = "bare Temporal, no-op activities, lab writes as activities (earlier steps)"
+
+
+async def run_bare(state: Path, feed: Feed, senders: int, *, local_writes: bool) -> Figures:
     task_queue = "bare-e2e"
     async with dev_server(state) as (address, temporal_pid):
         process = await asyncio.create_subprocess_exec(
@@ -391,6 +398,7 @@ async def run_bare(state: Path, feed: Feed, senders: int) -> Figures:
                 index = next(result_ids) if result else next(order_ids)
                 await client.start_workflow(
                     BareOrder.run,
+                    local_writes,
                     id=f"bare-order/{index}",
                     task_queue=task_queue,
                     start_signal="message",
@@ -418,7 +426,7 @@ async def run_bare(state: Path, feed: Feed, senders: int) -> Figures:
             await asyncio.gather(reader, return_exceptions=True)
             over_deadline = sum(OVER_DEADLINE in line for line in worker.lines)
     return Figures(
-        "bare Temporal, no-op activities",
+        BARE_NOW if local_writes else BARE_ACTIVITY_WRITES,
         feed.total,
         acked,
         done,
@@ -458,14 +466,20 @@ async def main() -> None:
     production: list[Figures] = []
     before: list[Figures] = []
     bare: list[Figures] = []
+    bare_activity_writes: list[Figures] = []
     with tempfile.TemporaryDirectory(prefix="careweave-bench-e2e-") as base:
         for index in range(args.rounds):
-            for path in ("bare", "before", "prod"):
+            for path in ("bare", "bare-activity-writes", "before", "prod"):
                 (Path(base) / f"{path}{index}").mkdir()
             tag = f"{time.strftime('%H%M%S')}{index}"
             feed = mixed_feed(tag, args.orders, args.discharges)
             if not args.skip_bare:
-                bare.append(await run_bare(Path(base) / f"bare{index}", feed, args.senders))
+                state = Path(base) / f"bare{index}"
+                bare.append(await run_bare(state, feed, args.senders, local_writes=True))
+                state = Path(base) / f"bare-activity-writes{index}"
+                bare_activity_writes.append(
+                    await run_bare(state, feed, args.senders, local_writes=False)
+                )
             if args.before:
                 before.append(
                     await run_production(
@@ -488,6 +502,7 @@ async def main() -> None:
                 line += f", before {before[-1].rate:.1f}/s"
             if bare:
                 line += f", bare {bare[-1].rate:.1f}/s ({production[-1].rate / bare[-1].rate:.0%})"
+                line += f", bare with activity writes {bare_activity_writes[-1].rate:.1f}/s"
             print(line, flush=True)
 
     feed_line = (
@@ -498,7 +513,7 @@ async def main() -> None:
     print(f"\n{feed_line}\n")
     print("| path | fully processed msg/s, median | best | durable ACK msg/s, median |")
     print("|---|---|---|---|")
-    for runs in (production, before, bare):
+    for runs in (production, before, bare, bare_activity_writes):
         if runs:
             median, best = summary(runs)
             ack = statistics.median(run.ack_rate for run in runs)
@@ -506,11 +521,13 @@ async def main() -> None:
     if bare:
         ratio = summary(production)[0] / summary(bare)[0]
         print(f"\nproduction shape = {ratio:.2f}x the bare baseline (medians)")
+        earlier = summary(production)[0] / summary(bare_activity_writes)[0]
+        print(f"production shape = {earlier:.2f}x the bare baseline of the earlier steps")
     if before:
         gain = summary(production)[0] / summary(before)[0]
         print(f"production shape = {gain:.2f}x the checkout before (medians)")
     print("\nCPU milliseconds per message, by process (median round):\n")
-    for runs in (production, before, bare):
+    for runs in (production, before, bare, bare_activity_writes):
         if runs:
             middle = sorted(runs, key=lambda run: run.rate)[len(runs) // 2]
             cells = ", ".join(f"{name} {ms:.1f}" for name, ms in middle.cpu_ms.items())

@@ -32,6 +32,8 @@ with workflow.unsafe.imports_passed_through():
 # start's keys are what users search for, later control ids add little.
 MAX_VALUES_PER_KEY = 20
 COALESCED_UPSERTS_PATCH = "search-attributes-coalesced"
+EXCHANGE_STATUS_PATCH = "exchange-status-attribute"
+BUSINESS_KEYS_PATCH = "business-key-search-attributes"
 
 
 def coalesced_upserts() -> bool:
@@ -75,7 +77,7 @@ def upsert_exchange_status(status: str) -> None:
     """Publish the exchange's status. Runs started before the rename keep writing ``Status``
     (and only that); a run that set ``Status`` at its start but reaches its first status
     change on today's code drops it, so one run never answers to two statuses."""
-    if not workflow.patched("exchange-status-attribute"):
+    if not workflow.patched(EXCHANGE_STATUS_PATCH):
         workflow.upsert_search_attributes([sa.LEGACY_STATUS.value_set(status)])
         return
     updates: list[SearchAttributeUpdate[str]] = [sa.EXCHANGE_STATUS.value_set(status)]
@@ -89,7 +91,7 @@ def add_business_keys(keys: BusinessKeys) -> None:
     were set by the committer). Nothing is upserted, and no patch marker written, when the
     message brings nothing new: the common case, a message that started its exchange."""
     updates = _business_key_updates(keys)
-    if updates and workflow.patched("business-key-search-attributes"):
+    if updates and workflow.patched(BUSINESS_KEYS_PATCH):
         workflow.upsert_search_attributes(updates)
 
 

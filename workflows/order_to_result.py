@@ -22,10 +22,12 @@ from typing import TypeVar
 from pydantic import BaseModel
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.exceptions import ActivityError, ApplicationError, CancelledError, FailureError
 
 from workflows import search_attributes as sa
 from workflows.exchange_search import (
+    BUSINESS_KEYS_PATCH,
+    EXCHANGE_STATUS_PATCH,
     add_business_keys,
     coalesced_upserts,
     message_attributes,
@@ -34,7 +36,7 @@ from workflows.exchange_search import (
     upsert_exchange_status,
 )
 from workflows.message_trace import follow_message_trace, trace_base
-from workflows.review import ReviewableWorkflow
+from workflows.review import REVIEW_REASON_PATCH, ReviewableWorkflow, refusal_of
 
 with workflow.unsafe.imports_passed_through():
     from activities.order_to_result import (
@@ -76,6 +78,28 @@ _FHIR_RETRY = RetryPolicy(
     maximum_interval=timedelta(minutes=1),
     non_retryable_error_types=[FHIR_REJECTED, LAB_MESSAGE_INVALID],
 )
+# A FHIR write is tried once as a local activity, in the workflow task that decided it:
+# no activity task to schedule, poll and complete, so half the durable steps per message.
+# A write that fails or is slow (FHIR down or frozen) goes on as an activity, retried
+# with backoff by the server and shown as pending in the UI, and frees the worker's
+# workflow-task slot; the version fence makes a late local attempt harmless.
+LAB_WRITES_LOCAL_FIRST = "lab-writes-local-first"
+# A patch marker recorded after a local activity in the same workflow task does not
+# replay when a query reached the worker while that activity ran (temporalio 1.35:
+# the marker lands out of its place; tests/integration/test_queries_during_local_activities.py).
+# New runs therefore record every patch this workflow asks about in their first task,
+# before any local activity; later calls are answered from the SDK's memo.
+PATCHES_UP_FRONT = "patches-up-front"
+_PATCHES = (
+    LAB_WRITES_LOCAL_FIRST,
+    REVIEW_REASON_PATCH,
+    EXCHANGE_STATUS_PATCH,
+    BUSINESS_KEYS_PATCH,
+    "lab-mismatch-every-identifier",
+    "lab-patient-mismatch-review",
+)
+_LOCAL_WRITE_TIMEOUT = timedelta(seconds=10)
+_LOCAL_WRITE_ONCE = RetryPolicy(maximum_attempts=1)
 _T = TypeVar("_T")
 _A = TypeVar("_A")
 
@@ -120,6 +144,9 @@ class OrderToResult(ReviewableWorkflow):
     @workflow.run
     async def run(self, params: OrderToResultInput) -> OrderToResultSummary:
         coalesced = coalesced_upserts()
+        if workflow.patched(PATCHES_UP_FRONT):
+            for patch in _PATCHES:
+                workflow.patched(patch)
         upsert_exchange_start(EXCHANGE_NAME, params.facility, coalesced=coalesced)
         own_trace = trace_base()
         while not self._finished():
@@ -534,22 +561,16 @@ class OrderToResult(ReviewableWorkflow):
         """Write to FHIR; a 4xx refusal is not retried but goes to a reviewer."""
         while True:
             try:
-                outcome = await workflow.execute_activity_method(
-                    activity,
-                    arg,
-                    start_to_close_timeout=timedelta(seconds=60),
-                    retry_policy=_FHIR_RETRY,
-                    summary=summary,
-                )
+                outcome = await self._write(activity, arg, summary=summary)
                 self._written.extend(outcome.resources)
                 return outcome
-            except ActivityError as err:
-                cause = err.cause
-                if not (isinstance(cause, ApplicationError) and cause.type == FHIR_REJECTED):
+            except (ActivityError, ApplicationError) as err:
+                refusal = refusal_of(err, FHIR_REJECTED)
+                if refusal is None:
                     raise
                 decision = await self.ask_reviewer(
                     ReviewReason.FHIR_REJECTED,
-                    f"The FHIR server refused the write: {cause.message}",
+                    f"The FHIR server refused the write: {refusal.message}",
                     actions={
                         ReviewAction.RETRY: "write again (after the server or data was fixed)",
                         ReviewAction.APPROVE: "continue without this write",
@@ -562,3 +583,31 @@ class OrderToResult(ReviewableWorkflow):
                     self._set_status("write-rejected")
                     self._start_close_window()
                 return None
+
+    async def _write(
+        self,
+        activity: Callable[[FhirActivities, _A], Awaitable[PublishOutcome]],
+        arg: _A,
+        *,
+        summary: str,
+    ) -> PublishOutcome:
+        if workflow.patched(LAB_WRITES_LOCAL_FIRST):
+            try:
+                return await workflow.execute_local_activity_method(
+                    activity,
+                    arg,
+                    start_to_close_timeout=_LOCAL_WRITE_TIMEOUT,
+                    retry_policy=_LOCAL_WRITE_ONCE,
+                    summary=summary,
+                )
+            except FailureError as err:
+                if refusal_of(err, FHIR_REJECTED) is not None or isinstance(err, CancelledError):
+                    raise
+                # Unavailable, slow or failed otherwise: retried durably below.
+        return await workflow.execute_activity_method(
+            activity,
+            arg,
+            start_to_close_timeout=timedelta(seconds=60),
+            retry_policy=_FHIR_RETRY,
+            summary=summary,
+        )

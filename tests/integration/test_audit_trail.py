@@ -162,8 +162,10 @@ async def test_an_unreachable_fhir_server_leaves_retry_rows(temporal_client: Cli
         )
         failures = [row for row in rows if row.resource == "publish_service_request"]
         actions = [row.action for row in failures]
-        assert actions[:3] == ["exception", "retry", "exception"], actions
-        first, retry, second = failures[:3]
+        # The write is tried once as a local activity, then as an activity with retries.
+        assert actions[:4] == ["exception", "exception", "retry", "exception"], actions
+        local, first, retry, second = failures[:4]
+        assert local.detail.endswith("attempt 1")
         assert first.detail.endswith("attempt 1")
         assert retry.detail == second.detail
         assert second.detail.endswith("attempt 2")

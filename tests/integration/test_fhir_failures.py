@@ -1,6 +1,7 @@
 """What an exchange does when the FHIR server fails: a refusal (4xx) is not retried but
 goes to a reviewer; an unreachable server is retried with backoff until it is back,
-and the write then lands once. Real servers only: a 4xx comes from the project's FHIR
+and the write then lands once. A write is tried first as a local activity, then retried
+as an activity. Real servers only: a 4xx comes from the project's FHIR
 server addressed at a base path it does not serve; "down" is a port nothing listens on
 until the server is started there."""
 
@@ -8,9 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 
 from temporalio.api.enums.v1 import EventType
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowHistory
 
 from models.review import ReviewAction, ReviewDecision
 from tests.support.engine import Engine, mllp_send, running_engine
@@ -20,6 +22,19 @@ from workers import sample_messages as sm
 
 def workflow_id(engine: Engine, order: sm.SampleOrder) -> str:
     return engine.lab_workflow_id(order.placer_order_number)
+
+
+def local_attempts(history: WorkflowHistory, activity_type: str) -> list[tuple[int, bool]]:
+    """(attempt, failed) of each recorded local activity of that type, in order."""
+    found = []
+    for event in history.events:
+        marker = event.marker_recorded_event_attributes
+        if marker.marker_name != "core_local_activity":
+            continue
+        data = json.loads(marker.details["data"].payloads[0].data)
+        if data["activity_type"] == activity_type:
+            found.append((int(data["attempt"]), marker.HasField("failure")))
+    return found
 
 
 async def activity_attempts(engine: Engine, wf_id: str) -> int:
@@ -42,18 +57,15 @@ async def test_fhir_refusal_goes_to_review_without_retrying(
         assert "404" in str(pending["summary"])
 
         history = await engine.handle(workflow_id(engine, order)).fetch_history()
-        failed = [
+        writes = local_attempts(history, "publish_service_request")
+        assert [failed for _, failed in writes] == [True]  # tried once, in the workflow task
+        assert [attempt for attempt, _ in writes] == [1]
+        scheduled = [
             event
             for event in history.events
-            if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_FAILED
+            if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
         ]
-        started = [
-            event.activity_task_started_event_attributes.attempt
-            for event in history.events
-            if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED
-        ]
-        assert len(failed) == 1
-        assert max(started) == 1  # the refused write ran once, no retry loop
+        assert scheduled == []  # a refusal is not handed on to the retried activity
 
         await engine.decide_review(
             workflow_id(engine, order),

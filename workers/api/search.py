@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
@@ -213,6 +214,8 @@ class _HistoryReader:
         if kind == EventType.EVENT_TYPE_ACTIVITY_TASK_TIMED_OUT:
             scheduled_id = event.activity_task_timed_out_event_attributes.scheduled_event_id
             return [self._step_end(at, TimelineKind.STEP_FAILED, scheduled_id, event, "timed out")]
+        if kind == EventType.EVENT_TYPE_MARKER_RECORDED:
+            return await self._local_step(at, event)
         if kind == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ACCEPTED:
             return await self._review(at, event)
         if kind == EventType.EVENT_TYPE_UPSERT_WORKFLOW_SEARCH_ATTRIBUTES:
@@ -271,6 +274,30 @@ class _HistoryReader:
             )
         ]
 
+    async def _local_step(self, at: datetime, event: HistoryEvent) -> list[TimelineEntry]:
+        """A local activity (parse, routing, a lab FHIR write tried in the workflow task):
+        one marker, shown as its step scheduled and its step done or failed."""
+        marker = event.marker_recorded_event_attributes
+        if marker.marker_name != _LOCAL_ACTIVITY_MARKER or "data" not in marker.details:
+            return []
+        # The SDK's own bookkeeping, plain JSON by design (never through the codec).
+        data = json.loads(marker.details["data"].payloads[0].data)
+        name = str(data.get("activity_type", ""))
+        summary = await self._text(event.user_metadata.summary) or name
+        scheduled = data.get("original_schedule_time") or {}
+        started = datetime.fromtimestamp(
+            int(scheduled.get("seconds", at.timestamp())) + int(scheduled.get("nanos", 0)) / 1e9,
+            tz=UTC,
+        )
+        end_kind, end_text = TimelineKind.STEP_COMPLETED, summary
+        if marker.HasField("failure"):
+            error_type = marker.failure.application_failure_info.type or "failure"
+            end_kind, end_text = TimelineKind.STEP_FAILED, f"{summary}: {error_type}"
+        return [
+            self._entry(min(started, at), TimelineKind.STEP_SCHEDULED, summary, event, name=name),
+            self._entry(at, end_kind, end_text, event, name=name),
+        ]
+
     def _step_end(
         self, at: datetime, kind: TimelineKind, scheduled_id: int, event: HistoryEvent, why: str
     ) -> TimelineEntry:
@@ -297,6 +324,7 @@ class _HistoryReader:
         return TimelineEntry(at=at, kind=kind, summary=summary, event_id=event.event_id, **fields)
 
 
+_LOCAL_ACTIVITY_MARKER = "core_local_activity"
 _CLOSE_EVENTS = {
     EventType.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED: "exchange completed",
     EventType.EVENT_TYPE_WORKFLOW_EXECUTION_FAILED: "exchange failed",
