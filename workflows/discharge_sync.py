@@ -15,12 +15,14 @@ from datetime import timedelta
 from temporalio import workflow
 
 from workflows.exchange_search import (
+    EXCHANGE_STATUS_PATCH,
     coalesced_upserts,
     upsert_exchange_start,
     upsert_exchange_status,
 )
 from workflows.inbox import MessageInbox
-from workflows.review import ReviewableWorkflow
+from workflows.patches import record_patches_up_front
+from workflows.review import REVIEW_REASON_PATCH, ReviewableWorkflow
 
 with workflow.unsafe.imports_passed_through():
     from activities.discharge_sync import (
@@ -47,6 +49,7 @@ with workflow.unsafe.imports_passed_through():
 EXCHANGE_NAME = "discharge-sync"
 # Runs started before it route and enqueue with (remote) activities, as their histories say.
 LOCAL_ROUTING_PATCH = "discharge-local-routing"
+RECALL_CLOSED_PATCH = "recall-closed-discharge"
 
 
 @workflow.defn
@@ -70,6 +73,9 @@ class DischargeSync(ReviewableWorkflow):
     @workflow.run
     async def run(self, params: DischargeSyncInput) -> DischargeSyncSummary:
         upsert_exchange_start(EXCHANGE_NAME, params.facility, coalesced=coalesced_upserts())
+        record_patches_up_front(
+            LOCAL_ROUTING_PATCH, RECALL_CLOSED_PATCH, REVIEW_REASON_PATCH, EXCHANGE_STATUS_PATCH
+        )
         # Quiet for close_after_seconds: the exchange completes.
         await self._inbox.serve(
             params.close_after_seconds,
@@ -105,7 +111,7 @@ class DischargeSync(ReviewableWorkflow):
             and self._discharge is None
             and not self._recalled
             # Histories written before the recall existed replay without its activity.
-            and workflow.patched("recall-closed-discharge")
+            and workflow.patched(RECALL_CLOSED_PATCH)
         ):
             await self._recall_closed_discharge()
         diagnoses_before = self._diagnoses

@@ -26,6 +26,7 @@ from temporalio.common import RetryPolicy
 
 from workflows import search_attributes as sa
 from workflows.exchange_search import (
+    EXCHANGE_STATUS_PATCH,
     add_business_keys,
     coalesced_upserts,
     message_attributes,
@@ -33,7 +34,8 @@ from workflows.exchange_search import (
     upsert_exchange_start,
     upsert_exchange_status,
 )
-from workflows.review import ReviewableWorkflow
+from workflows.patches import record_patches_up_front
+from workflows.review import REVIEW_REASON_PATCH, ReviewableWorkflow
 
 with workflow.unsafe.imports_passed_through():
     from activities.imaging_order import (
@@ -121,6 +123,12 @@ class ImagingOrder(ReviewableWorkflow):
     @workflow.run
     async def run(self, params: ImagingOrderInput) -> ImagingOrderSummary:
         coalesced = coalesced_upserts()
+        record_patches_up_front(
+            FULFILLMENT_TASK_PATCH,
+            UNORDERED_STUDY_PATCH,
+            REVIEW_REASON_PATCH,
+            EXCHANGE_STATUS_PATCH,
+        )
         upsert_exchange_start(EXCHANGE_NAME, params.facility, coalesced=coalesced)
         while self._status not in ("completed", "cancelled", "rejected"):
             if (

@@ -26,7 +26,6 @@ from temporalio.exceptions import ActivityError, ApplicationError, CancelledErro
 
 from workflows import search_attributes as sa
 from workflows.exchange_search import (
-    BUSINESS_KEYS_PATCH,
     EXCHANGE_STATUS_PATCH,
     add_business_keys,
     coalesced_upserts,
@@ -36,6 +35,7 @@ from workflows.exchange_search import (
     upsert_exchange_status,
 )
 from workflows.message_trace import follow_message_trace, trace_base
+from workflows.patches import record_patches_up_front
 from workflows.review import REVIEW_REASON_PATCH, ReviewableWorkflow, refusal_of
 
 with workflow.unsafe.imports_passed_through():
@@ -84,17 +84,11 @@ _FHIR_RETRY = RetryPolicy(
 # with backoff by the server and shown as pending in the UI, and frees the worker's
 # workflow-task slot; the version fence makes a late local attempt harmless.
 LAB_WRITES_LOCAL_FIRST = "lab-writes-local-first"
-# A patch marker recorded after a local activity in the same workflow task does not
-# replay when a query reached the worker while that activity ran (temporalio 1.35:
-# the marker lands out of its place; tests/integration/test_queries_during_local_activities.py).
-# New runs therefore record every patch this workflow asks about in their first task,
-# before any local activity; later calls are answered from the SDK's memo.
-PATCHES_UP_FRONT = "patches-up-front"
+# Every patch this workflow may ask about, recorded at the start of new runs (workflows/patches.py).
 _PATCHES = (
     LAB_WRITES_LOCAL_FIRST,
     REVIEW_REASON_PATCH,
     EXCHANGE_STATUS_PATCH,
-    BUSINESS_KEYS_PATCH,
     "lab-mismatch-every-identifier",
     "lab-patient-mismatch-review",
 )
@@ -144,9 +138,7 @@ class OrderToResult(ReviewableWorkflow):
     @workflow.run
     async def run(self, params: OrderToResultInput) -> OrderToResultSummary:
         coalesced = coalesced_upserts()
-        if workflow.patched(PATCHES_UP_FRONT):
-            for patch in _PATCHES:
-                workflow.patched(patch)
+        record_patches_up_front(*_PATCHES)
         upsert_exchange_start(EXCHANGE_NAME, params.facility, coalesced=coalesced)
         own_trace = trace_base()
         while not self._finished():

@@ -25,7 +25,7 @@ from datetime import timedelta
 from temporalio import workflow
 from temporalio.common import RetryPolicy
 
-from workflows.exchange_search import upsert_exchange_status
+from workflows.exchange_search import EXCHANGE_STATUS_PATCH, upsert_exchange_status
 from workflows.inbox import MessageInbox
 from workflows.merge_announcements import (
     MERGE_DELIVERY_PATCH,
@@ -33,7 +33,8 @@ from workflows.merge_announcements import (
     announce,
     merge_event_id,
 )
-from workflows.review import ReviewableWorkflow
+from workflows.patches import record_patches_up_front
+from workflows.review import REVIEW_REASON_PATCH, ReviewableWorkflow
 
 with workflow.unsafe.imports_passed_through():
     from activities.merge_announcements import AnnouncementActivities, SurvivorQueueKeyInput
@@ -100,6 +101,9 @@ class PatientMergeExchange(ReviewableWorkflow):
 
     @workflow.run
     async def run(self, params: PatientMergeInput) -> list[MergeOutcome]:
+        record_patches_up_front(
+            MERGE_DELIVERY_PATCH, MERGE_IN_FLIGHT_PATCH, REVIEW_REASON_PATCH, EXCHANGE_STATUS_PATCH
+        )
         await self._inbox.serve(
             params.close_after_seconds,
             self._apply,

@@ -19,9 +19,10 @@ from datetime import timedelta
 from temporalio import workflow
 from temporalio.common import RetryPolicy
 
-from workflows.exchange_search import upsert_exchange_status
+from workflows.exchange_search import EXCHANGE_STATUS_PATCH, upsert_exchange_status
 from workflows.inbox import MessageInbox
-from workflows.review import ReviewableWorkflow
+from workflows.patches import record_patches_up_front
+from workflows.review import REVIEW_REASON_PATCH, ReviewableWorkflow
 
 with workflow.unsafe.imports_passed_through():
     from activities.patient_sync import (
@@ -63,6 +64,7 @@ class PatientSync(ReviewableWorkflow):
 
     @workflow.run
     async def run(self, params: PatientSyncInput) -> PatientSyncSummary:
+        record_patches_up_front(REVIEW_REASON_PATCH, EXCHANGE_STATUS_PATCH)
         await self._inbox.serve(
             params.close_after_seconds,
             self._apply,
