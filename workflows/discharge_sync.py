@@ -15,14 +15,13 @@ from datetime import timedelta
 from temporalio import workflow
 
 from workflows.exchange_search import (
-    EXCHANGE_STATUS_PATCH,
     coalesced_upserts,
     upsert_exchange_start,
     upsert_exchange_status,
 )
 from workflows.inbox import MessageInbox
-from workflows.patches import record_patches_up_front
-from workflows.review import REVIEW_REASON_PATCH, ReviewableWorkflow
+from workflows.patches import RunPatches
+from workflows.review import ReviewableWorkflow
 
 with workflow.unsafe.imports_passed_through():
     from activities.discharge_sync import (
@@ -72,15 +71,16 @@ class DischargeSync(ReviewableWorkflow):
 
     @workflow.run
     async def run(self, params: DischargeSyncInput) -> DischargeSyncSummary:
-        upsert_exchange_start(EXCHANGE_NAME, params.facility, coalesced=coalesced_upserts())
-        record_patches_up_front(
-            LOCAL_ROUTING_PATCH, RECALL_CLOSED_PATCH, REVIEW_REASON_PATCH, EXCHANGE_STATUS_PATCH
+        self._patched = RunPatches()
+        upsert_exchange_start(
+            EXCHANGE_NAME, params.facility, coalesced=coalesced_upserts(self._patched)
         )
         # Quiet for close_after_seconds: the exchange completes.
         await self._inbox.serve(
             params.close_after_seconds,
             self._handle,
             lambda: f"Status {self._status}; open {params.close_after_seconds:.0f} s for A13/A08",
+            patched=self._patched,
         )
         return DischargeSyncSummary(
             status=self._status,
@@ -111,7 +111,7 @@ class DischargeSync(ReviewableWorkflow):
             and self._discharge is None
             and not self._recalled
             # Histories written before the recall existed replay without its activity.
-            and workflow.patched(RECALL_CLOSED_PATCH)
+            and self._patched(RECALL_CLOSED_PATCH)
         ):
             await self._recall_closed_discharge()
         diagnoses_before = self._diagnoses
@@ -141,7 +141,7 @@ class DischargeSync(ReviewableWorkflow):
         # are still recorded (markers), but cost no activity task round trip through the
         # server. Both are safe to run again: routing reads the worker's file, and a queue
         # drops an event it already holds by its id.
-        local = workflow.patched(LOCAL_ROUTING_PATCH)
+        local = self._patched(LOCAL_ROUTING_PATCH)
         if local:
             routing = await workflow.execute_local_activity_method(
                 DeliveryActivities.routing_for,
@@ -293,4 +293,4 @@ class DischargeSync(ReviewableWorkflow):
 
     def _set_status(self, status: str) -> None:
         self._status = status
-        upsert_exchange_status(status)
+        upsert_exchange_status(status, self._patched)

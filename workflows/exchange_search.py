@@ -23,6 +23,7 @@ from temporalio import workflow
 from temporalio.common import SearchAttributeKey, SearchAttributeUpdate
 
 from workflows import search_attributes as sa
+from workflows.patches import Patched
 
 with workflow.unsafe.imports_passed_through():
     from models.search import BusinessKeys
@@ -36,10 +37,11 @@ EXCHANGE_STATUS_PATCH = "exchange-status-attribute"
 BUSINESS_KEYS_PATCH = "business-key-search-attributes"
 
 
-def coalesced_upserts() -> bool:
+def coalesced_upserts(patched: Patched = workflow.patched) -> bool:
     """Whether this run writes search attributes through ``upsert_changed``; runs started
-    before it replay their one-upsert-per-attribute path to their end."""
-    return workflow.patched(COALESCED_UPSERTS_PATCH)
+    before it replay their one-upsert-per-attribute path to their end. ``patched``: the
+    run's RunPatches where it has one (workflows/patches.py)."""
+    return patched(COALESCED_UPSERTS_PATCH)
 
 
 def upsert_exchange_start(exchange: str, facility: str, *, coalesced: bool) -> None:
@@ -73,11 +75,11 @@ def _carries(current: Any, update: SearchAttributeUpdate[Any]) -> bool:
     return bool(current == update.value)
 
 
-def upsert_exchange_status(status: str) -> None:
+def upsert_exchange_status(status: str, patched: Patched = workflow.patched) -> None:
     """Publish the exchange's status. Runs started before the rename keep writing ``Status``
     (and only that); a run that set ``Status`` at its start but reaches its first status
     change on today's code drops it, so one run never answers to two statuses."""
-    if not workflow.patched(EXCHANGE_STATUS_PATCH):
+    if not patched(EXCHANGE_STATUS_PATCH):
         workflow.upsert_search_attributes([sa.LEGACY_STATUS.value_set(status)])
         return
     updates: list[SearchAttributeUpdate[str]] = [sa.EXCHANGE_STATUS.value_set(status)]
@@ -86,12 +88,12 @@ def upsert_exchange_status(status: str) -> None:
     workflow.upsert_search_attributes(updates)
 
 
-def add_business_keys(keys: BusinessKeys) -> None:
+def add_business_keys(keys: BusinessKeys, patched: Patched = workflow.patched) -> None:
     """Add the pseudonyms a message brought that the run does not carry yet (the start's
     were set by the committer). Nothing is upserted, and no patch marker written, when the
     message brings nothing new: the common case, a message that started its exchange."""
     updates = _business_key_updates(keys)
-    if updates and workflow.patched(BUSINESS_KEYS_PATCH):
+    if updates and patched(BUSINESS_KEYS_PATCH):
         workflow.upsert_search_attributes(updates)
 
 

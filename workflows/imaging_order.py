@@ -26,7 +26,6 @@ from temporalio.common import RetryPolicy
 
 from workflows import search_attributes as sa
 from workflows.exchange_search import (
-    EXCHANGE_STATUS_PATCH,
     add_business_keys,
     coalesced_upserts,
     message_attributes,
@@ -34,8 +33,8 @@ from workflows.exchange_search import (
     upsert_exchange_start,
     upsert_exchange_status,
 )
-from workflows.patches import record_patches_up_front
-from workflows.review import REVIEW_REASON_PATCH, ReviewableWorkflow
+from workflows.patches import RunPatches
+from workflows.review import ReviewableWorkflow
 
 with workflow.unsafe.imports_passed_through():
     from activities.imaging_order import (
@@ -122,13 +121,8 @@ class ImagingOrder(ReviewableWorkflow):
 
     @workflow.run
     async def run(self, params: ImagingOrderInput) -> ImagingOrderSummary:
-        coalesced = coalesced_upserts()
-        record_patches_up_front(
-            FULFILLMENT_TASK_PATCH,
-            UNORDERED_STUDY_PATCH,
-            REVIEW_REASON_PATCH,
-            EXCHANGE_STATUS_PATCH,
-        )
+        self._patched = RunPatches()
+        coalesced = coalesced_upserts(self._patched)
         upsert_exchange_start(EXCHANGE_NAME, params.facility, coalesced=coalesced)
         while self._status not in ("completed", "cancelled", "rejected"):
             if (
@@ -146,7 +140,7 @@ class ImagingOrder(ReviewableWorkflow):
                 if coalesced:
                     upsert_changed(message_attributes(message.message_type, message.business_keys))
                 else:
-                    add_business_keys(message.business_keys)
+                    add_business_keys(message.business_keys, self._patched)
                     workflow.upsert_search_attributes(
                         [sa.MESSAGE_TYPE.value_set(message.message_type)]
                     )
@@ -197,7 +191,7 @@ class ImagingOrder(ReviewableWorkflow):
 
     def _set_status(self, status: str) -> None:
         self._status = status
-        upsert_exchange_status(status)
+        upsert_exchange_status(status, self._patched)
 
     # -- the story -------------------------------------------------------------
 
@@ -212,7 +206,7 @@ class ImagingOrder(ReviewableWorkflow):
             return True
         except TimeoutError:
             pass
-        if workflow.patched(UNORDERED_STUDY_PATCH):
+        if self._patched(UNORDERED_STUDY_PATCH):
             await self._handle_unordered_study(self._studies.popleft())
             return False
         decision = await self.ask_reviewer(
@@ -401,7 +395,7 @@ class ImagingOrder(ReviewableWorkflow):
     async def _publish_study(self, header: StudyHeader) -> None:
         assert self._scheduled is not None and self._order is not None
         assert self._imaging is not None
-        tracked = workflow.patched(FULFILLMENT_TASK_PATCH)
+        tracked = self._patched(FULFILLMENT_TASK_PATCH)
         published = await workflow.execute_activity_method(
             ImagingActivities.publish_imaging_study,
             PublishStudyInput(
@@ -482,7 +476,7 @@ class ImagingOrder(ReviewableWorkflow):
         if (
             self._order is not None
             and self._scheduled is not None
-            and workflow.patched(FULFILLMENT_TASK_PATCH)
+            and self._patched(FULFILLMENT_TASK_PATCH)
         ):
             final = any(result.result_status in _FINAL_REPORT for result in interpreted.results)
             outputs = [r for r in (self._study_reference, *reports) if r is not None]

@@ -17,6 +17,7 @@ from workflows.exchange_search import (
     upsert_changed,
 )
 from workflows.message_trace import follow_message_trace, trace_base
+from workflows.patches import Patched
 
 with workflow.unsafe.imports_passed_through():
     from models.messages import InboundMessage
@@ -60,6 +61,7 @@ class MessageInbox:
         quiet_seconds: float,
         handle: Callable[[InboundMessage], Awaitable[None]],
         idle_details: Callable[[], str],
+        patched: Patched = workflow.patched,
     ) -> None:
         """Handle every message in arrival order until ``quiet_seconds`` pass without one:
         each under its sender's trace, with its type and business keys on the exchange's
@@ -73,9 +75,9 @@ class MessageInbox:
             if message is None:
                 return
             follow_message_trace(message.trace_context, own_trace)
-            if coalesced_upserts():
+            if coalesced_upserts(patched):
                 upsert_changed(message_attributes(message.message_type, message.business_keys))
             else:
                 workflow.upsert_search_attributes([sa.MESSAGE_TYPE.value_set(message.message_type)])
-                add_business_keys(message.business_keys)
+                add_business_keys(message.business_keys, patched)
             await handle(message)

@@ -26,7 +26,6 @@ from temporalio.exceptions import ActivityError, ApplicationError, CancelledErro
 
 from workflows import search_attributes as sa
 from workflows.exchange_search import (
-    EXCHANGE_STATUS_PATCH,
     add_business_keys,
     coalesced_upserts,
     message_attributes,
@@ -35,8 +34,8 @@ from workflows.exchange_search import (
     upsert_exchange_status,
 )
 from workflows.message_trace import follow_message_trace, trace_base
-from workflows.patches import record_patches_up_front
-from workflows.review import REVIEW_REASON_PATCH, ReviewableWorkflow, refusal_of
+from workflows.patches import RunPatches
+from workflows.review import ReviewableWorkflow, refusal_of
 
 with workflow.unsafe.imports_passed_through():
     from activities.order_to_result import (
@@ -84,14 +83,6 @@ _FHIR_RETRY = RetryPolicy(
 # with backoff by the server and shown as pending in the UI, and frees the worker's
 # workflow-task slot; the version fence makes a late local attempt harmless.
 LAB_WRITES_LOCAL_FIRST = "lab-writes-local-first"
-# Every patch this workflow may ask about, recorded at the start of new runs (workflows/patches.py).
-_PATCHES = (
-    LAB_WRITES_LOCAL_FIRST,
-    REVIEW_REASON_PATCH,
-    EXCHANGE_STATUS_PATCH,
-    "lab-mismatch-every-identifier",
-    "lab-patient-mismatch-review",
-)
 _LOCAL_WRITE_TIMEOUT = timedelta(seconds=10)
 _LOCAL_WRITE_ONCE = RetryPolicy(maximum_attempts=1)
 _T = TypeVar("_T")
@@ -137,8 +128,8 @@ class OrderToResult(ReviewableWorkflow):
 
     @workflow.run
     async def run(self, params: OrderToResultInput) -> OrderToResultSummary:
-        coalesced = coalesced_upserts()
-        record_patches_up_front(*_PATCHES)
+        self._patched = RunPatches()
+        coalesced = coalesced_upserts(self._patched)
         upsert_exchange_start(EXCHANGE_NAME, params.facility, coalesced=coalesced)
         own_trace = trace_base()
         while not self._finished():
@@ -151,7 +142,7 @@ class OrderToResult(ReviewableWorkflow):
                 upsert_changed(message_attributes(message.message_type, message.business_keys))
             else:
                 workflow.upsert_search_attributes([sa.MESSAGE_TYPE.value_set(message.message_type)])
-                add_business_keys(message.business_keys)
+                add_business_keys(message.business_keys, self._patched)
             follow_message_trace(message.trace_context, own_trace)
             if message.message_type.startswith("ORU"):
                 await self._handle_result(message)
@@ -185,7 +176,7 @@ class OrderToResult(ReviewableWorkflow):
             return
         self._merges.append(notice)
         # Found by the survivor's number as well from now on.
-        add_business_keys(notice.survivor_keys)
+        add_business_keys(notice.survivor_keys, self._patched)
 
     @workflow.query
     def status(self) -> str:
@@ -369,13 +360,13 @@ class OrderToResult(ReviewableWorkflow):
                     for r in results
                     if contradicting_identifiers(order.person, r.person)
                     and not self._names_the_survivor(order.patient, r)
-                    and workflow.patched("lab-mismatch-every-identifier")
+                    and self._patched("lab-mismatch-every-identifier")
                 ),
                 None,
             )
         # Checked before the patch call so runs without a mismatch record no marker and
         # histories recorded before the guard (none had a mismatch) replay unchanged.
-        if other is None or not workflow.patched("lab-patient-mismatch-review"):
+        if other is None or not self._patched("lab-patient-mismatch-review"):
             return True
         decision = await self.ask_reviewer(
             ReviewReason.PATIENT_MISMATCH,
@@ -520,7 +511,7 @@ class OrderToResult(ReviewableWorkflow):
 
     def _set_status(self, status: str) -> None:
         self._status = status
-        upsert_exchange_status(status)
+        upsert_exchange_status(status, self._patched)
 
     async def _run_activity(
         self, activity: Callable[[_A], _T], arg: _A, *, summary: str
@@ -583,7 +574,7 @@ class OrderToResult(ReviewableWorkflow):
         *,
         summary: str,
     ) -> PublishOutcome:
-        if workflow.patched(LAB_WRITES_LOCAL_FIRST):
+        if self._patched(LAB_WRITES_LOCAL_FIRST):
             try:
                 return await workflow.execute_local_activity_method(
                     activity,

@@ -1,25 +1,57 @@
-"""Patch markers recorded in a run's first workflow task, before any local activity.
+"""One patch marker, at the start of a run, in place of every patch before it.
 
 With temporalio 1.35, a patch marker that a workflow records after a local activity in the
 same workflow task lands out of its place in the history when a query reaches the worker
 while that activity runs; the next worker to replay the run then fails it with a
 non-determinism error (tests/integration/test_queries_during_local_activities.py shows it).
-Operators, the review inbox and the API query running exchanges at any time. A workflow
-with local activities therefore asks, at the start of its run, for every patch it may ask
-about later: new runs record them all there, and later calls are answered from the SDK's
-memo without a command. Runs started before this marker existed replay as they were
-recorded (``patches-up-front`` is false for them, so nothing is asked early).
+Operators, the review inbox and the API query running exchanges at any time.
+
+A workflow with local activities therefore asks, first thing in its run, for
+``all-patches-at-start``. A run started on today's code records that one marker (and the
+SDK's one search-attribute upsert for it) and answers every patch in ``PATCHES_AT_START``
+true without a marker of its own, so nothing is recorded after a local activity and no
+workflow task carries a dozen markers. A run started earlier does not have it, and asks
+each patch where it always did, replaying as recorded. A patch added later is not in the
+set: ask for it before the run's first local activity, or add a new marker of this kind.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from temporalio import workflow
 
-PATCHES_UP_FRONT = "patches-up-front"
+ALL_PATCHES_AT_START = "all-patches-at-start"
+
+# Every patch a workflow with local activities asked about when the marker came in.
+PATCHES_AT_START = frozenset(
+    {
+        "search-attributes-coalesced",
+        "exchange-status-attribute",
+        "business-key-search-attributes",
+        "review-reason-attribute",
+        "lab-writes-local-first",
+        "lab-mismatch-every-identifier",
+        "lab-patient-mismatch-review",
+        "discharge-local-routing",
+        "recall-closed-discharge",
+        "imaging-fulfillment-task",
+        "imaging-unordered-study-approve",
+        "merge-delivery",
+        "merge-in-flight",
+    }
+)
+
+Patched = Callable[[str], bool]
 
 
-def record_patches_up_front(*patch_ids: str) -> None:
-    """Call first in ``run``, before the first local activity."""
-    if workflow.patched(PATCHES_UP_FRONT):
-        for patch_id in patch_ids:
-            workflow.patched(patch_id)
+class RunPatches:
+    """``workflow.patched`` for one run; create it first thing in ``run``."""
+
+    def __init__(self) -> None:
+        self._all = workflow.patched(ALL_PATCHES_AT_START)
+
+    def __call__(self, patch_id: str) -> bool:
+        if self._all and patch_id in PATCHES_AT_START:
+            return True
+        return workflow.patched(patch_id)

@@ -25,7 +25,7 @@ from datetime import timedelta
 from temporalio import workflow
 from temporalio.common import RetryPolicy
 
-from workflows.exchange_search import EXCHANGE_STATUS_PATCH, upsert_exchange_status
+from workflows.exchange_search import upsert_exchange_status
 from workflows.inbox import MessageInbox
 from workflows.merge_announcements import (
     MERGE_DELIVERY_PATCH,
@@ -33,8 +33,8 @@ from workflows.merge_announcements import (
     announce,
     merge_event_id,
 )
-from workflows.patches import record_patches_up_front
-from workflows.review import REVIEW_REASON_PATCH, ReviewableWorkflow
+from workflows.patches import RunPatches
+from workflows.review import ReviewableWorkflow
 
 with workflow.unsafe.imports_passed_through():
     from activities.merge_announcements import AnnouncementActivities, SurvivorQueueKeyInput
@@ -101,13 +101,12 @@ class PatientMergeExchange(ReviewableWorkflow):
 
     @workflow.run
     async def run(self, params: PatientMergeInput) -> list[MergeOutcome]:
-        record_patches_up_front(
-            MERGE_DELIVERY_PATCH, MERGE_IN_FLIGHT_PATCH, REVIEW_REASON_PATCH, EXCHANGE_STATUS_PATCH
-        )
+        self._patched = RunPatches()
         await self._inbox.serve(
             params.close_after_seconds,
             self._apply,
             lambda: f"Status {self._status}; open {params.close_after_seconds:.0f} s for more",
+            patched=self._patched,
         )
         return list(self._outcomes)
 
@@ -252,7 +251,7 @@ class PatientMergeExchange(ReviewableWorkflow):
         """Queue the A40 for its subscribers on the survivor's queues: the exchange's own
         patient key (the pseudonym discharge sync keys that patient's queues on) for the
         PATIENT group the exchange was keyed on, that survivor's own for any other group."""
-        if not workflow.patched(MERGE_DELIVERY_PATCH):
+        if not self._patched(MERGE_DELIVERY_PATCH):
             return
         patient_key = self._params.patient_key
         if index > 0:
@@ -264,7 +263,7 @@ class PatientMergeExchange(ReviewableWorkflow):
                 summary="The survivor's per-patient delivery key",
             )
         retired_key: str | None = None
-        if workflow.patched(MERGE_IN_FLIGHT_PATCH):
+        if self._patched(MERGE_IN_FLIGHT_PATCH):
             # The merged-away record's queues hand what they hold to the survivor's first.
             retired_key = await workflow.execute_activity_method(
                 AnnouncementActivities.retired_queue_key,
@@ -299,7 +298,7 @@ class PatientMergeExchange(ReviewableWorkflow):
     async def _tell_open_exchanges(self, merge: PatientMerge) -> None:
         """An order of the retired patient still waiting for its result takes one that names
         the survivor as its own patient's (runs from before carry no marker)."""
-        if not workflow.patched(MERGE_IN_FLIGHT_PATCH):
+        if not self._patched(MERGE_IN_FLIGHT_PATCH):
             return
         await workflow.execute_activity_method(
             OpenExchangeNotices.tell_open_exchanges,
@@ -409,7 +408,7 @@ class PatientMergeExchange(ReviewableWorkflow):
 
     def _set_status(self, status: str) -> None:
         self._status = status
-        upsert_exchange_status(status)
+        upsert_exchange_status(status, self._patched)
 
 
 def merge_doubts(assessment: MergeAssessment) -> list[str]:

@@ -19,10 +19,10 @@ from datetime import timedelta
 from temporalio import workflow
 from temporalio.common import RetryPolicy
 
-from workflows.exchange_search import EXCHANGE_STATUS_PATCH, upsert_exchange_status
+from workflows.exchange_search import upsert_exchange_status
 from workflows.inbox import MessageInbox
-from workflows.patches import record_patches_up_front
-from workflows.review import REVIEW_REASON_PATCH, ReviewableWorkflow
+from workflows.patches import RunPatches
+from workflows.review import ReviewableWorkflow
 
 with workflow.unsafe.imports_passed_through():
     from activities.patient_sync import (
@@ -64,11 +64,12 @@ class PatientSync(ReviewableWorkflow):
 
     @workflow.run
     async def run(self, params: PatientSyncInput) -> PatientSyncSummary:
-        record_patches_up_front(REVIEW_REASON_PATCH, EXCHANGE_STATUS_PATCH)
+        self._patched = RunPatches()
         await self._inbox.serve(
             params.close_after_seconds,
             self._apply,
             lambda: f"Status {self._status}; open {params.close_after_seconds:.0f} s for more",
+            patched=self._patched,
         )
         return PatientSyncSummary(status=self._status, applied=list(self._applied))
 
@@ -137,4 +138,4 @@ class PatientSync(ReviewableWorkflow):
 
     def _set_status(self, status: str) -> None:
         self._status = status
-        upsert_exchange_status(status)
+        upsert_exchange_status(status, self._patched)

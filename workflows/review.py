@@ -19,6 +19,7 @@ from temporalio.common import SearchAttributeUpdate
 from temporalio.exceptions import ActivityError, ApplicationError
 
 from workflows import search_attributes as sa
+from workflows.patches import Patched
 
 # Passed through: the exchanges build review contexts with the same classes from mappings
 # (imported passed through too); a sandbox copy of this module would be another class.
@@ -58,6 +59,8 @@ class ReviewableWorkflow:
         self._pending_review: ReviewRequest | None = None
         self._decision: ReviewDecision | None = None
         self._review_history: list[ReviewRecord] = []
+        # A subclass with local activities puts its RunPatches here (workflows/patches.py).
+        self._patched: Patched = workflow.patched
 
     async def until_accepted(
         self,
@@ -112,7 +115,7 @@ class ReviewableWorkflow:
         self._pending_review = request
         self._decision = None
         pending: list[SearchAttributeUpdate[Any]] = [sa.REVIEW_STATE.value_set("pending")]
-        if workflow.patched(REVIEW_REASON_PATCH):
+        if self._patched(REVIEW_REASON_PATCH):
             pending += [
                 sa.REVIEW_REASON.value_set(reason.value),
                 sa.REVIEW_REQUESTED_AT.value_set(request.requested_at),

@@ -3,13 +3,13 @@
 With temporalio 1.35, a patch marker recorded after a local activity in the same workflow
 task lands out of its place when a query reaches the worker while that activity runs, and
 the history then fails to replay (non-determinism) on the next worker that picks the run up.
-Operators, the review inbox and the API query running exchanges at any time, so workflows
-with local activities record every patch they ask about in their first task
-(workflows/patches.py). Here queries hammer a dozen lab exchanges (parse and FHIR writes
-are local activities) and a dozen discharges (parse, routing, hand-over to the queues)
-while their messages go through, then each history is replayed with Careweave's data
-converter, as tests/replay replays the recorded ones: without the up-front patches several
-of them fail.
+Operators, the review inbox and the API query running exchanges at any time, so a run of
+a workflow with local activities records one marker at its start that stands for every
+earlier patch (workflows/patches.py). Here queries hammer a dozen lab exchanges (parse
+and FHIR writes are local activities) and a dozen discharges (parse, routing, hand-over
+to the queues) while their messages go through, then each history is replayed with
+Careweave's data converter, as tests/replay replays the recorded ones: with patches
+asked where they apply, several of them fail.
 """
 
 from __future__ import annotations

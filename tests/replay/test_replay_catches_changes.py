@@ -31,7 +31,7 @@ ALTERATIONS = {
         discharge_sync,
         "DischargeSync",
         # The recall activity as commit 19e91b2 ran it: for every A08 without a discharge.
-        [("            and workflow.patched(RECALL_CLOSED_PATCH)\n", "")],
+        [("            and self._patched(RECALL_CLOSED_PATCH)\n", "")],
         PRE_PATCH_LATE_A08,
     ),
     "delivery-activity-changed": (
