@@ -156,6 +156,16 @@ class ProductionShape:
     fhir_base_url: str
     pids: dict[str, int]
     worker: CareweaveProcess
+    gateway: CareweaveProcess
+
+    def check_running(self) -> None:
+        """A worker or gateway that exited fails the round at once, with its last output,
+        rather than leaving it to wait out DONE_WITHIN_SECONDS."""
+        for name, process in (("worker", self.worker), ("gateway", self.gateway)):
+            code = process.process.returncode
+            if code is not None:
+                tail = "\n".join(process.lines[-40:])
+                raise RuntimeError(f"the {name} exited with {code} mid-round:\n{tail}")
 
 
 @contextlib.asynccontextmanager
@@ -232,7 +242,7 @@ async def production_shape(state: Path, source: Path | None) -> AsyncIterator[Pr
                 pids["gateway"] = gateway.pid
                 pids["FHIR server"] = fhir_server_pid(fhir_base_url)
                 try:
-                    yield ProductionShape(mllp_port, fhir_base_url, pids, worker)
+                    yield ProductionShape(mllp_port, fhir_base_url, pids, worker, gateway)
                 finally:
                     for reader in readers:
                         reader.cancel()
@@ -320,6 +330,7 @@ async def run_production(
         async with httpx.AsyncClient(timeout=60) as http:
 
             async def fully_processed() -> bool:
+                shape.check_running()
                 base = shape.fhir_base_url
                 return (
                     await fhir_total(http, base, "Encounter?status=finished") >= feed.discharges
