@@ -11,6 +11,7 @@ from sqlalchemy import bindparam, event, func
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, SQLModel, col, create_engine, select
 
 from adapters.audit_log import (
@@ -92,6 +93,14 @@ class CareweaveStore:
 
         Records a check value for keys seen for the first time; returns their ids.
         """
+        try:
+            return self._verify_payload_keys()
+        except IntegrityError:
+            # Another process (a gateway and a worker started together on a fresh database)
+            # recorded the same new key id first: check this ring against what it wrote.
+            return self._verify_payload_keys()
+
+    def _verify_payload_keys(self) -> list[str]:
         with Session(self._engine) as session:
             known = {row.key_id: row for row in session.exec(select(PayloadKeyCheck)).all()}
             for key_id, row in known.items():

@@ -230,23 +230,23 @@ async def production_shape(state: Path, source: Path | None) -> AsyncIterator[Pr
             )
             if source is not None:
                 env["PYTHONPATH"] = str(source)
-            async with (
-                careweave_process("worker", env=env, cwd=source) as worker,
-                careweave_process("gateway", env=env, cwd=source) as gateway,
-            ):
+            # One after the other: checkouts before 2026-12-04 fail one of two processes
+            # started at once on a fresh database (both record the new payload key).
+            async with careweave_process("worker", env=env, cwd=source) as worker:
                 await worker.wait_for_line(WORKER_READY)
-                await gateway.wait_for_line(GATEWAY_READY)
-                # Read their output as it comes: a full pipe would stall them.
-                readers = [asyncio.create_task(p.drain()) for p in (worker, gateway)]
-                pids = {"Temporal server": temporal_pid, "worker": worker.pid}
-                pids["gateway"] = gateway.pid
-                pids["FHIR server"] = fhir_server_pid(fhir_base_url)
-                try:
-                    yield ProductionShape(mllp_port, fhir_base_url, pids, worker, gateway)
-                finally:
-                    for reader in readers:
-                        reader.cancel()
-                    await asyncio.gather(*readers, return_exceptions=True)
+                async with careweave_process("gateway", env=env, cwd=source) as gateway:
+                    await gateway.wait_for_line(GATEWAY_READY)
+                    # Read their output as it comes: a full pipe would stall them.
+                    readers = [asyncio.create_task(p.drain()) for p in (worker, gateway)]
+                    pids = {"Temporal server": temporal_pid, "worker": worker.pid}
+                    pids["gateway"] = gateway.pid
+                    pids["FHIR server"] = fhir_server_pid(fhir_base_url)
+                    try:
+                        yield ProductionShape(mllp_port, fhir_base_url, pids, worker, gateway)
+                    finally:
+                        for reader in readers:
+                            reader.cancel()
+                        await asyncio.gather(*readers, return_exceptions=True)
 
 
 def fhir_server_pid(base_url: str) -> int:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import concurrent.futures
+import threading
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -225,6 +227,28 @@ def test_store_refuses_a_wrong_key_and_a_dropped_key(database_url: str) -> None:
     assert CareweaveStore.from_url(url, ring(first, new_key_line("k2"))).verify_payload_keys() == [
         "k2"
     ]
+
+
+def test_processes_starting_together_record_a_new_key_once(database_url: str) -> None:
+    """A gateway and a worker started at once on a fresh database both see the key id as
+    new; the one that loses the insert checks its key against the winner's instead of
+    failing to start (bench/e2e.py's worker died of this: UNIQUE constraint failed)."""
+    line = new_key_line("k1")
+    stores = [CareweaveStore.from_url(database_url, ring(line)) for _ in range(6)]
+    start = threading.Barrier(len(stores))
+
+    def verify(store: CareweaveStore) -> list[str]:
+        start.wait()
+        return store.verify_payload_keys()
+
+    with concurrent.futures.ThreadPoolExecutor(len(stores)) as pool:
+        added = list(pool.map(verify, stores))
+    assert sorted(added) == [[]] * (len(stores) - 1) + [["k1"]]
+
+    other = ring(new_key_line("k1"))
+    stores = [CareweaveStore.from_url(database_url, other) for _ in range(2)]
+    with pytest.raises(PayloadKeyError, match="not the key that id had"):
+        stores[0].verify_payload_keys()
 
 
 async def test_failure_message_and_stack_trace_are_encrypted() -> None:
