@@ -23,6 +23,22 @@ MODULES_ASKING_THROUGH_RUN_PATCHES = [
 ]
 
 
+WORKFLOWS_WITH_LOCAL_ACTIVITIES = MODULES_ASKING_THROUGH_RUN_PATCHES[:5]
+
+
+def direct_patch_calls(module_name: str) -> list[int]:
+    """Lines calling ``workflow.patched(...)`` itself, past the run's RunPatches."""
+    module = importlib.import_module(module_name)
+    return [
+        node.lineno
+        for node in ast.walk(ast.parse(inspect.getsource(module)))
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr == "patched"
+        and getattr(node.func.value, "id", "") == "workflow"
+    ]
+
+
 def asked_patches(module_name: str) -> set[str]:
     """The ids passed to ``self._patched(...)`` or a ``patched(...)`` parameter."""
     module = importlib.import_module(module_name)
@@ -49,8 +65,16 @@ def test_every_patch_asked_through_run_patches_is_covered(module_name: str) -> N
     assert asked_patches(module_name) <= PATCHES_AT_START
 
 
+@pytest.mark.parametrize("module_name", WORKFLOWS_WITH_LOCAL_ACTIVITIES)
+def test_workflows_with_local_activities_ask_every_patch_through_run_patches(
+    module_name: str,
+) -> None:
+    assert direct_patch_calls(module_name) == []
+
+
 def test_the_scan_finds_the_patches_it_checks() -> None:
     assert {"lab-writes-local-first", "lab-patient-mismatch-review"} <= asked_patches(
         "workflows.order_to_result"
     )
     assert "review-reason-attribute" in asked_patches("workflows.review")
+    assert direct_patch_calls("workflows.ordered_delivery")  # it has no local activities
