@@ -21,6 +21,12 @@ HEARTBEAT_EVERY_SECONDS = 2.0
 
 @contextlib.asynccontextmanager
 async def heartbeating(every: float = HEARTBEAT_EVERY_SECONDS) -> AsyncIterator[None]:
+    if activity.info().is_local:
+        # A local activity cannot heartbeat: a dead worker's workflow task times out and
+        # the next worker runs it again.
+        yield
+        return
+
     async def beat() -> None:
         while True:
             activity.heartbeat()

@@ -14,7 +14,7 @@ import ssl
 
 from pydantic import BaseModel, ConfigDict
 from temporalio import activity
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.common import SearchAttributePair, TypedSearchAttributes
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
@@ -37,7 +37,7 @@ from models.delivery import (
     DeliveryState,
     QueueHandOver,
 )
-from models.destination_health import HealthPolicy
+from models.destination_health import CLEAR_TO_SEND_MEMO, HealthPolicy, health_workflow_id
 from models.destinations import (
     DeliveryPolicy,
     Destination,
@@ -287,6 +287,23 @@ class DeliveryActivities:
                 )
             )
         return len(request.items)
+
+    @activity.defn(name="destination_clear")
+    async def destination_clear(self, destination: str) -> bool:
+        """True when the destination's health workflow says, in its memo, that a queue
+        starting a burst may send. False when it cannot tell (not running, or a run from
+        before it published): the queue then asks it by signal, as it always did."""
+        handle = self._client.get_workflow_handle(health_workflow_id(destination))
+        try:
+            description = await handle.describe()
+        except RPCError as err:
+            if err.status is RPCStatusCode.NOT_FOUND:
+                return False
+            raise
+        if description.status is not WorkflowExecutionStatus.RUNNING:
+            return False
+        clear: bool = await description.memo_value(CLEAR_TO_SEND_MEMO, False, type_hint=bool)
+        return clear
 
     async def _ensure_health(self, destination: str, kind: str) -> None:
         """Start the destination's health workflow unless it runs (once per process): the

@@ -32,6 +32,7 @@ def activities(dependencies: WorkerDependencies) -> Sequence[Callable[..., Any]]
         delivery.enqueue_delivery,
         delivery.hand_over_or_enqueue,
         delivery.forward_deliveries,
+        delivery.destination_clear,
         delivery.deliver_to_fhir,
         delivery.deliver_to_mllp,
     ]
@@ -46,6 +47,7 @@ STEP = StepSpec(
         DeliveryActivities.enqueue_delivery: AuditAction.ACCESS,
         DeliveryActivities.hand_over_or_enqueue: AuditAction.ACCESS,
         DeliveryActivities.forward_deliveries: AuditAction.ACCESS,
+        DeliveryActivities.destination_clear: AuditAction.ACCESS,
         DeliveryActivities.deliver_to_fhir: AuditAction.PUSH,
         DeliveryActivities.deliver_to_mllp: AuditAction.PUSH,
     },

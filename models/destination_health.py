@@ -42,6 +42,11 @@ class QueueReport(BaseModel):
 # otherwise import each other).
 QUEUE_NOTICE_SIGNAL = "destination_notice"
 
+# The health workflow's memo key (health runs with patch `publish-clearance`): true while a
+# queue starting a burst would be told to send (not down, nobody held, no paused replay), so
+# the queue can read it (a describe, no workflow task on either side) instead of asking.
+CLEAR_TO_SEND_MEMO = "clear_to_send"
+
 
 class NoticeState(StrEnum):
     SEND = "send"  # deliver (after a release: at pace_seconds between events)

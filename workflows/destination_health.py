@@ -38,6 +38,7 @@ from workflows import search_attributes as sa
 with workflow.unsafe.imports_passed_through():
     from activities.destination_health import HealthActivities
     from models.destination_health import (
+        CLEAR_TO_SEND_MEMO,
         QUEUE_NOTICE_SIGNAL,
         DestinationHealthState,
         DestinationNotice,
@@ -60,6 +61,8 @@ EXCHANGE_NAME = "destination-health"
 _ONE_ATTEMPT = RetryPolicy(maximum_attempts=1)
 # The audit row of a change is worth retrying until it is written.
 _AUDIT_RETRY = RetryPolicy(maximum_interval=timedelta(seconds=30))
+# Runs without it kept their answer to themselves: every queue had to ask by signal.
+PUBLISH_CLEARANCE_PATCH = "publish-clearance"
 
 
 @workflow.defn
@@ -73,9 +76,12 @@ class DestinationHealth:
         self._changes: list[HealthChange] = []
         self._visible_dirty = True
         self._next_probe_at: datetime | None = None
+        self._publishes_clearance = False
+        self._published_clearance: bool | None = None
 
     @workflow.run
     async def run(self, state: DestinationHealthState) -> None:
+        self._publishes_clearance = workflow.patched(PUBLISH_CLEARANCE_PATCH)
         if self._s.since is None:
             self._s.since = workflow.now()
         if self._probing():
@@ -241,14 +247,22 @@ class DestinationHealth:
                 notice = DestinationNotice(state=NoticeState.SEND, pace_seconds=self._pace())
             self._outbox.append((queue, notice))
             return
-        # A paused replay holds newcomers too: they would otherwise overtake the held.
-        if self._s.state is HealthState.DOWN or self._s.held or self._paused_replay():
+        if not self._clear_to_send():
             if self._find(self._s.held, queue) is None:
                 self._s.held.append(HeldQueue(queue_id=queue))
+                if self._s.replay is not None and self._s.state is not HealthState.DOWN:
+                    # Held behind a replay under way: it is released in it, so it counts
+                    # in it (else "done" outgrows "total" and the replay never looks done).
+                    self._s.replay.queues_total += 1
                 self._visible_dirty = True
             self._outbox.append((queue, DestinationNotice(state=NoticeState.HOLD)))
             return
         self._outbox.append((queue, DestinationNotice(state=NoticeState.SEND)))
+
+    def _clear_to_send(self) -> bool:
+        """What a queue starting a burst is told: send unless down or others are held (a
+        paused replay holds newcomers too: they would otherwise overtake the held)."""
+        return not (self._s.state is HealthState.DOWN or self._s.held or self._paused_replay())
 
     def _failed(self, queue: str) -> None:
         if self._s.state is HealthState.DOWN:
@@ -264,9 +278,15 @@ class DestinationHealth:
             self._change(HealthState.DEGRADED, "failures", "a delivery found it unavailable")
 
     def _note_held(self, report: QueueReport) -> None:
-        found = self._find(self._s.held, report.queue_id) or self._find(
-            self._s.replaying, report.queue_id
-        )
+        held = self._find(self._s.held, report.queue_id)
+        found = held or self._find(self._s.replaying, report.queue_id)
+        if (
+            held is not None
+            and self._s.replay is not None
+            and self._s.state is not HealthState.DOWN
+        ):
+            # Events that joined a queue waiting its turn in the replay are replayed too.
+            self._s.replay.events_total += max(report.held_events - held.held_events, 0)
         if found is not None:
             found.held_events = report.held_events
             found.oldest_held_at = report.oldest_held_at
@@ -404,6 +424,8 @@ class DestinationHealth:
     # -- the main loop's sends -------------------------------------------------------------
 
     def _has_work(self) -> bool:
+        if self._publishes_clearance and self._clear_to_send() != self._published_clearance:
+            return True
         return bool(self._outbox or self._changes or self._visible_dirty) or (
             self._s.state is not HealthState.DOWN
             and not self._s.replay_paused
@@ -412,6 +434,11 @@ class DestinationHealth:
         )
 
     async def _flush(self) -> None:
+        if self._publishes_clearance and self._clear_to_send() != self._published_clearance:
+            # First, in the workflow task that decided it: a queue reading the memo later
+            # gets the answer a signal would have got.
+            self._published_clearance = self._clear_to_send()
+            workflow.upsert_memo({CLEAR_TO_SEND_MEMO: self._published_clearance})
         while self._changes:
             change = self._changes.pop(0)
             await workflow.execute_activity_method(

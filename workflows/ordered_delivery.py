@@ -28,6 +28,7 @@ from temporalio.exceptions import ActivityError, ApplicationError, FailureError
 from workflows import search_attributes as sa
 from workflows.destination_health import DestinationHealth
 from workflows.exchange_search import coalesced_upserts, upsert_changed
+from workflows.patches import RunPatches
 from workflows.review import ReviewableWorkflow
 
 with workflow.unsafe.imports_passed_through():
@@ -39,6 +40,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from models.delivery import (
         DeliverRequest,
+        DeliverResult,
         DeliveryItem,
         DeliveryRecord,
         DeliveryState,
@@ -62,10 +64,19 @@ DESTINATION_HEALTH_PATCH = "destination-health"
 # (then sent); with it, a hold (an operator's pause, a trip down) ends the pause between
 # events and the next event waits: nothing is sent while paused but the event in hand.
 PAUSABLE_PACE_PATCH = "replay-pace-holds"
+# Runs without it asked the health workflow by signal before every burst and sent every
+# attempt as an activity. With it, a burst first reads the health workflow's published
+# answer (a local activity; the signal handshake only when that says anything but send),
+# and each event's first attempt is a local activity (see _send).
+DELIVERY_LOCAL_FIRST_PATCH = "delivery-local-first"
 # Failures that say the destination, not this event, is the problem ("Timeout": the
 # activity's own start-to-close timeout).
 _OUTAGE_ERRORS = frozenset({DESTINATION_UNAVAILABLE, "Timeout"})
 _ONE_ATTEMPT = RetryPolicy(maximum_attempts=1)
+# A local first attempt that gets no answer in this time is sent again as an activity (with
+# its heartbeat and full limit): a slow destination must not hold the worker's local
+# activity slots, which every exchange's parsing shares.
+_LOCAL_SEND_TIMEOUT = timedelta(seconds=10)
 DELIVERY_HEARTBEAT_TIMEOUT_SECONDS = 15
 
 
@@ -97,16 +108,20 @@ class OrderedDelivery(ReviewableWorkflow):
 
     @workflow.run
     async def run(self, state: DeliveryState) -> int:
+        self._patched = RunPatches()
         queue = [
             sa.EXCHANGE.value_set(EXCHANGE_NAME),
             sa.DESTINATION.value_set(state.destination),
             sa.DELIVERY_ALERT.value_set("failing" if state.failing else "ok"),
         ]
-        if coalesced_upserts():
+        if coalesced_upserts(self._patched):
             upsert_changed(queue)
         else:
             workflow.upsert_search_attributes(queue)
-        self._with_health = workflow.patched(DESTINATION_HEALTH_PATCH)
+        self._with_health = self._patched(DESTINATION_HEALTH_PATCH)
+        # Asked here, before any local activity, so that runs which started without it
+        # keep every step as they recorded it.
+        self._local_first = self._with_health and self._patched(DELIVERY_LOCAL_FIRST_PATCH)
         while True:
             if self._handovers:
                 await self._hand_over()
@@ -205,20 +220,10 @@ class OrderedDelivery(ReviewableWorkflow):
                 f"Sending {item.subscription.value} event to {destination} (attempt {attempt})"
             )
             try:
-                result = await workflow.execute_activity_method(
-                    DeliveryActivities.deliver_to_fhir
-                    if self._state.kind == "fhir"
-                    else DeliveryActivities.deliver_to_mllp,
-                    request,
-                    start_to_close_timeout=timedelta(seconds=120),
-                    # The activity beats while it waits for the answer: a worker that died
-                    # mid-send is noticed in seconds, not after the 120 s limit.
-                    heartbeat_timeout=timedelta(seconds=DELIVERY_HEARTBEAT_TIMEOUT_SECONDS),
-                    retry_policy=_ONE_ATTEMPT,
-                    summary=f"Deliver {item.subscription.value} to {destination}",
-                )
-            except ActivityError as err:
-                cause = err.cause
+                result = await self._send(request, local=self._local_first and total_attempts == 1)
+            except (ActivityError, ApplicationError) as err:
+                # A local activity's refusal may arrive bare, not in an ActivityError.
+                cause = err.cause if isinstance(err, ActivityError) else err
                 error_type = "Timeout"
                 if isinstance(cause, ApplicationError):
                     error_type = cause.type or ""
@@ -297,6 +302,39 @@ class OrderedDelivery(ReviewableWorkflow):
             self._record(item, "edited" if revision else "delivered", total_attempts, result.detail)
             return
 
+    async def _send(self, request: DeliverRequest, *, local: bool) -> DeliverResult:
+        send = (
+            DeliveryActivities.deliver_to_fhir
+            if self._state.kind == "fhir"
+            else DeliveryActivities.deliver_to_mllp
+        )
+        summary = f"Deliver {request.item.subscription.value} to {request.destination}"
+        if local:
+            # Inside the workflow task that decided it: no activity task, no second
+            # workflow task for its result.
+            try:
+                return await workflow.execute_local_activity_method(
+                    send,
+                    request,
+                    start_to_close_timeout=_LOCAL_SEND_TIMEOUT,
+                    retry_policy=_ONE_ATTEMPT,
+                    summary=summary,
+                )
+            except ActivityError as err:
+                if isinstance(err.cause, ApplicationError):
+                    raise
+                # No answer in time (or the attempt was lost): sent again below.
+        return await workflow.execute_activity_method(
+            send,
+            request,
+            start_to_close_timeout=timedelta(seconds=120),
+            # The activity beats while it waits for the answer: a worker that died
+            # mid-send is noticed in seconds, not after the 120 s limit.
+            heartbeat_timeout=timedelta(seconds=DELIVERY_HEARTBEAT_TIMEOUT_SECONDS),
+            retry_policy=_ONE_ATTEMPT,
+            summary=summary,
+        )
+
     async def _hand_over(self) -> None:
         """Forward everything queued, in order, then each merge's announcement, to the
         survivor's queue; the destination sees both records' events before the merge."""
@@ -333,6 +371,10 @@ class OrderedDelivery(ReviewableWorkflow):
     async def _ask_health(self) -> None:
         """Register with the destination's health workflow and wait for its answer; without
         a health workflow (or its answer in time) the queue sends as it always did."""
+        if self._local_first and not self._held and not self._replaying:
+            if await self._published_clear():
+                self._cleared = True
+                return
         self._notice = None
         if await self._report(QueueReportKind.REGISTER):
             try:
@@ -344,6 +386,20 @@ class OrderedDelivery(ReviewableWorkflow):
                 pass
         await self._wait_while_held()
         self._cleared = True
+
+    async def _published_clear(self) -> bool:
+        """The health workflow's published answer (its memo), read without a workflow task
+        on either side; False when it could not be read, and the queue asks by signal."""
+        try:
+            return await workflow.execute_local_activity_method(
+                DeliveryActivities.destination_clear,
+                self._state.destination,
+                start_to_close_timeout=timedelta(seconds=10),
+                retry_policy=_ONE_ATTEMPT,
+                summary=f"Is {self._state.destination} clear to send",
+            )
+        except (ActivityError, ApplicationError):
+            return False
 
     async def _report_outage(self, *, last_attempt: bool) -> bool:
         """Tell the health workflow an attempt found the destination unavailable; True when
@@ -385,7 +441,7 @@ class OrderedDelivery(ReviewableWorkflow):
     async def _pace(self) -> None:
         """The replay pace between two sends, cut short by a hold, which is then waited out."""
         pace = timedelta(seconds=self._pace_seconds)
-        if not workflow.patched(PAUSABLE_PACE_PATCH):
+        if not self._patched(PAUSABLE_PACE_PATCH):
             await workflow.sleep(pace)
             return
         try:

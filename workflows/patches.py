@@ -13,6 +13,9 @@ true without a marker of its own, so nothing is recorded after a local activity 
 workflow task carries a dozen markers. A run started earlier does not have it, and asks
 each patch where it always did, replaying as recorded. A patch added later is not in the
 set: ask for it before the run's first local activity, or add a new marker of this kind.
+The one exception: a workflow that takes RunPatches for the first time (none of its runs
+has the marker yet) brings its own patches into the set in that change, as OrderedDelivery
+did with its first local activities.
 """
 
 from __future__ import annotations
@@ -39,6 +42,10 @@ PATCHES_AT_START = frozenset(
         "imaging-unordered-study-approve",
         "merge-delivery",
         "merge-in-flight",
+        # OrderedDelivery's, when it took RunPatches.
+        "destination-health",
+        "replay-pace-holds",
+        "delivery-local-first",
     }
 )
 

@@ -1021,11 +1021,7 @@ async def delivery_held_while_down_then_replayed(s: Session) -> None:
 
     async def replayed(handle: WorkflowHandle[Any, Any]) -> bool:
         status = await handle.query(DestinationHealth.status)
-        return (
-            status.state is HealthState.UP
-            and status.replay is not None
-            and status.replay.queues_done == status.replay.queues_total
-        )
+        return status.state is HealthState.UP and status.replay_finished
 
     await wait_settled(s.client, health.id, replayed)
     await s.save("destination_health/operator_down_then_up", health.id)

@@ -14,7 +14,13 @@ import pytest
 from temporalio.client import Client
 
 from models.audit import AuditAction
-from models.destination_health import HealthState
+from models.destination_health import (
+    HealthState,
+    OperatorCommand,
+    ReplayAction,
+    ReplayCommand,
+    health_workflow_id,
+)
 from tests.support.cli import careweave
 from tests.support.destination_health import health, state_rows, wait_health
 from tests.support.discharge import (
@@ -30,6 +36,7 @@ from tests.support.discharge import (
 from tests.support.engine import Engine
 from tests.support.partner import Partner
 from workers import sample_messages as sm
+from workflows.destination_health import DestinationHealth
 
 
 @pytest.fixture(scope="module")
@@ -187,3 +194,52 @@ async def test_an_unknown_destination_is_named(engine: Engine, temporal_client: 
     )
     assert code == 1
     assert "no destination 'nowhere'" in output and "billing" in output
+
+
+async def test_a_queue_held_behind_a_replay_counts_in_it(
+    engine: Engine, partners: dict[str, Partner]
+) -> None:
+    """A patient whose first event comes while others wait their turn in the replay is held
+    behind them and replayed with them: the replay's totals grow by it, so its progress
+    ends at "n of n" (and looks finished) instead of "done" outgrowing "total"."""
+    billing = partners["billing"]
+    handle = engine.client.get_workflow_handle_for(
+        DestinationHealth.run, health_workflow_id("billing")
+    )
+
+    async def operator(command: OperatorCommand | ReplayCommand) -> None:
+        if isinstance(command, OperatorCommand):
+            await handle.execute_update(DestinationHealth.command, command)
+        else:
+            await handle.execute_update(DestinationHealth.replay_control, command)
+
+    # Started by the first delivery to billing; made sure of here.
+    await send(engine, sm.adt_event(stay("V-6220", "MRN6220"), "DS-6220-1", "A03"))
+    await wait_received(billing, "V-6220", 1)
+    await operator(OperatorCommand(state=HealthState.DOWN, reason="upgrade", operator="ops-1"))
+    first = ["6221", "6222", "6223"]
+    for number in first:
+        await send(
+            engine, sm.adt_event(stay(f"V-{number}", f"MRN{number}"), f"DS-{number}-1", "A03")
+        )
+    await wait_health(engine, "billing", lambda s: s.held_events == len(first), "holding")
+    await operator(ReplayCommand(action=ReplayAction.PAUSE, reason="wait", operator="ops-1"))
+    await operator(OperatorCommand(state=HealthState.UP, reason="done", operator="ops-1"))
+    up = await wait_health(engine, "billing", lambda s: s.state is HealthState.UP, "up")
+    assert up.replay is not None
+    assert (up.replay.queues_total, up.replay.events_total) == (3, 3)
+
+    # Comes while the replay (paused, nothing released) still holds the first three.
+    await send(engine, sm.adt_event(stay("V-6224", "MRN6224"), "DS-6224-1", "A03"))
+    joined = await wait_health(engine, "billing", lambda s: s.held_events == 4, "holding 4")
+    assert joined.replay is not None
+    assert (joined.replay.queues_total, joined.replay.events_total) == (4, 4)
+    assert await received(billing, "V-6224") == []
+
+    await operator(ReplayCommand(action=ReplayAction.RESUME, reason="go", operator="ops-1"))
+    done = await wait_health(engine, "billing", lambda s: s.replay_finished, "replayed")
+    assert done.replay is not None
+    assert (done.replay.queues_done, done.replay.queues_total) == (4, 4)
+    assert (done.replay.events_done, done.replay.events_total) == (4, 4)
+    for number in [*first, "6224"]:
+        assert triggers(await wait_received(billing, f"V-{number}", 1)) == ["A03"]

@@ -9,32 +9,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 
 from temporalio.api.enums.v1 import EventType
-from temporalio.client import Client, WorkflowHistory
+from temporalio.client import Client
 
 from models.review import ReviewAction, ReviewDecision
 from tests.support.engine import Engine, mllp_send, running_engine
 from tests.support.fhir_server import free_port, running_fhir_server
+from tests.support.history import local_attempts
 from workers import sample_messages as sm
 
 
 def workflow_id(engine: Engine, order: sm.SampleOrder) -> str:
     return engine.lab_workflow_id(order.placer_order_number)
-
-
-def local_attempts(history: WorkflowHistory, activity_type: str) -> list[tuple[int, bool]]:
-    """(attempt, failed) of each recorded local activity of that type, in order."""
-    found = []
-    for event in history.events:
-        marker = event.marker_recorded_event_attributes
-        if marker.marker_name != "core_local_activity":
-            continue
-        data = json.loads(marker.details["data"].payloads[0].data)
-        if data["activity_type"] == activity_type:
-            found.append((int(data["attempt"]), marker.HasField("failure")))
-    return found
 
 
 async def activity_attempts(engine: Engine, wf_id: str) -> int:

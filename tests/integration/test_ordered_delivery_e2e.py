@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
+from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowExecutionStatus
 
 from adapters.fhir import FhirClient
@@ -37,6 +38,7 @@ from tests.support.discharge import (
 )
 from tests.support.engine import Engine, audit_rows, running_engine
 from tests.support.fhir_server import free_port, running_fhir_server
+from tests.support.history import local_attempts
 from tests.support.partner import Partner
 from workers import sample_messages as sm
 from workflows.ordered_delivery import OrderedDelivery
@@ -280,6 +282,45 @@ async def test_a_held_patient_does_not_hold_another_patient_at_the_same_destinat
     await wait_received(billing, "V-6007", 1)
     log = await wait_delivery_log(engine, delivery_id("billing", "MRN6008"), 1)
     assert [(e["outcome"], e["attempts"]) for e in log] == [("delivered", 1)]
+
+
+async def test_a_burst_to_a_healthy_destination_is_sent_within_the_workflow_task(
+    discharge_engine: Engine, partners: dict[str, Partner]
+) -> None:
+    """The queue reads the health workflow's published answer and sends the first attempt
+    as local activities: no signal to the health workflow, no activity task. A refused
+    first attempt is still counted, and the retry after it is an activity."""
+    engine = discharge_engine
+    billing = partners["billing"]
+    queue_id = delivery_id("billing", "MRN6020")
+    patient_stay = stay("V-6020", "MRN6020")
+    await send(engine, sm.adt_event(patient_stay, "DS-6020-1", "A03"))
+    await wait_received(billing, "V-6020", 1)
+    await wait_delivery_log(engine, queue_id, 1)
+
+    await billing.aset_mode("AE", code="206", text="Record locked", times=1, patient_id="MRN6020")
+    await send(engine, sm.adt_event(patient_stay, "DS-6020-2", "A13"))
+    messages = await wait_received(billing, "V-6020", 2)
+    assert [(m["message_type"].split("^")[1], m["answered"]) for m in messages] == [
+        ("A03", "AA"),
+        ("A13", "AE"),
+        ("A13", "AA"),
+    ]
+    log = await wait_delivery_log(engine, queue_id, 2)
+    assert [(e["outcome"], e["attempts"]) for e in log] == [("delivered", 1), ("delivered", 2)]
+
+    history = await engine.handle(queue_id).fetch_history()
+    kinds = [event.event_type for event in history.events]
+    assert EventType.EVENT_TYPE_SIGNAL_EXTERNAL_WORKFLOW_EXECUTION_INITIATED not in kinds
+    # Each burst read the published answer; each event's first attempt was local.
+    assert local_attempts(history, "destination_clear") == [(1, False), (1, False)]
+    assert local_attempts(history, "deliver_to_mllp") == [(1, False), (1, True)]
+    scheduled = [
+        event.activity_task_scheduled_event_attributes.activity_type.name
+        for event in history.events
+        if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
+    ]
+    assert scheduled == ["deliver_to_mllp"]
 
 
 FHIR_FAILURE_ROUTING = """

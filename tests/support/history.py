@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import TypeVar
 
 from google.protobuf.message import Message
+from temporalio.client import WorkflowHistory
 
 Found = TypeVar("Found", bound=Message)
 
@@ -35,3 +37,16 @@ def nested(
                 yield item_path, item
             elif isinstance(item, Message):
                 yield from nested(item, kind, skip_fields=skip_fields, path=item_path)
+
+
+def local_attempts(history: WorkflowHistory, activity_type: str) -> list[tuple[int, bool]]:
+    """(attempt, failed) of each recorded local activity of that type, in order."""
+    found = []
+    for event in history.events:
+        marker = event.marker_recorded_event_attributes
+        if marker.marker_name != "core_local_activity":
+            continue
+        data = json.loads(marker.details["data"].payloads[0].data)
+        if data["activity_type"] == activity_type:
+            found.append((int(data["attempt"]), marker.HasField("failure")))
+    return found

@@ -18,12 +18,13 @@ MODULES_ASKING_THROUGH_RUN_PATCHES = [
     "workflows.imaging_order",
     "workflows.patient_merge",
     "workflows.patient_sync",
+    "workflows.ordered_delivery",
     "workflows.exchange_search",
     "workflows.review",
 ]
 
 
-WORKFLOWS_WITH_LOCAL_ACTIVITIES = MODULES_ASKING_THROUGH_RUN_PATCHES[:5]
+WORKFLOWS_WITH_LOCAL_ACTIVITIES = MODULES_ASKING_THROUGH_RUN_PATCHES[:6]
 
 
 def direct_patch_calls(module_name: str) -> list[int]:
@@ -77,4 +78,5 @@ def test_the_scan_finds_the_patches_it_checks() -> None:
         "workflows.order_to_result"
     )
     assert "review-reason-attribute" in asked_patches("workflows.review")
-    assert direct_patch_calls("workflows.ordered_delivery")  # it has no local activities
+    assert "delivery-local-first" in asked_patches("workflows.ordered_delivery")
+    assert direct_patch_calls("workflows.destination_health")  # it has no local activities
