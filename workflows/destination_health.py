@@ -17,6 +17,10 @@ under ``replay_events_per_second``. A queue drains its own backlog in its origin
 (nothing is rotated) and says when it is done, which releases the next; a queue whose head
 fails for its own reasons goes to review and counts as done, so it holds nobody else.
 Every change of state is an activity (audited by the worker's interceptor) and a log line.
+Since ``publish-clearance`` the answer a queue starting a burst would get (send, unless down,
+queues are held, or a replay is paused) is also in the workflow's memo (``clear_to_send``),
+upserted in the workflow task that changes it, before anything else: a queue reads it (a
+describe, no workflow task on either side) and registers only when it does not say send.
 
 An operator may pause a replay (`careweave destination pause`, also while still down):
 released queues finish the event in hand and then hold, and no queue is released, until
