@@ -19,7 +19,8 @@ Runs with ``delivery-local-first`` take both common steps inside a workflow task
 first reads the health workflow's published answer (its memo, by a local activity) and asks
 by signal only when that is not a plain "send"; each event's first attempt is a local
 activity, and only its retries (and a first attempt with no answer in 10 s) are activities.
-A burst to a healthy destination thus costs one workflow task where it cost five.
+A burst to a healthy destination thus takes one workflow task of the queue and none of the
+health workflow (before: about four of the queue, two of the health workflow, an activity).
 """
 
 from __future__ import annotations
