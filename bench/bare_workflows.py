@@ -2,13 +2,14 @@
 exchanges and no-op activities, so the dev server's ceiling for that many steps per message
 can be measured beside the real thing.
 
-Per message, the steps mirror what an exchange needs at the least:
-- lab order: signal-with-start, a local activity (parse + map), and the FHIR write: a local
-  activity (as OrderToResult writes since patch `lab-writes-local-first`) or, with
-  ``local_writes`` false, an activity (as it wrote before);
-- lab result: a signal to the same workflow, a local activity, the write as above;
-- discharge: signal-with-start, a local activity, an activity that signal-with-starts the
-  patient's delivery queue, and in the queue an activity (the delivery).
+Per message, the steps mirror what an exchange needs at the least. With ``local_steps``
+(the steps today's code takes) the writes, hand-offs and deliveries are local activities;
+without, activities (the steps of the code before `lab-writes-local-first` and
+`delivery-local-first`):
+- lab order: signal-with-start, a local activity (parse + map), and the FHIR write;
+- lab result: a signal to the same workflow, a local activity, the write;
+- discharge: signal-with-start, a local activity, the step that signal-with-starts the
+  patient's delivery queue, and in the queue the delivery.
 
     python bench/bare_workflows.py --address 127.0.0.1:7233 --task-queue bare
 runs the worker (a process of its own, like `careweave worker`).
@@ -41,6 +42,7 @@ class BareMessage:
 class QueueRequest:
     workflow_id: str
     text: str
+    local_steps: bool
 
 
 @activity.defn
@@ -58,6 +60,7 @@ async def bare_enqueue(request: QueueRequest) -> str:
     client = activity.client()
     await client.start_workflow(
         BareQueue.run,
+        request.local_steps,
         id=request.workflow_id,
         task_queue=activity.info().task_queue,
         start_signal="enqueue",
@@ -74,7 +77,7 @@ class BareOrder:
         self._inbox: deque[BareMessage] = deque()
 
     @workflow.run
-    async def run(self, local_writes: bool) -> int:
+    async def run(self, local_steps: bool) -> int:
         handled = 0
         while handled < 2:
             await workflow.wait_condition(lambda: bool(self._inbox))
@@ -82,7 +85,7 @@ class BareOrder:
             await workflow.execute_local_activity(
                 bare_parse, message, start_to_close_timeout=STEP_TIMEOUT
             )
-            if local_writes:
+            if local_steps:
                 await workflow.execute_local_activity(
                     bare_write, message, start_to_close_timeout=STEP_TIMEOUT
                 )
@@ -104,17 +107,23 @@ class BareDischarge:
         self._inbox: deque[BareMessage] = deque()
 
     @workflow.run
-    async def run(self) -> None:
+    async def run(self, local_steps: bool) -> None:
         await workflow.wait_condition(lambda: bool(self._inbox))
         message = self._inbox.popleft()
         await workflow.execute_local_activity(
             bare_parse, message, start_to_close_timeout=STEP_TIMEOUT
         )
-        await workflow.execute_activity(
-            bare_enqueue,
-            QueueRequest(f"bare-queue/{workflow.info().workflow_id}", message.text),
-            start_to_close_timeout=STEP_TIMEOUT,
+        request = QueueRequest(
+            f"bare-queue/{workflow.info().workflow_id}", message.text, local_steps
         )
+        if local_steps:
+            await workflow.execute_local_activity(
+                bare_enqueue, request, start_to_close_timeout=STEP_TIMEOUT
+            )
+        else:
+            await workflow.execute_activity(
+                bare_enqueue, request, start_to_close_timeout=STEP_TIMEOUT
+            )
 
     @workflow.signal
     def message(self, message: BareMessage) -> None:
@@ -127,11 +136,16 @@ class BareQueue:
         self._queue: deque[BareMessage] = deque()
 
     @workflow.run
-    async def run(self) -> None:
+    async def run(self, local_steps: bool) -> None:
         await workflow.wait_condition(lambda: bool(self._queue))
-        await workflow.execute_activity(
-            bare_write, self._queue.popleft(), start_to_close_timeout=STEP_TIMEOUT
-        )
+        if local_steps:
+            await workflow.execute_local_activity(
+                bare_write, self._queue.popleft(), start_to_close_timeout=STEP_TIMEOUT
+            )
+        else:
+            await workflow.execute_activity(
+                bare_write, self._queue.popleft(), start_to_close_timeout=STEP_TIMEOUT
+            )
 
     @workflow.signal
     def enqueue(self, message: BareMessage) -> None:

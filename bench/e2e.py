@@ -13,8 +13,9 @@ as fast as the gateway takes it: orders and discharges mixed, then the orders' r
 and finished Encounter there. The baseline sends the same number of messages by
 signal-with-start to bare workflows on a fresh dev server of the same kind, and is done
 when every bare workflow has completed. It runs twice per round: with the lab's FHIR
-write as a local activity (the steps OrderToResult takes now) and as an activity (the
-steps it took before `lab-writes-local-first`), so the ratio to each can be read. Each
+write, the discharge's hand-off to its queue and the queue's delivery as local activities
+(the steps the exchanges take now) and as activities (the steps they took before
+`lab-writes-local-first` and `delivery-local-first`), so the ratio to each can be read. Each
 round runs every path on fresh servers; the report gives the median and best round of
 each and their ratios.
 """
@@ -367,11 +368,11 @@ async def run_production(
 # -- the bare baseline --------------------------------------------------------------------
 
 
-BARE_NOW = "bare Temporal, no-op activities, lab writes local (this code's steps)"
-BARE_ACTIVITY_WRITES = "bare Temporal, no-op activities, lab writes as activities (earlier steps)"
+BARE_NOW = "bare Temporal, no-op activities, writes/hand-offs local (this code's steps)"
+BARE_EARLIER = "bare Temporal, no-op activities, writes/hand-offs as activities (earlier steps)"
 
 
-async def run_bare(state: Path, feed: Feed, senders: int, *, local_writes: bool) -> Figures:
+async def run_bare(state: Path, feed: Feed, senders: int, *, local_steps: bool) -> Figures:
     task_queue = "bare-e2e"
     async with dev_server(state) as (address, temporal_pid):
         process = await asyncio.create_subprocess_exec(
@@ -399,6 +400,7 @@ async def run_bare(state: Path, feed: Feed, senders: int, *, local_writes: bool)
                 if "|ADT^" in message:
                     await client.start_workflow(
                         BareDischarge.run,
+                        local_steps,
                         id=f"bare-discharge/{next(discharge_ids)}",
                         task_queue=task_queue,
                         start_signal="message",
@@ -409,7 +411,7 @@ async def run_bare(state: Path, feed: Feed, senders: int, *, local_writes: bool)
                 index = next(result_ids) if result else next(order_ids)
                 await client.start_workflow(
                     BareOrder.run,
-                    local_writes,
+                    local_steps,
                     id=f"bare-order/{index}",
                     task_queue=task_queue,
                     start_signal="message",
@@ -437,7 +439,7 @@ async def run_bare(state: Path, feed: Feed, senders: int, *, local_writes: bool)
             await asyncio.gather(reader, return_exceptions=True)
             over_deadline = sum(OVER_DEADLINE in line for line in worker.lines)
     return Figures(
-        BARE_NOW if local_writes else BARE_ACTIVITY_WRITES,
+        BARE_NOW if local_steps else BARE_EARLIER,
         feed.total,
         acked,
         done,
@@ -477,20 +479,18 @@ async def main() -> None:
     production: list[Figures] = []
     before: list[Figures] = []
     bare: list[Figures] = []
-    bare_activity_writes: list[Figures] = []
+    bare_earlier: list[Figures] = []
     with tempfile.TemporaryDirectory(prefix="careweave-bench-e2e-") as base:
         for index in range(args.rounds):
-            for path in ("bare", "bare-activity-writes", "before", "prod"):
+            for path in ("bare", "bare-earlier", "before", "prod"):
                 (Path(base) / f"{path}{index}").mkdir()
             tag = f"{time.strftime('%H%M%S')}{index}"
             feed = mixed_feed(tag, args.orders, args.discharges)
             if not args.skip_bare:
                 state = Path(base) / f"bare{index}"
-                bare.append(await run_bare(state, feed, args.senders, local_writes=True))
-                state = Path(base) / f"bare-activity-writes{index}"
-                bare_activity_writes.append(
-                    await run_bare(state, feed, args.senders, local_writes=False)
-                )
+                bare.append(await run_bare(state, feed, args.senders, local_steps=True))
+                state = Path(base) / f"bare-earlier{index}"
+                bare_earlier.append(await run_bare(state, feed, args.senders, local_steps=False))
             if args.before:
                 before.append(
                     await run_production(
@@ -513,7 +513,7 @@ async def main() -> None:
                 line += f", before {before[-1].rate:.1f}/s"
             if bare:
                 line += f", bare {bare[-1].rate:.1f}/s ({production[-1].rate / bare[-1].rate:.0%})"
-                line += f", bare with activity writes {bare_activity_writes[-1].rate:.1f}/s"
+                line += f", bare with the earlier steps {bare_earlier[-1].rate:.1f}/s"
             print(line, flush=True)
 
     feed_line = (
@@ -524,7 +524,7 @@ async def main() -> None:
     print(f"\n{feed_line}\n")
     print("| path | fully processed msg/s, median | best | durable ACK msg/s, median |")
     print("|---|---|---|---|")
-    for runs in (production, before, bare, bare_activity_writes):
+    for runs in (production, before, bare, bare_earlier):
         if runs:
             median, best = summary(runs)
             ack = statistics.median(run.ack_rate for run in runs)
@@ -532,13 +532,13 @@ async def main() -> None:
     if bare:
         ratio = summary(production)[0] / summary(bare)[0]
         print(f"\nproduction shape = {ratio:.2f}x the bare baseline (medians)")
-        earlier = summary(production)[0] / summary(bare_activity_writes)[0]
+        earlier = summary(production)[0] / summary(bare_earlier)[0]
         print(f"production shape = {earlier:.2f}x the bare baseline of the earlier steps")
     if before:
         gain = summary(production)[0] / summary(before)[0]
         print(f"production shape = {gain:.2f}x the checkout before (medians)")
     print("\nCPU milliseconds per message, by process (median round):\n")
-    for runs in (production, before, bare, bare_activity_writes):
+    for runs in (production, before, bare, bare_earlier):
         if runs:
             middle = sorted(runs, key=lambda run: run.rate)[len(runs) // 2]
             cells = ", ".join(f"{name} {ms:.1f}" for name, ms in middle.cpu_ms.items())
