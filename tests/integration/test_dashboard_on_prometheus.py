@@ -131,6 +131,12 @@ async def test_every_dashboard_query_and_alert_rule_runs_on_prometheus(
         "PROM-5101", local_code="ZZX9", text="Experimental", patient=sm.SamplePatient("MRN5101")
     )
     routine = sm.SampleOrder("PROM-5103", patient=sm.SamplePatient("MRN5103"))
+    # Results whose orders never come, one per burst: each exchange looks for its order in
+    # FHIR, an activity (writes and deliveries are local activities first), so the activity
+    # panels have a rate to show.
+    orphans = [
+        sm.SampleOrder(f"PROM-510{n}", patient=sm.SamplePatient(f"MRN510{n}")) for n in (5, 6)
+    ]
     with dev_server(tmp_path) as temporal:
         async with (
             gateway_and_worker(
@@ -161,7 +167,8 @@ async def test_every_dashboard_query_and_alert_rule_runs_on_prometheus(
 
                 # First burst: an order and its result with an unmapped code (a review), a
                 # discharge whose billing delivery is refused (a review, a failing queue), a
-                # frame of a type no exchange takes (AR, quarantined).
+                # frame of a type no exchange takes (AR, quarantined), a result without
+                # its order.
                 first = await mllp_send(
                     mllp_port,
                     [
@@ -169,9 +176,10 @@ async def test_every_dashboard_query_and_alert_rule_runs_on_prometheus(
                         sm.lab_result(unmapped, "PROM-5101-R", [sm.UNMAPPED]),
                         sm.adt_event(stay("V-5102", "MRN5102"), "PROM-5102-D", "A03"),
                         UNKNOWN_TYPE.read_bytes(),
+                        sm.lab_result(orphans[0], "PROM-5105-R", [sm.POTASSIUM]),
                     ],
                 )
-                assert ["MSA|AA" in ack for ack in first] == [True, True, True, False], first
+                assert ["MSA|AA" in ack for ack in first] == [True, True, True, False, True], first
                 await until(
                     lambda: present(
                         'careweave_exchange_duration_seconds_count{exchange="discharge-sync"}'
@@ -192,9 +200,10 @@ async def test_every_dashboard_query_and_alert_rule_runs_on_prometheus(
                         sm.lab_order(routine, "PROM-5103-O"),
                         sm.adt_event(stay("V-5104", "MRN5104"), "PROM-5104-D", "A03"),
                         UNKNOWN_TYPE.read_bytes(),
+                        sm.lab_result(orphans[1], "PROM-5106-R", [sm.POTASSIUM]),
                     ],
                 )
-                assert ["MSA|AA" in ack for ack in second] == [True, True, False], second
+                assert ["MSA|AA" in ack for ack in second] == [True, True, False, True], second
                 await until(
                     lambda: present(
                         "increase(careweave_exchange_duration_seconds_count"

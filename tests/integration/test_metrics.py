@@ -139,8 +139,11 @@ async def test_reviews_waiting_failing_deliveries_and_exchange_durations_are_cou
     """A lab result with an unmapped code waits for a reviewer; a discharge whose billing
     delivery the partner refuses (AR 100) holds its queue for a reviewer; the discharge
     exchange itself closes. The worker's /metrics counts both reviews by reason and the
-    failing queue by destination; its SDK endpoint has the discharge's duration."""
+    failing queue by destination; its SDK endpoint has the discharge's duration. A result
+    whose order never came looks for it in FHIR: an activity (lab writes and deliveries are
+    local activities first), so the SDK's activity series are served too."""
     order = sm.SampleOrder("MET-4002", local_code="ZZX9", text="Experimental")
+    orphan = sm.SampleOrder("MET-4003", patient=sm.SamplePatient("MRN4003"))
     patient_stay = stay("V-4002", "MRN4002")
     billing = partners["billing"]
     routing = tmp_path / "destinations.toml"
@@ -171,6 +174,7 @@ async def test_reviews_waiting_failing_deliveries_and_exchange_durations_are_cou
                     sm.lab_order(order, "MET-4002-O"),
                     sm.lab_result(order, "MET-4002-R", [sm.UNMAPPED]),
                     sm.adt_event(patient_stay, "MET-4002-D", "A03"),
+                    sm.lab_result(orphan, "MET-4003-R", [sm.POTASSIUM]),
                 ],
             )
             assert all("MSA|AA" in ack for ack in acks), acks
@@ -233,8 +237,10 @@ async def test_reviews_waiting_failing_deliveries_and_exchange_durations_are_cou
     # No patient data anywhere: identifiers, names, visit and order numbers, control ids.
     for phi in (
         "MRN4002",
+        "MRN4003",
         "V-4002",
         "MET-4002",
+        "MET-4003",
         order.patient.family,
         order.patient.given,
         patient_stay.patient.family,
