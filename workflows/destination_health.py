@@ -19,8 +19,9 @@ fails for its own reasons goes to review and counts as done, so it holds nobody 
 Every change of state is an activity (audited by the worker's interceptor) and a log line.
 Since ``publish-clearance`` the answer a queue starting a burst would get (send, unless down,
 queues are held, or a replay is paused) is also in the workflow's memo (``clear_to_send``),
-upserted in the workflow task that changes it, before anything else: a queue reads it (a
-describe, no workflow task on either side) and registers only when it does not say send.
+upserted in the workflow task that changes it (by the signal or update handler that did):
+a queue reads it (a describe, no workflow task on either side) and registers only when it
+does not say send.
 
 An operator may pause a replay (`careweave destination pause`, also while still down):
 released queues finish the event in hand and then hold, and no queue is released, until
@@ -139,6 +140,7 @@ class DestinationHealth:
                     self._s.replay.queues_done += 1
                     self._s.replay.events_done += report.delivered
             self._visible_dirty = True
+        self._publish_clearance()
 
     @workflow.update
     def command(self, command: OperatorCommand) -> DestinationStatus:
@@ -161,6 +163,7 @@ class DestinationHealth:
                 self._change(HealthState.DOWN, by, "operator command", reason=command.reason)
         else:
             self._change(HealthState.UP, by, "operator command", reason=command.reason)
+        self._publish_clearance()
         return self.status()
 
     @command.validator
@@ -204,6 +207,7 @@ class DestinationHealth:
             )
         )
         self._visible_dirty = True
+        self._publish_clearance()
         return self.status()
 
     @replay_control.validator
@@ -429,7 +433,7 @@ class DestinationHealth:
 
     def _has_work(self) -> bool:
         if self._publishes_clearance and self._clear_to_send() != self._published_clearance:
-            return True
+            return True  # a change of answer no handler published (a queue forgotten)
         return bool(self._outbox or self._changes or self._visible_dirty) or (
             self._s.state is not HealthState.DOWN
             and not self._s.replay_paused
@@ -437,12 +441,16 @@ class DestinationHealth:
             and len(self._s.replaying) < self._s.policy.replay_parallel_patients
         )
 
-    async def _flush(self) -> None:
+    def _publish_clearance(self) -> None:
+        """The memo a queue reads instead of asking, upserted by the handler that changed
+        the answer (so in its workflow task, not once the main loop is free again) and by
+        the main loop (its own releases, a lifted pause, the run's start)."""
         if self._publishes_clearance and self._clear_to_send() != self._published_clearance:
-            # First, in the workflow task that decided it: a queue reading the memo later
-            # gets the answer a signal would have got.
             self._published_clearance = self._clear_to_send()
             workflow.upsert_memo({CLEAR_TO_SEND_MEMO: self._published_clearance})
+
+    async def _flush(self) -> None:
+        self._publish_clearance()
         while self._changes:
             change = self._changes.pop(0)
             await workflow.execute_activity_method(
