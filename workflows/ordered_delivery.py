@@ -30,7 +30,7 @@ from datetime import datetime, timedelta
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError, FailureError
+from temporalio.exceptions import ActivityError, ApplicationError, CancelledError, FailureError
 
 from workflows import search_attributes as sa
 from workflows.destination_health import DestinationHealth
@@ -328,7 +328,7 @@ class OrderedDelivery(ReviewableWorkflow):
                     summary=summary,
                 )
             except ActivityError as err:
-                if isinstance(err.cause, ApplicationError):
+                if isinstance(err.cause, (ApplicationError, CancelledError)):
                     raise
                 # No answer in time (or the attempt was lost): sent again below.
         return await workflow.execute_activity_method(
