@@ -22,8 +22,10 @@ import asyncio
 import concurrent.futures
 import signal
 from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 from temporalio import activity, workflow
 from temporalio.client import Client
@@ -69,6 +71,15 @@ async def bare_enqueue(request: QueueRequest) -> str:
     return request.workflow_id
 
 
+async def step(activity_fn: Callable[[Any], Awaitable[str]], arg: Any, *, local: bool) -> str:
+    """One durable step: a local activity (a marker in the workflow task) or an activity."""
+    if local:
+        return await workflow.execute_local_activity(
+            activity_fn, arg, start_to_close_timeout=STEP_TIMEOUT
+        )
+    return await workflow.execute_activity(activity_fn, arg, start_to_close_timeout=STEP_TIMEOUT)
+
+
 @workflow.defn
 class BareOrder:
     """Order then result, each a local activity and a write; completes after both."""
@@ -85,14 +96,7 @@ class BareOrder:
             await workflow.execute_local_activity(
                 bare_parse, message, start_to_close_timeout=STEP_TIMEOUT
             )
-            if local_steps:
-                await workflow.execute_local_activity(
-                    bare_write, message, start_to_close_timeout=STEP_TIMEOUT
-                )
-            else:
-                await workflow.execute_activity(
-                    bare_write, message, start_to_close_timeout=STEP_TIMEOUT
-                )
+            await step(bare_write, message, local=local_steps)
             handled += 1
         return handled
 
@@ -116,14 +120,7 @@ class BareDischarge:
         request = QueueRequest(
             f"bare-queue/{workflow.info().workflow_id}", message.text, local_steps
         )
-        if local_steps:
-            await workflow.execute_local_activity(
-                bare_enqueue, request, start_to_close_timeout=STEP_TIMEOUT
-            )
-        else:
-            await workflow.execute_activity(
-                bare_enqueue, request, start_to_close_timeout=STEP_TIMEOUT
-            )
+        await step(bare_enqueue, request, local=local_steps)
 
     @workflow.signal
     def message(self, message: BareMessage) -> None:
@@ -138,14 +135,7 @@ class BareQueue:
     @workflow.run
     async def run(self, local_steps: bool) -> None:
         await workflow.wait_condition(lambda: bool(self._queue))
-        if local_steps:
-            await workflow.execute_local_activity(
-                bare_write, self._queue.popleft(), start_to_close_timeout=STEP_TIMEOUT
-            )
-        else:
-            await workflow.execute_activity(
-                bare_write, self._queue.popleft(), start_to_close_timeout=STEP_TIMEOUT
-            )
+        await step(bare_write, self._queue.popleft(), local=local_steps)
 
     @workflow.signal
     def enqueue(self, message: BareMessage) -> None:
