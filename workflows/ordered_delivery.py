@@ -36,7 +36,7 @@ from workflows import search_attributes as sa
 from workflows.destination_health import DestinationHealth
 from workflows.exchange_search import coalesced_upserts, upsert_changed
 from workflows.patches import RunPatches
-from workflows.review import ReviewableWorkflow
+from workflows.review import ReviewableWorkflow, failure_cause
 
 with workflow.unsafe.imports_passed_through():
     from activities.ordered_delivery import (
@@ -229,8 +229,7 @@ class OrderedDelivery(ReviewableWorkflow):
             try:
                 result = await self._send(request, local=self._local_first and total_attempts == 1)
             except (ActivityError, ApplicationError) as err:
-                # A local activity's refusal may arrive bare, not in an ActivityError.
-                cause = err.cause if isinstance(err, ActivityError) else err
+                cause = failure_cause(err)
                 error_type = "Timeout"
                 if isinstance(cause, ApplicationError):
                     error_type = cause.type or ""
@@ -327,8 +326,8 @@ class OrderedDelivery(ReviewableWorkflow):
                     retry_policy=_ONE_ATTEMPT,
                     summary=summary,
                 )
-            except ActivityError as err:
-                if isinstance(err.cause, (ApplicationError, CancelledError)):
+            except FailureError as err:
+                if isinstance(failure_cause(err), (ApplicationError, CancelledError)):
                     raise
                 # No answer in time (or the attempt was lost): sent again below.
         return await workflow.execute_activity_method(
@@ -405,7 +404,9 @@ class OrderedDelivery(ReviewableWorkflow):
                 retry_policy=_ONE_ATTEMPT,
                 summary=f"Is {self._state.destination} clear to send",
             )
-        except (ActivityError, ApplicationError):
+        except FailureError as err:
+            if isinstance(failure_cause(err), CancelledError):
+                raise
             return False
 
     async def _report_outage(self, *, last_attempt: bool) -> bool:

@@ -39,14 +39,27 @@ _T = TypeVar("_T")
 REVIEW_REASON_PATCH = "review-reason-attribute"
 
 
-def refusal_of(error: BaseException, *error_types: str) -> ApplicationError | None:
-    """The ApplicationError of one of ``error_types`` an activity refused with, or None.
+def failure_cause(error: BaseException) -> BaseException:
+    """What an activity failed with: the cause of its ActivityError, or ``error`` itself.
 
-    An activity's refusal reaches the workflow wrapped in an ActivityError; a local
-    activity's non-retryable one arrives bare (seen with temporalio 1.35). Checking only
-    for ActivityError fails the whole workflow where a reviewer should have been asked.
+    An activity's failure reaches the workflow wrapped in an ActivityError. A local
+    activity's may arrive bare (temporalio 1.35): a non-retryable refusal always, and any
+    failure when a worker replays it from its marker, though the same failure was wrapped
+    when it happened (a local delivery's timeout: the live run sent it again as an
+    activity, the replay failed the workflow, tests/histories/ordered_delivery/
+    local_attempt_timed_out_then_activity.json). Deciding on the cause takes both shapes
+    alike.
     """
-    cause = error.cause if isinstance(error, ActivityError) else error
+    if isinstance(error, ActivityError) and error.cause is not None:
+        return error.cause
+    return error
+
+
+def refusal_of(error: BaseException, *error_types: str) -> ApplicationError | None:
+    """The ApplicationError of one of ``error_types`` an activity refused with, or None
+    (checking only ActivityError would fail the whole workflow where a reviewer should
+    have been asked: see failure_cause)."""
+    cause = failure_cause(error)
     if isinstance(cause, ApplicationError) and cause.type in error_types:
         return cause
     return None
