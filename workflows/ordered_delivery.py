@@ -18,7 +18,7 @@ their backlog in its original order at the pace the health workflow gives.
 Runs with ``delivery-local-first`` take both common steps inside a workflow task: a burst
 first reads the health workflow's published answer (its memo, by a local activity) and asks
 by signal only when that is not a plain "send"; each event's first attempt is a local
-activity, and only its retries (and a first attempt with no answer in 10 s) are activities.
+activity, and only its retries (and a first attempt with no answer in 20 s) are activities.
 A burst to a healthy destination thus takes one workflow task of the queue and none of the
 health workflow (before: about four of the queue, two of the health workflow, an activity).
 """
@@ -80,10 +80,12 @@ DELIVERY_LOCAL_FIRST_PATCH = "delivery-local-first"
 # activity's own start-to-close timeout).
 _OUTAGE_ERRORS = frozenset({DESTINATION_UNAVAILABLE, "Timeout"})
 _ONE_ATTEMPT = RetryPolicy(maximum_attempts=1)
-# A local first attempt that gets no answer in this time is sent again as an activity (with
-# its heartbeat and full limit): a slow destination must not hold the worker's local
-# activity slots, which every exchange's parsing shares.
-_LOCAL_SEND_TIMEOUT = timedelta(seconds=10)
+# Longer than a destination's own default limits (an MLLP ACK 10 s, a FHIR answer 15 s), so
+# that with them a silent destination ends a local attempt as it ends an activity's: counted,
+# and reported as an outage. Only a destination configured to wait longer meets this limit;
+# its attempt is then sent again as an activity (heartbeat, full limit) under the same
+# MSH-10, rather than holding a local activity slot (every exchange's parsing shares them).
+_LOCAL_SEND_TIMEOUT = timedelta(seconds=20)
 DELIVERY_HEARTBEAT_TIMEOUT_SECONDS = 15
 
 
