@@ -20,7 +20,13 @@ from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities.heartbeat import heartbeating
-from adapters.fhir import FhirClient, FhirRejectedError, FhirRetryableError, auth_from_config
+from adapters.fhir import (
+    FhirClient,
+    FhirRejectedError,
+    FhirRetryableError,
+    FhirWriteRaced,
+    auth_from_config,
+)
 from adapters.hl7v2.ack import AckParseError, parse_ack
 from adapters.hl7v2.merge_outbound import build_merge_message, build_unlink_message
 from adapters.hl7v2.mllp_client import MllpError
@@ -50,7 +56,8 @@ from workflows import search_attributes as sa
 
 # Error types the delivery workflow branches on.
 DESTINATION_UNAVAILABLE = "DestinationUnavailable"  # no answer, connection refused, 5xx
-DESTINATION_TEMPORARY = "DestinationTemporary"  # AE/AR with a "try later" ERR-3 code
+# AE/AR with a "try later" ERR-3 code; a FHIR write that lost to another writer (412)
+DESTINATION_TEMPORARY = "DestinationTemporary"
 DESTINATION_REJECTED = "DestinationRejected"  # AE/AR otherwise, FHIR 4xx: a person decides
 
 SENDING_APPLICATION = "CAREWEAVE"
@@ -335,6 +342,10 @@ class DeliveryActivities:
                 response = await self._fhir[destination.name].fenced_transaction(
                     bundle, "Encounter", owned=("Encounter", "Condition")
                 )
+        except FhirWriteRaced as err:
+            # The server answered: another writer moved the Encounter under this one. Not
+            # an outage (destination health must not count it); retried per the policy.
+            raise ApplicationError(str(err), type=DESTINATION_TEMPORARY) from err
         except FhirRetryableError as err:
             raise ApplicationError(str(err), type=DESTINATION_UNAVAILABLE) from err
         except FhirRejectedError as err:

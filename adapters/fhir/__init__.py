@@ -9,6 +9,7 @@ from adapters.fhir.errors import (
     FhirRejectedError,
     FhirRetryableError,
     FhirTlsError,
+    FhirWriteRaced,
 )
 
 __all__ = [
@@ -21,6 +22,7 @@ __all__ = [
     "FhirRejectedError",
     "FhirRetryableError",
     "FhirTlsError",
+    "FhirWriteRaced",
     "SmartBackendServices",
     "auth_from_config",
 ]

@@ -24,6 +24,7 @@ from adapters.fhir.errors import (
     FhirPreconditionFailed,
     FhirRejectedError,
     FhirRetryableError,
+    FhirWriteRaced,
     transport_failure,
 )
 from adapters.fhir.version_fence import CurrentVersion, fence_target, fenced
@@ -205,9 +206,9 @@ class FhirClient:
         """``transaction(bundle)``, fenced (adapters/fhir/version_fence.py) on its one
         conditional PUT of ``resource_type`` as read just before: should the server apply
         this request late (after a timeout and a retry), it cannot undo a newer write.
-        FhirRetryableError when the fenced resource changed between the read and the write
-        (read again on the next attempt); FhirPreconditionFailed when a 412 has another
-        cause."""
+        FhirWriteRaced (retryable) when the fenced resource changed between the read and
+        the write (read again on the next attempt); FhirPreconditionFailed when a 412 has
+        another cause."""
         fence_url, identifier = fence_target(bundle, resource_type)
         try:
             found = await self._versions(resource_type, identifier)
@@ -235,7 +236,7 @@ class FhirClient:
             return await self.transaction(fenced(bundle, fence_url, current, owned=owned))
         except FhirPreconditionFailed as err:
             if await self._versions(resource_type, identifier) != found:
-                raise FhirRetryableError(
+                raise FhirWriteRaced(
                     f"transaction: {resource_type} changed while the write was on its way",
                     status_code=err.status_code,
                 ) from err

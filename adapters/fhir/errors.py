@@ -22,6 +22,11 @@ class FhirRetryableError(FhirError):
         self.status_code = status_code
 
 
+class FhirWriteRaced(FhirRetryableError):
+    """A fenced write lost to another writer: the resource changed between our read and our
+    write (HTTP 412). The server is up and the request is fine; read again and retry."""
+
+
 class FhirTlsError(FhirRetryableError):
     """The TLS handshake failed: the server's certificate did not verify, or the server refused
     ours. Retryable like a refused connection: the request itself is fine, and what fixes the
