@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import shutil
 import socket
 import ssl
@@ -22,11 +23,35 @@ SERVER_DIR = Path(__file__).resolve().parents[2] / "fhir-server"
 STARTUP_SECONDS = 60
 
 
+def _ephemeral_ports() -> range:
+    """The kernel's range for the local end of outgoing connections (Linux)."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+    except (OSError, ValueError):
+        return range(32768, 61000)
+    return range(int(low), int(high) + 1)
+
+
 def free_port() -> int:
+    """A loopback port nothing listens on, taken below the kernel's ephemeral range where
+    there is room: a port from that range can become the local end of some outgoing
+    connection (a client of the dev server, the FHIR server, PostgreSQL...) between this
+    pick and the server's bind, which then fails with "Address already in use" (seen once
+    in CI, the demo's API port)."""
+    ephemeral = _ephemeral_ports()
+    if ephemeral.start > 11_000:
+        for _ in range(100):
+            port = random.randrange(10_000, ephemeral.start)
+            with socket.socket() as sock:
+                try:
+                    sock.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+                return port
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+        picked: int = sock.getsockname()[1]
+        return picked
 
 
 def token_url(base_url: str) -> str:
