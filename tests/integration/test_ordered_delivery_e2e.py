@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,8 @@ from models.delivery import DeliveryState
 from models.identity import Role
 from models.records import AuditRecord
 from models.review import ReviewAction, ReviewDecision
+from tests.histories.record import decoded_history
+from tests.replay.test_histories import replayer
 from tests.support.api import running_api
 from tests.support.discharge import (
     PSEUDONYM_KEY,
@@ -37,7 +40,7 @@ from tests.support.discharge import (
     wait_received,
 )
 from tests.support.engine import Engine, audit_rows, running_engine
-from tests.support.fhir_server import free_port, running_fhir_server
+from tests.support.fhir_server import fhir_server_process, free_port, running_fhir_server
 from tests.support.history import local_attempts
 from tests.support.partner import Partner
 from workers import sample_messages as sm
@@ -409,6 +412,74 @@ async def test_fhir_destination_refusal_goes_to_review_and_an_outage_is_retried(
             rows = engine.store.audit_log().records(exchange=down_id)
             assert [a for a, _ in delivery_rows(rows, down)].count("push") == 1  # written once
             await asyncio.to_thread(stack.close)
+
+
+SLOW_FHIR_ROUTING = """
+version = "test-slow-fhir"
+
+[[destination]]
+name = "fhir-slow"
+kind = "fhir"
+subscribes = ["A03"]
+[destination.fhir]
+base_url = "{base_url}"
+timeout_seconds = 60
+"""
+
+
+async def test_a_first_attempt_without_an_answer_in_time_goes_on_as_an_activity(
+    temporal_client: Client, fhir_base_url: str, tmp_path: Path
+) -> None:
+    """A FHIR destination allowed to answer slowly (60 s) whose server hangs (SIGSTOP) past
+    the local attempt's limit: the local attempt gives up, the same delivery goes on as an
+    activity and lands, once, when the server answers again. The queue's history, with the
+    local attempt's failure, replays (replayed, that failure arrives outside an
+    ActivityError; taking only the live shape had failed a queue in the soak)."""
+    queue_id = delivery_id("fhir-slow", "MRN6030")
+    with fhir_server_process() as slow:
+        routing = tmp_path / "destinations.toml"
+        routing.write_text(SLOW_FHIR_ROUTING.format(base_url=slow.base_url))
+        async with running_engine(
+            temporal_client,
+            fhir_base_url,
+            task_queue="careweave-test-delivery-slow-fhir",
+            destinations_file=routing,
+            pseudonym_key=PSEUDONYM_KEY,
+        ) as engine:
+            slow.process.send_signal(signal.SIGSTOP)
+            try:
+                await send(engine, sm.adt_event(stay("V-6030", "MRN6030"), "DS-6030-1", "A03"))
+
+                async def activity_pending() -> bool:
+                    with contextlib.suppress(Exception):  # the queue is not started yet
+                        described = await engine.handle(queue_id).describe()
+                        return bool(described.raw_description.pending_activities)
+                    return False
+
+                for _ in range(120):
+                    if await activity_pending():
+                        break
+                    await asyncio.sleep(0.5)
+                else:
+                    raise AssertionError("the local attempt never gave way to an activity")
+            finally:
+                slow.process.send_signal(signal.SIGCONT)
+            log = await wait_delivery_log(engine, queue_id, 1, timeout=60)
+            assert [(e["outcome"], e["attempts"]) for e in log] == [("delivered", 1)]
+            history = await engine.handle(queue_id).fetch_history()
+            assert local_attempts(history, "deliver_to_fhir") == [(1, True)]
+            scheduled = [
+                event.activity_task_scheduled_event_attributes.activity_type.name
+                for event in history.events
+                if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
+            ]
+            assert scheduled == ["deliver_to_fhir"]
+            decoded = await decoded_history(engine.client, queue_id)
+            replayed = await replayer().replay_workflow(decoded, raise_on_replay_failure=False)
+            assert replayed.replay_failure is None
+        async with FhirClient(slow.base_url, timeout=10) as fhir:
+            encounters = await fhir.search("Encounter", {"identifier": "V-6030"})
+        assert [e["status"] for e in encounters] == ["finished"]
 
 
 async def test_an_idle_queue_closes_after_its_idle_time(discharge_engine: Engine) -> None:
