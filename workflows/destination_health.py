@@ -258,10 +258,11 @@ class DestinationHealth:
         if not self._clear_to_send():
             if self._find(self._s.held, queue) is None:
                 self._s.held.append(HeldQueue(queue_id=queue))
-                if self._s.replay is not None and self._s.state is not HealthState.DOWN:
+                replay = self._replay_under_way()
+                if replay is not None:
                     # Held behind a replay under way: it is released in it, so it counts
                     # in it (else "done" outgrows "total" and the replay never looks done).
-                    self._s.replay.queues_total += 1
+                    replay.queues_total += 1
                 self._visible_dirty = True
             self._outbox.append((queue, DestinationNotice(state=NoticeState.HOLD)))
             return
@@ -288,13 +289,10 @@ class DestinationHealth:
     def _note_held(self, report: QueueReport) -> None:
         held = self._find(self._s.held, report.queue_id)
         found = held or self._find(self._s.replaying, report.queue_id)
-        if (
-            held is not None
-            and self._s.replay is not None
-            and self._s.state is not HealthState.DOWN
-        ):
+        replay = self._replay_under_way()
+        if held is not None and replay is not None:
             # Events that joined a queue waiting its turn in the replay are replayed too.
-            self._s.replay.events_total += max(report.held_events - held.held_events, 0)
+            replay.events_total += max(report.held_events - held.held_events, 0)
         if found is not None:
             found.held_events = report.held_events
             found.oldest_held_at = report.oldest_held_at
@@ -378,6 +376,11 @@ class DestinationHealth:
         draining."""
         return self._s.state is HealthState.DOWN or bool(self._s.held or self._s.replaying)
 
+    def _replay_under_way(self) -> ReplayProgress | None:
+        """The progress of the replay after an outage, once up (None while down or when
+        no replay was started)."""
+        return self._s.replay if self._s.state is not HealthState.DOWN else None
+
     def _paused_replay(self) -> bool:
         return self._s.replay_paused and bool(self._s.replaying)
 
@@ -432,7 +435,7 @@ class DestinationHealth:
     # -- the main loop's sends -------------------------------------------------------------
 
     def _has_work(self) -> bool:
-        if self._publishes_clearance and self._clear_to_send() != self._published_clearance:
+        if self._clearance_unpublished():
             return True  # a change of answer no handler published (a queue forgotten)
         return bool(self._outbox or self._changes or self._visible_dirty) or (
             self._s.state is not HealthState.DOWN
@@ -445,9 +448,12 @@ class DestinationHealth:
         """The memo a queue reads instead of asking, upserted by the handler that changed
         the answer (so in its workflow task, not once the main loop is free again) and by
         the main loop (its own releases, a lifted pause, the run's start)."""
-        if self._publishes_clearance and self._clear_to_send() != self._published_clearance:
+        if self._clearance_unpublished():
             self._published_clearance = self._clear_to_send()
             workflow.upsert_memo({CLEAR_TO_SEND_MEMO: self._published_clearance})
+
+    def _clearance_unpublished(self) -> bool:
+        return self._publishes_clearance and self._clear_to_send() != self._published_clearance
 
     async def _flush(self) -> None:
         self._publish_clearance()
