@@ -159,7 +159,11 @@ class FhirActivities:
             # The order's Patient is made sure of in the same transaction: its subject is
             # the literal reference the server resolves.
             bundle = order_transaction_for(request.order, mapping)
-            response = await self._fenced_transaction(bundle, "ServiceRequest")
+            # A new order's ServiceRequest is not on the server yet: written without the
+            # fence's read unless it is there after all (a cancel revokes one that is).
+            response = await self._fenced_transaction(
+                bundle, "ServiceRequest", presumed_absent=not request.order.is_cancel
+            )
             return PublishOutcome(resources=_locations(response))
         resource = service_request_for(request.order, mapping)
         try:
@@ -183,18 +187,26 @@ class FhirActivities:
         bundle = result_transaction_for(
             request.result, mapping, previous=request.previous, stat_before=stat_before
         )
-        response = await self._fenced_transaction(bundle, "DiagnosticReport")
+        # The first report of its kind this run writes is presumed new (no read first);
+        # a later version of it, or a correction, is read and fenced.
+        response = await self._fenced_transaction(
+            bundle,
+            "DiagnosticReport",
+            presumed_absent=request.previous is None and not request.result.is_correction,
+        )
         return PublishOutcome(
             resources=_locations(response), critical=is_critical(request.result, mapping)
         )
 
     async def _fenced_transaction(
-        self, bundle: dict[str, Any], resource_type: str
+        self, bundle: dict[str, Any], resource_type: str, *, presumed_absent: bool
     ) -> dict[str, Any]:
         """``bundle`` written so that, should the server apply it late (after a timeout and
         a retry), it cannot undo a newer write of its ``resource_type`` (version_fence)."""
         try:
-            return await self._fhir.fenced_transaction(bundle, resource_type)
+            return await self._fhir.fenced_transaction(
+                bundle, resource_type, presumed_absent=presumed_absent
+            )
         except FhirRejectedError as err:
             raise _rejected(err) from err
 

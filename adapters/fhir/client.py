@@ -202,14 +202,24 @@ class FhirClient:
         resource_type: str,
         *,
         owned: Collection[str] | None = None,
+        presumed_absent: bool = False,
     ) -> dict[str, Any]:
         """``transaction(bundle)``, fenced (adapters/fhir/version_fence.py) on its one
         conditional PUT of ``resource_type`` as read just before: should the server apply
         this request late (after a timeout and a retry), it cannot undo a newer write.
         FhirWriteRaced (retryable) when the fenced resource changed between the read and
         the write (read again on the next attempt); FhirPreconditionFailed when a 412 has
-        another cause."""
+        another cause.
+
+        ``presumed_absent``: the caller expects the fenced resource not to exist yet (a
+        new order's first write). The write is then sent as if the read had found nothing,
+        without the read; should the resource be there after all, the server says so
+        (200, not 201) and the write is fenced on a read as usual."""
         fence_url, identifier = fence_target(bundle, resource_type)
+        if presumed_absent:
+            created = await self._created_unless_present(bundle, fence_url, owned)
+            if created is not None:
+                return created
         try:
             found = await self._versions(resource_type, identifier)
         except FhirRejectedError as err:
@@ -241,6 +251,28 @@ class FhirClient:
                     status_code=err.status_code,
                 ) from err
             raise
+
+    async def _created_unless_present(
+        self, bundle: dict[str, Any], fence_url: str, owned: Collection[str] | None
+    ) -> dict[str, Any] | None:
+        """``bundle`` fenced as on a read that found nothing; its response when the fenced
+        resource was created by it, None when the resource was there (or several were).
+        Nothing is lost by trying: a transaction fenced on nothing only creates what is
+        missing, which is what a late copy of such a write may do anyway."""
+        try:
+            response = await self.transaction(fenced(bundle, fence_url, None, owned=owned))
+        except FhirPreconditionFailed:
+            # Several resources matched: the read that follows finds them and says so.
+            return None
+        position = next(
+            index
+            for index, entry in enumerate(bundle["entry"])
+            if entry["request"]["url"] == fence_url
+        )
+        entries = response.get("entry") or []
+        answer = (entries[position].get("response") or {}) if position < len(entries) else {}
+        # "201 Created" (or just "201"): made by this write; "200 OK": it was there.
+        return response if str(answer.get("status", "")).startswith("201") else None
 
     async def _versions(
         self, resource_type: str, identifier: dict[str, Any]

@@ -22,6 +22,13 @@ the report at one version, and a late copy of the first would pass ``If-Match`` 
 its Observations back. The fenced resource therefore carries a digest of the whole
 transaction (``WRITE_DIGEST_EXTENSION``): any write that changes any entry changes the
 fenced resource, and so its version.
+
+A writer that expects the fenced resource not to exist yet (a new order, the first report
+of a result) may skip the read: it sends the write as fenced on nothing, and the server's
+answer for the fenced entry says whether it was created (201) or was there (200). Such a
+write only creates what is missing, which is all a late copy of a write fenced on nothing
+can ever do, so a wrong guess costs a second request (the write fenced on a read), never a
+newer write undone.
 """
 
 from __future__ import annotations

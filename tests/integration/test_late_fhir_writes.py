@@ -13,9 +13,11 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from temporalio.exceptions import ApplicationError
 
 from activities.order_to_result import FhirActivities, PublishOrderInput, PublishResultInput
 from adapters.fhir import FhirClient
+from adapters.fhir.client import MAX_SEARCH_PAGES
 from adapters.fhir.errors import FhirRetryableError
 from adapters.hl7v2.adt_messages import parse_adt_event
 from adapters.hl7v2.lab_messages import parse_lab_order, parse_lab_results
@@ -176,3 +178,106 @@ async def test_a_discharge_arriving_after_its_cancel_leaves_the_encounter_open(
         await fhir.transaction(late.held[0])
 
         assert await encounter_status(fhir) == cancelled
+
+
+# -- writes presumed new: no read before a new order's or a first report's write ---------
+
+
+class CountingReads(FhirClient):
+    """A client that counts its searches: the fence's read is one."""
+
+    def __init__(self, base_url: str) -> None:
+        super().__init__(base_url)
+        self.searches = 0
+
+    async def search(
+        self, resource_type: str, params: dict[str, str], *, max_pages: int = MAX_SEARCH_PAGES
+    ) -> list[dict[str, Any]]:
+        self.searches += 1
+        return await super().search(resource_type, params, max_pages=max_pages)
+
+
+async def test_a_new_order_and_its_first_report_are_written_without_a_read(
+    fhir_base_url: str,
+) -> None:
+    order = sm.SampleOrder("LATE-1005")
+    async with CountingReads(fhir_base_url) as fhir:
+        await publish_order(fhir, sm.lab_order(order, "LATE-1005-O"))
+        await publish(fhir, result(order, "LATE-1005-R", "140", "F"))
+        assert fhir.searches == 0
+
+        report, sodium = await report_now(fhir, result(order, "LATE-1005-R", "140", "F"))
+        assert (report["status"], sodium) == ("final", "140")
+
+
+async def test_a_report_presumed_new_but_on_the_server_is_updated_on_a_read(
+    fhir_base_url: str,
+) -> None:
+    """A final result sent again with another value, to a run that never saw the first
+    (a new exchange for the same order): the presumption is wrong, the server says so,
+    and the write is fenced on a read: one report, at the new value, one version on."""
+    order = sm.SampleOrder("LATE-1006")
+    first = result(order, "LATE-1006-R1", "140", "F")
+    again = result(order, "LATE-1006-R2", "141", "F")
+    async with CountingReads(fhir_base_url) as fhir:
+        await publish(fhir, first)
+        report, _ = await report_now(fhir, first)
+        versions_before = len(await fhir.history("DiagnosticReport", report["id"]))
+        reads_before = fhir.searches
+
+        await publish(fhir, again)
+
+        assert fhir.searches > reads_before
+        report, sodium = await report_now(fhir, again)
+        assert sodium == "141"
+        assert len(await fhir.history("DiagnosticReport", report["id"])) == versions_before + 1
+
+
+async def test_a_cancel_is_fenced_on_a_read(fhir_base_url: str) -> None:
+    order = sm.SampleOrder("LATE-1007")
+    async with CountingReads(fhir_base_url) as fhir:
+        await publish_order(fhir, sm.lab_order(order, "LATE-1007-O"))
+        reads_before = fhir.searches
+        await publish_order(fhir, sm.lab_order(order, "LATE-1007-X", order_control="CA"))
+        assert fhir.searches == reads_before + 1
+
+        placer = order_identifiers(
+            (order.placer_order_number, sm.HOSPITAL, None, ""), load_lab_mapping(MAPPING)
+        )[0]
+        [request] = await fhir.search(
+            "ServiceRequest", {"identifier": f"{placer['system']}|{placer['value']}"}
+        )
+        assert request["status"] == "revoked"
+
+
+async def test_a_report_presumed_new_that_the_server_holds_twice_is_refused(
+    fhir_base_url: str,
+) -> None:
+    """Two reports with one identifier (written by something else): refused for a person
+    to sort out, as a write fenced on a read is, and nothing more written."""
+    order = sm.SampleOrder("LATE-1008")
+    final = result(order, "LATE-1008-R", "140", "F")
+    identifier = report_identifier(final, load_lab_mapping(MAPPING))
+    duplicate = {
+        "resourceType": "DiagnosticReport",
+        "status": "final",
+        "code": {"text": "written elsewhere"},
+        "identifier": [identifier],
+    }
+    created_twice = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [{"resource": duplicate, "request": {"method": "POST", "url": "DiagnosticReport"}}]
+        * 2,
+    }
+    async with FhirClient(fhir_base_url) as fhir:
+        await fhir.transaction(created_twice)
+
+        with pytest.raises(ApplicationError) as refused:
+            await publish(fhir, final)
+        assert refused.value.non_retryable
+
+        found = await fhir.search(
+            "DiagnosticReport", {"identifier": f"{identifier['system']}|{identifier['value']}"}
+        )
+        assert len(found) == 2
