@@ -5,7 +5,9 @@ The action of a success is the one the activity's exchange declares (TRANSFORM f
 failure is an EXCEPTION row naming the error type, never its message. An attempt after
 the first adds a RETRY row (same outcome and detail) just before its outcome row, in the
 same transaction. Deliveries are retried by their workflow (single-attempt activities),
-so their attempt is the one the request carries. Local activities pass through here too.
+so their attempt is the one the request carries. Local activities pass through here too,
+and say so ("attempt 1 (local)"): a step whose local attempt failed goes on as an activity
+whose own first attempt is attempt 1 again.
 Rows of activities ending at the same time are committed together (``GroupCommit``).
 """
 
@@ -54,13 +56,17 @@ def _attempt(temporal_attempt: int, args: Any) -> int:
     return temporal_attempt
 
 
-def _success_detail(attempt: int, args: Any) -> str:
+def _attempt_text(attempt: int, *, local: bool) -> str:
+    return f"attempt {attempt} (local)" if local else f"attempt {attempt}"
+
+
+def _success_detail(attempt: str, args: Any) -> str:
     # An input that describes what it records (a destination's change of state) says so;
     # it is Careweave's own text (models/destination_health.py HealthChange), no PHI.
     described = getattr(args[0], "audit_detail", None) if args else None
     if isinstance(described, str) and described:
-        return f"{described}, attempt {attempt}"
-    return f"attempt {attempt}"
+        return f"{described}, {attempt}"
+    return attempt
 
 
 class _AuditedActivity(ActivityInboundInterceptor):
@@ -80,6 +86,7 @@ class _AuditedActivity(ActivityInboundInterceptor):
         # (ExchangeRegistry.activities); EXCEPTION marks one that slipped past it anyway.
         action = self._actions.get(info.activity_type, AuditAction.EXCEPTION)
         attempt = _attempt(info.attempt, input.args)
+        attempt_text = _attempt_text(attempt, local=info.is_local)
 
         def row(action: AuditAction, outcome: AuditOutcome, detail: str) -> AuditEntry:
             return AuditEntry(
@@ -101,12 +108,12 @@ class _AuditedActivity(ActivityInboundInterceptor):
         try:
             result = await super().execute_activity(input)
         except BaseException as error:
-            detail = f"{failure_detail(error)}, attempt {attempt}"
+            detail = f"{failure_detail(error)}, {attempt_text}"
             failed = row(AuditAction.EXCEPTION, AuditOutcome.FAILURE, detail)
             # Written even while cancelled: the row is what says the step stopped.
             await asyncio.shield(self._audit_log.append_many(rows(failed)))
             raise
-        done = row(action, AuditOutcome.SUCCESS, _success_detail(attempt, input.args))
+        done = row(action, AuditOutcome.SUCCESS, _success_detail(attempt_text, input.args))
         # No step counts as done without its row: if the row cannot be written the
         # activity fails and is retried (every activity is idempotent).
         await self._audit_log.append_many(rows(done))

@@ -130,7 +130,8 @@ async def test_a_refused_fhir_write_is_an_exception_row(
         [failed] = [row for row in rows if row.action == "exception"]
         assert failed.resource == "publish_service_request"
         assert failed.outcome == "failure"
-        assert failed.detail == "ApplicationError FhirRejected (non-retryable), attempt 1"
+        # Refused on its first attempt, the local one: not tried again as an activity.
+        assert failed.detail == "ApplicationError FhirRejected (non-retryable), attempt 1 (local)"
         assert not any(row.action == "retry" for row in rows)  # refused: not retried
         assert engine.store.audit_log().verify().ok
 
@@ -165,8 +166,8 @@ async def test_an_unreachable_fhir_server_leaves_retry_rows(temporal_client: Cli
         # The write is tried once as a local activity, then as an activity with retries.
         assert actions[:4] == ["exception", "exception", "retry", "exception"], actions
         local, first, retry, second = failures[:4]
-        assert local.detail.endswith("attempt 1")
-        assert first.detail.endswith("attempt 1")
+        assert local.detail.endswith("attempt 1 (local)")
+        assert first.detail.endswith(", attempt 1")
         assert retry.detail == second.detail
         assert second.detail.endswith("attempt 2")
         assert "FhirRetryableError" in second.detail

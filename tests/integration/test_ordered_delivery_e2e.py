@@ -205,7 +205,7 @@ async def test_a_lasting_refusal_goes_to_review_at_once_and_the_retry_is_audited
         engine, queue_id, lambda rows: ("push", "attempt 2") in delivery_rows(rows, to_billing)
     )
     assert delivery_rows(rows, to_billing) == [
-        ("exception", "ApplicationError DestinationRejected (non-retryable), attempt 1"),
+        ("exception", "ApplicationError DestinationRejected (non-retryable), attempt 1 (local)"),
         ("retry", "attempt 2"),
         ("push", "attempt 2"),
     ]
@@ -384,7 +384,7 @@ async def test_fhir_destination_refusal_goes_to_review_and_an_outage_is_retried(
             "deliver_to_fhir -> fhir-refusing",
         )
         assert refused == [
-            ("exception", "ApplicationError DestinationRejected (non-retryable), attempt 1")
+            ("exception", "ApplicationError DestinationRejected (non-retryable), attempt 1 (local)")
         ]
 
         await wait_alert(engine, down_id, "failing")
@@ -392,7 +392,7 @@ async def test_fhir_destination_refusal_goes_to_review_and_an_outage_is_retried(
         rows = await audit_rows(engine, down_id, lambda rows: len(delivery_rows(rows, down)) >= 3)
         # Retried by the workflow with backoff, each send after the first a RETRY row.
         assert delivery_rows(rows, down)[:3] == [
-            ("exception", "ApplicationError DestinationUnavailable (retryable), attempt 1"),
+            ("exception", "ApplicationError DestinationUnavailable (retryable), attempt 1 (local)"),
             ("retry", "ApplicationError DestinationUnavailable (retryable), attempt 2"),
             ("exception", "ApplicationError DestinationUnavailable (retryable), attempt 2"),
         ]
