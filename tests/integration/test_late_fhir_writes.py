@@ -91,6 +91,17 @@ async def report_now(fhir: FhirClient, lab_result: LabResult) -> tuple[dict[str,
     return report, str(observation["valueQuantity"]["value"])
 
 
+async def service_request_now(fhir: FhirClient, order: sm.SampleOrder) -> dict[str, Any]:
+    """The order's ServiceRequest as the server holds it (exactly one)."""
+    placer = order_identifiers(
+        (order.placer_order_number, sm.HOSPITAL, None, ""), load_lab_mapping(MAPPING)
+    )[0]
+    [request] = await fhir.search(
+        "ServiceRequest", {"identifier": f"{placer['system']}|{placer['value']}"}
+    )
+    return request
+
+
 async def test_a_first_write_arriving_after_the_correction_changes_nothing(
     fhir_base_url: str,
 ) -> None:
@@ -137,13 +148,7 @@ async def test_a_new_order_arriving_after_its_cancel_leaves_it_revoked(
 
         await fhir.transaction(late.held[0])
 
-        placer = order_identifiers(
-            (order.placer_order_number, sm.HOSPITAL, None, ""), load_lab_mapping(MAPPING)
-        )[0]
-        [request] = await fhir.search(
-            "ServiceRequest", {"identifier": f"{placer['system']}|{placer['value']}"}
-        )
-        assert request["status"] == "revoked"
+        assert (await service_request_now(fhir, order))["status"] == "revoked"
 
 
 async def test_a_discharge_arriving_after_its_cancel_leaves_the_encounter_open(
@@ -206,6 +211,7 @@ async def test_a_new_order_and_its_first_report_are_written_without_a_read(
         await publish(fhir, result(order, "LATE-1005-R", "140", "F"))
         assert fhir.searches == 0
 
+        assert (await service_request_now(fhir, order))["status"] == "active"
         report, sodium = await report_now(fhir, result(order, "LATE-1005-R", "140", "F"))
         assert (report["status"], sodium) == ("final", "140")
 
@@ -241,13 +247,7 @@ async def test_a_cancel_is_fenced_on_a_read(fhir_base_url: str) -> None:
         await publish_order(fhir, sm.lab_order(order, "LATE-1007-X", order_control="CA"))
         assert fhir.searches == reads_before + 1
 
-        placer = order_identifiers(
-            (order.placer_order_number, sm.HOSPITAL, None, ""), load_lab_mapping(MAPPING)
-        )[0]
-        [request] = await fhir.search(
-            "ServiceRequest", {"identifier": f"{placer['system']}|{placer['value']}"}
-        )
-        assert request["status"] == "revoked"
+        assert (await service_request_now(fhir, order))["status"] == "revoked"
 
 
 async def test_a_report_presumed_new_that_the_server_holds_twice_is_refused(
