@@ -187,19 +187,15 @@ class FhirActivities:
         bundle = result_transaction_for(
             request.result, mapping, previous=request.previous, stat_before=stat_before
         )
-        # The first report of its kind this run writes is presumed new (no read first);
-        # a later version of it, or a correction, is read and fenced.
-        response = await self._fenced_transaction(
-            bundle,
-            "DiagnosticReport",
-            presumed_absent=request.previous is None and not request.result.is_correction,
-        )
+        # Always read first: the bundle's Observations would be written unfenced by a
+        # report presumed new that is there after all (version_fence.presumable).
+        response = await self._fenced_transaction(bundle, "DiagnosticReport")
         return PublishOutcome(
             resources=_locations(response), critical=is_critical(request.result, mapping)
         )
 
     async def _fenced_transaction(
-        self, bundle: dict[str, Any], resource_type: str, *, presumed_absent: bool
+        self, bundle: dict[str, Any], resource_type: str, *, presumed_absent: bool = False
     ) -> dict[str, Any]:
         """``bundle`` written so that, should the server apply it late (after a timeout and
         a retry), it cannot undo a newer write of its ``resource_type`` (version_fence)."""

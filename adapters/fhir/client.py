@@ -27,7 +27,13 @@ from adapters.fhir.errors import (
     FhirWriteRaced,
     transport_failure,
 )
-from adapters.fhir.version_fence import CurrentVersion, fence_target, fenced
+from adapters.fhir.version_fence import (
+    CurrentVersion,
+    fence_status,
+    fence_target,
+    fenced,
+    presumable,
+)
 from adapters.tls import client_tls_context
 
 FHIR_JSON = "application/fhir+json"
@@ -214,12 +220,20 @@ class FhirClient:
         ``presumed_absent``: the caller expects the fenced resource not to exist yet (a
         new order's first write). The write is then sent as if the read had found nothing,
         without the read; should the resource be there after all, the server says so
-        (200, not 201) and the write is fenced on a read as usual."""
+        (200, not 201) and the write is fenced on a read as usual. Only for a bundle whose
+        one conditional PUT is the fenced resource (version_fence.presumable): with others,
+        a wrong guess would write them unfenced."""
         fence_url, identifier = fence_target(bundle, resource_type)
         if presumed_absent:
-            created = await self._created_unless_present(bundle, fence_url, owned)
-            if created is not None:
-                return created
+            if not presumable(bundle, fence_url):
+                raise ValueError(
+                    f"a write presumed new may update nothing but its {resource_type}: "
+                    "the bundle has other conditional PUTs"
+                )
+            response = await self.transaction(fenced(bundle, fence_url, None, owned=owned))
+            if fence_status(bundle, fence_url, response) == "201":
+                return response
+            # There after all (200), or not said: the write fenced on a read, below.
         try:
             found = await self._versions(resource_type, identifier)
         except FhirRejectedError as err:
@@ -243,7 +257,7 @@ class FhirClient:
             return await self.transaction(bundle)
         current = found[0] if found else None
         try:
-            return await self.transaction(fenced(bundle, fence_url, current, owned=owned))
+            response = await self.transaction(fenced(bundle, fence_url, current, owned=owned))
         except FhirPreconditionFailed as err:
             if await self._versions(resource_type, identifier) != found:
                 raise FhirWriteRaced(
@@ -251,28 +265,15 @@ class FhirClient:
                     status_code=err.status_code,
                 ) from err
             raise
-
-    async def _created_unless_present(
-        self, bundle: dict[str, Any], fence_url: str, owned: Collection[str] | None
-    ) -> dict[str, Any] | None:
-        """``bundle`` fenced as on a read that found nothing; its response when the fenced
-        resource was created by it, None when the resource was there (or several were).
-        Nothing is lost by trying: a transaction fenced on nothing only creates what is
-        missing, which is what a late copy of such a write may do anyway."""
-        try:
-            response = await self.transaction(fenced(bundle, fence_url, None, owned=owned))
-        except FhirPreconditionFailed:
-            # Several resources matched: the read that follows finds them and says so.
-            return None
-        position = next(
-            index
-            for index, entry in enumerate(bundle["entry"])
-            if entry["request"]["url"] == fence_url
-        )
-        entries = response.get("entry") or []
-        answer = (entries[position].get("response") or {}) if position < len(entries) else {}
-        # "201 Created" (or just "201"): made by this write; "200 OK": it was there.
-        return response if str(answer.get("status", "")).startswith("201") else None
+        if current is None and fence_status(bundle, fence_url, response) == "200":
+            # Created by another writer between the read and this write (a late copy of an
+            # earlier message, say): this write's conditional creates found it and wrote
+            # nothing. Taken as done, a cancel or a discharge would be lost; read again.
+            raise FhirWriteRaced(
+                f"transaction: {resource_type} was created while the write was on its way",
+                status_code=200,
+            )
+        return response
 
     async def _versions(
         self, resource_type: str, identifier: dict[str, Any]

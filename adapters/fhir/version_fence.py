@@ -23,12 +23,19 @@ its Observations back. The fenced resource therefore carries a digest of the who
 transaction (``WRITE_DIGEST_EXTENSION``): any write that changes any entry changes the
 fenced resource, and so its version.
 
-A writer that expects the fenced resource not to exist yet (a new order, the first report
-of a result) may skip the read: it sends the write as fenced on nothing, and the server's
-answer for the fenced entry says whether it was created (201) or was there (200). Such a
-write only creates what is missing, which is all a late copy of a write fenced on nothing
-can ever do, so a wrong guess costs a second request (the write fenced on a read), never a
-newer write undone.
+A write fenced on nothing is done only if the server created the fenced resource (201).
+If it answers 200, another writer created it between the read and the write (a late copy
+of an earlier message), the write's conditional creates found it and wrote nothing: the
+write is raced, read again and fenced on what it finds, not taken as done (a cancel or a
+discharge would be lost).
+
+A writer that expects the fenced resource not to exist yet (a new order) may skip the read:
+it sends the write as fenced on nothing, and the same answer says whether the guess held
+(201) or the resource was there (200: the write fenced on a read follows). Only a bundle
+whose one conditional PUT is the fenced resource may be presumed new (``presumable``): a
+wrong guess, or a late copy of it, then writes nothing the write fenced on a read would not.
+A lab result's bundle has Observations beside its report, which a wrong guess would create
+unfenced after a correction, so it is always read first.
 """
 
 from __future__ import annotations
@@ -66,6 +73,35 @@ def fence_target(bundle: JSON, resource_type: str) -> tuple[str, JSON]:
         raise ValueError(f"the transaction has {len(found)} conditional PUTs of {resource_type}")
     identifier: JSON = found[0]["resource"]["identifier"][0]
     return found[0]["request"]["url"], identifier
+
+
+def presumable(bundle: JSON, fence_url: str) -> bool:
+    """Whether ``bundle`` may be sent presumed new (fenced on nothing, without a read): only
+    when its one conditional PUT is the fenced resource. Then, should the resource be there
+    after all, the write (or a late copy of it) changes nothing that the write fenced on a
+    read would not also write; with other conditional PUTs it would create or update them
+    unfenced."""
+    return all(
+        entry["request"]["url"] == fence_url
+        for entry in bundle.get("entry", [])
+        if entry["request"]["method"] == "PUT" and "?" in entry["request"]["url"]
+    )
+
+
+def fence_status(bundle: JSON, fence_url: str, response: JSON) -> str | None:
+    """The HTTP status (``"201"``, ``"200"``...) ``response`` (a transaction-response)
+    gives the entry of ``bundle`` written to ``fence_url``; None when it says none."""
+    position = next(
+        index
+        for index, entry in enumerate(bundle.get("entry", []))
+        if entry["request"]["url"] == fence_url
+    )
+    entries = response.get("entry") or []
+    if position >= len(entries):
+        return None
+    # "201 Created", "201" (both seen): the code is what counts.
+    status = str((entries[position].get("response") or {}).get("status", "")).split(" ")[0]
+    return status or None
 
 
 def fenced(

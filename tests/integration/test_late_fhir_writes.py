@@ -18,13 +18,17 @@ from temporalio.exceptions import ApplicationError
 from activities.order_to_result import FhirActivities, PublishOrderInput, PublishResultInput
 from adapters.fhir import FhirClient
 from adapters.fhir.client import MAX_SEARCH_PAGES
-from adapters.fhir.errors import FhirRetryableError
+from adapters.fhir.errors import FhirRetryableError, FhirWriteRaced
 from adapters.hl7v2.adt_messages import parse_adt_event
 from adapters.hl7v2.lab_messages import parse_lab_order, parse_lab_results
 from mappings.discharge_sync.fhir_builders import encounter_identifier, encounter_transaction_for
 from mappings.discharge_sync.mapping import load_adt_mapping
 from mappings.order_to_result.concept_map import load_lab_mapping
-from mappings.order_to_result.fhir_builders import order_identifiers, report_identifier
+from mappings.order_to_result.fhir_builders import (
+    order_identifiers,
+    report_identifier,
+    result_transaction_for,
+)
 from models.lab import LabResult
 from tests.support.discharge import stay
 from workers import sample_messages as sm
@@ -185,7 +189,7 @@ async def test_a_discharge_arriving_after_its_cancel_leaves_the_encounter_open(
         assert await encounter_status(fhir) == cancelled
 
 
-# -- writes presumed new: no read before a new order's or a first report's write ---------
+# -- orders presumed new, and writes overtaken between their read and their write --------
 
 
 class CountingReads(FhirClient):
@@ -202,41 +206,57 @@ class CountingReads(FhirClient):
         return await super().search(resource_type, params, max_pages=max_pages)
 
 
-async def test_a_new_order_and_its_first_report_are_written_without_a_read(
+class OvertakenOnce(FhirClient):
+    """A client whose first transaction is overtaken: another writer's request (``first``)
+    reaches the server just before it, after its read."""
+
+    def __init__(self, base_url: str, first: dict[str, Any]) -> None:
+        super().__init__(base_url)
+        self.first: dict[str, Any] | None = first
+
+    async def transaction(self, bundle: dict[str, Any]) -> dict[str, Any]:
+        if self.first is not None:
+            first, self.first = self.first, None
+            await super().transaction(first)
+        return await super().transaction(bundle)
+
+
+async def test_a_new_order_is_written_without_a_read_and_its_report_after_one(
     fhir_base_url: str,
 ) -> None:
     order = sm.SampleOrder("LATE-1005")
     async with CountingReads(fhir_base_url) as fhir:
         await publish_order(fhir, sm.lab_order(order, "LATE-1005-O"))
-        await publish(fhir, result(order, "LATE-1005-R", "140", "F"))
         assert fhir.searches == 0
+        # A report's bundle has Observations beside it: always read first (presumable).
+        await publish(fhir, result(order, "LATE-1005-R", "140", "F"))
+        assert fhir.searches == 1
 
         assert (await service_request_now(fhir, order))["status"] == "active"
-        report, sodium = await report_now(fhir, result(order, "LATE-1005-R", "140", "F"))
-        assert (report["status"], sodium) == ("final", "140")
+        _, sodium = await report_now(fhir, result(order, "LATE-1005-R", "140", "F"))
+        assert sodium == "140"
 
 
-async def test_a_report_presumed_new_but_on_the_server_is_updated_on_a_read(
+async def test_an_order_presumed_new_but_on_the_server_is_updated_on_a_read(
     fhir_base_url: str,
 ) -> None:
-    """A final result sent again with another value, to a run that never saw the first
-    (a new exchange for the same order): the presumption is wrong, the server says so,
-    and the write is fenced on a read: one report, at the new value, one version on."""
-    order = sm.SampleOrder("LATE-1006")
-    first = result(order, "LATE-1006-R1", "140", "F")
-    again = result(order, "LATE-1006-R2", "141", "F")
+    """The same order sent again, now stat, to a run that never saw the first (a new
+    exchange for it): the presumption is wrong, the server says so (200), and the write
+    is fenced on a read: one ServiceRequest, stat, one version on."""
+    routine = sm.SampleOrder("LATE-1006", priority="R")
+    stat = sm.SampleOrder("LATE-1006", priority="S")
     async with CountingReads(fhir_base_url) as fhir:
-        await publish(fhir, first)
-        report, _ = await report_now(fhir, first)
-        versions_before = len(await fhir.history("DiagnosticReport", report["id"]))
+        await publish_order(fhir, sm.lab_order(routine, "LATE-1006-O1"))
+        before = await service_request_now(fhir, routine)
+        versions_before = len(await fhir.history("ServiceRequest", before["id"]))
         reads_before = fhir.searches
 
-        await publish(fhir, again)
+        await publish_order(fhir, sm.lab_order(stat, "LATE-1006-O2"))
 
         assert fhir.searches > reads_before
-        report, sodium = await report_now(fhir, again)
-        assert sodium == "141"
-        assert len(await fhir.history("DiagnosticReport", report["id"])) == versions_before + 1
+        after = await service_request_now(fhir, stat)
+        assert (after["id"], after["priority"]) == (before["id"], "stat")
+        assert len(await fhir.history("ServiceRequest", after["id"])) == versions_before + 1
 
 
 async def test_a_cancel_is_fenced_on_a_read(fhir_base_url: str) -> None:
@@ -250,34 +270,88 @@ async def test_a_cancel_is_fenced_on_a_read(fhir_base_url: str) -> None:
         assert (await service_request_now(fhir, order))["status"] == "revoked"
 
 
-async def test_a_report_presumed_new_that_the_server_holds_twice_is_refused(
+async def test_an_order_presumed_new_that_the_server_holds_twice_is_refused(
     fhir_base_url: str,
 ) -> None:
-    """Two reports with one identifier (written by something else): refused for a person
-    to sort out, as a write fenced on a read is, and nothing more written."""
+    """Two ServiceRequests with the order's identifier (written by something else): refused
+    for a person to sort out, as a write fenced on a read is, and nothing more written."""
     order = sm.SampleOrder("LATE-1008")
-    final = result(order, "LATE-1008-R", "140", "F")
-    identifier = report_identifier(final, load_lab_mapping(MAPPING))
-    duplicate = {
-        "resourceType": "DiagnosticReport",
-        "status": "final",
-        "code": {"text": "written elsewhere"},
-        "identifier": [identifier],
+    placer = order_identifiers(
+        (order.placer_order_number, sm.HOSPITAL, None, ""), load_lab_mapping(MAPPING)
+    )[0]
+    elsewhere = {
+        "resourceType": "ServiceRequest",
+        "status": "active",
+        "intent": "order",
+        "subject": {"display": "written elsewhere"},
+        "identifier": [placer],
     }
     created_twice = {
         "resourceType": "Bundle",
         "type": "transaction",
-        "entry": [{"resource": duplicate, "request": {"method": "POST", "url": "DiagnosticReport"}}]
+        "entry": [{"resource": elsewhere, "request": {"method": "POST", "url": "ServiceRequest"}}]
         * 2,
     }
     async with FhirClient(fhir_base_url) as fhir:
         await fhir.transaction(created_twice)
 
         with pytest.raises(ApplicationError) as refused:
-            await publish(fhir, final)
+            await publish_order(fhir, sm.lab_order(order, "LATE-1008-O"))
         assert refused.value.non_retryable
 
         found = await fhir.search(
-            "DiagnosticReport", {"identifier": f"{identifier['system']}|{identifier['value']}"}
+            "ServiceRequest", {"identifier": f"{placer['system']}|{placer['value']}"}
         )
         assert len(found) == 2
+
+
+async def test_a_cancel_overtaken_by_its_late_order_is_not_lost(fhir_base_url: str) -> None:
+    """The cancel reads nothing (the order's write is still on its way), then the late order
+    lands first: the cancel's conditional create finds it (200) and wrote nothing. It must
+    not count as done: read again, fenced, revoked."""
+    order = sm.SampleOrder("LATE-1009")
+    async with LateFirstAttempt(fhir_base_url) as late:
+        with pytest.raises(FhirRetryableError):
+            await publish_order(late, sm.lab_order(order, "LATE-1009-O"))  # held, on its way
+    cancel = sm.lab_order(order, "LATE-1009-X", order_control="CA")
+    async with OvertakenOnce(fhir_base_url, first=late.held[0]) as overtaken:
+        with pytest.raises(FhirWriteRaced):
+            await publish_order(overtaken, cancel)
+        await publish_order(overtaken, cancel)  # its retry
+
+        assert (await service_request_now(overtaken, order))["status"] == "revoked"
+
+
+async def test_a_result_sent_again_arriving_late_after_the_correction_adds_nothing(
+    fhir_base_url: str,
+) -> None:
+    """A final result sent again with one more value to a run that never saw the first, its
+    write held back and never retried (a reviewer stopped it), then the correction, then the
+    held write: fenced on the report's version, it is refused whole, and the value it alone
+    carried is not published beside the corrected report."""
+    order = sm.SampleOrder("LATE-1010")
+    sodium = sm.ResultValue("NA", "Sodium", "140", "mmol/L", "136-145", "N")
+    potassium = sm.ResultValue("K", "Potassium", "6.9", "mmol/L", "3.5-5.1", "HH")
+    first = parse_lab_results(sm.lab_result(order, "LATE-1010-R1", [sodium]))[0]
+    again = parse_lab_results(sm.lab_result(order, "LATE-1010-R2", [sodium, potassium]))[0]
+    correction = result(order, "LATE-1010-C", "133", "C")
+    mapping = load_lab_mapping(MAPPING)
+    observations = [
+        entry["resource"]["identifier"][0]
+        for entry in result_transaction_for(again, mapping)["entry"]
+        if entry["resource"]["resourceType"] == "Observation"
+    ]
+    async with LateFirstAttempt(fhir_base_url) as late, FhirClient(fhir_base_url) as fhir:
+        await publish(fhir, first)
+        with pytest.raises(FhirRetryableError):
+            await publish(late, again)
+        await publish(fhir, correction)
+
+        with pytest.raises(Exception, match="412"):
+            await fhir.transaction(late.held[0])
+
+        found = [
+            await fhir.search("Observation", {"identifier": f"{ident['system']}|{ident['value']}"})
+            for ident in observations
+        ]
+        assert [len(matches) for matches in found] == [1, 0]  # sodium only, corrected

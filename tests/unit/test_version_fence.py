@@ -7,11 +7,14 @@ from typing import Any
 
 import pytest
 
+from adapters.fhir import FhirClient
 from adapters.fhir.version_fence import (
     WRITE_DIGEST_EXTENSION,
     CurrentVersion,
+    fence_status,
     fence_target,
     fenced,
+    presumable,
 )
 
 REPORT_URL = "DiagnosticReport?identifier=urn%3Areport%7CR1"
@@ -100,3 +103,32 @@ def test_the_target_is_the_one_conditional_put_of_its_type() -> None:
     assert fence_target(transaction(), "DiagnosticReport") == (REPORT_URL, {"value": "R1"})
     with pytest.raises(ValueError, match="0 conditional PUTs of Encounter"):
         fence_target(transaction(), "Encounter")
+
+
+def test_only_a_bundle_whose_one_conditional_put_is_the_fenced_resource_is_presumable() -> None:
+    only_the_report = {**transaction(), "entry": transaction()["entry"][:2]}
+    assert presumable(only_the_report, REPORT_URL)  # the Patient is a conditional create
+    assert not presumable(transaction(), REPORT_URL)  # an Observation and a Patient PUT too
+
+
+@pytest.mark.parametrize(
+    ("status", "expected"),
+    [("201 Created", "201"), ("201", "201"), ("200 OK", "200"), ("", None), (None, None)],
+)
+def test_the_fenced_entry_status_is_read_at_its_position(
+    status: str | None, expected: str | None
+) -> None:
+    fenced_answer = {} if status is None else {"status": status}
+    response = {"entry": [{"response": {"status": "200 OK"}}, {"response": fenced_answer}]}
+    assert fence_status(transaction(), REPORT_URL, response) == expected
+
+
+def test_a_response_without_entries_says_no_status() -> None:
+    assert fence_status(transaction(), REPORT_URL, {"resourceType": "Bundle"}) is None
+
+
+async def test_the_client_refuses_to_presume_new_a_bundle_with_other_conditional_puts() -> None:
+    # Refused before any request: nothing listens on the address.
+    async with FhirClient("http://127.0.0.1:9/fhir") as fhir:
+        with pytest.raises(ValueError, match="other conditional PUTs"):
+            await fhir.fenced_transaction(transaction(), "DiagnosticReport", presumed_absent=True)
