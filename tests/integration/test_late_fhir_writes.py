@@ -193,17 +193,22 @@ async def test_a_discharge_arriving_after_its_cancel_leaves_the_encounter_open(
 
 
 class CountingReads(FhirClient):
-    """A client that counts its searches: the fence's read is one."""
+    """A client that counts its searches (the fence's read is one) and its transactions."""
 
     def __init__(self, base_url: str) -> None:
         super().__init__(base_url)
         self.searches = 0
+        self.transactions = 0
 
     async def search(
         self, resource_type: str, params: dict[str, str], *, max_pages: int = MAX_SEARCH_PAGES
     ) -> list[dict[str, Any]]:
         self.searches += 1
         return await super().search(resource_type, params, max_pages=max_pages)
+
+    async def transaction(self, bundle: dict[str, Any]) -> dict[str, Any]:
+        self.transactions += 1
+        return await super().transaction(bundle)
 
 
 class OvertakenOnce(FhirClient):
@@ -227,7 +232,7 @@ async def test_a_new_order_is_written_without_a_read_and_its_report_after_one(
     order = sm.SampleOrder("LATE-1005")
     async with CountingReads(fhir_base_url) as fhir:
         await publish_order(fhir, sm.lab_order(order, "LATE-1005-O"))
-        assert fhir.searches == 0
+        assert (fhir.searches, fhir.transactions) == (0, 1)
         # A report's bundle has Observations beside it: always read first (presumable).
         await publish(fhir, result(order, "LATE-1005-R", "140", "F"))
         assert fhir.searches == 1
@@ -263,9 +268,10 @@ async def test_a_cancel_is_fenced_on_a_read(fhir_base_url: str) -> None:
     order = sm.SampleOrder("LATE-1007")
     async with CountingReads(fhir_base_url) as fhir:
         await publish_order(fhir, sm.lab_order(order, "LATE-1007-O"))
-        reads_before = fhir.searches
+        reads_before, writes_before = fhir.searches, fhir.transactions
         await publish_order(fhir, sm.lab_order(order, "LATE-1007-X", order_control="CA"))
-        assert fhir.searches == reads_before + 1
+        # One read, one write: a cancel is never presumed new (that write would be wasted).
+        assert (fhir.searches, fhir.transactions) == (reads_before + 1, writes_before + 1)
 
         assert (await service_request_now(fhir, order))["status"] == "revoked"
 
